@@ -1,0 +1,154 @@
+"""The ``portrait`` command line.
+
+Every command exits 0 on success; on a mistake in the input it prints one line,
+``portrait: error: <what was wrong and how to fix it>``, and exits 2; an internal error exits 70.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipelines.ingest import ingest
+from pipelines.run import parse_as_of, run_pipeline
+from pipelines.workspace import Workspace
+from profiling.errors import InternalError, PortraitError
+from profiling.keys import create_key_file
+
+__all__ = ["main", "build_parser", "format_table"]
+
+DEFAULT_WORKSPACE = "portrait-workspace"
+
+
+def format_table(rows: list[dict]) -> str:
+    """Rows of dicts as an aligned plain-text table (columns in first-seen order)."""
+    if not rows:
+        return "(nothing to show)"
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    cells = [[str(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    numeric = [all(r[i].replace(".", "", 1).isdigit() or not r[i] for r in cells) for i in range(len(columns))]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(values, widths, numeric)).rstrip()
+
+    return "\n".join([line(columns), line(["-" * w for w in widths]), *(line(r) for r in cells)])
+
+
+def _ingest_rows(reports) -> list[dict]:
+    return [{"table": r.table, "rows in": r.rows_in, "accepted": r.accepted, "rejected": r.rejected,
+             "reasons": ", ".join(f"{k}={v}" for k, v in r.reasons.items())} for r in reports.values()]
+
+
+def _cmd_synth(args: argparse.Namespace) -> None:
+    from pipelines.synthetic import generate
+
+    started = time.perf_counter()
+    counts = generate(args.out, accounts=args.accounts, seed=args.seed, progress=not args.quiet)
+    print(format_table([{"table": name, "rows": rows} for name, rows in counts.items()]))
+    print(f"wrote {sum(counts.values())} rows to {args.out} in {time.perf_counter() - started:.1f} s")
+
+
+def _cmd_ingest(args: argparse.Namespace) -> None:
+    reports = ingest(args.raw, Workspace(args.workspace), progress=not args.quiet)
+    print(format_table(_ingest_rows(reports)))
+    rejected = sum(r.rejected for r in reports.values())
+    if rejected:
+        print(f"{rejected} rows rejected: see {Path(args.workspace) / 'rejects'}/<table>/ for each row and reason")
+
+
+def _cmd_run(args: argparse.Namespace) -> None:
+    summary = run_pipeline(Workspace(args.workspace), args.key_file, parse_as_of(args.as_of), progress=not args.quiet)
+    print(format_table(summary))
+
+
+def _cmd_keys_init(args: argparse.Namespace) -> None:
+    key = create_key_file(args.key_file)
+    print(f"created {args.key_file} (mode 600, fingerprint {key.fingerprint}); keep it outside every workspace")
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from pipelines.synthetic import generate
+
+    root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="portrait-demo-"))
+    if root.exists() and any(root.iterdir()):
+        raise PortraitError(f"demo folder {root} is not empty; pass --dir with a new folder")
+    raw, workspace, key_file = root / "raw", Workspace(root / "workspace"), root / "keys" / "master.key"
+    progress = not args.quiet
+    started = time.perf_counter()
+    create_key_file(key_file)
+    generate(raw, accounts=args.accounts, seed=args.seed, progress=progress)
+    reports = ingest(raw, workspace, progress=progress)
+    summary = run_pipeline(workspace, key_file, parse_as_of(args.as_of), progress=progress)
+    print(format_table(_ingest_rows(reports)))
+    print()
+    print(format_table(summary))
+    print(f"\ndemo finished in {time.perf_counter() - started:.1f} s: raw data {raw}, workspace {workspace.root}, "
+          f"key {key_file}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="portrait",
+        description="Privacy-preserving user portraits: consent-gated, pseudonymized, differentially private.",
+        epilog="Start with `portrait demo`: it makes synthetic data, ingests it and runs every stage.",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="synthetic data -> workspace -> every stage, with a summary")
+    demo.add_argument("--dir", help="new folder for the demo's raw data, workspace and key (default: a temporary folder)")
+    demo.add_argument("--accounts", type=int, default=2_000, help="synthetic accounts (default 2000)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--as-of", default="2026-11-01T00:00:00Z", help="evaluation moment, ISO 8601 (default 2026-11-01)")
+    demo.set_defaults(handler=_cmd_demo)
+
+    synth = commands.add_parser("synth", help="write a realistic synthetic raw data set (Parquet)")
+    synth.add_argument("--out", required=True, help="new folder for the raw tables")
+    synth.add_argument("--accounts", type=int, required=True, help="number of accounts (orders are about 10 per account)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same data")
+    synth.set_defaults(handler=_cmd_synth)
+
+    ingest_cmd = commands.add_parser("ingest", help="validate raw Parquet/CSV tables into a workspace")
+    ingest_cmd.add_argument("--raw", required=True, help="folder with <table>.parquet, <table>.csv or <table>/ per table")
+    ingest_cmd.add_argument("--workspace", default=DEFAULT_WORKSPACE, help=f"workspace folder (default {DEFAULT_WORKSPACE})")
+    ingest_cmd.set_defaults(handler=_cmd_ingest)
+
+    run = commands.add_parser("run", help="run every stage on an ingested workspace")
+    run.add_argument("--workspace", default=DEFAULT_WORKSPACE, help=f"workspace folder (default {DEFAULT_WORKSPACE})")
+    run.add_argument("--key-file", required=True, help="master key file, outside the workspace (`portrait keys init`)")
+    run.add_argument("--as-of", required=True, help="evaluation moment, ISO 8601; without an offset it is UTC")
+    run.set_defaults(handler=_cmd_run)
+
+    keys = commands.add_parser("keys", help="manage the master key file")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    init = key_commands.add_parser("init", help="create a new master key file (mode 600)")
+    init.add_argument("--key-file", required=True, help="path of the new key file, outside every workspace")
+    init.set_defaults(handler=_cmd_keys_init)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.handler(args)
+    except InternalError as error:
+        print(f"portrait: {error}", file=sys.stderr)
+        return 70
+    except (PortraitError, ValueError, OSError) as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"portrait: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("portrait: interrupted; outputs of the unfinished step were not published", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

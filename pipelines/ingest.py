@@ -1,0 +1,308 @@
+"""Ingest: raw Parquet or CSV files into the workspace, every row either accepted or rejected with a reason.
+
+For each table of the data model, in parent-before-child order, the raw rows are read in batches,
+coerced to the model's Arrow types and checked against every rule (``profiling.validation``).
+Accepted rows go to ``WS/ingested/<table>/``; every other row goes to ``WS/rejects/<table>/`` with
+its source file, row number, first failing column, reason and all problems found. For every table
+``rows in = rows accepted + rows rejected``; a violation is a bug and raises ``InternalError``.
+
+A missing file or column, or a column of the wrong type, raises ``SchemaError`` before anything in
+the workspace changes: results are staged and published only when every table has been read.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import os
+import shutil
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from pipelines.workspace import Workspace, write_json_atomic
+from profiling.errors import InternalError, SchemaError
+from profiling.schema import INGEST_ORDER, TABLES, Table
+from profiling.validation import CheckContext, check_batch, coerce_batch
+
+__all__ = ["TableReport", "ingest", "find_sources", "REJECT_COLUMNS"]
+
+# Columns of a rejects table before the table's own columns (which are kept as text).
+REJECT_COLUMNS = ("source_file", "source_row", "column", "reason", "detail")
+MALFORMED_ROW = "malformed_row"  # a CSV record that could not be split into the header's fields
+_SUFFIXES = (".parquet", ".csv")
+
+
+@dataclass
+class TableReport:
+    """Row accounting of one table: ``rows_in == accepted + rejected``."""
+
+    table: str
+    sources: list[str]
+    rows_in: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    ignored_columns: list[str] = field(default_factory=list)
+
+
+def find_sources(raw_dir: Path, table: str) -> list[Path]:
+    """Files holding ``table`` in ``raw_dir``: ``<table>.parquet``, ``<table>.csv`` or ``<table>/*.{parquet,csv}``."""
+    candidates = [raw_dir / f"{table}{suffix}" for suffix in _SUFFIXES]
+    found = [p for p in candidates if p.is_file()]
+    folder = raw_dir / table
+    if folder.is_dir():
+        found += sorted(p for p in folder.iterdir() if p.suffix in _SUFFIXES and p.is_file())
+    if not found:
+        raise SchemaError(
+            f"{raw_dir}: no {table} table; expected {table}.parquet, {table}.csv or a {table}/ folder of "
+            f"Parquet or CSV files"
+        )
+    return found
+
+
+def _source_columns(path: Path) -> list[str]:
+    if path.suffix == ".parquet":
+        try:
+            return pq.read_schema(path).names
+        except (pa.ArrowInvalid, OSError) as error:
+            raise SchemaError(f"{path}: not a readable Parquet file ({error})") from None
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        header = next(csv.reader(handle), None)
+    if not header:
+        raise SchemaError(f"{path}: empty CSV file; the first line must name the columns")
+    return [name.strip() for name in header]
+
+
+def _check_columns(table: Table, path: Path) -> list[str]:
+    """Raise if a model column is missing from ``path``; return the source's columns the model lacks."""
+    present = _source_columns(path)
+    for name in table.column_names:
+        if name not in present:
+            raise SchemaError(f"{path}: missing column {name!r} of table {table.name}")
+    return [name for name in present if name not in table.column_names]
+
+
+class _CsvReader:
+    """Streams a CSV file as all-text batches; rows with the wrong number of fields are collected, not fatal."""
+
+    def __init__(self, path: Path, table: Table, batch_bytes: int) -> None:
+        self.path = path
+        self.malformed: list[tuple[int, str]] = []  # (record number, text)
+        columns = _source_columns(path)
+        self._reader = pacsv.open_csv(
+            path,
+            read_options=pacsv.ReadOptions(block_size=batch_bytes, use_threads=False, column_names=columns,
+                                           skip_rows=1, encoding="utf8"),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=self._invalid),
+            convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in columns},
+                                                 strings_can_be_null=True, include_columns=table.column_names),
+        )
+
+    def _invalid(self, row: pacsv.InvalidRow) -> str:
+        # The reader numbers physical lines from 1, header included; records are numbered without it.
+        self.malformed.append((row.number - 1 if row.number is not None else -1, row.text))
+        return "skip"
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        return iter(self._reader)
+
+
+def _read_batches(path: Path, table: Table, batch_rows: int) -> tuple[Iterator[pa.RecordBatch], _CsvReader | None]:
+    if path.suffix == ".parquet":
+        parquet = pq.ParquetFile(path)
+        return parquet.iter_batches(batch_size=batch_rows, columns=table.column_names), None
+    reader = _CsvReader(path, table, batch_bytes=64 << 20)
+    return iter(reader), reader
+
+
+def _record_numbers(valid_ordinals: np.ndarray, malformed: list[tuple[int, str]]) -> np.ndarray:
+    """1-based record numbers of well-formed rows, given their 1-based ordinals among well-formed rows.
+
+    Malformed records take their own numbers, so the k-th well-formed row is the k-th number not
+    taken by a malformed record.
+    """
+    taken = np.sort(np.array([number for number, _ in malformed if number > 0], dtype=np.int64))
+    before = taken - np.arange(len(taken))
+    return valid_ordinals + np.searchsorted(before, valid_ordinals, side="right")
+
+
+def _duplicate_keys(table: Table, sources: list[Path]) -> np.ndarray:
+    """Mask over all well-formed rows of ``table`` (source order): True where the key appeared before."""
+    chunks = []
+    for path in sources:
+        if path.suffix == ".parquet":
+            chunks.append(pq.read_table(path, columns=[table.primary_key]).column(0).cast(pa.string()))
+        else:
+            reader = _CsvReader(path, table, batch_bytes=64 << 20)
+            chunks.extend(batch.column(table.primary_key) for batch in reader)
+    keys = pa.chunked_array(chunks, type=pa.string()).combine_chunks() if chunks else pa.array([], pa.string())
+    codes = pc.dictionary_encode(keys).indices.to_numpy(zero_copy_only=False)
+    present = np.asarray(pc.is_valid(keys).to_numpy(zero_copy_only=False), dtype=bool)
+    duplicated = pd.Series(np.where(present, codes, -1)).duplicated(keep="first").to_numpy()
+    return duplicated & present
+
+
+class _UnparsedColumns:
+    """Counts, per text column of one file, present cells and cells that did not parse.
+
+    A column none of whose (at least two) present cells parse is a column of the wrong type, a
+    whole-file error, rather than a column of bad cells.
+    """
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+        self.present: Counter[str] = Counter()
+        self.bad: Counter[str] = Counter()
+        self.example: dict[str, str] = {}
+
+    def count(self, path: Path, raw: pa.RecordBatch, bad_cells: dict[str, np.ndarray]) -> None:
+        for field in self.table.fields:
+            values = raw.column(field.name)
+            if pa.types.is_string(field.type) or not pa.types.is_string(values.type):
+                continue
+            self.present[field.name] += len(values) - values.null_count
+            if field.name in bad_cells:
+                self.bad[field.name] += int(bad_cells[field.name].sum())
+                self.example.setdefault(field.name, values[int(np.argmax(bad_cells[field.name]))].as_py())
+
+    def raise_if_whole_column(self, path: Path) -> None:
+        for name, present in self.present.items():
+            if present >= 2 and self.bad[name] == present:
+                raise SchemaError(
+                    f"{path}: column {name!r} of table {self.table.name} is not {self.table[name].type}: none of "
+                    f"its {present} values parse (first: {self.example[name]!r}); fix the column's type"
+                )
+        self.present.clear(), self.bad.clear(), self.example.clear()
+
+
+def _as_text(values: pa.Array) -> pa.Array:
+    if pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
+        return pc.binary_join(values.cast(pa.list_(pa.string())), ";")
+    return values.cast(pa.string())
+
+
+def _rejects_schema(table: Table) -> pa.Schema:
+    head = [pa.field("source_file", pa.string()), pa.field("source_row", pa.int64()),
+            pa.field("column", pa.string()), pa.field("reason", pa.string()), pa.field("detail", pa.string())]
+    return pa.schema(head + [pa.field(name, pa.string()) for name in table.column_names])
+
+
+def _malformed_rejects(table: Table, source: str, malformed: list[tuple[int, str]]) -> pa.RecordBatch:
+    n = len(malformed)
+    columns = [pa.array([source] * n), pa.array([number for number, _ in malformed], pa.int64()),
+               pa.nulls(n, pa.string()), pa.array([MALFORMED_ROW] * n),
+               pa.array([f"wrong number of fields: {text}" for _, text in malformed], pa.string())]
+    columns += [pa.nulls(n, pa.string()) for _ in table.column_names]
+    return pa.RecordBatch.from_arrays(columns, schema=_rejects_schema(table))
+
+
+def _ingest_table(table: Table, sources: list[Path], stage: Path, context: CheckContext, batch_rows: int,
+                  report: TableReport, progress: bool) -> dict[str, pa.Array]:
+    """Validate one table into ``stage``; return its accepted values of columns other tables reference."""
+    duplicates = _duplicate_keys(table, sources)
+    referenced = {f.references.split(".")[1] for t in TABLES.values() for f in t.fields
+                  if f.references and f.references.split(".")[0] == table.name}
+    kept: dict[str, list[pa.Array]] = {name: [] for name in referenced}
+    accepted_dir, rejects_dir = stage / "ingested" / table.name, stage / "rejects" / table.name
+    accepted_dir.mkdir(parents=True), rejects_dir.mkdir(parents=True)
+    reasons: Counter[str] = Counter()
+    unparsed = _UnparsedColumns(table)
+    offset = 0  # position of the batch among the table's well-formed rows
+    with pq.ParquetWriter(accepted_dir / "part-00000.parquet", table.schema) as accepted_out, \
+            pq.ParquetWriter(rejects_dir / "part-00000.parquet", _rejects_schema(table)) as rejects_out, \
+            tqdm(desc=f"ingest {table.name}", unit=" rows", disable=not progress, leave=False) as bar:
+        for path in sources:
+            batches, csv_reader = _read_batches(path, table, batch_rows)
+            ordinal = 0  # well-formed rows read from this file so far
+            for raw in batches:
+                n = raw.num_rows
+                typed, bad_cells = coerce_batch(table, raw, source=str(path))
+                unparsed.count(path, raw, bad_cells)
+                verdict = check_batch(table, typed, context, bad_cells=bad_cells,
+                                      duplicate_keys=duplicates[offset:offset + n])
+                accepted = typed.filter(pa.array(verdict.accepted))
+                accepted_out.write_batch(accepted)
+                for name in referenced:
+                    kept[name].append(accepted.column(name))
+                rejected_rows = np.flatnonzero(~verdict.accepted)
+                if len(rejected_rows):
+                    take = pa.array(rejected_rows)
+                    numbers = ordinal + rejected_rows + 1
+                    if csv_reader is not None:
+                        numbers = _record_numbers(numbers, csv_reader.malformed)
+                    columns = [pa.array([str(path)] * len(rejected_rows), pa.string()), pa.array(numbers, pa.int64()),
+                               verdict.column.take(take), verdict.reason.take(take), verdict.detail.take(take)]
+                    columns += [_as_text(raw.column(name)).take(take) for name in table.column_names]
+                    rejects_out.write_batch(pa.RecordBatch.from_arrays(columns, schema=_rejects_schema(table)))
+                    reasons.update(verdict.reason.take(take).to_pylist())
+                report.rows_in += n
+                report.accepted += accepted.num_rows
+                report.rejected += len(rejected_rows)
+                ordinal += n
+                offset += n
+                bar.update(n)
+            unparsed.raise_if_whole_column(path)
+            if csv_reader is not None and csv_reader.malformed:
+                rejects_out.write_batch(_malformed_rejects(table, str(path), csv_reader.malformed))
+                reasons[MALFORMED_ROW] += len(csv_reader.malformed)
+                report.rows_in += len(csv_reader.malformed)
+                report.rejected += len(csv_reader.malformed)
+    report.reasons = dict(sorted(reasons.items()))
+    if offset != len(duplicates) or report.rows_in != report.accepted + report.rejected:
+        raise InternalError(f"ingest of {table.name} lost rows: {report}")
+    return {f"{table.name}.{name}": pa.chunked_array(chunks, type=table[name].type).combine_chunks()
+            for name, chunks in kept.items()}
+
+
+def ingest(raw_dir: str | os.PathLike, workspace: Workspace, *, now: dt.datetime | None = None,
+           batch_rows: int = 500_000, progress: bool = True) -> dict[str, TableReport]:
+    """Ingest every table of ``raw_dir`` into ``workspace``, replacing what an earlier ingest wrote.
+
+    ``now`` is the clock for the future-timestamp rule (default: the current UTC time). Returns the
+    row accounting per table, also written to ``WS/ingest-report.json``. Raises ``SchemaError`` (and
+    changes nothing) for a missing raw folder, table file or column, or a column of the wrong type.
+    """
+    raw = Path(raw_dir)
+    if not raw.is_dir():
+        raise SchemaError(f"raw data folder {raw} does not exist")
+    now = now or dt.datetime.now(dt.timezone.utc)
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware (for example datetime.now(timezone.utc))")
+    sources = {name: find_sources(raw, name) for name in INGEST_ORDER}
+    reports = {name: TableReport(name, [str(p) for p in paths]) for name, paths in sources.items()}
+    for name, paths in sources.items():
+        for path in paths:
+            reports[name].ignored_columns += [c for c in _check_columns(TABLES[name], path)
+                                              if c not in reports[name].ignored_columns]
+    created = not workspace.root.exists()
+    try:
+        with workspace.staging() as stage:
+            parent_keys: dict[str, pa.Array] = {}
+            for name in tqdm(INGEST_ORDER, desc="ingest", unit=" table", disable=not progress):
+                context = CheckContext(now=now, parent_keys=parent_keys)
+                parent_keys.update(_ingest_table(TABLES[name], sources[name], stage, context, batch_rows,
+                                                 reports[name], progress))
+            replacements = {}
+            for name in INGEST_ORDER:
+                replacements[workspace.ingested(name)] = stage / "ingested" / name
+                replacements[workspace.rejects(name)] = stage / "rejects" / name
+            workspace.publish(replacements)
+    except BaseException:
+        if created:
+            shutil.rmtree(workspace.root, ignore_errors=True)
+        raise
+    write_json_atomic(workspace.ingest_report, {
+        "raw_dir": str(raw), "ingested_at": dt.datetime.now(dt.timezone.utc).isoformat(), "clock": now.isoformat(),
+        "tables": {name: asdict(report) for name, report in reports.items()},
+    })
+    return reports
