@@ -105,7 +105,8 @@ class _CsvReader:
                                            skip_rows=1, encoding="utf8"),
             parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=self._invalid),
             convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in columns},
-                                                 strings_can_be_null=True, include_columns=table.column_names),
+                                                 strings_can_be_null=True, null_values=[""],
+                                                 include_columns=table.column_names),
         )
 
     def _invalid(self, row: pacsv.InvalidRow) -> str:

@@ -120,6 +120,9 @@ def coerce_batch(table: Table, batch: pa.RecordBatch, source: str) -> tuple[pa.R
     columns, bad_cells = [], {}
     for field in table.fields:
         values = batch.column(field.name)
+        if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+            # A blank cell is a missing one, whether it came from CSV or from Parquet.
+            values = pc.if_else(pc.match_substring_regex(values, r"^\s*$"), pa.scalar(None, values.type), values)
         if values.type == field.type:
             columns.append(values)
             continue

@@ -91,8 +91,15 @@ def valid_rows() -> dict[str, list[dict]]:
     }
 
 
-def to_tables(rows: dict[str, list[dict]]) -> dict[str, pa.Table]:
-    return {name: pa.Table.from_pylist(table_rows, schema=arrow_schema(name)) for name, table_rows in rows.items()}
+def to_tables(rows: dict[str, list[dict]], *, raw: bool = False) -> dict[str, pa.Table]:
+    """Rows as Arrow tables of the model's schema; ``raw`` relaxes nullability, as outside files may hold nulls."""
+    tables = {}
+    for name, table_rows in rows.items():
+        schema = arrow_schema(name)
+        if raw:
+            schema = pa.schema([f.with_nullable(True) for f in schema], metadata=schema.metadata)
+        tables[name] = pa.Table.from_pylist(table_rows, schema=schema)
+    return tables
 
 
 def as_text(table: pa.Table) -> pa.Table:
@@ -111,7 +118,7 @@ def as_text(table: pa.Table) -> pa.Table:
 def write_raw(folder: Path, rows: dict[str, list[dict]] | None = None, fmt: str = "parquet") -> Path:
     """Write a raw data set (default: ``valid_rows()``) as ``<table>.parquet`` or ``<table>.csv``."""
     folder.mkdir(parents=True, exist_ok=True)
-    for name, table in to_tables(rows or valid_rows()).items():
+    for name, table in to_tables(rows or valid_rows(), raw=True).items():
         if fmt == "parquet":
             pq.write_table(table, folder / f"{name}.parquet")
         else:
