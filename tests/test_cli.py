@@ -1,0 +1,79 @@
+"""The command line: what a user types, what they see, and the exit status."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pipelines.cli import main
+from raw_rows import valid_rows, write_raw
+
+
+def run_cli(*argv: str) -> int:
+    return main(["--quiet", *argv])
+
+
+@pytest.fixture
+def key_file(tmp_path):
+    path = tmp_path / "keys" / "master.key"
+    assert run_cli("keys", "init", "--key-file", str(path)) == 0
+    return path
+
+
+def test_ingest_then_run(tmp_path, key_file, capsys):
+    rows = valid_rows()
+    rows["orders"][0]["amount"] = -3.0
+    raw = write_raw(tmp_path / "raw", rows)
+    ws = tmp_path / "ws"
+    assert run_cli("ingest", "--raw", str(raw), "--workspace", str(ws)) == 0
+    out = capsys.readouterr().out
+    assert "negative_value=1" in out and "2 rows rejected" in out  # the order, and the waybill shipping it
+    assert json.loads((ws / "ingest-report.json").read_text())["tables"]["orders"]["rejected"] == 1
+    assert run_cli("run", "--workspace", str(ws), "--key-file", str(key_file), "--as-of", "2026-11-01T00:00:00Z") == 0
+    out = capsys.readouterr().out
+    assert "verify-ingested" in out and "orders" in out
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_run_on_empty_workspace_says_to_ingest(tmp_path, key_file, capsys):
+    assert run_cli("run", "--workspace", str(tmp_path / "ws"), "--key-file", str(key_file), "--as-of", "2026-01-01") == 2
+    assert "run `portrait ingest --raw DIR --workspace" in _error_line(capsys)
+
+
+def test_run_refuses_a_key_inside_the_workspace(tmp_path, capsys):
+    ws = tmp_path / "ws"
+    assert run_cli("ingest", "--raw", str(write_raw(tmp_path / "raw")), "--workspace", str(ws)) == 0
+    assert run_cli("keys", "init", "--key-file", str(ws / "master.key")) == 0
+    capsys.readouterr()
+    assert run_cli("run", "--workspace", str(ws), "--key-file", str(ws / "master.key"), "--as-of", "2026-01-01") == 2
+    assert "lies inside the workspace" in _error_line(capsys)
+
+
+def test_bad_as_of(tmp_path, key_file, capsys):
+    ws = tmp_path / "ws"
+    run_cli("ingest", "--raw", str(write_raw(tmp_path / "raw")), "--workspace", str(ws))
+    capsys.readouterr()
+    assert run_cli("run", "--workspace", str(ws), "--key-file", str(key_file), "--as-of", "last tuesday") == 2
+    assert "--as-of 'last tuesday' is not an ISO 8601 time" in _error_line(capsys)
+
+
+def test_missing_raw_table_is_one_line(tmp_path, capsys):
+    raw = write_raw(tmp_path / "raw")
+    (raw / "devices.parquet").unlink()
+    assert run_cli("ingest", "--raw", str(raw), "--workspace", str(tmp_path / "ws")) == 2
+    line = _error_line(capsys)
+    assert line.startswith("portrait: error: ") and "no devices table" in line
+
+
+def test_console_script_help():
+    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "--help"], capture_output=True, text=True, check=True)
+    for command in ("demo", "synth", "ingest", "run", "keys"):
+        assert command in result.stdout
