@@ -96,7 +96,11 @@ def canonical_phone(values: pa.Array) -> pa.Array:
 
 
 def phone_invalid(values: pa.Array) -> pa.Array:
-    """True where a value is not a mainland mobile number (11 digits, ``1[3-9]...``) after canonicalization."""
+    """True where a value is not a mainland mobile number (11 digits, ``1[3-9]...``) after canonicalization.
+
+    >>> phone_invalid(pa.array(["+86 138-1234-5678", "12812345678", None])).to_pylist()
+    [False, True, None]
+    """
     valid = pc.match_substring_regex(canonical_phone(values), r"^1[3-9][0-9]{9}$")
     return _null_where_null(values, pc.invert(valid))
 

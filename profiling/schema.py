@@ -274,5 +274,9 @@ def arrow_schema(name: str) -> pa.Schema:
 
 
 def fields_of_class(privacy: PrivacyClass) -> list[tuple[str, Field]]:
-    """Every ``(table name, field)`` of a privacy class, in data-model order."""
+    """Every ``(table name, field)`` of a privacy class, in data-model order.
+
+    >>> [(t, f.name) for t, f in fields_of_class(PrivacyClass.SENSITIVE)]
+    [('waybills', 'id_card_number'), ('device_events', 'precise_lat'), ('device_events', 'precise_lon')]
+    """
     return [(t.name, f) for t in _TABLE_LIST for f in t.fields if f.privacy is privacy]
