@@ -139,14 +139,17 @@ def _record_numbers(valid_ordinals: np.ndarray, malformed: list[tuple[int, str]]
 
 def _duplicate_keys(table: Table, sources: list[Path]) -> np.ndarray:
     """Mask over all well-formed rows of ``table`` (source order): True where the key appeared before."""
-    chunks = []
+    chunks: list[pa.Array] = []
     for path in sources:
         if path.suffix == ".parquet":
-            chunks.append(pq.read_table(path, columns=[table.primary_key]).column(0).cast(pa.string()))
+            chunks.extend(pq.read_table(path, columns=[table.primary_key]).column(0).cast(pa.string()).chunks)
         else:
             reader = _CsvReader(path, table, batch_bytes=64 << 20)
             chunks.extend(batch.column(table.primary_key) for batch in reader)
-    keys = pa.chunked_array(chunks, type=pa.string()).combine_chunks() if chunks else pa.array([], pa.string())
+    keys = pa.chunked_array(chunks, type=pa.string())
+    if pc.count_distinct(keys).as_py() == len(keys) - keys.null_count:
+        return np.zeros(len(keys), dtype=bool)  # the usual case: no key repeats
+    keys = keys.combine_chunks()
     codes = pc.dictionary_encode(keys).indices.to_numpy(zero_copy_only=False)
     present = np.asarray(pc.is_valid(keys).to_numpy(zero_copy_only=False), dtype=bool)
     duplicated = pd.Series(np.where(present, codes, -1)).duplicated(keep="first").to_numpy()
