@@ -39,6 +39,11 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join([line(columns), line(["-" * w for w in widths]), *(line(r) for r in cells)])
 
 
+def _progress(args: argparse.Namespace) -> bool:
+    """Progress bars on a terminal only, so logs of scheduled jobs stay readable."""
+    return not args.quiet and sys.stderr.isatty()
+
+
 def _ingest_rows(reports) -> list[dict]:
     return [{"table": r.table, "rows in": r.rows_in, "accepted": r.accepted, "rejected": r.rejected,
              "reasons": ", ".join(f"{k}={v}" for k, v in r.reasons.items())} for r in reports.values()]
@@ -48,13 +53,13 @@ def _cmd_synth(args: argparse.Namespace) -> None:
     from pipelines.synthetic import generate
 
     started = time.perf_counter()
-    counts = generate(args.out, accounts=args.accounts, seed=args.seed, progress=not args.quiet)
+    counts = generate(args.out, accounts=args.accounts, seed=args.seed, progress=_progress(args))
     print(format_table([{"table": name, "rows": rows} for name, rows in counts.items()]))
     print(f"wrote {sum(counts.values())} rows to {args.out} in {time.perf_counter() - started:.1f} s")
 
 
 def _cmd_ingest(args: argparse.Namespace) -> None:
-    reports = ingest(args.raw, Workspace(args.workspace), progress=not args.quiet)
+    reports = ingest(args.raw, Workspace(args.workspace), progress=_progress(args))
     print(format_table(_ingest_rows(reports)))
     rejected = sum(r.rejected for r in reports.values())
     if rejected:
@@ -62,7 +67,7 @@ def _cmd_ingest(args: argparse.Namespace) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
-    summary = run_pipeline(Workspace(args.workspace), args.key_file, parse_as_of(args.as_of), progress=not args.quiet)
+    summary = run_pipeline(Workspace(args.workspace), args.key_file, parse_as_of(args.as_of), progress=_progress(args))
     print(format_table(summary))
 
 
@@ -78,7 +83,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     if root.exists() and any(root.iterdir()):
         raise PortraitError(f"demo folder {root} is not empty; pass --dir with a new folder")
     raw, workspace, key_file = root / "raw", Workspace(root / "workspace"), root / "keys" / "master.key"
-    progress = not args.quiet
+    progress = _progress(args)
     started = time.perf_counter()
     create_key_file(key_file)
     generate(raw, accounts=args.accounts, seed=args.seed, progress=progress)
@@ -97,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Privacy-preserving user portraits: consent-gated, pseudonymized, differentially private.",
         epilog="Start with `portrait demo`: it makes synthetic data, ingests it and runs every stage.",
     )
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars (they show only on a terminal anyway)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser("demo", help="synthetic data -> workspace -> every stage, with a summary")

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from pipelines.workspace import Workspace, write_json_atomic
 from profiling.errors import InternalError, SchemaError
 from profiling.schema import INGEST_ORDER, TABLES, Table
-from profiling.validation import CheckContext, check_batch, coerce_batch
+from profiling.validation import CheckContext, check_batch, coerce_batch, coerce_column, reference_failures
 
 __all__ = ["TableReport", "ingest", "find_sources", "REJECT_COLUMNS"]
 
@@ -137,16 +137,27 @@ def _record_numbers(valid_ordinals: np.ndarray, malformed: list[tuple[int, str]]
     return valid_ordinals + np.searchsorted(before, valid_ordinals, side="right")
 
 
-def _duplicate_keys(table: Table, sources: list[Path]) -> np.ndarray:
-    """Mask over all well-formed rows of ``table`` (source order): True where the key appeared before."""
+def _whole_column(table: Table, sources: list[Path], name: str) -> pa.ChunkedArray:
+    """Column ``name`` of every well-formed row of ``table`` (source order), coerced to the model's type."""
     chunks: list[pa.Array] = []
     for path in sources:
         if path.suffix == ".parquet":
-            chunks.extend(pq.read_table(path, columns=[table.primary_key]).column(0).cast(pa.string()).chunks)
+            raw = pq.read_table(path, columns=[name]).column(0).chunks
         else:
-            reader = _CsvReader(path, table, batch_bytes=64 << 20)
-            chunks.extend(batch.column(table.primary_key) for batch in reader)
-    keys = pa.chunked_array(chunks, type=pa.string())
+            raw = [batch.column(name) for batch in _CsvReader(path, table, batch_bytes=64 << 20)]
+        chunks.extend(coerce_column(table[name], chunk, str(path))[0] for chunk in raw)
+    return pa.chunked_array(chunks, type=table[name].type)
+
+
+def _unknown_references(table: Table, sources: list[Path], parent_keys: dict[str, pa.Array]) -> dict[str, np.ndarray]:
+    """Per foreign-key column, a mask over all well-formed rows: one set lookup per column, not per batch."""
+    return {f.name: reference_failures(f, _whole_column(table, sources, f.name), parent_keys)
+            for f in table.fields if f.references}
+
+
+def _duplicate_keys(table: Table, sources: list[Path]) -> np.ndarray:
+    """Mask over all well-formed rows of ``table`` (source order): True where the key appeared before."""
+    keys = _whole_column(table, sources, table.primary_key)
     if pc.count_distinct(keys).as_py() == len(keys) - keys.null_count:
         return np.zeros(len(keys), dtype=bool)  # the usual case: no key repeats
     keys = keys.combine_chunks()
@@ -214,6 +225,7 @@ def _ingest_table(table: Table, sources: list[Path], stage: Path, context: Check
                   report: TableReport, progress: bool) -> dict[str, pa.Array]:
     """Validate one table into ``stage``; return its accepted values of columns other tables reference."""
     duplicates = _duplicate_keys(table, sources)
+    unknown_references = _unknown_references(table, sources, context.parent_keys)
     referenced = {f.references.split(".")[1] for t in TABLES.values() for f in t.fields
                   if f.references and f.references.split(".")[0] == table.name}
     kept: dict[str, list[pa.Array]] = {name: [] for name in referenced}
@@ -233,7 +245,8 @@ def _ingest_table(table: Table, sources: list[Path], stage: Path, context: Check
                 typed, bad_cells = coerce_batch(table, raw, source=str(path))
                 unparsed.count(path, raw, bad_cells)
                 verdict = check_batch(table, typed, context, bad_cells=bad_cells,
-                                      duplicate_keys=duplicates[offset:offset + n])
+                                      duplicate_keys=duplicates[offset:offset + n],
+                                      unknown_references={c: m[offset:offset + n] for c, m in unknown_references.items()})
                 accepted = typed.filter(pa.array(verdict.accepted))
                 accepted_out.write_batch(accepted)
                 for name in referenced:

@@ -23,7 +23,16 @@ from profiling.errors import SchemaError
 from profiling.identifiers import PROVINCE_CODES
 from profiling.schema import Field, Format, Table
 
-__all__ = ["Reason", "CheckContext", "BatchVerdict", "coerce_batch", "check_batch", "CSV_LIST_SEPARATOR"]
+__all__ = [
+    "Reason",
+    "CheckContext",
+    "BatchVerdict",
+    "coerce_batch",
+    "coerce_column",
+    "check_batch",
+    "reference_failures",
+    "CSV_LIST_SEPARATOR",
+]
 
 # A list cell in CSV holds its elements separated by this character: "I001;I002".
 CSV_LIST_SEPARATOR = ";"
@@ -119,29 +128,33 @@ def coerce_batch(table: Table, batch: pa.RecordBatch, source: str) -> tuple[pa.R
     """
     columns, bad_cells = [], {}
     for field in table.fields:
-        values = batch.column(field.name)
-        if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
-            # A blank cell is a missing one, whether it came from CSV or from Parquet.
-            values = pc.if_else(pc.match_substring_regex(values, r"^\s*$"), pa.scalar(None, values.type), values)
-        if values.type == field.type:
-            columns.append(values)
-            continue
-        if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
-            parsed, bad = _parse_text(field, values.cast(pa.string()))
-            columns.append(parsed)
-            if bad.any():
-                bad_cells[field.name] = bad
-            continue
-        try:
-            # Timestamps may lose sub-microsecond digits; every other cast must be exact.
-            safe = not (pa.types.is_timestamp(values.type) and pa.types.is_timestamp(field.type))
-            columns.append(values.cast(field.type, safe=safe))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
-            raise SchemaError(
-                f"{source}: column {field.name!r} has type {values.type}, which cannot be read as "
-                f"{field.type} ({error}); fix the column's type in the source"
-            ) from None
+        values, bad = coerce_column(field, batch.column(field.name), source)
+        columns.append(values)
+        if bad.any():
+            bad_cells[field.name] = bad
     return pa.RecordBatch.from_arrays(columns, schema=table.schema), bad_cells
+
+
+def coerce_column(field: Field, values: pa.Array, source: str) -> tuple[pa.Array, np.ndarray]:
+    """One column of ``coerce_batch``: the values in ``field.type`` and the mask of cells that did not parse."""
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        # A blank cell is a missing one, whether it came from CSV or from Parquet.
+        blank = pc.or_(pc.equal(pc.binary_length(values), 0), pc.utf8_is_space(values))
+        if pc.any(blank).as_py():
+            values = pc.if_else(blank, pa.scalar(None, values.type), values)
+        if values.type != field.type:
+            return _parse_text(field, values.cast(pa.string()))
+    if values.type == field.type:
+        return values, np.zeros(len(values), dtype=bool)
+    try:
+        # Timestamps may lose sub-microsecond digits; every other cast must be exact.
+        safe = not (pa.types.is_timestamp(values.type) and pa.types.is_timestamp(field.type))
+        return values.cast(field.type, safe=safe), np.zeros(len(values), dtype=bool)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+        raise SchemaError(
+            f"{source}: column {field.name!r} has type {values.type}, which cannot be read as "
+            f"{field.type} ({error}); fix the column's type in the source"
+        ) from None
 
 
 def _format_invalid(fmt: Format, values: pa.Array) -> pa.Array:
@@ -174,8 +187,8 @@ def _per_row(values: pa.Array, check) -> np.ndarray:
     return rows
 
 
-def _field_checks(field: Field, values: pa.Array, batch: pa.RecordBatch,
-                  context: CheckContext) -> list[tuple[Reason, np.ndarray]]:
+def _field_checks(field: Field, values: pa.Array, batch: pa.RecordBatch, context: CheckContext,
+                  unknown_references: dict[str, np.ndarray]) -> list[tuple[Reason, np.ndarray]]:
     checks: list[tuple[Reason, np.ndarray]] = []
     missing = _mask(pc.is_null(values))
     if field.required:
@@ -208,23 +221,37 @@ def _field_checks(field: Field, values: pa.Array, batch: pa.RecordBatch,
     if field.earliest is not None:
         checks.append((Reason.ABSURD_VALUE, _mask(pc.less(values, pa.scalar(field.earliest, field.type)))))
     if field.references is not None:
-        keys = context.parent_keys.get(field.references)
-        if keys is None:
-            raise SchemaError(f"column {field.name!r} references {field.references}, which was not ingested first")
-        checks.append((Reason.UNKNOWN_REFERENCE, _per_row(values, lambda v: pc.invert(pc.is_in(v, value_set=keys)))))
+        if field.name in unknown_references:
+            checks.append((Reason.UNKNOWN_REFERENCE, unknown_references[field.name]))
+        else:
+            checks.append((Reason.UNKNOWN_REFERENCE, reference_failures(field, values, context.parent_keys)))
     return checks
+
+
+def reference_failures(field: Field, values: pa.Array | pa.ChunkedArray, parent_keys: dict[str, pa.Array]) -> np.ndarray:
+    """Per row, True where a present foreign key (any element of a list) is not among the parent's keys."""
+    keys = parent_keys.get(field.references)
+    if keys is None:
+        raise SchemaError(f"column {field.name!r} references {field.references}, which was not ingested first")
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    return _per_row(values, lambda v: pc.invert(pc.is_in(v, value_set=keys)))
 
 
 def check_batch(table: Table, batch: pa.RecordBatch, context: CheckContext, *,
                 bad_cells: dict[str, np.ndarray] | None = None,
-                duplicate_keys: np.ndarray | None = None) -> BatchVerdict:
+                duplicate_keys: np.ndarray | None = None,
+                unknown_references: dict[str, np.ndarray] | None = None) -> BatchVerdict:
     """Apply every rule of ``table`` to a batch already coerced by ``coerce_batch``.
 
     Rules run in a fixed order (per column: type, missing, format, allowed values, range, clock,
     references; then primary-key duplicates); a row is rejected under its first failing rule, and
-    ``detail`` lists them all. Null cells fail only ``missing_value`` rules.
+    ``detail`` lists them all. Null cells fail only ``missing_value`` rules. Table-wide results a
+    caller computed once for many batches (duplicate keys; ``reference_failures`` per column) are
+    passed in as masks over the batch's rows.
     """
     bad_cells = bad_cells or {}
+    unknown_references = unknown_references or {}
     n = batch.num_rows
     names: list[str] = []
     reasons: list[Reason] = []
@@ -232,7 +259,7 @@ def check_batch(table: Table, batch: pa.RecordBatch, context: CheckContext, *,
     for field in table.fields:
         if field.name in bad_cells:
             names.append(field.name), reasons.append(Reason.BAD_TYPE), masks.append(bad_cells[field.name])
-        for reason, mask in _field_checks(field, batch.column(field.name), batch, context):
+        for reason, mask in _field_checks(field, batch.column(field.name), batch, context, unknown_references):
             if field.name in bad_cells and reason is Reason.MISSING_VALUE:
                 mask = mask & ~bad_cells[field.name]  # the cell was present but unreadable
             names.append(field.name), reasons.append(reason), masks.append(mask)

@@ -77,3 +77,33 @@ def test_console_script_help():
     result = subprocess.run([sys.executable, "-m", "pipelines.cli", "--help"], capture_output=True, text=True, check=True)
     for command in ("demo", "synth", "ingest", "run", "keys"):
         assert command in result.stdout
+
+
+def test_demo_runs_everything_in_a_new_folder(tmp_path, capsys):
+    folder = tmp_path / "demo"
+    assert run_cli("demo", "--dir", str(folder), "--accounts", "300") == 0
+    out = capsys.readouterr().out
+    assert "verify-ingested" in out and "demo finished" in out
+    report = json.loads((folder / "workspace" / "ingest-report.json").read_text())
+    assert report["tables"]["accounts"]["accepted"] == 300
+    assert all(t["rejected"] == 0 for t in report["tables"].values())  # synthetic data meets every rule
+    key = folder / "keys" / "master.key"
+    assert key.stat().st_mode & 0o077 == 0 and folder / "workspace" not in key.parents
+
+
+def test_demo_refuses_a_folder_in_use(tmp_path, capsys):
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "notes.txt").write_text("mine")
+    assert run_cli("demo", "--dir", str(tmp_path / "demo")) == 2
+    assert "is not empty" in _error_line(capsys)
+    assert (tmp_path / "demo" / "notes.txt").read_text() == "mine"
+
+
+def test_synth_then_ingest(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    assert run_cli("synth", "--out", str(raw), "--accounts", "200", "--seed", "3") == 0
+    assert "wrote" in capsys.readouterr().out
+    assert run_cli("ingest", "--raw", str(raw), "--workspace", str(tmp_path / "ws")) == 0
+    assert "rows rejected" not in capsys.readouterr().out
+    assert run_cli("synth", "--out", str(raw), "--accounts", "200") == 2
+    assert "portrait: error:" in _error_line(capsys)
