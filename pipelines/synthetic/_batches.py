@@ -1,0 +1,56 @@
+"""Writing the tables: each batch of accounts, and everything they did, as one part file per table;
+the catalogue, common to all batches, as one part of its own.
+
+``_write_batch`` runs in worker processes: it takes only picklable arguments and rebuilds the
+shared world from the run's parameters (once per process).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.synthetic._accounts import _accounts
+from pipelines.synthetic._consent import _consent_events, _consent_plan
+from pipelines.synthetic._device_events import _devices_and_events
+from pipelines.synthetic._orders import _orders, _waybills
+from pipelines.synthetic._output import _write
+from pipelines.synthetic._run import _Run
+from pipelines.synthetic._world import _world
+
+
+def _write_catalogue(run: _Run, directory: Path) -> int:
+    """Write the catalogue as ``catalogue/part-00000.parquet``; return its rows."""
+    return _write(directory, "catalogue", 0, _world(run).catalogue)
+
+
+def _write_batch(run: _Run, batch_index: int, directory: str) -> dict[str, int]:
+    """Generate and write batch ``batch_index``: one part file per table except the catalogue."""
+    out = Path(directory)
+    world = _world(run)
+    rng = np.random.default_rng([run.seed, batch_index])
+    first, n = run.batch_accounts_range(batch_index)
+    rows = {}
+    holders, accounts = _accounts(rng, run, first, n)
+    rows["accounts"] = _write(out, "accounts", batch_index, accounts)
+    del accounts
+    plan = _consent_plan(rng, holders, run.until)
+    orders, order_columns = _orders(rng, run, world, holders, batch_index)
+    waybills, cross_holder, cross_time, sender, sent_at = _waybills(
+        rng, run, world, holders, orders, order_columns["order_id"], batch_index)
+    rows["orders"] = _write(out, "orders", batch_index, order_columns)
+    del order_columns
+    rows["waybills"] = _write(out, "waybills", batch_index, waybills)
+    del waybills
+    devices, events, signed_holder, signed_at = _devices_and_events(
+        rng, run, world, holders, plan["location"], batch_index)
+    rows["devices"] = _write(out, "devices", batch_index, devices)
+    rows["device_events"] = _write(out, "device_events", batch_index, events)
+    del devices, events
+    with_account = sender >= 0
+    activity = [(orders.account, orders.placed), (sender[with_account], sent_at[with_account]),
+                (signed_holder, signed_at)]
+    consent = _consent_events(rng, run, holders, plan, cross_holder, cross_time, activity, batch_index)
+    rows["consent_events"] = _write(out, "consent_events", batch_index, consent)
+    return rows

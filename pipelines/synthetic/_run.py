@@ -1,0 +1,69 @@
+"""The parameters of one ``generate`` call: their checks, their batches and the worker processes."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+
+from pipelines.synthetic._times import _micros
+
+_MAX_ACCOUNTS = 9_999_999_999     # account ids have ten digits
+_MAX_BATCHES = 99_999             # part-NNNNN and the batch digits of event ids
+_MAX_BATCH_ACCOUNTS = 1_000_000   # keeps one batch's string columns under Arrow's 2 GB (int32 offsets)
+_MAX_CATALOGUE_ITEMS = 10_000_000  # every worker holds the catalogue in memory (ids have room for 10^8)
+_EARLIEST_UNTIL = datetime(2018, 3, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """Parameters of one ``generate`` call (hashable: keys the per-process cache of ``_World``)."""
+
+    accounts: int
+    seed: int
+    catalogue_items: int
+    batch_accounts: int
+    until: int  # microseconds
+
+    @property
+    def batches(self) -> int:
+        return math.ceil(self.accounts / self.batch_accounts)
+
+    def batch_accounts_range(self, batch_index: int) -> tuple[int, int]:
+        first = batch_index * self.batch_accounts
+        return first, min(self.batch_accounts, self.accounts - first)
+
+
+def _whole_number(name: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low:,} and {high:,}, got {value:,}")
+    return int(value)
+
+
+def _checked_run(accounts: int, seed: int, catalogue_items: int, batch_accounts: int, until: datetime) -> _Run:
+    """The run ``generate`` was asked for; ``ValueError`` names the first bad parameter."""
+    accounts = _whole_number("accounts", accounts, 1, _MAX_ACCOUNTS)
+    seed = _whole_number("seed", seed, 0, 2 ** 63 - 1)
+    catalogue_items = _whole_number("catalogue_items", catalogue_items, 1, _MAX_CATALOGUE_ITEMS)
+    batch_accounts = _whole_number("batch_accounts", batch_accounts, 1, _MAX_BATCH_ACCOUNTS)
+    if not isinstance(until, datetime) or until.tzinfo is None:
+        raise ValueError(f"until must be a timezone-aware datetime, got {until!r}")
+    if until < _EARLIEST_UNTIL:
+        raise ValueError(f"until must be on or after {_EARLIEST_UNTIL:%Y-%m-%d} (accounts are created from "
+                         f"2018-01-01), got {until.isoformat()}")
+    run = _Run(accounts, seed, catalogue_items, batch_accounts, _micros(until.astimezone(UTC)))
+    if run.batches > _MAX_BATCHES:
+        raise ValueError(f"{accounts:,} accounts in batches of {batch_accounts:,} make {run.batches:,} batches, more "
+                         f"than {_MAX_BATCHES:,}; raise batch_accounts")
+    return run
+
+
+def _workers(batches: int) -> int:
+    """Processes to use: one per core (at most 4, each holds one batch in memory), no more than batches."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, 4, batches))
