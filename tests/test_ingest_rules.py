@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import importlib
 import json
 import math
 from pathlib import Path
@@ -313,3 +314,35 @@ def test_csv_text_that_looks_like_null_markers_is_kept(tmp_path):
     ws = Workspace(tmp_path / "ws")
     ingest(write_raw(tmp_path / "raw", rows, fmt="csv"), ws, now=NOW, progress=False)
     assert ws.read("accounts").column("nickname").to_pylist()[:2] == ["NA", "null"]
+
+
+def test_crash_midway_leaves_previous_ingest_intact(tmp_path, ingested_workspace, monkeypatch):
+    ingest_module = importlib.import_module("pipelines.ingest")  # the module, not the function it exports
+    before = _tree_digest(ingested_workspace.root)
+    real_check, calls = ingest_module.check_batch, []
+
+    def failing_check(*args, **kwargs):
+        calls.append(args[0].name)
+        if len(calls) == 4:  # three tables already staged
+            raise KeyboardInterrupt
+        return real_check(*args, **kwargs)
+
+    monkeypatch.setattr(ingest_module, "check_batch", failing_check)
+    with pytest.raises(KeyboardInterrupt):
+        ingest(write_raw(tmp_path / "new"), ingested_workspace, now=NOW, progress=False)
+    assert _tree_digest(ingested_workspace.root) == before
+    assert not list(ingested_workspace.root.glob(".staging-*"))
+
+
+def test_csv_quoting_unicode_and_byte_order_mark(tmp_path):
+    rows = valid_rows()
+    rows["accounts"][0]["nickname"] = "李雷, \"Lei\""
+    rows["waybills"][0]["receiver_address"] = "深圳市南山区\n科技园 1 号"
+    raw = write_raw(tmp_path / "raw", rows, fmt="csv")
+    path = raw / "accounts.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    ws = Workspace(tmp_path / "ws")
+    reports = ingest(raw, ws, now=NOW, progress=False)
+    assert all(r.rejected == 0 for r in reports.values())
+    assert ws.read("accounts").column("nickname")[0].as_py() == "李雷, \"Lei\""
+    assert ws.read("waybills").column("receiver_address")[0].as_py() == "深圳市南山区\n科技园 1 号"
