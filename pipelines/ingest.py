@@ -32,13 +32,21 @@ from tqdm.auto import tqdm
 from pipelines.workspace import Workspace, write_json_atomic
 from profiling.errors import InternalError, SchemaError
 from profiling.schema import INGEST_ORDER, TABLES, Table
-from profiling.validation import CheckContext, check_batch, coerce_batch, coerce_column, reference_failures
+from profiling.validation import (
+    CheckContext,
+    Reason,
+    check_batch,
+    coerce_batch,
+    coerce_column,
+    reference_failures,
+)
 
 __all__ = ["TableReport", "ingest", "find_sources", "REJECT_COLUMNS"]
 
 # Columns of a rejects table before the table's own columns (which are kept as text).
-REJECT_COLUMNS = ("source_file", "source_row", "column", "reason", "detail")
-MALFORMED_ROW = "malformed_row"  # a CSV record that could not be split into the header's fields
+_REJECT_HEAD = pa.schema([("source_file", pa.string()), ("source_row", pa.int64()), ("column", pa.string()),
+                          ("reason", pa.string()), ("detail", pa.string())])
+REJECT_COLUMNS = tuple(_REJECT_HEAD.names)
 _SUFFIXES = (".parquet", ".csv")
 
 
@@ -126,6 +134,13 @@ def _read_batches(path: Path, table: Table, batch_rows: int) -> tuple[Iterator[p
     return iter(reader), reader
 
 
+def _parquet_rows(sources: list[Path]) -> int | None:
+    """Rows in ``sources`` if all are Parquet (from their footers), else None: the progress bar's total."""
+    if any(p.suffix != ".parquet" for p in sources):
+        return None
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in sources)
+
+
 def _record_numbers(valid_ordinals: np.ndarray, malformed: list[tuple[int, str]]) -> np.ndarray:
     """1-based record numbers of well-formed rows, given their 1-based ordinals among well-formed rows.
 
@@ -207,15 +222,13 @@ def _as_text(values: pa.Array) -> pa.Array:
 
 
 def _rejects_schema(table: Table) -> pa.Schema:
-    head = [pa.field("source_file", pa.string()), pa.field("source_row", pa.int64()),
-            pa.field("column", pa.string()), pa.field("reason", pa.string()), pa.field("detail", pa.string())]
-    return pa.schema(head + [pa.field(name, pa.string()) for name in table.column_names])
+    return pa.schema(list(_REJECT_HEAD) + [pa.field(name, pa.string()) for name in table.column_names])
 
 
 def _malformed_rejects(table: Table, source: str, malformed: list[tuple[int, str]]) -> pa.RecordBatch:
     n = len(malformed)
     columns = [pa.array([source] * n), pa.array([number for number, _ in malformed], pa.int64()),
-               pa.nulls(n, pa.string()), pa.array([MALFORMED_ROW] * n),
+               pa.nulls(n, pa.string()), pa.array([Reason.MALFORMED_ROW.value] * n),
                pa.array([f"wrong number of fields: {text}" for _, text in malformed], pa.string())]
     columns += [pa.nulls(n, pa.string()) for _ in table.column_names]
     return pa.RecordBatch.from_arrays(columns, schema=_rejects_schema(table))
@@ -236,7 +249,8 @@ def _ingest_table(table: Table, sources: list[Path], stage: Path, context: Check
     offset = 0  # position of the batch among the table's well-formed rows
     with pq.ParquetWriter(accepted_dir / "part-00000.parquet", table.schema) as accepted_out, \
             pq.ParquetWriter(rejects_dir / "part-00000.parquet", _rejects_schema(table)) as rejects_out, \
-            tqdm(desc=f"ingest {table.name}", unit=" rows", disable=not progress, leave=False) as bar:
+            tqdm(desc=f"ingest {table.name}", unit=" rows", total=_parquet_rows(sources), disable=not progress,
+                 leave=False) as bar:
         for path in sources:
             batches, csv_reader = _read_batches(path, table, batch_rows)
             ordinal = 0  # well-formed rows read from this file so far
@@ -271,7 +285,7 @@ def _ingest_table(table: Table, sources: list[Path], stage: Path, context: Check
             unparsed.raise_if_whole_column(path)
             if csv_reader is not None and csv_reader.malformed:
                 rejects_out.write_batch(_malformed_rejects(table, str(path), csv_reader.malformed))
-                reasons[MALFORMED_ROW] += len(csv_reader.malformed)
+                reasons[Reason.MALFORMED_ROW.value] += len(csv_reader.malformed)
                 report.rows_in += len(csv_reader.malformed)
                 report.rejected += len(csv_reader.malformed)
     report.reasons = dict(sorted(reasons.items()))

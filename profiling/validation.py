@@ -60,6 +60,7 @@ class Reason(str, Enum):
     FUTURE_TIMESTAMP = "future_timestamp"    # later than the ingest's clock (plus allowed skew)
     DUPLICATE_KEY = "duplicate_key"          # primary key seen on an earlier row
     UNKNOWN_REFERENCE = "unknown_reference"  # foreign key not among the parent's accepted keys
+    MALFORMED_ROW = "malformed_row"          # a CSV record with the wrong number of fields
 
 
 @dataclass(frozen=True)
