@@ -10,11 +10,13 @@ Layout (kept by every stage)::
 
 Folders are replaced whole: a stage writes into a staging folder inside the workspace and
 ``publish`` renames the results into place, so a failed or interrupted stage leaves the
-previous contents as they were.
+previous contents as they were. Hidden entries (``.staging-*``, ``.retired-*``, ``.lock``) are the
+machinery of that and are cleared by the next stage that runs.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -94,9 +96,13 @@ class Workspace:
 
     @contextmanager
     def staging(self) -> Iterator[Path]:
-        """A fresh folder inside the workspace (same file system, so renames are atomic), removed on exit."""
+        """A fresh folder inside the workspace (same file system, so renames are atomic), removed on exit.
+
+        Also clears what killed jobs left behind (see ``sweep``) before the new work starts.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
-        folder = self.root / f".staging-{uuid.uuid4().hex}"
+        self.sweep()
+        folder = self.root / f".staging-{os.getpid()}-{uuid.uuid4().hex}"
         folder.mkdir()
         try:
             yield folder
@@ -106,15 +112,61 @@ class Workspace:
     def publish(self, replacements: Mapping[Path, Path]) -> None:
         """Move each staged folder onto its destination, replacing what was there.
 
-        Each destination is swapped by two renames (old out of the way, new in), so readers see
-        either the old or the new folder, never a half-written one.
+        All old folders are moved aside first, then all new ones moved in, then the old ones
+        deleted, under an exclusive lock on the workspace. A reader never sees a half-written
+        folder; a job killed midway leaves the old folders aside, and ``sweep`` puts back any
+        whose replacement never arrived.
         """
         for destination, staged in replacements.items():
             if not staged.is_dir():
                 raise WorkspaceError(f"nothing staged for {destination}")
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            retired = destination.parent / f".retired-{destination.name}-{uuid.uuid4().hex}"
-            if destination.exists():
-                os.rename(destination, retired)
-            os.rename(staged, destination)
-            shutil.rmtree(retired, ignore_errors=True)
+        with self._lock():
+            retired = []
+            for destination in replacements:
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                if destination.exists():
+                    aside = destination.parent / f"{_RETIRED}{destination.name}-{uuid.uuid4().hex}"
+                    os.rename(destination, aside)
+                    retired.append(aside)
+            for destination, staged in replacements.items():
+                os.rename(staged, destination)
+            for aside in retired:
+                shutil.rmtree(aside, ignore_errors=True)
+
+    def sweep(self) -> None:
+        """Remove staging folders of jobs that are no longer running and settle half-finished publishes."""
+        if not self.root.is_dir():
+            return
+        with self._lock():
+            for folder in self.root.glob(".staging-*"):
+                pid = folder.name.split("-")[1]
+                if not (pid.isdigit() and _alive(int(pid))):
+                    shutil.rmtree(folder, ignore_errors=True)
+            for aside in [*self.root.glob(f"{_RETIRED}*"), *self.root.glob(f"*/{_RETIRED}*")]:
+                destination = aside.parent / aside.name[len(_RETIRED):].rsplit("-", 1)[0]
+                if destination.exists():
+                    shutil.rmtree(aside, ignore_errors=True)
+                else:
+                    os.rename(aside, destination)
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        with open(self.root / ".lock", "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+_RETIRED = ".retired-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

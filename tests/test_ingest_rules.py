@@ -7,6 +7,7 @@ import hashlib
 import importlib
 import json
 import math
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -346,3 +347,23 @@ def test_csv_quoting_unicode_and_byte_order_mark(tmp_path):
     assert all(r.rejected == 0 for r in reports.values())
     assert ws.read("accounts").column("nickname")[0].as_py() == "李雷, \"Lei\""
     assert ws.read("waybills").column("receiver_address")[0].as_py() == "深圳市南山区\n科技园 1 号"
+
+
+def test_leftovers_of_a_killed_job_are_cleared(tmp_path, ingested_workspace):
+    root = ingested_workspace.root
+    before = _tree_digest(root / "ingested")
+    # A job killed between moving the old tables aside and moving the new ones in, and its staging folder.
+    os.rename(root / "ingested", root / ".retired-ingested-0123")
+    (root / ".staging-999999999-abc" / "ingested").mkdir(parents=True)
+    (root / ".staging-999999999-abc" / "ingested" / "half.parquet").write_bytes(b"personal data")
+    (root / "rejects" / ".retired-orders-0456").mkdir()
+    ingested_workspace.sweep()
+    assert _tree_digest(root / "ingested") == before
+    assert not list(root.glob(".staging-*")) and not list(root.rglob(".retired-*"))
+
+
+def test_a_running_jobs_staging_folder_is_left_alone(tmp_path, ingested_workspace):
+    with ingested_workspace.staging() as mine:
+        (mine / "work").write_text("in progress")
+        Workspace(ingested_workspace.root).sweep()
+        assert (mine / "work").read_text() == "in progress"
