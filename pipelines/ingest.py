@@ -152,27 +152,26 @@ def _record_numbers(valid_ordinals: np.ndarray, malformed: list[tuple[int, str]]
     return valid_ordinals + np.searchsorted(before, valid_ordinals, side="right")
 
 
-def _whole_column(table: Table, sources: list[Path], name: str) -> pa.ChunkedArray:
-    """Column ``name`` of every well-formed row of ``table`` (source order), coerced to the model's type."""
-    chunks: list[pa.Array] = []
+def _key_columns(table: Table, sources: list[Path]) -> dict[str, pa.ChunkedArray]:
+    """The primary-key and foreign-key columns of every well-formed row (source order), in one read.
+
+    Rules about the whole table (duplicate keys, references) run once on these, not once per batch.
+    """
+    names = [table.primary_key] + [f.name for f in table.fields if f.references]
+    chunks: dict[str, list[pa.Array]] = {name: [] for name in names}
     for path in sources:
         if path.suffix == ".parquet":
-            raw = pq.read_table(path, columns=[name]).column(0).chunks
+            raw = pq.read_table(path, columns=names).to_batches()
         else:
-            raw = [batch.column(name) for batch in _CsvReader(path, table, batch_bytes=64 << 20)]
-        chunks.extend(coerce_column(table[name], chunk, str(path))[0] for chunk in raw)
-    return pa.chunked_array(chunks, type=table[name].type)
+            raw = list(_CsvReader(path, table, batch_bytes=64 << 20))
+        for batch in raw:
+            for name in names:
+                chunks[name].append(coerce_column(table[name], batch.column(name), str(path))[0])
+    return {name: pa.chunked_array(arrays, type=table[name].type) for name, arrays in chunks.items()}
 
 
-def _unknown_references(table: Table, sources: list[Path], parent_keys: dict[str, pa.Array]) -> dict[str, np.ndarray]:
-    """Per foreign-key column, a mask over all well-formed rows: one set lookup per column, not per batch."""
-    return {f.name: reference_failures(f, _whole_column(table, sources, f.name), parent_keys)
-            for f in table.fields if f.references}
-
-
-def _duplicate_keys(table: Table, sources: list[Path]) -> np.ndarray:
-    """Mask over all well-formed rows of ``table`` (source order): True where the key appeared before."""
-    keys = _whole_column(table, sources, table.primary_key)
+def _duplicate_keys(keys: pa.ChunkedArray) -> np.ndarray:
+    """True where a key appeared on an earlier row (nulls are never duplicates)."""
     if pc.count_distinct(keys).as_py() == len(keys) - keys.null_count:
         return np.zeros(len(keys), dtype=bool)  # the usual case: no key repeats
     keys = keys.combine_chunks()
@@ -237,8 +236,11 @@ def _malformed_rejects(table: Table, source: str, malformed: list[tuple[int, str
 def _ingest_table(table: Table, sources: list[Path], stage: Path, context: CheckContext, batch_rows: int,
                   report: TableReport, progress: bool) -> dict[str, pa.Array]:
     """Validate one table into ``stage``; return its accepted values of columns other tables reference."""
-    duplicates = _duplicate_keys(table, sources)
-    unknown_references = _unknown_references(table, sources, context.parent_keys)
+    keys = _key_columns(table, sources)
+    duplicates = _duplicate_keys(keys[table.primary_key])
+    unknown_references = {f.name: reference_failures(f, keys[f.name], context.parent_keys)
+                          for f in table.fields if f.references}
+    del keys
     referenced = {f.references.split(".")[1] for t in TABLES.values() for f in t.fields
                   if f.references and f.references.split(".")[0] == table.name}
     kept: dict[str, list[pa.Array]] = {name: [] for name in referenced}
