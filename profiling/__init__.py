@@ -1,6 +1,7 @@
 """Everything about people: the data model, identifier formats and the rules raw rows must meet."""
 
 from profiling.errors import InternalError, KeyFileError, PortraitError, SchemaError, WorkspaceError
+from profiling.keys import MasterKey, create_key_file, load_key_file
 from profiling.schema import (
     INGEST_ORDER,
     TABLE_NAMES,
@@ -23,6 +24,7 @@ __all__ = [
     "Format",
     "InternalError",
     "KeyFileError",
+    "MasterKey",
     "PortraitError",
     "PrivacyClass",
     "Reason",
@@ -30,6 +32,8 @@ __all__ = [
     "Table",
     "WorkspaceError",
     "arrow_schema",
+    "create_key_file",
     "fields_of_class",
+    "load_key_file",
     "table",
 ]
