@@ -20,6 +20,7 @@ from pipelines.synthetic._times import (
     _timestamps,
     _uniform_between,
 )
+from profiling.purposes import PURPOSES, PurposeGroup
 from profiling.schema import table as schema_table
 
 # Optional purposes: (purpose, share of accounts granting, share granting at registration,
@@ -29,15 +30,14 @@ _OPTIONAL_PURPOSES = (
     ("cross_device_sync", 0.70, 0.50, 90), ("location", 0.36, 0.50, 20), ("camera", 0.25, 0.0, 60),
     ("speech_input", 0.12, 0.0, 90), ("address_book", 0.10, 0.0, 90), ("third_party_binding", 0.08, 0.2, 120),
 )
-_CORE_PURPOSES = ("account_registration", "service_provision", "payment_settlement", "messaging",
-                  "customer_service", "product_improvement", "transaction_safety")
+_CORE_PURPOSES = tuple(name for name, group in PURPOSES.items() if group is PurposeGroup.CORE)
 _CORE_AT_REGISTRATION = 0.30   # share of accounts whose registration also logged the core grants
 _REVOKE_SHARE = 0.10           # of grants, revoked later
 _REGRANT_SHARE = 0.35          # of revocations, granted again later
 _DND_SHARE = 0.20
 _NEW_POLICY_ACCEPTED = 0.75    # of accounts created before the 2019-06 policy
 _SENSITIVE_PURPOSE = "service_provision"  # ID numbers are processed to clear customs for the delivery
-_CHANNELS = ("app", "web", "wechat", "customer_service", "sms")
+_CHANNELS = schema_table("consent_events")["channel"].allowed
 _CANCEL_SHARE = 0.01
 
 
