@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import difflib
 import os
 import shutil
 from collections import Counter
@@ -96,7 +97,10 @@ def _check_columns(table: Table, path: Path) -> list[str]:
     present = _source_columns(path)
     for name in table.column_names:
         if name not in present:
-            raise SchemaError(f"{path}: missing column {name!r} of table {table.name}")
+            close = difflib.get_close_matches(name, present, n=1, cutoff=0.6) or [
+                p for p in present if p.strip().lower() == name]
+            hint = f" (the file has {close[0]!r}; rename it to {name!r})" if close else ""
+            raise SchemaError(f"{path}: missing column {name!r} of table {table.name}{hint}")
     return [name for name in present if name not in table.column_names]
 
 

@@ -367,3 +367,32 @@ def test_a_running_jobs_staging_folder_is_left_alone(tmp_path, ingested_workspac
         (mine / "work").write_text("in progress")
         Workspace(ingested_workspace.root).sweep()
         assert (mine / "work").read_text() == "in progress"
+
+
+def test_missing_column_suggests_a_near_name(tmp_path, ingested_workspace):
+    raw = write_raw(tmp_path / "raw")
+    path = raw / "accounts.parquet"
+    pq.write_table(pq.read_table(path).rename_columns(
+        ["account_id", "Phone", "nickname", "email", "birthday", "gender", "region", "created_at"]), path)
+    _assert_fails_cleanly(ingested_workspace, raw, r"missing column 'phone' of table accounts \(the file has 'Phone'")
+
+
+def test_unreadable_parquet_changes_nothing(tmp_path, ingested_workspace):
+    raw = write_raw(tmp_path / "raw")
+    (raw / "devices.parquet").write_bytes(b"PAR1 this is not parquet")
+    _assert_fails_cleanly(ingested_workspace, raw, r"devices\.parquet: not a readable Parquet file")
+
+
+def test_empty_csv_changes_nothing(tmp_path, ingested_workspace):
+    raw = write_raw(tmp_path / "raw", fmt="csv")
+    (raw / "devices.csv").write_text("")
+    _assert_fails_cleanly(ingested_workspace, raw, r"devices\.csv: empty CSV file; the first line must name the columns")
+
+
+def test_header_only_csv_is_an_empty_table(tmp_path):
+    rows = valid_rows()
+    rows["device_events"] = []
+    raw = write_raw(tmp_path / "raw", rows, fmt="csv")
+    reports = ingest(raw, Workspace(tmp_path / "ws"), now=NOW, progress=False)
+    assert (reports["device_events"].rows_in, reports["device_events"].accepted) == (0, 0)
+    assert Workspace(tmp_path / "ws").read("device_events").num_rows == 0
