@@ -136,6 +136,22 @@ def coerce_batch(table: Table, batch: pa.RecordBatch, source: str) -> tuple[pa.R
     return pa.RecordBatch.from_arrays(columns, schema=table.schema), bad_cells
 
 
+def _readable_as(source: pa.DataType, target: pa.DataType) -> bool:
+    """Whether typed values may be cast without guessing: no numbers as times, no numbers as booleans."""
+    t = pa.types
+    if t.is_null(source):
+        return True
+    if t.is_string(target):
+        return t.is_string(source) or t.is_large_string(source) or t.is_integer(source)
+    if t.is_floating(target):
+        return t.is_integer(source) or t.is_floating(source) or t.is_decimal(source)
+    if t.is_timestamp(target) or t.is_date(target):
+        return t.is_timestamp(source) or t.is_date(source)
+    if t.is_list(target):
+        return (t.is_list(source) or t.is_large_list(source)) and _readable_as(source.value_type, target.value_type)
+    return source == target
+
+
 def coerce_column(field: Field, values: pa.Array, source: str) -> tuple[pa.Array, np.ndarray]:
     """One column of ``coerce_batch``: the values in ``field.type`` and the mask of cells that did not parse."""
     if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
@@ -147,6 +163,13 @@ def coerce_column(field: Field, values: pa.Array, source: str) -> tuple[pa.Array
             return _parse_text(field, values.cast(pa.string()))
     if values.type == field.type:
         return values, np.zeros(len(values), dtype=bool)
+    if pa.types.is_dictionary(values.type):
+        values = values.dictionary_decode()
+    if not _readable_as(values.type, field.type):
+        raise SchemaError(
+            f"{source}: column {field.name!r} has type {values.type}, which cannot be read as {field.type}; "
+            f"fix the column's type in the source"
+        )
     try:
         # Timestamps may lose sub-microsecond digits; every other cast must be exact.
         safe = not (pa.types.is_timestamp(values.type) and pa.types.is_timestamp(field.type))

@@ -396,3 +396,34 @@ def test_header_only_csv_is_an_empty_table(tmp_path):
     reports = ingest(raw, Workspace(tmp_path / "ws"), now=NOW, progress=False)
     assert (reports["device_events"].rows_in, reports["device_events"].accepted) == (0, 0)
     assert Workspace(tmp_path / "ws").read("device_events").num_rows == 0
+
+
+def test_numbers_are_not_guessed_as_times(tmp_path, ingested_workspace):
+    raw = write_raw(tmp_path / "raw")
+    path = raw / "accounts.parquet"
+    table = pq.read_table(path)
+    index = table.schema.get_field_index("created_at")
+    table = table.set_column(index, "created_at", pa.array([1_700_000_000] * table.num_rows, pa.int64()))
+    pq.write_table(table, path)
+    _assert_fails_cleanly(ingested_workspace, raw, r"column 'created_at' has type int64, which cannot be read as timestamp")
+
+
+def test_loosely_typed_parquet_columns_are_read(tmp_path):
+    raw = write_raw(tmp_path / "raw")
+    path = raw / "accounts.parquet"
+    table = pq.read_table(path)
+    phone = table.schema.get_field_index("phone")
+    table = table.set_column(phone, "phone", pa.array([13812345678, 13900001111, 15011112222], pa.int64()))
+    gender = table.schema.get_field_index("gender")
+    table = table.set_column(gender, "gender", table.column("gender").dictionary_encode())
+    created = table.schema.get_field_index("created_at")
+    table = table.set_column(created, "created_at", table.column("created_at").cast(pa.timestamp("ms")))
+    pq.write_table(table, path)
+    orders = pq.read_table(raw / "orders.parquet")
+    amount = orders.schema.get_field_index("amount")
+    pq.write_table(orders.set_column(amount, "amount", pa.array([134, 0, 99], pa.int32())), raw / "orders.parquet")
+    ws = Workspace(tmp_path / "ws")
+    reports = ingest(raw, ws, now=NOW, progress=False)
+    assert all(r.rejected == 0 for r in reports.values())
+    assert ws.read("accounts").column("phone").to_pylist() == ["13812345678", "13900001111", "15011112222"]
+    assert ws.read("orders").column("amount").to_pylist() == [134.0, 0.0, 99.0]
