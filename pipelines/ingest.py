@@ -198,15 +198,15 @@ class _UnparsedColumns:
         self.bad: Counter[str] = Counter()
         self.example: dict[str, str] = {}
 
-    def count(self, path: Path, raw: pa.RecordBatch, bad_cells: dict[str, np.ndarray]) -> None:
-        for field in self.table.fields:
-            values = raw.column(field.name)
-            if pa.types.is_string(field.type) or not pa.types.is_string(values.type):
+    def count(self, raw: pa.RecordBatch, bad_cells: dict[str, np.ndarray]) -> None:
+        for column in self.table.fields:
+            values = raw.column(column.name)
+            if pa.types.is_string(column.type) or not pa.types.is_string(values.type):
                 continue
-            self.present[field.name] += len(values) - values.null_count
-            if field.name in bad_cells:
-                self.bad[field.name] += int(bad_cells[field.name].sum())
-                self.example.setdefault(field.name, values[int(np.argmax(bad_cells[field.name]))].as_py())
+            self.present[column.name] += len(values) - values.null_count
+            if column.name in bad_cells:
+                self.bad[column.name] += int(bad_cells[column.name].sum())
+                self.example.setdefault(column.name, values[int(np.argmax(bad_cells[column.name]))].as_py())
 
     def raise_if_whole_column(self, path: Path) -> None:
         for name, present in self.present.items():
@@ -263,7 +263,7 @@ def _ingest_table(table: Table, sources: list[Path], stage: Path, context: Check
             for raw in batches:
                 n = raw.num_rows
                 typed, bad_cells = coerce_batch(table, raw, source=str(path))
-                unparsed.count(path, raw, bad_cells)
+                unparsed.count(raw, bad_cells)
                 verdict = check_batch(table, typed, context, bad_cells=bad_cells,
                                       duplicate_keys=duplicates[offset:offset + n],
                                       unknown_references={c: m[offset:offset + n] for c, m in unknown_references.items()})
