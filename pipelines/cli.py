@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pipelines.ingest import ingest
 from pipelines.run import parse_as_of, run_pipeline
+from pipelines.synthetic import generate
 from pipelines.workspace import Workspace
 from profiling.errors import InternalError, PortraitError
 from profiling.keys import create_key_file
@@ -50,8 +51,6 @@ def _ingest_rows(reports) -> list[dict]:
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
-    from pipelines.synthetic import generate
-
     started = time.perf_counter()
     counts = generate(args.out, accounts=args.accounts, seed=args.seed, progress=_progress(args))
     print(format_table([{"table": name, "rows": rows} for name, rows in counts.items()]))
@@ -77,8 +76,6 @@ def _cmd_keys_init(args: argparse.Namespace) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from pipelines.synthetic import generate
-
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="portrait-demo-"))
     if root.exists() and any(root.iterdir()):
         raise PortraitError(f"demo folder {root} is not empty; pass --dir with a new folder")

@@ -165,20 +165,18 @@ def coerce_column(field: Field, values: pa.Array, source: str) -> tuple[pa.Array
         return values, np.zeros(len(values), dtype=bool)
     if pa.types.is_dictionary(values.type):
         values = values.dictionary_decode()
-    if not _readable_as(values.type, field.type):
-        raise SchemaError(
-            f"{source}: column {field.name!r} has type {values.type}, which cannot be read as {field.type}; "
-            f"fix the column's type in the source"
-        )
-    try:
-        # Timestamps may lose sub-microsecond digits; every other cast must be exact.
-        safe = not (pa.types.is_timestamp(values.type) and pa.types.is_timestamp(field.type))
-        return values.cast(field.type, safe=safe), np.zeros(len(values), dtype=bool)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
-        raise SchemaError(
-            f"{source}: column {field.name!r} has type {values.type}, which cannot be read as "
-            f"{field.type} ({error}); fix the column's type in the source"
-        ) from None
+    cause = ""
+    if _readable_as(values.type, field.type):
+        try:
+            # Timestamps may lose sub-microsecond digits; every other cast must be exact.
+            safe = not (pa.types.is_timestamp(values.type) and pa.types.is_timestamp(field.type))
+            return values.cast(field.type, safe=safe), np.zeros(len(values), dtype=bool)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+            cause = f" ({error})"
+    raise SchemaError(
+        f"{source}: column {field.name!r} has type {values.type}, which cannot be read as {field.type}{cause}; "
+        f"fix the column's type in the source"
+    )
 
 
 def _format_invalid(fmt: Format, values: pa.Array) -> pa.Array:
