@@ -13,6 +13,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipelines.commands import keys
+from pipelines.commands._shared import DEFAULT_WORKSPACE, format_table
+from pipelines.commands._shared import show_progress as _progress
 from pipelines.ingest import ingest
 from pipelines.run import parse_as_of, run_pipeline
 from pipelines.synthetic import generate
@@ -20,29 +23,10 @@ from pipelines.workspace import Workspace
 from profiling.errors import InternalError, PortraitError
 from profiling.keys import create_key_file
 
-__all__ = ["main", "build_parser", "format_table"]
+__all__ = ["main", "build_parser"]
 
-DEFAULT_WORKSPACE = "portrait-workspace"
-
-
-def format_table(rows: list[dict]) -> str:
-    """Rows of dicts as an aligned plain-text table (columns in first-seen order)."""
-    if not rows:
-        return "(nothing to show)"
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    cells = [[str(row.get(c, "")) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    numeric = [all(r[i].replace(".", "", 1).isdigit() or not r[i] for r in cells) for i in range(len(columns))]
-
-    def line(values: Sequence[str]) -> str:
-        return "  ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(values, widths, numeric)).rstrip()
-
-    return "\n".join([line(columns), line(["-" * w for w in widths]), *(line(r) for r in cells)])
-
-
-def _progress(args: argparse.Namespace) -> bool:
-    """Progress bars on a terminal only, so logs of scheduled jobs stay readable."""
-    return not args.quiet and sys.stderr.isatty()
+# Modules whose ``register(commands)`` adds their subcommands, in the order help lists them.
+COMMAND_MODULES = (keys,)
 
 
 def _ingest_rows(reports) -> list[dict]:
@@ -68,11 +52,6 @@ def _cmd_ingest(args: argparse.Namespace) -> None:
 def _cmd_run(args: argparse.Namespace) -> None:
     summary = run_pipeline(Workspace(args.workspace), args.key_file, parse_as_of(args.as_of), progress=_progress(args))
     print(format_table(summary))
-
-
-def _cmd_keys_init(args: argparse.Namespace) -> None:
-    key = create_key_file(args.key_file)
-    print(f"created {args.key_file} (mode 600, fingerprint {key.fingerprint}); keep it outside every workspace")
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -126,11 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--as-of", required=True, help="evaluation moment, ISO 8601; without an offset it is UTC")
     run.set_defaults(handler=_cmd_run)
 
-    keys = commands.add_parser("keys", help="manage the master key file")
-    key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    init = key_commands.add_parser("init", help="create a new master key file (mode 600)")
-    init.add_argument("--key-file", required=True, help="path of the new key file, outside every workspace")
-    init.set_defaults(handler=_cmd_keys_init)
+    for module in COMMAND_MODULES:
+        module.register(commands)
     return parser
 
 

@@ -1,0 +1,36 @@
+"""What several subcommands print or accept the same way."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+__all__ = ["DEFAULT_WORKSPACE", "add_workspace_argument", "format_table", "show_progress"]
+
+DEFAULT_WORKSPACE = "portrait-workspace"
+
+
+def add_workspace_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workspace", default=DEFAULT_WORKSPACE,
+                        help=f"workspace folder (default {DEFAULT_WORKSPACE})")
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """Progress bars on a terminal only, so logs of scheduled jobs stay readable."""
+    return not getattr(args, "quiet", False) and sys.stderr.isatty()
+
+
+def format_table(rows: list[dict]) -> str:
+    """Rows of dicts as an aligned plain-text table (columns in first-seen order)."""
+    if not rows:
+        return "(nothing to show)"
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    cells = [[str(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    numeric = [all(r[i].replace(".", "", 1).isdigit() or not r[i] for r in cells) for i in range(len(columns))]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(values, widths, numeric)).rstrip()
+
+    return "\n".join([line(columns), line(["-" * w for w in widths]), *(line(r) for r in cells)])
