@@ -1,3 +1,28 @@
-"""Everything about releases: differentially private aggregates and the privacy budget."""
+"""Differentially private releases: person-level bounds, OpenDP noise, a budget ledger and the privacy review.
 
-__all__: list[str] = []
+Every aggregate that leaves the engine goes through a ``PrivateSession`` query, is charged to the
+persistent ``BudgetLedger`` before its value is computed, and is noised by an OpenDP measurement.
+"""
+
+from dp._bounding import join_devices
+from dp._errors import BudgetExceededError, BudgetNotSetError, PrivacyParameterError
+from dp._mechanisms import enabled_features
+from dp.budget import DEFAULT_PERIOD, Budget, BudgetLedger, ChargeLine
+from dp.review import build_review, write_review
+from dp.session import PrivateSession, Query
+
+__all__ = [
+    "DEFAULT_PERIOD",
+    "Budget",
+    "BudgetExceededError",
+    "BudgetLedger",
+    "BudgetNotSetError",
+    "ChargeLine",
+    "PrivacyParameterError",
+    "PrivateSession",
+    "Query",
+    "build_review",
+    "enabled_features",
+    "join_devices",
+    "write_review",
+]

@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipelines.commands import keys
+from pipelines.commands import budget, keys
 from pipelines.commands._shared import DEFAULT_WORKSPACE, format_table
 from pipelines.commands._shared import show_progress as _progress
 from pipelines.ingest import ingest
@@ -26,7 +26,7 @@ from profiling.keys import create_key_file
 __all__ = ["main", "build_parser"]
 
 # Modules whose ``register(commands)`` adds their subcommands, in the order help lists them.
-COMMAND_MODULES = (keys,)
+COMMAND_MODULES = (keys, budget)
 
 
 def _ingest_rows(reports) -> list[dict]:

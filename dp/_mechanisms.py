@@ -1,0 +1,235 @@
+"""OpenDP measurements: calibration of noise scales, the noise itself, and 95% half-widths.
+
+Every noisy number Portrait releases is drawn by an OpenDP measurement built here; the
+privacy loss charged is the one OpenDP's own privacy map certifies for the sensitivity.
+Sums are computed in whole multiples of a declared resolution (e.g. cents) so that both
+the aggregation and the noise are exact integer arithmetic, and no floating-point
+feature flag is needed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import opendp.prelude as dp
+
+from profiling.errors import InternalError
+
+__all__ = [
+    "APPROXIMATE",
+    "PURE",
+    "ZCDP",
+    "NoisePlan",
+    "add_vector_noise",
+    "enabled_features",
+    "half_width",
+    "plan_quantile",
+    "plan_threshold",
+    "plan_vector_noise",
+    "release_quantile",
+    "release_threshold",
+]
+
+PURE, APPROXIMATE, ZCDP = "pure", "approximate", "zCDP"
+CONFIDENCE = 0.95
+_ALPHA = 1.0 - CONFIDENCE
+_FEATURES: set[str] = set()
+
+
+def _enable(*features: str) -> None:
+    dp.enable_features(*features)
+    _FEATURES.update(features)
+
+
+def enabled_features() -> tuple[str, ...]:
+    """The OpenDP feature flags Portrait has enabled in this process (listed in the privacy review)."""
+    return tuple(sorted(_FEATURES))
+
+
+_enable("contrib")
+
+
+@dataclass(frozen=True)
+class NoisePlan:
+    """One calibrated OpenDP measurement and what it costs.
+
+    ``sensitivity`` is in the measurement's input units (L1 or L2 distance between the
+    neighbouring aggregate vectors, or (l0, l1, linf) for thresholding, or rows for
+    quantiles); ``scale`` in the same units. Exactly one of (epsilon, delta) or rho is the
+    charged cost, as the budget's measure asks; ``half_width`` is the 95% confidence
+    half-width of each noisy value in units of the integer aggregate (multiply by the
+    resolution for sums).
+    """
+
+    mechanism: str
+    measure: str
+    sensitivity: object
+    scale: float
+    epsilon: float | None
+    delta: float | None
+    rho: float | None
+    half_width: float
+    threshold: int | None = None
+
+    def cost(self) -> dict[str, float]:
+        return {"epsilon": self.epsilon or 0.0, "delta": self.delta or 0.0, "rho": self.rho or 0.0}
+
+
+def _int_space(metric):
+    return dp.vector_domain(dp.atom_domain(T=int)), metric
+
+
+def _laplace(scale: float):
+    return dp.m.make_laplace(*_int_space(dp.l1_distance(T=int)), scale=scale)
+
+
+def _gaussian(scale: float):
+    return dp.m.make_gaussian(*_int_space(dp.l2_distance(T=float)), scale=scale)
+
+
+def _search_scale(loss, target: float, start: float) -> float:
+    """Smallest scale (to 1e-9 relative) with ``loss(scale) <= target``; ``loss`` decreases in scale.
+
+    ``start`` is the analytic calibration; OpenDP's map (which rounds conservatively) usually
+    accepts it or a hair above it, so the bisection is the fallback.
+    """
+    for nudge in (1.0, 1.0 + 1e-12, 1.0 + 1e-9):
+        if loss(start * nudge) <= target and loss(start * (1.0 - 1e-9)) > target:
+            return start * nudge
+    high = start
+    while loss(high) > target:
+        high *= 2.0
+    low = high / 2.0
+    if loss(low) <= target:
+        return low
+    while (high - low) > 1e-9 * high:
+        middle = (low + high) / 2.0
+        if loss(middle) <= target:
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def plan_vector_noise(*, mechanism: str, measure: str, l1_sensitivity: int, l2_sensitivity: float,
+                      epsilon: float | None = None, delta: float | None = None, rho: float | None = None) -> NoisePlan:
+    """Calibrate discrete Laplace or discrete Gaussian noise for an integer vector.
+
+    ``measure`` is the budget's: PURE (Laplace only, costs epsilon), APPROXIMATE (Laplace costs
+    epsilon; Gaussian costs (epsilon, delta) through OpenDP's zCDP -> approximate-DP conversion),
+    ZCDP (costs rho; Laplace converted by OpenDP's pure -> zCDP map).
+    """
+    if mechanism == "laplace":
+        d_in = int(l1_sensitivity)
+        if measure == ZCDP:
+            target = rho
+            loss = lambda s: dp.c.make_pureDP_to_zCDP(_laplace(s)).map(d_in)
+            start = d_in / math.sqrt(2.0 * rho)
+        else:
+            target = epsilon
+            loss = lambda s: _laplace(s).map(d_in)
+            start = d_in / epsilon
+        scale = _search_scale(loss, target, start)
+        spent = loss(scale)
+        half = dp.discrete_laplacian_scale_to_accuracy(scale, _ALPHA)
+        if measure == ZCDP:
+            return NoisePlan("discrete Laplace", measure, d_in, scale, None, None, spent, half)
+        return NoisePlan("discrete Laplace", measure, d_in, scale, spent, 0.0, None, half)
+    if mechanism == "gaussian":
+        d_in = float(l2_sensitivity)
+        if measure == ZCDP:
+            loss = lambda s: _gaussian(s).map(d_in)
+            scale = _search_scale(loss, rho, d_in / math.sqrt(2.0 * rho))
+            return NoisePlan("discrete Gaussian", measure, d_in, scale, None, None, loss(scale),
+                             dp.discrete_gaussian_scale_to_accuracy(scale, _ALPHA))
+        if measure == PURE:
+            raise InternalError("Gaussian noise under a pure-DP budget must be refused during validation")
+
+        def loss(s: float) -> float:
+            return dp.c.make_fix_delta(dp.c.make_zCDP_to_approxDP(_gaussian(s)), delta=delta).map(d_in)[0]
+
+        scale = _search_scale(loss, epsilon, d_in * math.sqrt(2.0 * math.log(1.25 / delta)) / epsilon)
+        return NoisePlan("discrete Gaussian", measure, d_in, scale, loss(scale), delta, None,
+                         dp.discrete_gaussian_scale_to_accuracy(scale, _ALPHA))
+    raise InternalError(f"unknown mechanism {mechanism!r} passed validation")
+
+
+def add_vector_noise(plan: NoisePlan, exact: np.ndarray) -> np.ndarray:
+    """Noisy copy of an integer vector, drawn by the OpenDP measurement ``plan`` describes."""
+    measurement = _laplace(plan.scale) if plan.mechanism == "discrete Laplace" else _gaussian(plan.scale)
+    values = [int(v) for v in np.asarray(exact, dtype=np.int64)]
+    if not values:
+        return np.zeros(0, dtype=np.int64)
+    return np.asarray(measurement(values), dtype=np.int64)
+
+
+def _threshold_measurement(scale: float, threshold: int):
+    domain = dp.map_domain(dp.atom_domain(T=str), dp.atom_domain(T=int))
+    return dp.m.make_laplace_threshold(domain, dp.l01inf_distance(dp.absolute_distance(T=int)),
+                                       scale=scale, threshold=threshold)
+
+
+def plan_threshold(*, max_partitions: int, max_rows_per_partition: int, epsilon: float, delta: float) -> NoisePlan:
+    """Laplace noise plus a threshold for counts over keys nobody declared (private partition selection).
+
+    The threshold is the smallest whole count for which OpenDP certifies ``delta``.
+    """
+    d_in = (max_partitions, max_partitions * max_rows_per_partition, max_rows_per_partition)
+    scale = _search_scale(lambda s: _threshold_measurement(s, 2**30).map(d_in)[0], epsilon,
+                          d_in[1] / epsilon)
+    low = high = max_rows_per_partition
+    while _threshold_measurement(scale, high).map(d_in)[1] > delta:
+        low, high = high, high * 2
+        if high > 2**30:
+            raise InternalError("no threshold reaches the asked delta")
+    while low < high:
+        middle = (low + high) // 2
+        if _threshold_measurement(scale, middle).map(d_in)[1] <= delta:
+            high = middle
+        else:
+            low = middle + 1
+    spent_epsilon, spent_delta = _threshold_measurement(scale, high).map(d_in)
+    return NoisePlan("Laplace threshold", APPROXIMATE, d_in, scale, spent_epsilon, spent_delta, None,
+                     dp.discrete_laplacian_scale_to_accuracy(scale, _ALPHA), threshold=high)
+
+
+def release_threshold(plan: NoisePlan, exact_counts: dict[str, int]) -> dict[str, int]:
+    """Noisy counts of the keys whose noisy count reaches the threshold; the rest are dropped."""
+    if not exact_counts:
+        return {}
+    return dict(_threshold_measurement(plan.scale, plan.threshold)({str(k): int(v) for k, v in exact_counts.items()}))
+
+
+def _quantile_measurement(measure: str, candidates: list[float], alpha: float, scale: float):
+    output = dp.zero_concentrated_divergence() if measure == ZCDP else dp.max_divergence()
+    return dp.m.make_private_quantile(dp.vector_domain(dp.atom_domain(T=float, nan=False)), dp.symmetric_distance(),
+                                      output, candidates=candidates, alpha=alpha, scale=scale)
+
+
+def plan_quantile(*, measure: str, rows_per_person: int, candidates: list[float], alpha: float,
+                  epsilon: float | None = None, rho: float | None = None) -> NoisePlan:
+    """Calibrate the exponential-mechanism quantile over ``candidates`` (OpenDP ``make_private_quantile``).
+
+    The half-width is NaN: the mechanism's error is in ranks, not in the value's units.
+    """
+    target = rho if measure == ZCDP else epsilon
+    loss = lambda s: _quantile_measurement(measure, candidates, alpha, s).map(rows_per_person)
+    scale = _search_scale(loss, target, float(rows_per_person) / target)
+    spent = loss(scale)
+    if measure == ZCDP:
+        return NoisePlan("exponential (quantile)", measure, rows_per_person, scale, None, None, spent, math.nan)
+    return NoisePlan("exponential (quantile)", measure, rows_per_person, scale, spent, 0.0, None, math.nan)
+
+
+def release_quantile(plan: NoisePlan, values: np.ndarray, candidates: list[float], alpha: float) -> float:
+    return float(_quantile_measurement(plan.measure, candidates, alpha, plan.scale)(
+        [float(v) for v in np.asarray(values, dtype=np.float64)]))
+
+
+def half_width(plan: NoisePlan, alpha: float) -> float:
+    """The (1 - alpha) confidence half-width of one value noised by ``plan`` (integer units)."""
+    if plan.mechanism == "discrete Gaussian":
+        return dp.discrete_gaussian_scale_to_accuracy(plan.scale, alpha)
+    return dp.discrete_laplacian_scale_to_accuracy(plan.scale, alpha)

@@ -1,0 +1,439 @@
+"""The notebook API: a session bound to a dataset, its privacy unit and its budget.
+
+Queries are built (each step validated at once), then released: validate fully ->
+charge the ledger (durable) -> bound contributions and aggregate -> add OpenDP noise ->
+a pandas frame with each noisy value and its 95% confidence half-width.
+
+>>> import tempfile, pathlib, pandas as pd
+>>> from dp.budget import BudgetLedger
+>>> ledger = BudgetLedger(pathlib.Path(tempfile.mkdtemp()) / "ledger.sqlite")
+>>> _ = ledger.set_budget("orders", epsilon=2.0, set_by="reviewer")
+>>> orders = pd.DataFrame({"person_id": ["a", "a", "b", "c"], "category": ["x", "y", "x", "x"],
+...                        "amount": [10.0, 20.0, 5.0, 7.5]})
+>>> session = PrivateSession(orders, dataset="orders", ledger=ledger, analyst="ana", purpose="product improvement")
+>>> query = (session.query(epsilon=1.0).group_by("category", keys=["x", "y"])
+...          .bound(max_partitions=1, max_rows_per_partition=2).count().sum("amount", bounds=(0, 50)))
+>>> list(query.release().columns)
+['category', 'count', 'count_ci95', 'amount_sum', 'amount_sum_ci95']
+>>> ledger.remaining("orders")["epsilon"]
+1.0
+
+Every release is epsilon-DP (or (epsilon, delta)-DP, or rho-zCDP, as the budget is kept) per
+person: all of a person's rows together, after bounding to ``max_partitions`` groups and
+``max_rows_per_partition`` rows per group. The query's whole privacy parameter is charged,
+split equally between its aggregates.
+"""
+
+from __future__ import annotations
+
+import getpass
+import itertools
+import math
+import os
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from dp import _mechanisms as mech
+from dp._bounding import PersonCodes, bound_contributions, encode_persons, hash_values
+from dp._errors import PrivacyParameterError
+from dp._parameters import (
+    check_bounds,
+    check_delta,
+    check_epsilon,
+    check_positive_int,
+    check_probability,
+    check_resolution,
+    check_rho,
+)
+from dp.budget import DEFAULT_PERIOD, BudgetLedger, ChargeLine
+from profiling.errors import InternalError, PortraitError
+
+__all__ = ["PrivateSession", "Query"]
+
+_MECHANISMS = ("laplace", "gaussian")
+
+
+@dataclass(frozen=True)
+class _Aggregate:
+    kind: str                     # count | sum | mean | quantile
+    column: str | None = None
+    bounds: tuple[float, float] | None = None
+    resolution: float = 0.01
+    quantile: float | None = None
+    candidates: int = 128
+
+    @property
+    def name(self) -> str:
+        if self.kind == "count":
+            return "count"
+        if self.kind == "quantile":
+            return f"{self.column}_q{round(self.quantile * 100):02d}"
+        return f"{self.column}_{self.kind}"
+
+
+@dataclass(frozen=True)
+class Query:
+    """A release under construction; every method returns a new query. Nothing runs until ``release``."""
+
+    session: PrivateSession
+    epsilon: float | None
+    delta: float
+    rho: float | None
+    mechanism: str = "laplace"
+    by: str | None = None
+    keys: tuple | None = None
+    edges: tuple[float, ...] | None = None
+    max_partitions: int = 1
+    max_rows_per_partition: int = 1
+    aggregates: tuple[_Aggregate, ...] = field(default_factory=tuple)
+
+    # building ------------------------------------------------------------------------------------------
+
+    def group_by(self, column: str, keys=None) -> Query:
+        """Group by ``column``: with ``keys`` (public, declared in advance) every key gets a row; without,
+        only the groups that pass OpenDP's noisy threshold appear (needs delta > 0)."""
+        self.session._require_column(column)
+        if keys is not None:
+            keys = tuple(dict.fromkeys(keys))
+            if not keys:
+                raise PortraitError("group_by keys is empty; pass the public list of groups, or keys=None to select "
+                                    "groups privately")
+        return replace(self, by=column, keys=keys, edges=None)
+
+    def histogram(self, column: str, edges) -> Query:
+        """Group by the bin of ``column`` between consecutive public ``edges`` ([e0, e1), ..., [e_n-1, e_n]);
+        values outside the edges are not counted."""
+        self.session._require_column(column)
+        values = [float(e) for e in edges]
+        if len(values) < 2 or any(not math.isfinite(v) for v in values) or any(
+                b <= a for a, b in itertools.pairwise(values)):
+            raise PrivacyParameterError(f"histogram edges of {column!r} must be at least two finite, strictly "
+                                        f"increasing numbers, got {list(edges)!r}")
+        labels = tuple(f"[{a:g}, {b:g})" for a, b in itertools.pairwise(values))
+        return replace(self, by=column, keys=labels, edges=tuple(values))
+
+    def bound(self, *, max_partitions: int = 1, max_rows_per_partition: int = 1) -> Query:
+        """Each person contributes to at most ``max_partitions`` groups and ``max_rows_per_partition`` rows in each."""
+        return replace(self, max_partitions=check_positive_int(max_partitions, "max_partitions"),
+                       max_rows_per_partition=check_positive_int(max_rows_per_partition, "max_rows_per_partition"))
+
+    def count(self) -> Query:
+        """Noisy row count per group (after bounding)."""
+        return self._add(_Aggregate("count"))
+
+    def sum(self, column: str, *, bounds, resolution: float = 0.01) -> Query:
+        """Noisy sum of ``column`` clamped to ``bounds``, exact in multiples of ``resolution``; nulls count as 0."""
+        return self._add(self._numeric("sum", column, bounds, resolution))
+
+    def mean(self, column: str, *, bounds, resolution: float = 0.01) -> Query:
+        """Noisy sum / noisy count (half the aggregate's share each); the half-width bounds both noises at 97.5%."""
+        return self._add(self._numeric("mean", column, bounds, resolution))
+
+    def quantile(self, column: str, q: float, *, bounds, candidates: int = 128) -> Query:
+        """The ``q``-quantile among ``candidates`` evenly spaced points of ``bounds`` (OpenDP's exponential
+        mechanism); its half-width is NaN (the mechanism's error is in ranks, not in units)."""
+        aggregate = self._numeric("quantile", column, bounds, 0.01)
+        return self._add(replace(aggregate, quantile=check_probability(q, "q", f"quantile of {column!r}"),
+                                 candidates=check_positive_int(candidates, "candidates")))
+
+    def _numeric(self, kind: str, column: str, bounds, resolution: float) -> _Aggregate:
+        self.session._require_column(column)
+        where = f"{kind} of {column!r}"
+        return _Aggregate(kind, column, check_bounds(bounds, "bounds", where), check_resolution(resolution, where=where))
+
+    def _add(self, aggregate: _Aggregate) -> Query:
+        if any(a.name == aggregate.name for a in self.aggregates):
+            raise PortraitError(f"the query already has an aggregate {aggregate.name!r}")
+        return replace(self, aggregates=(*self.aggregates, aggregate))
+
+    # planning ------------------------------------------------------------------------------------------
+
+    def describe(self) -> str:
+        """One line saying what is released, as the ledger records it."""
+        grouping = "" if self.by is None else (
+            f" by {self.by} ({len(self.keys)} public keys)" if self.keys is not None else f" by {self.by} (keys selected privately)")
+        parts = ", ".join(a.name for a in self.aggregates) or "nothing"
+        return (f"{parts}{grouping}; {self.mechanism} noise; per person at most {self.max_partitions} group(s) x "
+                f"{self.max_rows_per_partition} row(s)")
+
+    def _validate(self) -> str:
+        """Everything checkable before the charge; returns the budget's measure."""
+        if not self.aggregates:
+            raise PortraitError("the query has no aggregate; add .count(), .sum(...), .mean(...) or .quantile(...)")
+        budget = self.session.ledger.budget(self.session.dataset, self.session.period)
+        where = f"a release on {self.session.dataset!r}"
+        if budget.measure == mech.ZCDP:
+            if self.rho is None or self.epsilon is not None:
+                raise PrivacyParameterError(f"{where}: the budget is kept in rho (zCDP); pass rho=... to query()")
+            if self.by is not None and self.keys is None:
+                raise PrivacyParameterError(f"{where}: selecting groups privately is (epsilon, delta)-DP and cannot be "
+                                            f"charged to a rho budget; pass the public keys to group_by")
+        else:
+            if self.epsilon is None or self.rho is not None:
+                raise PrivacyParameterError(f"{where}: the budget is kept in (epsilon, delta); pass epsilon=... to query()")
+            needs_delta = self.mechanism == "gaussian" or (self.by is not None and self.keys is None)
+            if needs_delta and self.delta == 0:
+                raise PrivacyParameterError(f"{where}: Gaussian noise and private group selection need delta > 0; "
+                                            f"pass e.g. delta=1e-7 to query()")
+        if self.by is not None and self.keys is None and self.max_partitions * self.max_rows_per_partition == 0:
+            raise InternalError("bounds must be positive")
+        return budget.measure
+
+    def _plans(self, measure: str) -> list[tuple[str, mech.NoisePlan]]:
+        """(aggregate name, plan) for every measurement, with the query's loss split equally."""
+        K, R = self.max_partitions, self.max_rows_per_partition
+        if self.by is None:
+            K = 1
+        selecting = self.by is not None and self.keys is None
+        parts = len(self.aggregates) + (1 if selecting and not any(a.kind == "count" for a in self.aggregates) else 0)
+        delta_parts = (1 if selecting else 0) + (len(self.aggregates) if self.mechanism == "gaussian" else 0)
+        share = {"epsilon": None if self.epsilon is None else self.epsilon / parts,
+                 "rho": None if self.rho is None else self.rho / parts,
+                 "delta": self.delta / delta_parts if delta_parts else 0.0}
+
+        def vector(l1: float, l2: float, fraction: float = 1.0) -> mech.NoisePlan:
+            return mech.plan_vector_noise(
+                mechanism=self.mechanism, measure=measure, l1_sensitivity=math.ceil(l1), l2_sensitivity=l2,
+                epsilon=None if share["epsilon"] is None else share["epsilon"] * fraction,
+                delta=share["delta"] * fraction if self.mechanism == "gaussian" else None,
+                rho=None if share["rho"] is None else share["rho"] * fraction)
+
+        plans = []
+        if selecting:
+            plans.append(("count", mech.plan_threshold(max_partitions=K, max_rows_per_partition=R,
+                                                       epsilon=share["epsilon"], delta=share["delta"])))
+        for aggregate in self.aggregates:
+            if aggregate.kind == "count":
+                if not selecting:
+                    plans.append(("count", vector(K * R, R * math.sqrt(K))))
+            elif aggregate.kind in ("sum", "mean"):
+                units = _units(aggregate)
+                largest = max(abs(units[0]), abs(units[1]))
+                fraction = 0.5 if aggregate.kind == "mean" else 1.0
+                plans.append((f"{aggregate.name}:sum", vector(K * R * largest, R * math.sqrt(K) * largest, fraction)))
+                if aggregate.kind == "mean":
+                    plans.append((f"{aggregate.name}:count", vector(K * R, R * math.sqrt(K), fraction)))
+            else:
+                lower, upper = aggregate.bounds
+                grid = list(np.linspace(lower, upper, aggregate.candidates))
+                per_group = {k: (None if v is None else v / K) for k, v in share.items()}
+                plans.append((aggregate.name, mech.plan_quantile(
+                    measure=measure, rows_per_person=R, candidates=grid, alpha=aggregate.quantile,
+                    epsilon=per_group["epsilon"], rho=per_group["rho"])))
+        return plans
+
+    def explain(self) -> pd.DataFrame:
+        """Mechanism, sensitivity, noise scale, cost and 95% half-width of each measurement; charges nothing."""
+        measure = self._validate()
+        return pd.DataFrame([_line(name, plan, self, measure).__dict__ for name, plan in self._plans(measure)])
+
+    # releasing -----------------------------------------------------------------------------------------
+
+    def release(self) -> pd.DataFrame:
+        """Validate, charge the ledger, then compute and return the noisy values.
+
+        Returns one row per group (per public key, or per privately selected group) with each
+        aggregate's noisy value and ``<aggregate>_ci95``, the half-width of its 95% confidence
+        interval around the bounded (clamped, truncated) true value.
+        """
+        measure = self._validate()
+        plans = self._plans(measure)
+        lines = [_line(name, plan, self, measure) for name, plan in plans]
+        release_id = self.session.ledger.charge(
+            self.session.dataset, self.session.period, lines, analyst=self.session.analyst,
+            purpose=self.session.purpose, query=self.describe(), features=mech.enabled_features())
+        # charged and durable: from here on a failure loses budget, never privacy
+        frame = self.session._compute(self, dict(plans))
+        self.session.ledger.mark_released(release_id)
+        return frame
+
+
+def _units(aggregate: _Aggregate) -> tuple[int, int]:
+    lower, upper = aggregate.bounds
+    return round(lower / aggregate.resolution), round(upper / aggregate.resolution)
+
+
+def _line(name: str, plan: mech.NoisePlan, query: Query, measure: str) -> ChargeLine:
+    unit = 1.0
+    aggregate = next((a for a in query.aggregates if name.split(":")[0] == a.name), None)
+    if aggregate is not None and aggregate.kind in ("sum", "mean") and not name.endswith(":count"):
+        unit = aggregate.resolution
+    sensitivity = f"{plan.sensitivity}" if unit == 1.0 else f"{plan.sensitivity} x {unit:g}"
+    if plan.threshold is not None:
+        sensitivity += f" (l0, l1, linf); threshold {plan.threshold}"
+    scale = plan.scale * unit
+    if aggregate is not None and aggregate.kind == "quantile":
+        # one measurement per group, and a person touches at most max_partitions groups
+        factor = 1 if query.by is None else query.max_partitions
+        return ChargeLine(name, plan.mechanism + f" x {factor} group(s) per person", sensitivity, scale,
+                          (plan.epsilon or 0.0) * factor, 0.0, (plan.rho or 0.0) * factor, None)
+    half = None if math.isnan(plan.half_width) else plan.half_width * unit
+    return ChargeLine(name, plan.mechanism, sensitivity, scale, plan.epsilon or 0.0, plan.delta or 0.0,
+                      plan.rho or 0.0, half)
+
+
+class PrivateSession:
+    """A dataset whose releases are differentially private per person and charged to a budget.
+
+    ``data`` is a pandas frame or Arrow table with one row per record and the privacy unit in
+    ``privacy_unit`` (pseudonymous ``person_id``; use ``dp.join_devices`` first for rows that
+    are keyed by device). ``ledger`` is a ``BudgetLedger`` or its path; the budget of
+    (``dataset``, ``period``) must have been set by a reviewer. ``seed`` keys the hash that
+    decides which groups a person keeps when they exceed ``max_partitions`` (default: fresh
+    per session).
+    """
+
+    def __init__(self, data: pd.DataFrame | pa.Table, *, dataset: str, ledger: BudgetLedger | str | os.PathLike,
+                 purpose: str, period: str = DEFAULT_PERIOD, privacy_unit: str = "person_id",
+                 analyst: str | None = None, seed: int | None = None) -> None:
+        self.data = data.to_pandas() if isinstance(data, pa.Table) else data
+        if not isinstance(self.data, pd.DataFrame):
+            raise PortraitError(f"data must be a pandas DataFrame or an Arrow table, got {type(data).__name__}")
+        self.dataset, self.period, self.purpose = dataset, period, purpose
+        self.ledger = ledger if isinstance(ledger, BudgetLedger) else BudgetLedger(ledger)
+        self.privacy_unit = privacy_unit
+        self.analyst = analyst or getpass.getuser()
+        self.seed = int.from_bytes(os.urandom(8), "little") if seed is None else int(seed)
+        self._require_column(privacy_unit)
+        self._persons: PersonCodes | None = None
+
+    def __repr__(self) -> str:
+        return (f"PrivateSession(dataset={self.dataset!r}, period={self.period!r}, rows={len(self.data)}, "
+                f"privacy_unit={self.privacy_unit!r}, ledger={self.ledger!r})")
+
+    def _require_column(self, column: str) -> None:
+        if column not in self.data.columns:
+            raise PortraitError(f"dataset {self.dataset!r} has no column {column!r}; it has "
+                                f"{', '.join(map(str, self.data.columns))}")
+
+    def query(self, *, epsilon: float | None = None, delta: float = 0.0, rho: float | None = None,
+              mechanism: str = "laplace") -> Query:
+        """Start a query costing ``epsilon`` (with ``delta`` for Gaussian noise or private group selection) or ``rho``."""
+        where = f"a query on {self.dataset!r}"
+        if (epsilon is None) == (rho is None):
+            raise PrivacyParameterError(f"{where}: pass either epsilon (and delta) or rho")
+        if mechanism not in _MECHANISMS:
+            raise PrivacyParameterError(f"{where}: mechanism must be one of {', '.join(_MECHANISMS)}, got {mechanism!r}")
+        return Query(self, None if epsilon is None else check_epsilon(epsilon, where=where),
+                     check_delta(delta, where=where), None if rho is None else check_rho(rho, where=where), mechanism)
+
+    def remaining(self) -> dict[str, float | None]:
+        return self.ledger.remaining(self.dataset, self.period)
+
+    # computing (only after the charge) ------------------------------------------------------------------
+
+    def _person_codes(self) -> PersonCodes:
+        if self._persons is None:
+            self._persons = encode_persons(self.data[self.privacy_unit], self.seed)
+        return self._persons
+
+    def _numbers(self, column: str) -> np.ndarray:
+        """A column as float64 (NaN for missing or non-numeric values), without a copy when it already is one."""
+        series = self.data[column]
+        if series.dtype == np.float64:
+            return series.to_numpy()
+        return pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+
+    def _groups(self, query: Query) -> tuple[np.ndarray, np.ndarray, list]:
+        """Each row's group code, the groups' keyed hashes and labels (by value, never by data order)."""
+        n = len(self.data)
+        if query.by is None:
+            return np.zeros(n, dtype=np.int64), hash_values(np.zeros(1, dtype=np.int64), self.seed), [None]
+        column = self.data[query.by]
+        if query.edges is not None:
+            values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+            codes = np.searchsorted(np.asarray(query.edges), values, side="right") - 1
+            codes[values == query.edges[-1]] = len(query.edges) - 2
+            codes[(codes < 0) | (codes >= len(query.edges) - 1) | np.isnan(values)] = -1
+            labels = list(query.keys)
+        elif query.keys is not None:
+            labels = list(query.keys)
+            if isinstance(column.dtype, pd.CategoricalDtype):
+                position = pd.Index(labels).get_indexer(column.cat.categories)
+                raw = column.cat.codes.to_numpy()
+                codes = np.where(raw >= 0, position[raw], -1)
+            else:
+                codes = pd.Index(labels).get_indexer(column)
+        else:
+            codes, uniques = pd.factorize(column, sort=True)
+            labels = list(uniques)
+        return (np.asarray(codes, dtype=np.int64), hash_values(np.asarray(labels, dtype=object), self.seed),
+                labels)
+
+    def _compute(self, query: Query, plans: dict[str, mech.NoisePlan]) -> pd.DataFrame:
+        group_codes, group_hashes, labels = self._groups(query)
+        K = query.max_partitions if query.by is not None else 1
+        rows, groups = bound_contributions(self._person_codes(), group_codes, group_hashes,
+                                           max_partitions=K, max_rows_per_partition=query.max_rows_per_partition)
+        # rows: (row index, group code) of the kept rows, at most K groups x R rows per person
+        n_groups = len(labels)
+        counts = np.bincount(groups, minlength=n_groups)
+        out: dict[str, np.ndarray] = {}
+        selected = np.arange(n_groups)
+        if query.by is not None and query.keys is None:
+            noisy = mech.release_threshold(plans["count"], {str(i): c for i, c in enumerate(counts) if c > 0})
+            selected = np.array(sorted(int(k) for k in noisy), dtype=np.int64)
+            out["count"] = np.array([noisy[str(i)] for i in selected], dtype=np.float64)
+            out["count_ci95"] = np.full(len(selected), plans["count"].half_width)
+        elif "count" in plans:
+            out["count"] = mech.add_vector_noise(plans["count"], counts).astype(np.float64)
+            out["count_ci95"] = np.full(n_groups, plans["count"].half_width)
+        for aggregate in query.aggregates:
+            if aggregate.kind in ("sum", "mean"):
+                units = _units(aggregate)
+                quantized = self._numbers(aggregate.column)[rows]
+                # rows: amount of each kept row -> whole multiples of the resolution, clamped
+                np.nan_to_num(quantized, copy=False, nan=0.0)
+                quantized /= aggregate.resolution
+                np.rint(quantized, out=quantized)
+                np.clip(quantized, units[0], units[1], out=quantized)
+                sums = np.rint(np.bincount(groups, weights=quantized, minlength=n_groups)).astype(np.int64)[selected]
+                sum_plan = plans[f"{aggregate.name}:sum"]
+                noisy_sum = mech.add_vector_noise(sum_plan, sums).astype(np.float64) * aggregate.resolution
+                if aggregate.kind == "sum":
+                    out[aggregate.name] = noisy_sum
+                    out[f"{aggregate.name}_ci95"] = np.full(len(selected), sum_plan.half_width * aggregate.resolution)
+                else:
+                    count_plan = plans[f"{aggregate.name}:count"]
+                    noisy_count = mech.add_vector_noise(count_plan, counts[selected]).astype(np.float64)
+                    out[aggregate.name], out[f"{aggregate.name}_ci95"] = _mean_interval(
+                        noisy_sum, noisy_count, aggregate.bounds,
+                        mech.half_width(sum_plan, 0.025) * aggregate.resolution, mech.half_width(count_plan, 0.025))
+            elif aggregate.kind == "quantile":
+                plan = plans[aggregate.name]
+                lower, upper = aggregate.bounds
+                grid = list(np.linspace(lower, upper, aggregate.candidates))
+                values = self._numbers(aggregate.column)[rows]
+                order = np.argsort(groups, kind="stable")
+                split = np.searchsorted(groups[order], selected)
+                ends = np.searchsorted(groups[order], selected, side="right")
+                result = []
+                for start, end in zip(split, ends):
+                    chunk = values[order[start:end]]
+                    chunk = np.clip(chunk[~np.isnan(chunk)], lower, upper)
+                    result.append(mech.release_quantile(plan, chunk, grid, aggregate.quantile))
+                out[aggregate.name] = np.array(result, dtype=np.float64)
+                out[f"{aggregate.name}_ci95"] = np.full(len(selected), np.nan)
+        frame = pd.DataFrame(out)
+        if query.by is not None:
+            frame.insert(0, query.by, [labels[i] for i in selected])
+        ordered = [c for a in query.aggregates for c in (a.name, f"{a.name}_ci95")]
+        if "count" in frame.columns and not any(a.kind == "count" for a in query.aggregates):
+            ordered = ["count", "count_ci95", *ordered]   # private selection released the counts anyway
+        return frame[([query.by] if query.by is not None else []) + ordered]
+
+
+def _mean_interval(noisy_sum, noisy_count, bounds, sum_half, count_half):
+    """Mean estimate clamped to ``bounds`` and a 95% half-width (97.5% on each noise, union bound)."""
+    lower, upper = bounds
+    with np.errstate(divide="ignore", invalid="ignore"):
+        estimate = np.clip(np.where(noisy_count > 0, noisy_sum / noisy_count, (lower + upper) / 2), lower, upper)
+        low_count = noisy_count - count_half
+        corners = [(noisy_sum + ds) / (noisy_count + dc) for ds in (-sum_half, sum_half)
+                   for dc in (-count_half, count_half)]
+        spread = np.max([np.abs(np.clip(c, lower, upper) - estimate) for c in corners], axis=0)
+    whole = np.maximum(estimate - lower, upper - estimate)
+    return estimate, np.where(low_count > 0, spread, whole)

@@ -1,0 +1,73 @@
+"""``portrait budget ...``: set privacy budgets, show what is spent, write the privacy review."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dp import BudgetLedger, build_review, write_review
+from dp.budget import DEFAULT_PERIOD
+from pipelines.commands._shared import add_workspace_argument, format_table
+from pipelines.workspace import Workspace
+
+__all__ = ["register"]
+
+
+def _ledger(args: argparse.Namespace) -> BudgetLedger:
+    return BudgetLedger(Workspace(args.workspace).ledger)
+
+
+def _show_value(value) -> str:
+    return "-" if value is None else f"{value:.6g}"
+
+
+def _set(args: argparse.Namespace) -> None:
+    budget = _ledger(args).set_budget(args.dataset, args.period, epsilon=args.epsilon, delta=args.delta,
+                                      rho=args.rho, cap_epsilon=args.cap_epsilon, cap_rho=args.cap_rho,
+                                      set_by=args.set_by, note=args.note)
+    total = f"rho {budget.rho:g}" if budget.rho is not None else f"epsilon {budget.epsilon:g}, delta {budget.delta:g}"
+    print(f"budget of {budget.dataset!r} for period {budget.period!r}: {total} ({budget.composition})")
+
+
+def _show(args: argparse.Namespace) -> None:
+    review = build_review(_ledger(args))
+    rows = [{"dataset": d["dataset"], "period": d["period"], "measure": d["measure"],
+             **{f"{n} budget": _show_value(d["budget"][n]) for n in ("epsilon", "delta", "rho")},
+             **{f"{n} spent": _show_value(d["spent"][n]) for n in ("epsilon", "delta", "rho")},
+             **{f"{n} left": _show_value(d["remaining"][n]) for n in ("epsilon", "delta", "rho")},
+             "releases": len(d["releases"])} for d in review["datasets"]]
+    print(format_table(rows))
+    for flag in review["flags"]:
+        print(f"flag: {flag['kind']}: {flag['detail']}")
+
+
+def _report(args: argparse.Namespace) -> None:
+    paths = write_review(_ledger(args), Path(args.out))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    budget = commands.add_parser("budget", help="privacy budgets: set them, show the spend, write the privacy review")
+    actions = budget.add_subparsers(dest="budget_command", required=True, metavar="ACTION")
+
+    set_cmd = actions.add_parser("set", help="set (or replace) the budget of a dataset for a period")
+    add_workspace_argument(set_cmd)
+    set_cmd.add_argument("--dataset", required=True, help="dataset name the releases are charged to, e.g. orders")
+    set_cmd.add_argument("--period", default=DEFAULT_PERIOD, help=f"period label, e.g. 2026-11 (default {DEFAULT_PERIOD})")
+    set_cmd.add_argument("--epsilon", type=float, help="total epsilon (basic composition)")
+    set_cmd.add_argument("--delta", type=float, default=0.0, help="total delta with --epsilon (default 0)")
+    set_cmd.add_argument("--rho", type=float, help="total rho instead of epsilon (zero-concentrated DP)")
+    set_cmd.add_argument("--cap-epsilon", type=float, help="per-release epsilon the review flags when exceeded")
+    set_cmd.add_argument("--cap-rho", type=float, help="per-release rho the review flags when exceeded")
+    set_cmd.add_argument("--set-by", help="reviewer's name (default: the login name)")
+    set_cmd.add_argument("--note", default="", help="why, for the audit trail")
+    set_cmd.set_defaults(handler=_set)
+
+    show = actions.add_parser("show", help="budget, spent and remaining per dataset and period, and the flags")
+    add_workspace_argument(show)
+    show.set_defaults(handler=_show)
+
+    report = actions.add_parser("report", help="write the privacy review (Markdown, HTML, JSON, PNG plot)")
+    add_workspace_argument(report)
+    report.add_argument("--out", required=True, help="folder for review.md, review.html, review.json, cumulative_spend.png")
+    report.set_defaults(handler=_report)
