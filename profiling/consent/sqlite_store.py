@@ -1,0 +1,228 @@
+"""The consent ledger in SQLite (standard library): WAL, one transaction per change, secure deletion.
+
+Tables (prefix ``consent_`` for the history, ``audit_`` for gate decisions) live in the workspace's
+``ledger.sqlite`` next to other areas' tables. Times are stored as int64 microseconds since
+1970-01-01 UTC. ``secure_delete`` overwrites erased rows on disk, and erasure checkpoints the WAL,
+so an erased account's id does not linger in free pages.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import pyarrow as pa
+
+from profiling.consent.as_of import EVENT_COLUMNS, to_micros
+from profiling.consent.events import ConsentError, ConsentEvent
+from profiling.consent.store import AuditRecord, LoadReport
+from profiling.schema import TIMESTAMP
+
+__all__ = ["SqliteConsentStore", "ledger_connection"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS consent_events (
+    seq            INTEGER PRIMARY KEY AUTOINCREMENT,  -- order of recording: breaks ties at one moment
+    event_id       TEXT NOT NULL UNIQUE,
+    account_id     TEXT NOT NULL,                      -- raw account id (identifiable zone)
+    event_at       INTEGER NOT NULL,                   -- µs since 1970-01-01 UTC
+    event_type     TEXT NOT NULL,
+    purpose        TEXT,
+    policy_version TEXT NOT NULL,
+    channel        TEXT NOT NULL,
+    source         TEXT NOT NULL,                      -- ingest, api, cli
+    recorded_at    INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS consent_events_by_account ON consent_events (account_id, event_at, seq);
+CREATE TRIGGER IF NOT EXISTS consent_events_append_only BEFORE UPDATE ON consent_events
+BEGIN SELECT RAISE(ABORT, 'consent events are append-only: record a new event instead'); END;
+CREATE TABLE IF NOT EXISTS audit_gate_decisions (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    recorded_at      TEXT NOT NULL,
+    job              TEXT NOT NULL,
+    purpose          TEXT NOT NULL,
+    as_of            TEXT NOT NULL,
+    sensitive        INTEGER NOT NULL,
+    eligible         INTEGER NOT NULL,
+    excluded         INTEGER NOT NULL,
+    excluded_reasons TEXT NOT NULL,                    -- JSON {reason: persons}
+    dnd              INTEGER NOT NULL,
+    non_personalized INTEGER NOT NULL,
+    snapshot_hash    TEXT NOT NULL,
+    events           INTEGER NOT NULL
+);
+"""
+
+
+def ledger_connection(path: str | os.PathLike) -> sqlite3.Connection:
+    """A connection to ``ledger.sqlite`` with WAL, full sync, secure deletion and a busy timeout.
+
+    Autocommit mode: callers open transactions with ``BEGIN IMMEDIATE`` (see ``SqliteConsentStore``).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    connection = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=FULL")
+    connection.execute("PRAGMA secure_delete=ON")
+    connection.execute("PRAGMA busy_timeout=30000")
+    return connection
+
+
+class SqliteConsentStore:
+    """The consent ledger and the gate's audit log in one SQLite file (``Workspace.ledger``).
+
+    >>> import tempfile, datetime as dt, pathlib
+    >>> folder = tempfile.mkdtemp()
+    >>> with SqliteConsentStore(pathlib.Path(folder) / "ledger.sqlite") as store:
+    ...     store.append([ConsentEvent("A1", dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc), "grant",
+    ...                                "personalization")], source="api")
+    ...     [e["event_type"] for e in store.history("A1")]
+    1
+    ['grant']
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._connection = ledger_connection(self.path)
+        self._connection.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+
+    def __repr__(self) -> str:
+        return f"SqliteConsentStore({str(self.path)!r})"
+
+    def __enter__(self) -> SqliteConsentStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._connection.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._connection
+        except BaseException:
+            self._connection.execute("ROLLBACK")
+            raise
+        self._connection.execute("COMMIT")
+
+    def append(self, events: Iterable[ConsentEvent], *, source: str) -> int:
+        checked = [event.checked() for event in events]
+        now = to_micros(dt.datetime.now(dt.timezone.utc))
+        with self._transaction() as db:
+            for event in checked:
+                cancelled = db.execute("SELECT MIN(event_at) FROM consent_events WHERE account_id = ? AND "
+                                       "event_type = 'cancel'", (event.account_id,)).fetchone()[0]
+                if cancelled is not None and cancelled <= to_micros(event.event_at):
+                    raise ConsentError(f"account {event.account_id} was cancelled; cancellation is final, so no "
+                                       f"{event.event_type} can follow it")
+                try:
+                    db.execute("INSERT INTO consent_events (event_id, account_id, event_at, event_type, purpose, "
+                               "policy_version, channel, source, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                               (event.event_id, event.account_id, to_micros(event.event_at), event.event_type,
+                                event.purpose, event.policy_version, event.channel, source, now))
+                except sqlite3.IntegrityError:
+                    raise ConsentError(f"event id {event.event_id!r} is already in the ledger; "
+                                       f"events are recorded once") from None
+        return len(checked)
+
+    def append_table(self, events: pa.Table, *, source: str) -> LoadReport:
+        columns = ["event_id", *EVENT_COLUMNS, "channel"]
+        missing = [c for c in columns if c not in events.column_names]
+        if missing:
+            raise ConsentError(f"consent events lack column(s) {', '.join(missing)}")
+        at = events.column("event_at")
+        if pa.types.is_timestamp(at.type):
+            at = at.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
+        events = events.select(columns).set_column(columns.index("event_at"), "event_at", at)
+        now = to_micros(dt.datetime.now(dt.timezone.utc))
+        with self._transaction() as db:
+            before = db.total_changes
+            for batch in events.to_batches(max_chunksize=100_000):
+                rows = zip(*(batch.column(c).to_pylist() for c in columns))
+                db.executemany("INSERT OR IGNORE INTO consent_events (event_id, account_id, event_at, event_type, "
+                               f"purpose, policy_version, channel, source, recorded_at) "
+                               f"VALUES (?, ?, ?, ?, ?, ?, ?, '{_sql_text(source)}', {now})", rows)
+            recorded = db.total_changes - before
+        return LoadReport(offered=events.num_rows, recorded=recorded, already_present=events.num_rows - recorded)
+
+    def history(self, account_id: str) -> list[dict]:
+        cursor = self._connection.execute(
+            "SELECT seq, event_id, account_id, event_at, event_type, purpose, policy_version, channel, source, "
+            "recorded_at FROM consent_events WHERE account_id = ? ORDER BY event_at, seq", (account_id,))
+        names = [d[0] for d in cursor.description]
+        rows = [dict(zip(names, row)) for row in cursor]
+        for row in rows:
+            row["event_at"] = _from_micros(row["event_at"])
+            row["recorded_at"] = _from_micros(row["recorded_at"])
+        return rows
+
+    def events(self, account_ids: Sequence[str] | None = None) -> pa.Table:
+        query = "SELECT account_id, event_at, event_type, purpose, policy_version FROM consent_events"
+        if account_ids is None:
+            rows = self._connection.execute(query + " ORDER BY account_id, event_at, seq").fetchall()
+        else:
+            rows = []
+            with self._transaction() as db:  # one consistent read over several chunks
+                unique = sorted(set(account_ids))
+                for start in range(0, len(unique), 500):
+                    chunk = unique[start:start + 500]
+                    rows += db.execute(f"{query} WHERE account_id IN ({', '.join('?' * len(chunk))}) "
+                                       "ORDER BY account_id, event_at, seq", chunk).fetchall()
+        columns = list(zip(*rows)) if rows else [[]] * 5
+        return pa.table({
+            "account_id": pa.array(columns[0], pa.string()),
+            "event_at": pa.array(columns[1], pa.int64()).cast(TIMESTAMP),
+            "event_type": pa.array(columns[2], pa.string()),
+            "purpose": pa.array(columns[3], pa.string()),
+            "policy_version": pa.array(columns[4], pa.string()),
+        })
+
+    def record_audit(self, record: AuditRecord) -> int:
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO audit_gate_decisions (recorded_at, job, purpose, as_of, sensitive, eligible, excluded, "
+                "excluded_reasons, dnd, non_personalized, snapshot_hash, events) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (record.recorded_at.isoformat(), record.job, record.purpose, record.as_of.isoformat(),
+                 int(record.sensitive), record.eligible, sum(record.excluded.values()),
+                 json.dumps(record.excluded, sort_keys=True), record.dnd, record.non_personalized,
+                 record.snapshot_hash, record.events))
+            return int(cursor.lastrowid)
+
+    def audit_records(self) -> list[dict]:
+        cursor = self._connection.execute("SELECT * FROM audit_gate_decisions ORDER BY id")
+        names = [d[0] for d in cursor.description]
+        rows = [dict(zip(names, row)) for row in cursor]
+        for row in rows:
+            row["excluded_reasons"] = json.loads(row["excluded_reasons"])
+            row["sensitive"] = bool(row["sensitive"])
+        return rows
+
+    def erase_account(self, account_id: str) -> int:
+        with self._transaction() as db:
+            removed = db.execute("DELETE FROM consent_events WHERE account_id = ?", (account_id,)).rowcount
+        self.checkpoint()
+        return removed
+
+    def checkpoint(self) -> None:
+        """Move the WAL into the database file and truncate it, so erased rows leave no copy behind."""
+        self._connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def _sql_text(text: str) -> str:
+    if not text.replace("_", "").replace("-", "").isalnum():
+        raise ConsentError(f"source {text!r} must be a plain word such as 'ingest' or 'cli'")
+    return text
+
+
+def _from_micros(micros: int) -> dt.datetime:
+    return dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=micros)
