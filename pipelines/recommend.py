@@ -1,0 +1,260 @@
+"""The recommendation stage: analytics zone -> per-person top-K lists and the marketing audience.
+
+Reads only the analytics zone (``WS/pseudonymized/``), never the identifiable zone, and only
+the rows of persons the consent gate lets through::
+
+    WS/pseudonymized/orders/     (order_id, person_id, placed_at, amount, ..., items)
+    WS/pseudonymized/catalogue/  (item_id, kind, category, title, price, served_provinces, active, listed_at)
+    WS/pseudonymized/accounts/   (person_id, ..., province)
+
+and writes, atomically::
+
+    WS/outputs/recommendations/     (person_id, item_id, score, rank, personalized)
+    WS/outputs/marketing_audience/  (person_id)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from numbers import Integral
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from pipelines.workspace import Workspace
+from profiling.errors import WorkspaceError
+from profiling.factors import ImplicitALS, recency_weighted_counts
+from profiling.scoring import eligibility_by_province, top_k_batches
+
+__all__ = ["RECOMMENDATIONS_SCHEMA", "MARKETING_AUDIENCE_SCHEMA", "write_recommendations"]
+
+RECOMMENDATIONS_SCHEMA = pa.schema([
+    pa.field("person_id", pa.string(), nullable=False),
+    pa.field("item_id", pa.string(), nullable=False),
+    pa.field("score", pa.float32(), nullable=False),
+    pa.field("rank", pa.int16(), nullable=False),
+    pa.field("personalized", pa.bool_(), nullable=False),
+])
+MARKETING_AUDIENCE_SCHEMA = pa.schema([pa.field("person_id", pa.string(), nullable=False)])
+
+_SECONDS_PER_DAY = 86_400.0
+
+
+def _analytics_table(workspace: Workspace, table: str) -> ds.Dataset:
+    pseudonymized = getattr(workspace, "pseudonymized", None)
+    folder = pseudonymized(table) if pseudonymized else workspace.root / "pseudonymized" / table
+    if not Path(folder).is_dir():
+        raise WorkspaceError(f"{folder} is missing: the recommendation stage reads the pseudonymized {table}; "
+                             f"run the pseudonymization stage first")
+    return ds.dataset(folder, format="parquet")
+
+
+def _columns(dataset: ds.Dataset, table: str, needed: list[str]) -> None:
+    missing = [c for c in needed if c not in dataset.schema.names]
+    if missing:
+        raise WorkspaceError(f"pseudonymized {table} has no column {', '.join(missing)} "
+                             f"(it has {', '.join(dataset.schema.names)}); rerun the pseudonymization stage")
+
+
+def _check_eligible(eligible: pd.DataFrame) -> pd.DataFrame:
+    if not isinstance(eligible, pd.DataFrame):
+        raise ValueError(f"eligible must be a pandas DataFrame (person_id, dnd, non_personalized), "
+                         f"got {type(eligible).__name__}")
+    missing = [c for c in ("person_id", "dnd", "non_personalized") if c not in eligible.columns]
+    if missing:
+        raise ValueError(f"eligible has no column {', '.join(missing)}; the consent gate's frame has "
+                         f"person_id, dnd and non_personalized")
+    frame = eligible[["person_id", "dnd", "non_personalized"]]
+    if frame["person_id"].isna().any():
+        raise ValueError("eligible.person_id holds nulls; every eligible row must name a person")
+    duplicated = frame["person_id"][frame["person_id"].duplicated()]
+    if len(duplicated):
+        raise ValueError(f"eligible lists person {duplicated.iloc[0]!r} more than once")
+    for flag in ("dnd", "non_personalized"):
+        if frame[flag].isna().any() or not pd.api.types.is_bool_dtype(frame[flag]):
+            raise ValueError(f"eligible.{flag} must be boolean without nulls, got {frame[flag].dtype}")
+    return frame.reset_index(drop=True).astype({"person_id": str, "dnd": bool, "non_personalized": bool})
+
+
+def _popular_items(popularity: pd.Series | None, item_ids: np.ndarray, buyers_per_item: np.ndarray) -> np.ndarray:
+    """Popularity per catalogue item (NaN: not ranked), from the given release or the fallback counts."""
+    if popularity is None:
+        return np.where(buyers_per_item > 0, buyers_per_item.astype(np.float64), np.nan)
+    if not isinstance(popularity, pd.Series):
+        raise ValueError(f"popularity must be a pandas Series indexed by item_id, got {type(popularity).__name__}")
+    values = pd.to_numeric(popularity, errors="coerce")
+    if values.isna().any() or not np.all(np.isfinite(values.to_numpy(dtype=np.float64))):
+        raise ValueError("popularity holds non-numeric, NaN or infinite values; pass finite scores per item_id")
+    return values.groupby(level=0).max().reindex(item_ids).to_numpy(dtype=np.float64)
+
+
+def write_recommendations(workspace: Workspace, eligible: pd.DataFrame, *, as_of: dt.datetime, k: int = 10,
+                          marketing: pd.DataFrame | None = None, popularity: pd.Series | None = None,
+                          factors: int = 64, iterations: int = 15, half_life_days: float = 90.0,
+                          random_state: int = 0, progress: bool = False) -> list[dict]:
+    """Write each eligible person's top-``k`` items and the marketing audience; return summary rows.
+
+    ``eligible`` is the consent gate's answer for the recommendation purpose at ``as_of``: one row per
+    person, ``(person_id, dnd, non_personalized)``. Nobody else's rows are read into a model or an output.
+
+    - Persons who allow personalization and bought something before ``as_of`` get personalized lists:
+      implicit-ALS factors (``factors`` per person and item, ``iterations`` sweeps, purchases weighted
+      by recency with ``half_life_days``) fitted on those persons' orders only, scored exactly, items
+      they bought and items not allowed to them excluded.
+    - Persons who refused personalization (``non_personalized``), and those with no purchase yet, get
+      the non-personalized list (``personalized`` false): the most popular items allowed to them, where
+      popularity is ``popularity`` (a Series of scores by item_id, such as the DP popularity release)
+      when given. Without it, popularity is the number of distinct personalization-consenting persons
+      who bought the item (each person counts at most once per item). That fallback is not
+      differentially private; pass the DP release to give these lists a formal guarantee. Nothing of a
+      non-personalized person's own history is used, not even to drop what they bought.
+    - Allowed items: active in the catalogue, listed by ``as_of``, and served in the person's province
+      (``served_provinces`` null: nationwide; a person with unknown province sees nationwide items only).
+    - DND persons keep their lists (shown in the app) but never enter the marketing audience:
+      ``marketing`` (a frame with person_id and, optionally, dnd) lists who consented to marketing;
+      the audience is those persons, not DND (by ``marketing.dnd`` or else ``eligible.dnd``; a person
+      whose DND state is known from neither is left out). Without ``marketing`` the audience is empty.
+
+    Scores are inner products of the factors (unitless) for personalized rows and popularity for the
+    others; ranks count from 1. The privacy unit is ``person_id``.
+    """
+    if as_of.tzinfo is None:
+        raise ValueError(f"as_of {as_of} has no time zone; pass an aware datetime in UTC")
+    if isinstance(k, bool) or not isinstance(k, Integral) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    eligible = _check_eligible(eligible)
+    as_of_scalar = pa.scalar(as_of.astimezone(dt.timezone.utc), type=pa.timestamp("us", tz="UTC"))
+
+    catalogue_set = _analytics_table(workspace, "catalogue")
+    _columns(catalogue_set, "catalogue", ["item_id", "served_provinces", "active", "listed_at"])
+    catalogue = catalogue_set.to_table(columns=["item_id", "served_provinces", "active", "listed_at"])
+    # rows: (item_id, served_provinces, active, listed_at)
+    item_ids = catalogue["item_id"].to_numpy(zero_copy_only=False).astype(object)
+    if len(set(item_ids)) != len(item_ids):
+        raise WorkspaceError("pseudonymized catalogue lists an item_id more than once; rerun pseudonymization")
+    offered = pc.and_(catalogue["active"], pc.less_equal(catalogue["listed_at"], as_of_scalar))
+    offered = pc.fill_null(offered, False).to_numpy(zero_copy_only=False)
+
+    accounts_set = _analytics_table(workspace, "accounts")
+    _columns(accounts_set, "accounts", ["person_id", "province"])
+    person_ids = eligible["person_id"].to_numpy(dtype=object)
+    accounts = accounts_set.to_table(columns=["person_id", "province"],
+                                     filter=ds.field("person_id").isin(pa.array(person_ids, pa.string())))
+    # rows: (person_id, province) of eligible persons only
+    province_of = dict(zip(accounts["person_id"].to_pylist(), accounts["province"].to_pylist(), strict=True))
+    provinces = [province_of.get(p) for p in person_ids]
+    eligibility = eligibility_by_province(catalogue["served_provinces"].to_pylist(), offered, provinces)
+
+    personalizable = ~eligible["non_personalized"].to_numpy()
+    orders_set = _analytics_table(workspace, "orders")
+    _columns(orders_set, "orders", ["person_id", "placed_at", "items"])
+    orders = orders_set.to_table(
+        columns=["person_id", "placed_at", "items"],
+        filter=ds.field("person_id").isin(pa.array(person_ids[personalizable], pa.string()))
+        & (ds.field("placed_at") <= as_of_scalar))
+    # rows: (person_id, placed_at, items) of persons who allow personalization, placed by as_of
+    person_index = pd.Index(person_ids)
+    item_index = pd.Index(item_ids)
+    lengths = pc.list_value_length(orders["items"]).fill_null(0).to_numpy()
+    bought_items = item_index.get_indexer(pc.list_flatten(orders["items"]).to_numpy(zero_copy_only=False))
+    buyer = np.repeat(person_index.get_indexer(orders["person_id"].to_numpy(zero_copy_only=False)), lengths)
+    placed = np.repeat(orders["placed_at"].cast(pa.int64()).to_numpy(), lengths)
+    known = bought_items >= 0  # items no longer in the catalogue cannot be recommended or excluded
+    # rows: (buyer, bought_item, age_days) per purchased item
+    age_days = (as_of_scalar.cast(pa.int64()).as_py() - placed[known]) / 1e6 / _SECONDS_PER_DAY
+    feedback = recency_weighted_counts(buyer[known], bought_items[known], age_days,
+                                       persons=len(person_ids), items=len(item_ids),
+                                       half_life_days=half_life_days)
+    has_history = np.diff(feedback.indptr) > 0
+    trained = np.flatnonzero(has_history & personalizable)
+
+    buyers_per_item = np.bincount(feedback.indices, minlength=len(item_ids))
+    popular = _popular_items(popularity, item_ids, buyers_per_item)
+    fallback_lists = _popular_lists(popular, eligibility.allowed, k)
+    fallback_persons = np.flatnonzero(~np.isin(np.arange(len(person_ids)), trained))
+
+    summary_rows = {"personalized": 0, "non-personalized": 0}
+    with workspace.staging() as staging:
+        recommendations = staging / "recommendations"
+        recommendations.mkdir()
+        with pq.ParquetWriter(recommendations / "part-0.parquet", RECOMMENDATIONS_SCHEMA) as writer:
+            if len(trained) and len(item_ids):
+                model = ImplicitALS(factors=factors, iterations=iterations, random_state=random_state)
+                model.fit(feedback[trained])
+                batches = top_k_batches(model.person_factors_, model.item_factors_, k, bought=feedback[trained],
+                                        eligibility=type(eligibility)(eligibility.allowed,
+                                                                      eligibility.person_group[trained]))
+                for batch in tqdm(batches, desc="recommend", unit=" batch", disable=not progress):
+                    record = batch.to_record_batch(pa.array(person_ids[trained], pa.string()),
+                                                   pa.array(item_ids, pa.string()))
+                    writer.write_batch(_with_flag(record, True))
+                    summary_rows["personalized"] += record.num_rows
+            for start in range(0, len(fallback_persons), 65_536):
+                chunk = fallback_persons[start:start + 65_536]
+                record = _fallback_batch(chunk, person_ids, item_ids, eligibility.person_group, fallback_lists, popular)
+                writer.write_batch(record)
+                summary_rows["non-personalized"] += record.num_rows
+        audience_folder = staging / "marketing_audience"
+        audience_folder.mkdir()
+        audience = _marketing_audience(marketing, eligible)
+        pq.write_table(pa.table({"person_id": pa.array(audience, pa.string())}, schema=MARKETING_AUDIENCE_SCHEMA),
+                       audience_folder / "part-0.parquet")
+        workspace.publish({workspace.outputs("recommendations"): recommendations,
+                           workspace.outputs("marketing_audience"): audience_folder})
+    return [
+        {"stage": "recommend", "output": "recommendations", "persons": len(trained), "rows": summary_rows["personalized"],
+         "kind": "personalized"},
+        {"stage": "recommend", "output": "recommendations", "persons": len(fallback_persons),
+         "rows": summary_rows["non-personalized"], "kind": "non-personalized"},
+        {"stage": "recommend", "output": "marketing_audience", "persons": len(audience), "rows": len(audience),
+         "kind": "not DND"},
+    ]
+
+
+def _popular_lists(popular: np.ndarray, allowed: np.ndarray, k: int) -> list[np.ndarray]:
+    """Per eligibility group, the top-``k`` allowed items by popularity (ties: lower item index first)."""
+    ranked = np.lexsort((np.arange(len(popular)), -np.nan_to_num(popular, nan=-np.inf)))
+    ranked = ranked[~np.isnan(popular[ranked])]
+    return [ranked[allowed[group, ranked]][:k] for group in range(allowed.shape[0])]
+
+
+def _fallback_batch(persons: np.ndarray, person_ids: np.ndarray, item_ids: np.ndarray, person_group: np.ndarray,
+                    lists: list[np.ndarray], popular: np.ndarray) -> pa.RecordBatch:
+    chosen = [lists[person_group[p]] for p in persons]
+    lengths = np.array([len(c) for c in chosen], dtype=np.int64)
+    items = np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
+    rank = np.concatenate([np.arange(1, n + 1) for n in lengths]) if chosen else np.zeros(0)
+    # rows: (person, item, popularity, rank)
+    return pa.RecordBatch.from_arrays([
+        pa.array(np.repeat(person_ids[persons], lengths).astype(object), pa.string()),
+        pa.array(item_ids[items].astype(object), pa.string()),
+        pa.array(popular[items], pa.float32()),
+        pa.array(rank, pa.int16()),
+        pa.array(np.zeros(len(items), dtype=bool), pa.bool_()),
+    ], schema=RECOMMENDATIONS_SCHEMA)
+
+
+def _with_flag(record: pa.RecordBatch, personalized: bool) -> pa.RecordBatch:
+    flag = pa.array(np.full(record.num_rows, personalized), pa.bool_())
+    return pa.RecordBatch.from_arrays([*record.columns, flag], schema=RECOMMENDATIONS_SCHEMA)
+
+
+def _marketing_audience(marketing: pd.DataFrame | None, eligible: pd.DataFrame) -> list[str]:
+    if marketing is None:
+        return []
+    if not isinstance(marketing, pd.DataFrame) or "person_id" not in marketing.columns:
+        raise ValueError("marketing must be a pandas DataFrame with a person_id column (and optionally dnd)")
+    if "dnd" in marketing.columns:
+        if marketing["dnd"].isna().any() or not pd.api.types.is_bool_dtype(marketing["dnd"]):
+            raise ValueError(f"marketing.dnd must be boolean without nulls, got {marketing['dnd'].dtype}")
+        dnd = dict(zip(marketing["person_id"].astype(str), marketing["dnd"], strict=True))
+    else:
+        dnd = dict(zip(eligible["person_id"], eligible["dnd"], strict=True))
+    candidates = marketing["person_id"].dropna().astype(str).drop_duplicates()
+    return sorted(p for p in candidates if p in dnd and not bool(dnd[p]))

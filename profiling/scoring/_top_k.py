@@ -1,0 +1,199 @@
+"""Exact top-K items per person by inner product, with exclusions, in bounded memory."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from numbers import Integral
+
+import numpy as np
+import pyarrow as pa
+import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
+
+from profiling.scoring._eligibility import ItemEligibility
+from profiling.scoring._kernel import _score_block
+
+__all__ = ["TopK", "TOP_K_SCHEMA", "top_k_batches", "top_k_record_batches"]
+
+TOP_K_SCHEMA = pa.schema([
+    pa.field("person_id", pa.string(), nullable=False),
+    pa.field("item_id", pa.string(), nullable=False),
+    pa.field("score", pa.float32(), nullable=False),
+    pa.field("rank", pa.int16(), nullable=False),
+])
+
+# Largest float32 score we allow; bounding |u|·|v| below it means no product overflows to inf.
+_SCORE_LIMIT = float(np.finfo(np.float32).max) / 4
+
+
+@dataclass(frozen=True)
+class TopK:
+    """The top-K of a run of consecutive persons.
+
+    ``persons`` are row numbers of the person factor matrix; ``items[p, r]`` and
+    ``scores[p, r]`` are the item (column of the catalogue) and inner product at rank
+    ``r`` (0 = best) for ranks ``r < counts[p]``; later slots are padding (item -1).
+    """
+
+    persons: np.ndarray  # int64, n
+    items: np.ndarray  # int32, n x k
+    scores: np.ndarray  # float32, n x k
+    counts: np.ndarray  # int64, n
+
+    def to_record_batch(self, person_ids: np.ndarray | pa.Array, item_ids: np.ndarray | pa.Array) -> pa.RecordBatch:
+        """Long rows ``(person_id, item_id, score, rank)``, rank counting from 1; padding dropped."""
+        k = self.items.shape[1]
+        keep = np.arange(k)[None, :] < self.counts[:, None]  # rows: persons x ranks
+        rows_person = np.repeat(self.persons, self.counts)
+        rank = np.broadcast_to(np.arange(1, k + 1, dtype=np.int16), self.items.shape)[keep]
+        person_ids = pa.array(person_ids) if not isinstance(person_ids, pa.Array) else person_ids
+        item_ids = pa.array(item_ids) if not isinstance(item_ids, pa.Array) else item_ids
+        return pa.RecordBatch.from_arrays([
+            person_ids.take(pa.array(rows_person)).cast(pa.string()),
+            item_ids.take(pa.array(self.items[keep].astype(np.int64))).cast(pa.string()),
+            pa.array(self.scores[keep], type=pa.float32()),
+            pa.array(rank, type=pa.int16()),
+        ], schema=TOP_K_SCHEMA)
+
+
+def _factor_matrix(name: str, values: object) -> np.ndarray:
+    matrix = np.asarray(values)
+    if matrix.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (rows x factors), got {matrix.ndim} dimension(s)")
+    if not np.issubdtype(matrix.dtype, np.number) or np.iscomplexobj(matrix):
+        raise ValueError(f"{name} must hold real numbers, got {matrix.dtype}")
+    if not np.all(np.isfinite(matrix)):
+        row = int(np.argwhere(~np.isfinite(matrix))[0, 0])
+        raise ValueError(f"{name} holds NaN or infinity (first in row {row}); refit or repair the factors")
+    return np.ascontiguousarray(matrix, dtype=np.float32)
+
+
+def _bought_csr(bought: object, persons: int, items: int) -> tuple[np.ndarray, np.ndarray]:
+    if bought is None:
+        return np.zeros(persons + 1, dtype=np.int64), np.zeros(0, dtype=np.int32)
+    if not sp.issparse(bought):
+        raise ValueError(f"bought must be a scipy.sparse matrix (persons x items), got {type(bought).__name__}")
+    if bought.shape != (persons, items):
+        raise ValueError(f"bought has shape {bought.shape} but there are {persons} persons and {items} items; "
+                         f"it must be persons x items in the rows and columns of the factor matrices")
+    csr = sp.csr_array(bought, copy=True)
+    csr.sum_duplicates()
+    csr.sort_indices()
+    return csr.indptr.astype(np.int64), csr.indices.astype(np.int32)
+
+
+def _validate_k(k: object) -> int:
+    if isinstance(k, bool) or not isinstance(k, Integral):
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    if k <= 0:
+        raise ValueError(f"k must be at least 1, got {k}")
+    if k > np.iinfo(np.int16).max:
+        raise ValueError(f"k must be at most {np.iinfo(np.int16).max}, got {k}")
+    return int(k)
+
+
+def _item_tiles(item_factors: np.ndarray, width: int) -> np.ndarray:
+    """Item factors transposed into tiles (tiles x d x width), zero padded past the last item."""
+    items, dims = item_factors.shape
+    tiles = -(-items // width)
+    padded = np.zeros((tiles * width, dims), dtype=np.float32)
+    padded[:items] = item_factors
+    return np.ascontiguousarray(padded.reshape(tiles, width, dims).transpose(0, 2, 1))
+
+
+def top_k_batches(person_factors: object, item_factors: object, k: int, *, bought: object = None,
+                  eligibility: ItemEligibility | None = None, persons_per_batch: int = 16_384,
+                  threads: int = 2, persons_per_block: int = 256, items_per_tile: int = 512) -> Iterator[TopK]:
+    """For every person (row of ``person_factors``), the ``k`` items with the largest inner product.
+
+    Scores are float32 inner products ``person_factors[p] @ item_factors[i]`` (unitless).
+    Excluded are the items in row ``p`` of ``bought`` (a scipy.sparse persons x items matrix:
+    any stored entry excludes) and items ``eligibility`` does not allow for the person. Exact:
+    ranks follow the score, higher first, equal scores by lower item index; a person with fewer
+    than ``k`` allowed items gets fewer, one with none gets none, and an empty catalogue gives
+    nobody anything.
+
+    Batches of ``persons_per_batch`` consecutive persons are yielded in order, so memory is
+    bounded by the batch and the item factors, not by the number of persons. Within a batch,
+    ``threads`` workers each score ``persons_per_block`` persons at a time, walking the items in
+    tiles of ``items_per_tile`` with single-threaded BLAS (the score tile stays in cache).
+
+    No privacy mechanism is applied here: the output is per person and stays in the analytics zone.
+
+    >>> import numpy as np
+    >>> persons = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> items = np.array([[3.0, 0.0], [2.0, 5.0], [0.0, 1.0]])
+    >>> [b.items.tolist() for b in top_k_batches(persons, items, 2)]
+    [[[0, 1], [1, 2]]]
+    """
+    k = _validate_k(k)
+    person_factors = _factor_matrix("person_factors", person_factors)
+    item_factors = _factor_matrix("item_factors", item_factors)
+    persons, dims = person_factors.shape
+    items = item_factors.shape[0]
+    if item_factors.shape[1] != dims:
+        raise ValueError(f"person_factors has {dims} factors per row but item_factors has {item_factors.shape[1]}; "
+                         f"both must come from the same model")
+    for name, value in (("persons_per_batch", persons_per_batch), ("threads", threads),
+                        ("persons_per_block", persons_per_block), ("items_per_tile", items_per_tile)):
+        if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if persons and items:
+        # |u·v| <= d · max|u| · max|v|, computed in float64 so the check itself cannot overflow.
+        largest = dims * float(np.abs(person_factors).max()) * float(np.abs(item_factors).max())
+        if not largest < _SCORE_LIMIT:
+            raise ValueError(f"factors are too large: inner products could overflow float32 (bound "
+                             f"{largest:.3g}); rescale the factors")
+    indptr, indices = _bought_csr(bought, persons, items)
+    if eligibility is None:
+        eligibility = ItemEligibility.everything(persons, items)
+    if eligibility.allowed.shape[1] != items or eligibility.person_group.shape[0] != persons:
+        raise ValueError(f"eligibility covers {eligibility.person_group.shape[0]} persons x "
+                         f"{eligibility.allowed.shape[1]} items but the factors have {persons} x {items}")
+    tile_width = max(64, -(-min(items_per_tile, max(items, 1)) // 64) * 64)
+    tiles = _item_tiles(item_factors, tile_width) if items else None
+    scratch = threading.local()
+
+    def score_block(start: int, stop: int, top_scores, top_items, counts, offset: int) -> None:
+        buffer = getattr(scratch, "scores", None)
+        if buffer is None or buffer.shape[0] < stop - start:
+            buffer = scratch.scores = np.empty((persons_per_block, tile_width), dtype=np.float32)
+        _score_block(person_factors[start:stop], tiles, items, start, eligibility.person_group,
+                     eligibility.allowed, indptr, indices, buffer[: stop - start],
+                     top_scores[start - offset: stop - offset], top_items[start - offset: stop - offset],
+                     counts[start - offset: stop - offset])
+
+    with threadpool_limits(1), ThreadPoolExecutor(threads) as workers:
+        for first in range(0, persons, persons_per_batch):
+            last = min(first + persons_per_batch, persons)
+            top_scores = np.zeros((last - first, k), dtype=np.float32)
+            top_items = np.full((last - first, k), -1, dtype=np.int32)
+            counts = np.zeros(last - first, dtype=np.int64)
+            if items:
+                blocks = [(s, min(s + persons_per_block, last)) for s in range(first, last, persons_per_block)]
+                for done in workers.map(lambda b: score_block(*b, top_scores, top_items, counts, first), blocks):
+                    del done
+            yield TopK(np.arange(first, last, dtype=np.int64), top_items, top_scores, counts)
+
+
+def top_k_record_batches(person_ids: object, item_ids: object, person_factors: object, item_factors: object,
+                         k: int, **options: object) -> Iterator[pa.RecordBatch]:
+    """``top_k_batches`` as Arrow record batches ``(person_id, item_id, score, rank)``, rank from 1.
+
+    ``person_ids`` and ``item_ids`` name the rows of ``person_factors`` and ``item_factors``.
+
+    >>> import numpy as np
+    >>> batches = top_k_record_batches(["p1"], ["a", "b"], np.ones((1, 2)), np.array([[1.0, 0], [2, 2]]), 5)
+    >>> [b.to_pylist() for b in batches]
+    [[{'person_id': 'p1', 'item_id': 'b', 'score': 4.0, 'rank': 1}, {'person_id': 'p1', 'item_id': 'a', 'score': 1.0, 'rank': 2}]]
+    """
+    person_ids = pa.array(person_ids, type=pa.string()) if not isinstance(person_ids, pa.Array) else person_ids
+    item_ids = pa.array(item_ids, type=pa.string()) if not isinstance(item_ids, pa.Array) else item_ids
+    if len(person_ids) != np.shape(person_factors)[0] or len(item_ids) != np.shape(item_factors)[0]:
+        raise ValueError(f"{len(person_ids)} person ids and {len(item_ids)} item ids do not match factor matrices "
+                         f"of {np.shape(person_factors)[0]} persons and {np.shape(item_factors)[0]} items")
+    for batch in top_k_batches(person_factors, item_factors, k, **options):
+        yield batch.to_record_batch(person_ids, item_ids)

@@ -1,0 +1,165 @@
+"""The recommendation stage on a small hand-built analytics zone."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.recommend import MARKETING_AUDIENCE_SCHEMA, RECOMMENDATIONS_SCHEMA, write_recommendations
+from pipelines.workspace import Workspace
+from profiling.errors import WorkspaceError
+
+AS_OF = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
+UTC = pa.timestamp("us", tz="UTC")
+
+
+def build_zone(root, orders_of=None):
+    """40 persons in two communities (p00..p19 buy items i00..i09, p20..p39 items i10..i19), 24 items.
+
+    i20 is inactive, i21 is listed after AS_OF, i22 is served only in province 11, i23 only in 44.
+    Persons with an even number live in province 11, odd ones in 44, p39 has no province.
+    """
+    rng = np.random.default_rng(5)
+    items = [f"i{n:02d}" for n in range(24)]
+    served = [None] * 22 + [["11"], ["44"]]
+    catalogue = pa.table({
+        "item_id": items, "kind": ["commodity"] * 24, "category": ["food"] * 24, "title": items,
+        "price": [1.0] * 24, "served_provinces": pa.array(served, pa.list_(pa.string())),
+        "active": [n != 20 for n in range(24)],
+        "listed_at": pa.array([AS_OF - dt.timedelta(days=400)] * 21 + [AS_OF + dt.timedelta(days=1)]
+                              + [AS_OF - dt.timedelta(days=400)] * 2, UTC),
+    })
+    persons = [f"p{n:02d}" for n in range(40)]
+    accounts = pa.table({"person_id": persons, "age_band": ["30-39"] * 40,
+                         "province": [None if n == 39 else ("11" if n % 2 == 0 else "44") for n in range(40)]})
+    rows = {"order_id": [], "person_id": [], "placed_at": [], "items": []}
+    for n, person in enumerate(persons):
+        base = 0 if n < 20 else 10
+        chosen = [[items[base + i] for i in rng.choice(10, 2, replace=False)] for _ in range(3)]
+        ages = rng.integers(1, 300, 5)  # drawn for everybody, so other persons' rows never depend on orders_of
+        if orders_of and orders_of(person) is not None:
+            chosen = orders_of(person)
+        for order, age in zip(chosen, ages, strict=False):
+            rows["order_id"].append(f"o{len(rows['order_id'])}")
+            rows["person_id"].append(person)
+            rows["placed_at"].append(AS_OF - dt.timedelta(days=int(age)))
+            rows["items"].append(order)
+    # A purchase after AS_OF must be ignored.
+    rows["order_id"].append("late")
+    rows["person_id"].append("p00")
+    rows["placed_at"].append(AS_OF + dt.timedelta(days=3))
+    rows["items"].append(["i19"])
+    orders = pa.table({**rows, "amount": [1.0] * len(rows["order_id"]), "currency": ["CNY"] * len(rows["order_id"])})
+    orders = orders.set_column(2, "placed_at", pa.array(rows["placed_at"], UTC))
+    for name, table in (("catalogue", catalogue), ("accounts", accounts), ("orders", orders)):
+        folder = root / "pseudonymized" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, folder / "part-0.parquet")
+    return Workspace(root)
+
+
+def eligible_frame():
+    """p00..p34 eligible; p30 DND; p31, p32 refused personalization; p35..p39 not eligible."""
+    persons = [f"p{n:02d}" for n in range(35)]
+    return pd.DataFrame({"person_id": persons, "dnd": [p == "p30" for p in persons],
+                         "non_personalized": [p in ("p31", "p32") for p in persons]})
+
+
+def run(workspace, **options):
+    summary = write_recommendations(workspace, eligible_frame(), as_of=AS_OF, k=4, factors=2, iterations=10,
+                                    **options)
+    table = pq.read_table(workspace.outputs("recommendations"))
+    return summary, table.to_pandas()
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    workspace = build_zone(tmp_path_factory.mktemp("rec"))
+    marketing = pd.DataFrame({"person_id": ["p00", "p30", "p31", "p38"]})
+    summary, frame = run(workspace, marketing=marketing)
+    return workspace, summary, frame
+
+
+def test_outputs_have_the_published_schemas(result):
+    workspace, summary, frame = result
+    assert pq.read_schema(next(workspace.outputs("recommendations").glob("*.parquet"))) == RECOMMENDATIONS_SCHEMA
+    assert pq.read_table(workspace.outputs("marketing_audience")).schema == MARKETING_AUDIENCE_SCHEMA
+    assert {row["kind"]: row["persons"] for row in summary} == {"personalized": 33, "non-personalized": 2,
+                                                               "not DND": 2}
+
+
+def test_only_eligible_persons_get_lists_with_ranks_one_to_k(result):
+    _, _, frame = result
+    assert set(frame["person_id"]) == set(eligible_frame()["person_id"])
+    for _, rows in frame.groupby("person_id"):
+        assert rows["rank"].tolist() == list(range(1, len(rows) + 1)) and len(rows) == 4
+        assert rows["score"].is_monotonic_decreasing
+
+
+def test_personalized_lists_follow_the_community_and_skip_bought_and_unavailable_items(result, tmp_path):
+    workspace, _, frame = result
+    orders = pq.read_table(workspace.root / "pseudonymized" / "orders").to_pandas()
+    orders = orders[orders["placed_at"] <= AS_OF]
+    bought = orders.explode("items").groupby("person_id")["items"].agg(set)
+    personalized = frame[frame["personalized"]]
+    for person, rows in personalized.groupby("person_id"):
+        number = int(person[1:])
+        assert not set(rows["item_id"]) & bought[person]
+        assert not set(rows["item_id"]) & {"i20", "i21", "i23" if number % 2 == 0 else "i22"}
+        own = {f"i{n:02d}" for n in (range(10) if number < 20 else range(10, 20))}
+        # Two factors suffice for two communities: every pick comes from the person's own one.
+        assert set(rows["item_id"]) <= own | {"i22", "i23"}
+    assert set(personalized["person_id"]) == set(eligible_frame()["person_id"]) - {"p31", "p32"}
+
+
+def test_refusers_get_the_popular_list_for_their_province(result):
+    _, _, frame = result
+    refusers = frame[frame["person_id"].isin(["p31", "p32"])]
+    assert not refusers["personalized"].any()
+    assert (refusers.groupby("person_id")["score"].apply(list).apply(lambda s: s == sorted(s, reverse=True))).all()
+    assert "i22" not in set(refusers[refusers["person_id"] == "p31"]["item_id"])  # p31 lives in 44
+
+
+def test_marketing_audience_leaves_out_dnd_and_ineligible_persons(result):
+    workspace, _, _ = result
+    audience = pq.read_table(workspace.outputs("marketing_audience"))["person_id"].to_pylist()
+    assert audience == ["p00", "p31"]  # p30 is DND; p38's DND state is unknown
+
+
+def test_rows_of_persons_outside_the_gate_or_refusing_change_nothing(result, tmp_path):
+    _, _, before = result
+    strange = [["i00", "i01", "i02", "i03", "i10", "i11"]] * 5
+    workspace = build_zone(tmp_path, orders_of=lambda p: strange if p in ("p37", "p31") else None)
+    _, after = run(workspace, marketing=pd.DataFrame({"person_id": ["p00", "p30", "p31", "p38"]}))
+    pd.testing.assert_frame_equal(before, after)
+
+
+def test_popularity_release_orders_the_non_personalized_list(tmp_path):
+    workspace = build_zone(tmp_path)
+    popularity = pd.Series({"i19": 50.0, "i22": 40.0, "i05": 30.0, "i20": 99.0, "i03": -1.0})
+    _, frame = run(workspace, popularity=popularity)
+    p32 = frame[frame["person_id"] == "p32"]  # province 11: i22 allowed; i20 inactive
+    assert p32["item_id"].tolist() == ["i19", "i22", "i05", "i03"]
+    assert p32["score"].tolist() == [50.0, 40.0, 30.0, -1.0]
+    assert pq.read_table(workspace.outputs("marketing_audience")).num_rows == 0
+
+
+def test_bad_inputs_are_rejected(tmp_path):
+    workspace = build_zone(tmp_path)
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        write_recommendations(workspace, eligible_frame(), as_of=AS_OF, k=0)
+    with pytest.raises(ValueError, match="no column non_personalized"):
+        write_recommendations(workspace, eligible_frame().drop(columns="non_personalized"), as_of=AS_OF)
+    with pytest.raises(ValueError, match="lists person 'p01' more than once"):
+        write_recommendations(workspace, pd.concat([eligible_frame(), eligible_frame()[1:2]]), as_of=AS_OF)
+    with pytest.raises(ValueError, match="has no time zone"):
+        write_recommendations(workspace, eligible_frame(), as_of=AS_OF.replace(tzinfo=None))
+    with pytest.raises(ValueError, match="popularity holds non-numeric"):
+        write_recommendations(workspace, eligible_frame(), as_of=AS_OF, popularity=pd.Series({"i01": np.nan}))
+    with pytest.raises(WorkspaceError, match="run the pseudonymization stage first"):
+        write_recommendations(Workspace(tmp_path / "empty"), eligible_frame(), as_of=AS_OF)
