@@ -3,6 +3,7 @@
 Layout (kept by every stage)::
 
     WS/ingested/<table>/      accepted raw rows, Parquet (the identifiable zone)
+    WS/pseudonymized/<table>/ pseudonyms + generalized values, Parquet (the analytics zone)
     WS/rejects/<table>/       rejected rows: source_file, source_row, column, reason, detail + raw values
     WS/outputs/<name>/        derived data
     WS/ingest-report.json     rows in / accepted / rejected per table of the last ingest
@@ -62,6 +63,10 @@ class Workspace:
 
     def ingested(self, table: str) -> Path:
         return self.root / "ingested" / table
+
+    def pseudonymized(self, table: str) -> Path:
+        """Folder of ``table`` in the analytics zone (pseudonyms and generalized values, no identifiers)."""
+        return self.root / "pseudonymized" / table
 
     def rejects(self, table: str) -> Path:
         return self.root / "rejects" / table

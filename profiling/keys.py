@@ -1,45 +1,111 @@
-"""The master key file: created private, refused when others can read it, never shown.
+"""The master key: versions in a private file (or the environment), per-domain keys by HKDF, never shown.
 
-The file holds one line, ``portrait-master-key v1 <64 hex digits>`` (256 random bits). It lives
-outside the workspace: the key is the "additional information kept separately" that turns
-pseudonymized data back into personal data.
+A key file holds one line per key version, ``portrait-master-key v<N> <64 hex digits>`` (256
+random bits each); a file made before versions existed holds the single line of version 1 and
+stays valid. The file lives outside the workspace: the key is the "additional information kept
+separately" that turns pseudonymized data back into personal data. Instead of a file, the
+environment variable ``PORTRAIT_MASTER_KEY`` may hold the key as 64 hex digits (version 1) or as
+``<N>:<64 hex>`` entries separated by commas.
+
+Pseudonyms are never computed with the master secret itself: ``derive_key`` gives each
+(domain, version) its own 32-byte key with HKDF-SHA256, so pseudonyms of different domains
+cannot be joined, and destroying a version (``destroy_key_version``) makes every pseudonym made
+with it impossible to recompute from an identifier (the pseudonyms are then unlinked).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
 import stat
+from collections.abc import Mapping
 from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from profiling.errors import KeyFileError
 
-__all__ = ["MasterKey", "create_key_file", "load_key_file"]
+__all__ = [
+    "ENV_VAR",
+    "MasterKey",
+    "create_key_file",
+    "load_key_file",
+    "load_master_key",
+    "derive_key",
+    "rotate_key_file",
+    "destroy_key_version",
+]
 
-_HEADER = "portrait-master-key v1"
+ENV_VAR = "PORTRAIT_MASTER_KEY"
+_PREFIX = "portrait-master-key"
+_LINE = re.compile(r"portrait-master-key v([1-9][0-9]{0,5}) ([0-9a-fA-F]{64})")
+_ENV_ENTRY = re.compile(r"(?:([1-9][0-9]{0,5}):)?([0-9a-fA-F]{64})")
+_HOW_TO_CREATE = "create one with `portrait keys init --key-file PATH` (outside every workspace) " \
+                 f"or set {ENV_VAR} to 64 hex digits"
+
+
+def _fingerprint(secret: bytes) -> str:
+    return hashlib.sha256(b"portrait key fingerprint\x00" + secret).hexdigest()[:16]
 
 
 class MasterKey:
-    """256 secret bits. ``repr`` and ``str`` show only a fingerprint, never the key."""
+    """Key versions (number -> 32 secret bytes). ``repr`` and ``str`` show only fingerprints.
 
-    __slots__ = ("_secret",)
+    ``MasterKey(secret)`` is a key with the single version 1.
 
-    def __init__(self, secret: bytes) -> None:
-        if len(secret) != 32:
-            raise KeyFileError("a master key has exactly 32 bytes")
-        self._secret = secret
+    >>> key = MasterKey(bytes(32))
+    >>> key.versions, key.newest_version
+    ((1,), 1)
+    >>> "00" * 32 in repr(key)
+    False
+    """
+
+    __slots__ = ("_secrets",)
+
+    def __init__(self, secret: bytes | Mapping[int, bytes]) -> None:
+        versions = dict(secret) if isinstance(secret, Mapping) else {1: secret}
+        if not versions:
+            raise KeyFileError("a master key needs at least one version")
+        for version, value in versions.items():
+            if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+                raise KeyFileError("key versions are integers >= 1")
+            if not isinstance(value, bytes) or len(value) != 32:
+                raise KeyFileError("a master key version has exactly 32 bytes")
+        self._secrets = dict(sorted(versions.items()))
+
+    @property
+    def versions(self) -> tuple[int, ...]:
+        """Version numbers held, oldest first."""
+        return tuple(self._secrets)
+
+    @property
+    def newest_version(self) -> int:
+        return max(self._secrets)
 
     @property
     def fingerprint(self) -> str:
-        """First 8 bytes (hex) of a hash of the key: tells keys apart without revealing them."""
-        return hashlib.sha256(b"portrait key fingerprint\x00" + self._secret).hexdigest()[:16]
+        """Fingerprint of the newest version: 16 hex digits of a hash that tells keys apart."""
+        return _fingerprint(self._secrets[self.newest_version])
 
-    def secret_bytes(self) -> bytes:
-        return self._secret
+    def fingerprint_of(self, version: int) -> str:
+        return _fingerprint(self.secret_bytes(version))
+
+    def secret_bytes(self, version: int | None = None) -> bytes:
+        """The secret of ``version`` (the newest when None). Never print or log it."""
+        version = self.newest_version if version is None else version
+        try:
+            return self._secrets[version]
+        except (KeyError, TypeError):
+            held = ", ".join(map(str, self._secrets))
+            raise KeyFileError(f"key version {version!r} is not held (held: {held}); "
+                               "a destroyed version cannot be recovered") from None
 
     def __repr__(self) -> str:
-        return f"MasterKey(fingerprint={self.fingerprint})"
+        shown = ", ".join(f"v{v}:{_fingerprint(s)}" for v, s in self._secrets.items())
+        return f"MasterKey({shown})"
 
     __str__ = __repr__
 
@@ -47,17 +113,56 @@ class MasterKey:
         raise TypeError("a MasterKey cannot be pickled")
 
 
+def derive_key(master: MasterKey, domain: str, version: int | None = None) -> bytes:
+    """32-byte key of ``domain`` at key ``version`` (newest when None), by HKDF-SHA256.
+
+    ``info`` is ``domain`` and the version, so every (domain, version) pair gets an independent key.
+
+    >>> key = MasterKey(bytes(32))
+    >>> derive_key(key, "person") == derive_key(key, "person", 1) != derive_key(key, "device")
+    True
+    """
+    if not isinstance(master, MasterKey):
+        raise TypeError(f"derive_key needs a MasterKey (from load_key_file), not {type(master).__name__}")
+    if not isinstance(domain, str) or not domain or "\x00" in domain:
+        raise ValueError("a key domain is a non-empty string without NUL characters, e.g. 'person'")
+    version = master.newest_version if version is None else version
+    secret = master.secret_bytes(version)
+    info = b"portrait pseudonym key\x00" + domain.encode("utf-8") + b"\x00v" + str(version).encode("ascii")
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret)
+
+
+def _format(versions: Mapping[int, bytes]) -> str:
+    return "".join(f"{_PREFIX} v{version} {secret.hex()}\n" for version, secret in sorted(versions.items()))
+
+
+def _write_new(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write ``text`` to a fresh 0600 file beside ``path`` and swap it in (never half-written)."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        _write_new(temporary, text)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 def create_key_file(path: str | os.PathLike) -> MasterKey:
-    """Create a new key file readable by its owner only (mode 0600); refuse to overwrite one."""
+    """Create a new key file (version 1) readable by its owner only (mode 0600); refuse to overwrite one."""
     path = Path(path)
     secret = secrets.token_bytes(32)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        _write_new(path, _format({1: secret}))
     except FileExistsError:
         raise KeyFileError(f"key file {path} already exists; refusing to overwrite a key") from None
-    with os.fdopen(fd, "w", encoding="ascii") as handle:
-        handle.write(f"{_HEADER} {secret.hex()}\n")
     return MasterKey(secret)
 
 
@@ -69,10 +174,65 @@ def load_key_file(path: str | os.PathLike) -> MasterKey:
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         raise KeyFileError(f"key file {path} has mode {mode:o}, so others can read it; run `chmod 600 {path}`")
-    parts = path.read_text(encoding="ascii", errors="replace").split()
-    if len(parts) != 3 or " ".join(parts[:2]) != _HEADER or len(parts[2]) != 64:
-        raise KeyFileError(f"key file {path} is not a Portrait key file (expected '{_HEADER} <64 hex digits>')")
-    try:
-        return MasterKey(bytes.fromhex(parts[2]))
-    except ValueError:
-        raise KeyFileError(f"key file {path} is not a Portrait key file (the key is not hexadecimal)") from None
+    lines = [line.strip() for line in path.read_text(encoding="ascii", errors="replace").splitlines() if line.strip()]
+    versions: dict[int, bytes] = {}
+    for number, line in enumerate(lines, start=1):
+        match = _LINE.fullmatch(line)
+        if match is None:
+            raise KeyFileError(f"key file {path} is not a Portrait key file: line {number} is not "
+                               f"'{_PREFIX} v<N> <64 hex digits>'")
+        version = int(match.group(1))
+        if version in versions:
+            raise KeyFileError(f"key file {path} is not a Portrait key file: version {version} appears twice")
+        versions[version] = bytes.fromhex(match.group(2))
+    if not versions:
+        raise KeyFileError(f"key file {path} is not a Portrait key file: it holds no key "
+                           f"(expected '{_PREFIX} v1 <64 hex digits>')")
+    return MasterKey(versions)
+
+
+def load_master_key(key_file: str | os.PathLike | None = None) -> MasterKey:
+    """The key from ``key_file`` when given, else from ``PORTRAIT_MASTER_KEY``; a clear error when neither."""
+    if key_file is not None:
+        return load_key_file(key_file)
+    text = os.environ.get(ENV_VAR, "").strip()
+    if not text:
+        raise KeyFileError(f"no master key: no --key-file was given and {ENV_VAR} is not set; {_HOW_TO_CREATE}")
+    versions: dict[int, bytes] = {}
+    for position, entry in enumerate(text.split(","), start=1):
+        match = _ENV_ENTRY.fullmatch(entry.strip())
+        if match is None or (match.group(1) is None and "," in text):
+            raise KeyFileError(f"{ENV_VAR} entry {position} is not 64 hex digits (or '<version>:<64 hex digits>' "
+                               "entries separated by commas)")
+        version = int(match.group(1) or 1)
+        if version in versions:
+            raise KeyFileError(f"{ENV_VAR} holds version {version} twice")
+        versions[version] = bytes.fromhex(match.group(2))
+    return MasterKey(versions)
+
+
+def rotate_key_file(path: str | os.PathLike) -> int:
+    """Append a new random version to the key file and return its number; old versions stay."""
+    path = Path(path)
+    key = load_key_file(path)
+    version = key.newest_version + 1
+    versions = {v: key.secret_bytes(v) for v in key.versions}
+    versions[version] = secrets.token_bytes(32)
+    _replace(path, _format(versions))
+    return version
+
+
+def destroy_key_version(path: str | os.PathLike, version: int) -> None:
+    """Remove ``version`` from the key file for good: its pseudonyms can no longer be recomputed.
+
+    The newest version cannot be destroyed (``rotate`` first), so the file always holds a usable key.
+    """
+    path = Path(path)
+    key = load_key_file(path)
+    if version not in key.versions:
+        held = ", ".join(map(str, key.versions))
+        raise KeyFileError(f"key file {path} holds no version {version} (it holds {held})")
+    if version == key.newest_version:
+        raise KeyFileError(f"version {version} is the newest in {path}; "
+                           "run `portrait keys rotate` before destroying it")
+    _replace(path, _format({v: key.secret_bytes(v) for v in key.versions if v != version}))

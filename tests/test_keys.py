@@ -1,15 +1,26 @@
-"""The master key file."""
+"""The master key: files, versions, HKDF derivation, the environment variable and the CLI."""
 
 from __future__ import annotations
 
 import os
 import pickle
+import re
 import stat
 
 import pytest
 
+from pipelines.cli import main
 from profiling.errors import KeyFileError
-from profiling.keys import create_key_file, load_key_file
+from profiling.keys import (
+    ENV_VAR,
+    MasterKey,
+    create_key_file,
+    derive_key,
+    destroy_key_version,
+    load_key_file,
+    load_master_key,
+    rotate_key_file,
+)
 
 
 def test_created_private_and_loaded_back(tmp_path):
@@ -55,3 +66,134 @@ def test_malformed_key_file(tmp_path, content):
     with pytest.raises(KeyFileError, match="is not a Portrait key file") as caught:
         load_key_file(path)
     assert not any(len(token) >= 20 and token in str(caught.value) for token in content.split())
+
+
+# --- versions, derivation, the environment, the command line -------------------------------------
+
+
+def _secrets_of(key: MasterKey) -> list[str]:
+    return [key.secret_bytes(v).hex() for v in key.versions]
+
+
+def _assert_no_secret(text: str, key: MasterKey) -> None:
+    for secret in _secrets_of(key):
+        assert secret not in text.lower()
+        assert secret[:16] not in text.lower()
+
+
+def test_a_one_line_key_file_is_version_1(tmp_path):
+    path = tmp_path / "k"
+    path.write_text("portrait-master-key v1 " + "ab" * 32 + "\n")
+    os.chmod(path, 0o600)
+    key = load_key_file(path)
+    assert key.versions == (1,) and key.newest_version == 1 and key.secret_bytes() == bytes.fromhex("ab" * 32)
+
+
+def test_derive_key_is_hkdf_per_domain_and_version():
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    key = MasterKey({1: bytes(32), 2: bytes(range(32))})
+    assert derive_key(key, "person") == derive_key(key, "person", 2)
+    assert len({derive_key(key, d, v) for d in ("person", "device") for v in (1, 2)}) == 4
+    expected = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                    info=b"portrait pseudonym key\x00person\x00v1").derive(bytes(32))
+    assert derive_key(key, "person", 1) == expected
+    with pytest.raises(KeyFileError, match=r"key version 3 is not held \(held: 1, 2\)"):
+        derive_key(key, "person", 3)
+    with pytest.raises(ValueError, match="non-empty string"):
+        derive_key(key, "")
+    with pytest.raises(TypeError, match="needs a MasterKey"):
+        derive_key(bytes(32), "person")
+
+
+def test_rotate_then_destroy(tmp_path):
+    path = tmp_path / "k"
+    first = create_key_file(path)
+    assert rotate_key_file(path) == 2 and rotate_key_file(path) == 3
+    key = load_key_file(path)
+    assert key.versions == (1, 2, 3) and key.secret_bytes(1) == first.secret_bytes()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with pytest.raises(KeyFileError, match="is the newest .* run `portrait keys rotate` before destroying it"):
+        destroy_key_version(path, 3)
+    with pytest.raises(KeyFileError, match=r"holds no version 7 \(it holds 1, 2, 3\)"):
+        destroy_key_version(path, 7)
+    assert load_key_file(path).versions == (1, 2, 3)  # refusals changed nothing
+    destroy_key_version(path, 1)
+    after = load_key_file(path)
+    assert after.versions == (2, 3) and after.secret_bytes(2) == key.secret_bytes(2)
+    with pytest.raises(KeyFileError, match="a destroyed version cannot be recovered"):
+        derive_key(after, "person", 1)
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_rotate_refuses_a_readable_file(tmp_path):
+    path = tmp_path / "k"
+    create_key_file(path)
+    os.chmod(path, 0o640)
+    before = path.read_bytes()
+    with pytest.raises(KeyFileError, match="so others can read it"):
+        rotate_key_file(path)
+    assert path.read_bytes() == before
+
+
+def test_environment_variable(monkeypatch):
+    monkeypatch.setenv(ENV_VAR, "cd" * 32)
+    key = load_master_key()
+    assert key.versions == (1,) and key.secret_bytes() == bytes.fromhex("cd" * 32)
+    monkeypatch.setenv(ENV_VAR, f"1:{'00' * 32}, 2:{'11' * 32}")
+    assert load_master_key().versions == (1, 2)
+    monkeypatch.setenv(ENV_VAR, "not-a-key-" + "ef" * 30)
+    with pytest.raises(KeyFileError, match=f"{ENV_VAR} entry 1 is not 64 hex digits") as caught:
+        load_master_key()
+    assert "ef" * 30 not in str(caught.value)
+
+
+def test_no_key_at_all_says_how_to_create_one(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    with pytest.raises(KeyFileError,
+                       match=r"no master key: .*`portrait keys init --key-file PATH`.*PORTRAIT_MASTER_KEY"):
+        load_master_key()
+
+
+def test_versions_never_shown():
+    key = MasterKey({1: bytes(range(32)), 2: bytes(range(32, 64))})
+    _assert_no_secret(repr(key) + str(key) + f"{key!r}", key)
+    assert re.fullmatch(r"MasterKey\(v1:[0-9a-f]{16}, v2:[0-9a-f]{16}\)", repr(key))
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        pickle.dumps(key)
+    with pytest.raises(KeyFileError) as caught:
+        key.secret_bytes(9)
+    _assert_no_secret(str(caught.value), key)
+
+
+def test_cli_rotate_show_destroy(tmp_path, capsys):
+    path = tmp_path / "keys" / "master.key"
+    assert main(["--quiet", "keys", "init", "--key-file", str(path)]) == 0
+    assert main(["--quiet", "keys", "rotate", "--key-file", str(path)]) == 0
+    assert main(["--quiet", "keys", "show-versions", "--key-file", str(path)]) == 0
+    key = load_key_file(path)
+    out = capsys.readouterr().out
+    assert f"v1  fingerprint {key.fingerprint_of(1)}" in out
+    assert f"v2  fingerprint {key.fingerprint_of(2)}  (newest)" in out
+    assert main(["--quiet", "keys", "destroy", "--key-file", str(path), "--version", "2"]) == 2
+    captured = capsys.readouterr()
+    assert "is the newest" in captured.err
+    assert main(["--quiet", "keys", "destroy", "--key-file", str(path), "--version", "1"]) == 0
+    captured2 = capsys.readouterr()
+    assert "destroyed key version 1" in captured2.out
+    assert main(["--quiet", "keys", "show-versions", "--key-file", str(path)]) == 0
+    captured3 = capsys.readouterr()
+    assert "v1 " not in captured3.out and "v2 " in captured3.out
+    for text in (out, captured.out, captured.err, captured2.out, captured2.err, captured3.out):
+        _assert_no_secret(text, key)
+
+
+def test_cli_show_versions_from_the_environment(monkeypatch, capsys):
+    monkeypatch.setenv(ENV_VAR, "12" * 32)
+    assert main(["--quiet", "keys", "show-versions"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("v1  fingerprint ") and "12" * 32 not in out
+    monkeypatch.delenv(ENV_VAR)
+    assert main(["--quiet", "keys", "show-versions"]) == 2
+    assert "portrait keys init" in capsys.readouterr().err

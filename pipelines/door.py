@@ -1,0 +1,196 @@
+"""The door between the identifiable zone and the analytics zone.
+
+``WS/ingested/`` holds raw accepted rows and is read by nothing analytical. The door reads every
+ingested table in record batches and writes ``WS/pseudonymized/<table>/`` (Parquet), where no
+column names or contacts a person by itself. What happens to a column is decided by the field
+registry (``profiling.schema``: its ``PrivacyClass`` and ``Field.identifier``), never by column
+name lists:
+
+====================  ===========================  ===========================================
+privacy class         what the field is            in the analytics zone
+====================  ===========================  ===========================================
+DIRECT_IDENTIFIER     ``account_id``               ``person_id``: PERSON pseudonym
+DIRECT_IDENTIFIER     ``device_id``                same name: DEVICE pseudonym
+DIRECT_IDENTIFIER     ``order_id``                 same name: ORDER pseudonym
+DIRECT_IDENTIFIER     ``waybill_id``               same name: WAYBILL pseudonym
+DIRECT_IDENTIFIER     ``ip``                       ``<name>_prefix``: IPv4 /24 or IPv6 /48
+DIRECT_IDENTIFIER     any other (phone, name,      dropped: analysis does not need them
+                      email, address ...)
+QUASI_IDENTIFIER      a date (birthday)            ``age_band`` at the as-of date ("25-34")
+QUASI_IDENTIFIER      a GB/T 2260 region code      ``<prefix>province``: its 2-digit province
+QUASI_IDENTIFIER      a closed set of values       as is (already coarse, e.g. gender)
+QUASI_IDENTIFIER      anything else                dropped
+SENSITIVE             any                          dropped, always
+NON_PERSONAL          any                          as is
+====================  ===========================  ===========================================
+
+Each pseudonym column records its domain and key version in its field metadata
+(``portrait.domain``, ``portrait.key_version``); the schema metadata ``portrait.key_version`` is
+the version of the whole table. The door always uses the newest key version, so rerunning it
+after ``portrait keys rotate`` rewrites the whole zone from the identifiable zone with the new
+version. The zone is replaced whole and atomically: a failure midway leaves the previous zone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from pipelines.workspace import Workspace
+from profiling.errors import InternalError
+from profiling.generalize import age_band, ip_prefix, province
+from profiling.keys import MasterKey
+from profiling.pseudonyms import DEVICE, ORDER, PERSON, WAYBILL, pseudonymize
+from profiling.schema import TABLE_NAMES, Field, Format, PrivacyClass, Table, table
+
+__all__ = ["PSEUDONYM_DOMAINS", "ColumnRule", "door_plan", "analytics_schema", "pseudonymize_workspace"]
+
+# ``Field.identifier`` -> (pseudonym domain, column name in the analytics zone or None to keep the name)
+PSEUDONYM_DOMAINS: dict[str, tuple[str, str | None]] = {
+    "account_id": (PERSON, "person_id"),
+    "device_id": (DEVICE, None),
+    "order_id": (ORDER, None),
+    "waybill_id": (WAYBILL, None),
+}
+
+_BATCH_ROWS = 524_288
+
+
+@dataclass(frozen=True)
+class ColumnRule:
+    """What the door does with one raw column: ``action`` is pass, pseudonym, generalize or drop."""
+
+    source: str
+    action: str
+    output: str | None = None
+    domain: str | None = None
+    description: str = ""
+    identifier: str | None = None  # ``Field.identifier`` of a pseudonymized column: picks the normalization
+
+
+def _rule(field: Field) -> ColumnRule:
+    privacy = field.privacy
+    if privacy is PrivacyClass.NON_PERSONAL:
+        return ColumnRule(field.name, "pass", field.name, description=field.description)
+    if privacy is PrivacyClass.SENSITIVE:
+        return ColumnRule(field.name, "drop", description="sensitive: never leaves the identifiable zone")
+    if privacy is PrivacyClass.DIRECT_IDENTIFIER:
+        if field.identifier in PSEUDONYM_DOMAINS:
+            domain, renamed = PSEUDONYM_DOMAINS[field.identifier]
+            return ColumnRule(field.name, "pseudonym", renamed or field.name, domain,
+                              f"{domain} pseudonym of {field.name}", field.identifier)
+        if field.identifier == "ip":
+            return ColumnRule(field.name, "generalize", f"{field.name}_prefix",
+                              description=f"network of {field.name}: IPv4 /24 or IPv6 /48")
+        return ColumnRule(field.name, "drop", description=f"direct identifier ({field.identifier}) not needed")
+    if privacy is PrivacyClass.QUASI_IDENTIFIER:
+        if pa.types.is_date(field.type):
+            return ColumnRule(field.name, "generalize", "age_band", description=f"age band from {field.name}")
+        if field.format is Format.REGION:
+            output = field.name.removesuffix("region") + "province"
+            return ColumnRule(field.name, "generalize", output,
+                              description=f"2-digit GB/T 2260 province of {field.name}")
+        if field.allowed is not None:
+            return ColumnRule(field.name, "pass", field.name, description=field.description)
+        return ColumnRule(field.name, "drop", description="quasi-identifier without a generalization")
+    raise InternalError(f"the door has no rule for privacy class {privacy!r} of {field.name}; this is a bug")
+
+
+def door_plan(table_name: str) -> list[ColumnRule]:
+    """The rule for every column of ``table_name``, in the data model's order.
+
+    >>> [(r.source, r.action, r.output) for r in door_plan("accounts")][:3]
+    [('account_id', 'pseudonym', 'person_id'), ('phone', 'drop', None), ('nickname', 'drop', None)]
+    """
+    rules = [_rule(f) for f in table(table_name).fields]
+    outputs = [r.output for r in rules if r.output]
+    if len(outputs) != len(set(outputs)):
+        raise InternalError(f"the door maps two columns of {table_name} to one name ({outputs}); this is a bug")
+    return rules
+
+
+def analytics_schema(table_name: str, key_version: int) -> pa.Schema:
+    """Schema of ``table_name`` in the analytics zone with pseudonyms made at ``key_version``."""
+    model: Table = table(table_name)
+    fields = []
+    for rule in door_plan(table_name):
+        source = model[rule.source]
+        if rule.action == "pass":
+            fields.append(source.arrow_field())
+        elif rule.action == "pseudonym":
+            fields.append(pa.field(rule.output, pa.string(), nullable=not source.required, metadata={
+                "privacy": "pseudonym", "description": rule.description, "portrait.domain": rule.domain,
+                "portrait.key_version": str(key_version), "portrait.source_column": rule.source}))
+        elif rule.action == "generalize":
+            fields.append(pa.field(rule.output, pa.string(), metadata={
+                "privacy": PrivacyClass.QUASI_IDENTIFIER.value, "description": rule.description,
+                "portrait.source_column": rule.source}))
+    return pa.schema(fields, metadata={"table": table_name, "portrait.zone": "pseudonymized",
+                                       "portrait.key_version": str(key_version)})
+
+
+def _transform(batch: pa.RecordBatch, rules: list[ColumnRule], schema: pa.Schema, key: MasterKey,
+               version: int, as_of: dt.date) -> pa.RecordBatch:
+    columns = []
+    for rule in rules:
+        if rule.action == "drop":
+            continue
+        values = batch.column(rule.source)
+        if rule.action == "pseudonym":
+            values = pseudonymize(values, key, rule.domain, identifier=rule.identifier, version=version)
+        elif rule.action == "generalize":
+            values = _generalize(rule.output, values, as_of)
+        columns.append(values)
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def _generalize(output: str, values: pa.Array, as_of: dt.date) -> pa.Array:
+    """The coarse values of the generalized column ``output`` (named by ``_rule``)."""
+    if output == "age_band":
+        return age_band(values, as_of)
+    if output.endswith("province"):
+        return province(values)
+    if output.endswith("_prefix"):
+        return ip_prefix(values)
+    raise InternalError(f"no generalization writes {output}; this is a bug")
+
+
+def pseudonymize_workspace(workspace: Workspace, key: MasterKey, *, as_of: dt.date | None = None,
+                           batch_rows: int = _BATCH_ROWS, progress: bool = False) -> dict:
+    """Write the analytics zone ``WS/pseudonymized/`` from the identifiable zone ``WS/ingested/``.
+
+    Uses the newest key version of ``key``; ages are counted at ``as_of`` (default: today, UTC).
+    Reads ``batch_rows`` rows at a time. Returns ``{"key_version", "as_of", "tables": {name: {"rows",
+    "columns", "dropped"}}}``. The zone is replaced whole, or not at all when anything fails.
+    """
+    if not isinstance(key, MasterKey):
+        raise TypeError(f"pseudonymize_workspace needs a MasterKey (from load_key_file), not {type(key).__name__}")
+    if batch_rows < 1:
+        raise ValueError(f"batch_rows must be at least 1, got {batch_rows}")
+    as_of = as_of or dt.datetime.now(dt.timezone.utc).date()
+    workspace.require_ingested()
+    version = key.newest_version
+    summary: dict = {"key_version": version, "as_of": as_of.isoformat(), "tables": {}}
+    with workspace.staging() as stage:
+        for name in tqdm(TABLE_NAMES, desc="door", unit=" table", disable=not progress):
+            rules = door_plan(name)
+            schema = analytics_schema(name, version)
+            folder = stage / "pseudonymized" / name
+            folder.mkdir(parents=True)
+            rows = 0
+            # rows: the raw table's columns -> the analytics schema's columns, batch by batch
+            with pq.ParquetWriter(folder / "part-00000.parquet", schema) as writer:
+                for batch in workspace.dataset(name).to_batches(batch_size=batch_rows):
+                    writer.write_batch(_transform(batch, rules, schema, key, version, as_of))
+                    rows += batch.num_rows
+            written = pq.read_metadata(folder / "part-00000.parquet").num_rows
+            if written != rows:
+                raise InternalError(f"the door read {rows} rows of {name} but wrote {written}; this is a bug")
+            summary["tables"][name] = {"rows": rows, "columns": schema.names,
+                                       "dropped": [r.source for r in rules if r.action == "drop"]}
+        workspace.publish({workspace.pseudonymized(TABLE_NAMES[0]).parent: stage / "pseudonymized"})
+    return summary
