@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run every stage on an ingested workspace")
     run.add_argument("--workspace", default=DEFAULT_WORKSPACE, help=f"workspace folder (default {DEFAULT_WORKSPACE})")
-    run.add_argument("--key-file", required=True, help="master key file, outside the workspace (`portrait keys init`)")
+    run.add_argument("--key-file", help="master key file, outside the workspace (`portrait keys init`); "
+                     "default: the PORTRAIT_MASTER_KEY environment variable")
     run.add_argument("--as-of", required=True, help="evaluation moment, ISO 8601; without an offset it is UTC")
     run.set_defaults(handler=_cmd_run)
 

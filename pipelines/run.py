@@ -1,8 +1,15 @@
-"""The main job: every stage that exists, in order, on an ingested workspace.
+"""The main job: every stage, in order, on an ingested workspace.
 
 A stage is a named function of a ``RunContext`` returning summary rows (dicts) for the printed
 table. Stages run in the order of ``STAGES``; each writes its outputs atomically, so a failed
-stage leaves the previous run's outputs in place.
+stage leaves the previous run's outputs in place. The order is the privacy order:
+
+1. ``verify-ingested``: the identifiable zone matches the data model and the ingest report;
+2. ``consent-ledger``: ingested consent events are appended to ``WS/ledger.sqlite`` (idempotent);
+3. ``pseudonymize``: the door writes the analytics zone ``WS/pseudonymized/`` (no direct identifier
+   passes, sensitive columns never);
+4. ``recommendations``: the consent gate answers for ``personalization`` and ``marketing_messages``
+   as of ``--as-of`` (both audited), and only those persons' analytics-zone rows are scored.
 """
 
 from __future__ import annotations
@@ -16,9 +23,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from pipelines.door import pseudonymize_workspace
+from pipelines.recommend import write_recommendations
 from pipelines.workspace import Workspace
+from profiling.consent import ConsentGate, SqliteConsentStore
 from profiling.errors import KeyFileError, WorkspaceError
-from profiling.keys import MasterKey, load_key_file
+from profiling.keys import MasterKey, load_master_key
 from profiling.schema import TABLE_NAMES, arrow_schema
 
 __all__ = ["RunContext", "Stage", "STAGES", "run_pipeline", "parse_as_of"]
@@ -74,22 +84,64 @@ def _verify_ingested(context: RunContext) -> list[dict]:
     return rows
 
 
+def _consent_ledger(context: RunContext) -> list[dict]:
+    """Append the ingested consent events to the ledger; events already there are skipped."""
+    workspace = context.workspace
+    with SqliteConsentStore(workspace.ledger) as store:
+        report = store.append_table(workspace.read("consent_events"), source="ingest")
+    return [{"stage": "consent-ledger", "table": "consent_events", "rows": report.recorded,
+             "already_present": report.already_present}]
+
+
+def _pseudonymize(context: RunContext) -> list[dict]:
+    summary = pseudonymize_workspace(context.workspace, context.key, as_of=context.as_of.date(),
+                                     progress=context.progress)
+    return [{"stage": "pseudonymize", "table": table, "rows": facts["rows"], "key_version": summary["key_version"],
+             "dropped": len(facts["dropped"])} for table, facts in summary["tables"].items()]
+
+
+def _recommendations(context: RunContext) -> list[dict]:
+    workspace = context.workspace
+    with SqliteConsentStore(workspace.ledger) as store:
+        gate = ConsentGate(store)
+        snapshot = gate.snapshot()
+        population = workspace.read("accounts", ["account_id"]).column("account_id")
+        personalization = gate.decide("personalization", context.as_of, job="recommendations",
+                                      population=population, snapshot=snapshot)
+        marketing = gate.decide("marketing_messages", context.as_of, job="marketing_audience",
+                                population=population, snapshot=snapshot)
+    rows = write_recommendations(workspace, personalization.person_frame(context.key), as_of=context.as_of,
+                                 marketing=marketing.person_frame(context.key), progress=context.progress)
+    for decision in (personalization, marketing):
+        rows.append({"stage": "consent-gate", "table": decision.purpose, "rows": decision.eligible,
+                     "excluded": sum(decision.excluded.values())})
+    return rows
+
+
 STAGES: list[Stage] = [
     Stage("verify-ingested", "check the ingested tables against the data model and the ingest report",
           _verify_ingested),
+    Stage("consent-ledger", "append the ingested consent events to the consent ledger", _consent_ledger),
+    Stage("pseudonymize", "write the analytics zone: pseudonyms and generalized values only", _pseudonymize),
+    Stage("recommendations", "gate by consent, fit factors, score every eligible person, write the lists "
+          "and the marketing audience", _recommendations),
 ]
 
 
-def run_pipeline(workspace: Workspace, key_file: str | Path, as_of: dt.datetime, *,
+def run_pipeline(workspace: Workspace, key_file: str | Path | None, as_of: dt.datetime, *,
                  progress: bool = True) -> list[dict]:
     """Run every stage in ``STAGES`` and return their summary rows.
 
-    The key file must lie outside the workspace: outputs are shared more widely than keys.
+    The master key comes from ``key_file``, or from ``PORTRAIT_MASTER_KEY`` when it is None. A key
+    file must lie outside the workspace: outputs are shared more widely than keys.
     """
-    key_path = Path(key_file).resolve()
-    if workspace.root.resolve() in key_path.parents:
-        raise KeyFileError(f"key file {key_file} lies inside the workspace {workspace.root}; keep keys apart from data")
-    context = RunContext(workspace=workspace, key=load_key_file(key_path), as_of=as_of, progress=progress)
+    if key_file is not None:
+        key_path = Path(key_file).resolve()
+        if workspace.root.resolve() in key_path.parents:
+            raise KeyFileError(f"key file {key_file} lies inside the workspace {workspace.root}; "
+                               "keep keys apart from data")
+        key_file = key_path
+    context = RunContext(workspace=workspace, key=load_master_key(key_file), as_of=as_of, progress=progress)
     summary: list[dict] = []
     for stage in tqdm(STAGES, desc="run", unit=" stage", disable=not progress):
         summary.extend(stage.run(context))
