@@ -7,13 +7,14 @@ Every command exits 0 on success; on a mistake in the input it prints one line,
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipelines.commands import budget, keys
+from pipelines.commands import budget, consent, dsr, keys
 from pipelines.commands._shared import DEFAULT_WORKSPACE, format_table
 from pipelines.commands._shared import show_progress as _progress
 from pipelines.ingest import ingest
@@ -21,12 +22,12 @@ from pipelines.run import parse_as_of, run_pipeline
 from pipelines.synthetic import generate
 from pipelines.workspace import Workspace
 from profiling.errors import InternalError, PortraitError
-from profiling.keys import create_key_file
+from profiling.keys import ENV_VAR, create_key_file, load_master_key
 
 __all__ = ["main", "build_parser"]
 
 # Modules whose ``register(commands)`` adds their subcommands, in the order help lists them.
-COMMAND_MODULES = (keys, budget)
+COMMAND_MODULES = (keys, consent, dsr, budget)
 
 
 def _ingest_rows(reports) -> list[dict]:
@@ -42,7 +43,8 @@ def _cmd_synth(args: argparse.Namespace) -> None:
 
 
 def _cmd_ingest(args: argparse.Namespace) -> None:
-    reports = ingest(args.raw, Workspace(args.workspace), progress=_progress(args))
+    key = load_master_key(args.key_file) if args.key_file or os.environ.get(ENV_VAR) else None
+    reports = ingest(args.raw, Workspace(args.workspace), key=key, progress=_progress(args))
     print(format_table(_ingest_rows(reports)))
     rejected = sum(r.rejected for r in reports.values())
     if rejected:
@@ -61,9 +63,9 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     raw, workspace, key_file = root / "raw", Workspace(root / "workspace"), root / "keys" / "master.key"
     progress = _progress(args)
     started = time.perf_counter()
-    create_key_file(key_file)
+    key = create_key_file(key_file)
     generate(raw, accounts=args.accounts, seed=args.seed, progress=progress)
-    reports = ingest(raw, workspace, progress=progress)
+    reports = ingest(raw, workspace, key=key, progress=progress)
     summary = run_pipeline(workspace, key_file, parse_as_of(args.as_of), progress=progress)
     print(format_table(_ingest_rows(reports)))
     print()
@@ -97,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     ingest_cmd = commands.add_parser("ingest", help="validate raw Parquet/CSV tables into a workspace")
     ingest_cmd.add_argument("--raw", required=True, help="folder with <table>.parquet, <table>.csv or <table>/ per table")
     ingest_cmd.add_argument("--workspace", default=DEFAULT_WORKSPACE, help=f"workspace folder (default {DEFAULT_WORKSPACE})")
+    ingest_cmd.add_argument("--key-file", help="master key file (default: PORTRAIT_MASTER_KEY); needed once persons "
+                            "have been erased, so that their rows stay out")
     ingest_cmd.set_defaults(handler=_cmd_ingest)
 
     run = commands.add_parser("run", help="run every stage on an ingested workspace")

@@ -8,6 +8,11 @@ its source file, row number, first failing column, reason and all problems found
 
 A missing file or column, or a column of the wrong type, raises ``SchemaError`` before anything in
 the workspace changes: results are staged and published only when every table has been read.
+
+Erased persons stay erased: when the workspace's ledger holds tombstones (``pipelines.dsr``), ingest
+needs the master key, finds every raw account id whose TOMBSTONE pseudonym is tombstoned, and drops
+before any check the rows linked to them (their accounts, orders, waybills, devices and events).
+Dropped rows are counted as ``erased``, apart from ``rows in``; they reach neither zone.
 """
 
 from __future__ import annotations
@@ -30,8 +35,11 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from pipelines.dsr import erased_accounts, tombstone_ids
 from pipelines.workspace import Workspace, write_json_atomic
-from profiling.errors import InternalError, SchemaError
+from profiling.errors import InternalError, SchemaError, WorkspaceError
+from profiling.keys import MasterKey
+from profiling.pseudonyms import normalize
 from profiling.schema import INGEST_ORDER, TABLES, Table
 from profiling.validation import (
     CheckContext,
@@ -53,7 +61,7 @@ _SUFFIXES = (".parquet", ".csv")
 
 @dataclass
 class TableReport:
-    """Row accounting of one table: ``rows_in == accepted + rejected``."""
+    """Row accounting of one table: ``rows_in == accepted + rejected``; ``erased`` rows were dropped before."""
 
     table: str
     sources: list[str]
@@ -62,6 +70,7 @@ class TableReport:
     rejected: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     ignored_columns: list[str] = field(default_factory=list)
+    erased: int = 0
 
 
 def find_sources(raw_dir: Path, table: str) -> list[Path]:
@@ -156,19 +165,99 @@ def _record_numbers(valid_ordinals: np.ndarray, malformed: list[tuple[int, str]]
     return valid_ordinals + np.searchsorted(before, valid_ordinals, side="right")
 
 
-def _key_columns(table: Table, sources: list[Path]) -> dict[str, pa.ChunkedArray]:
+# Identifier kinds that link a row to a person, for dropping erased persons' rows.
+_LINKS = ("account_id", "device_id", "order_id", "waybill_id")
+# The waybill id and the phone columns of waybills (a waybill naming an erased person's phone is theirs).
+_WAYBILL_PHONES = ["waybill_id", *(f.name for f in TABLES["waybills"].fields if f.identifier == "phone")]
+
+
+def _trimmed_text(values: pa.Array) -> pa.Array:
+    return pc.utf8_trim_whitespace(values.cast(pa.string()))
+
+
+def _raw_columns(table: Table, sources: list[Path], names: list[str]) -> dict[str, pa.Array]:
+    """The raw (untyped, trimmed text) values of ``names`` over all well-formed rows of ``sources``."""
+    chunks: dict[str, list[pa.Array]] = {name: [] for name in names}
+    for path in sources:
+        if path.suffix == ".parquet":
+            batches = pq.read_table(path, columns=names).to_batches()
+        else:
+            batches = list(_CsvReader(path, table, batch_bytes=64 << 20))
+        for batch in batches:
+            for name in names:
+                chunks[name].append(_trimmed_text(batch.column(name)))
+    return {name: pa.chunked_array(arrays, type=pa.string()).combine_chunks() for name, arrays in chunks.items()}
+
+
+def _members(values: pa.Array, value_set: pa.Array) -> np.ndarray:
+    return np.asarray(pc.fill_null(pc.is_in(values, value_set=value_set), False).to_numpy(zero_copy_only=False),
+                      dtype=bool)
+
+
+def _erased_ids(sources: dict[str, list[Path]], key: MasterKey, tombstones: set[str]) -> dict[str, pa.Array]:
+    """Raw ids (by identifier kind) of erased persons and of their orders, waybills and devices.
+
+    The links are those ``pipelines.dsr.linked_identifiers`` follows, read here from the raw source.
+    """
+    def ids_of(table_name: str, column: str, where: dict[str, pa.Array]) -> pa.Array:
+        table = TABLES[table_name]
+        rows = _raw_columns(table, sources[table_name], [column, *where])
+        mask = np.zeros(len(rows[column]), dtype=bool)
+        for name, values in where.items():
+            mask |= _members(rows[name], values)
+        return pc.unique(rows[column].filter(pa.array(mask)).drop_null())
+
+    account_ids = [_raw_columns(t, sources[t.name], [f.name])[f.name]
+                   for t in TABLES.values() for f in t.fields if f.identifier == "account_id"]
+    accounts = pc.unique(pa.chunked_array(account_ids, type=pa.string()).combine_chunks().drop_null())
+    accounts = accounts.filter(pa.array(erased_accounts(accounts, key, tombstones)))
+    orders = ids_of("orders", "order_id", {"account_id": accounts})
+    phones = normalize(ids_of("accounts", "phone", {"account_id": accounts}), "phone").drop_null()
+    waybill_rows = _raw_columns(TABLES["waybills"], sources["waybills"], _WAYBILL_PHONES)
+    phone_waybills = np.zeros(len(waybill_rows[_WAYBILL_PHONES[0]]), dtype=bool)
+    for name in _WAYBILL_PHONES[1:]:
+        phone_waybills |= _members(normalize(waybill_rows[name], "phone"), phones)
+    waybills = pc.unique(pa.concat_arrays([
+        ids_of("waybills", "waybill_id", {"account_id": accounts, "order_id": orders}),
+        waybill_rows["waybill_id"].filter(pa.array(phone_waybills)).drop_null()]))
+    return {"account_id": accounts, "order_id": orders, "waybill_id": waybills,
+            "device_id": ids_of("device_events", "device_id", {"account_id": accounts})}
+
+
+def _kept_rows(table: Table, batch: pa.RecordBatch, erased: dict[str, pa.Array]) -> np.ndarray | None:
+    """False on rows linked to an erased person; None when no row of the batch is."""
+    dropped = np.zeros(batch.num_rows, dtype=bool)
+    for f in table.fields:
+        if f.identifier in _LINKS and len(erased.get(f.identifier, ())):
+            dropped |= _members(_trimmed_text(batch.column(f.name)), erased[f.identifier])
+    return ~dropped if dropped.any() else None
+
+
+def _without_erased(table: Table, batches, erased: dict[str, pa.Array], counter: list[int] | None = None):
+    for batch in batches:
+        kept = _kept_rows(table, batch, erased) if erased else None
+        if kept is not None:
+            if counter is not None:
+                counter[0] += int((~kept).sum())
+            batch = batch.filter(pa.array(kept))
+        yield batch
+
+
+def _key_columns(table: Table, sources: list[Path],
+                 erased: dict[str, pa.Array] | None = None) -> dict[str, pa.ChunkedArray]:
     """The primary-key and foreign-key columns of every well-formed row (source order), in one read.
 
     Rules about the whole table (duplicate keys, references) run once on these, not once per batch.
     """
     names = [table.primary_key] + [f.name for f in table.fields if f.references]
+    names += [f.name for f in table.fields if f.identifier in _LINKS and f.name not in names]
     chunks: dict[str, list[pa.Array]] = {name: [] for name in names}
     for path in sources:
         if path.suffix == ".parquet":
             raw = pq.read_table(path, columns=names).to_batches()
         else:
             raw = list(_CsvReader(path, table, batch_bytes=64 << 20))
-        for batch in raw:
+        for batch in _without_erased(table, raw, erased or {}):
             for name in names:
                 chunks[name].append(coerce_column(table[name], batch.column(name), str(path))[0])
     return {name: pa.chunked_array(arrays, type=table[name].type) for name, arrays in chunks.items()}
@@ -238,9 +327,9 @@ def _malformed_rejects(table: Table, source: str, malformed: list[tuple[int, str
 
 
 def _ingest_table(table: Table, sources: list[Path], stage: Path, context: CheckContext, batch_rows: int,
-                  report: TableReport, progress: bool) -> dict[str, pa.Array]:
+                  report: TableReport, progress: bool, erased: dict[str, pa.Array]) -> dict[str, pa.Array]:
     """Validate one table into ``stage``; return its accepted values of columns other tables reference."""
-    keys = _key_columns(table, sources)
+    keys = _key_columns(table, sources, erased)
     duplicates = _duplicate_keys(keys[table.primary_key])
     unknown_references = {f.name: reference_failures(f, keys[f.name], context.parent_keys)
                           for f in table.fields if f.references}
@@ -259,6 +348,8 @@ def _ingest_table(table: Table, sources: list[Path], stage: Path, context: Check
                  leave=False) as bar:
         for path in sources:
             batches, csv_reader = _read_batches(path, table, batch_rows)
+            erased_rows = [0]
+            batches = _without_erased(table, batches, erased, erased_rows)
             ordinal = 0  # well-formed rows read from this file so far
             for raw in batches:
                 n = raw.num_rows
@@ -288,6 +379,8 @@ def _ingest_table(table: Table, sources: list[Path], stage: Path, context: Check
                 ordinal += n
                 offset += n
                 bar.update(n)
+            report.erased += erased_rows[0]
+            bar.update(erased_rows[0])
             unparsed.raise_if_whole_column(path)
             if csv_reader is not None and csv_reader.malformed:
                 rejects_out.write_batch(_malformed_rejects(table, str(path), csv_reader.malformed))
@@ -302,12 +395,14 @@ def _ingest_table(table: Table, sources: list[Path], stage: Path, context: Check
 
 
 def ingest(raw_dir: str | os.PathLike, workspace: Workspace, *, now: dt.datetime | None = None,
-           batch_rows: int = 500_000, progress: bool = True) -> dict[str, TableReport]:
+           batch_rows: int = 500_000, progress: bool = True, key: MasterKey | None = None) -> dict[str, TableReport]:
     """Ingest every table of ``raw_dir`` into ``workspace``, replacing what an earlier ingest wrote.
 
     ``now`` is the clock for the future-timestamp rule (default: the current UTC time). Returns the
     row accounting per table, also written to ``WS/ingest-report.json``. Raises ``SchemaError`` (and
     changes nothing) for a missing raw folder, table file or column, or a column of the wrong type.
+    ``key`` (the master key) is required once the workspace holds tombstones of erased persons:
+    their rows are dropped (``TableReport.erased``); without it ingest refuses with ``WorkspaceError``.
     """
     raw = Path(raw_dir)
     if not raw.is_dir():
@@ -315,12 +410,17 @@ def ingest(raw_dir: str | os.PathLike, workspace: Workspace, *, now: dt.datetime
     now = now or dt.datetime.now(dt.timezone.utc)
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware (for example datetime.now(timezone.utc))")
+    tombstones = tombstone_ids(workspace)
+    if tombstones and not isinstance(key, MasterKey):
+        raise WorkspaceError(f"workspace {workspace.root} holds {len(tombstones)} tombstone(s) of erased persons; "
+                             f"ingest needs the master key to keep them erased (--key-file PATH, or key=)")
     sources = {name: find_sources(raw, name) for name in INGEST_ORDER}
     reports = {name: TableReport(name, [str(p) for p in paths]) for name, paths in sources.items()}
     for name, paths in sources.items():
         for path in paths:
             reports[name].ignored_columns += [c for c in _check_columns(TABLES[name], path)
                                               if c not in reports[name].ignored_columns]
+    erased = _erased_ids(sources, key, tombstones) if tombstones else {}
     created = not workspace.root.exists()
     try:
         with workspace.staging() as stage:
@@ -328,7 +428,7 @@ def ingest(raw_dir: str | os.PathLike, workspace: Workspace, *, now: dt.datetime
             for name in tqdm(INGEST_ORDER, desc="ingest", unit=" table", disable=not progress):
                 context = CheckContext(now=now, parent_keys=parent_keys)
                 parent_keys.update(_ingest_table(TABLES[name], sources[name], stage, context, batch_rows,
-                                                 reports[name], progress))
+                                                 reports[name], progress, erased))
             # Ingest replaces every table, so both zones are swapped whole: two renames, not fourteen.
             workspace.publish({workspace.ingested(INGEST_ORDER[0]).parent: stage / "ingested",
                                workspace.rejects(INGEST_ORDER[0]).parent: stage / "rejects"})

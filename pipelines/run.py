@@ -9,7 +9,8 @@ stage leaves the previous run's outputs in place. The order is the privacy order
 3. ``pseudonymize``: the door writes the analytics zone ``WS/pseudonymized/`` (no direct identifier
    passes, sensitive columns never);
 4. ``recommendations``: the consent gate answers for ``personalization`` and ``marketing_messages``
-   as of ``--as-of`` (both audited), and only those persons' analytics-zone rows are scored.
+   as of ``--as-of`` (both audited), and only those persons' analytics-zone rows are scored;
+5. ``stale-marks``: marks that data-subject corrections left are cleared, the outputs being rebuilt.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from pipelines.door import pseudonymize_workspace
+from pipelines.dsr import clear_stale, stale_persons
 from pipelines.recommend import write_recommendations
 from pipelines.workspace import Workspace
 from profiling.consent import ConsentGate, SqliteConsentStore
@@ -118,6 +120,13 @@ def _recommendations(context: RunContext) -> list[dict]:
     return rows
 
 
+def _clear_stale(context: RunContext) -> list[dict]:
+    """Every derived output was rewritten above, so corrections made before this run are reflected."""
+    marks = stale_persons(context.workspace)
+    cleared = clear_stale(context.workspace, [mark["person_id"] for mark in marks])
+    return [{"stage": "stale-marks", "table": "dsr_stale", "rows": cleared}]
+
+
 STAGES: list[Stage] = [
     Stage("verify-ingested", "check the ingested tables against the data model and the ingest report",
           _verify_ingested),
@@ -125,6 +134,7 @@ STAGES: list[Stage] = [
     Stage("pseudonymize", "write the analytics zone: pseudonyms and generalized values only", _pseudonymize),
     Stage("recommendations", "gate by consent, fit factors, score every eligible person, write the lists "
           "and the marketing audience", _recommendations),
+    Stage("stale-marks", "clear the marks corrections left: every derived output is now recomputed", _clear_stale),
 ]
 
 

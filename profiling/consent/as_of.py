@@ -36,7 +36,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from profiling.errors import InternalError
 from profiling.purposes import CATALOGUE, CONSENT_EVENT_TYPES, POLICY_HISTORY, POLICY_VERSIONS, purpose
 
 __all__ = ["ConsentSnapshot", "ConsentState", "Exclusion", "EVENT_COLUMNS", "to_micros"]
@@ -175,15 +174,27 @@ class ConsentSnapshot:
         return len(self.event_at)
 
     def digest(self, as_of: dt.datetime) -> str:
-        """SHA-256 of the history as it stood at ``as_of`` (events at or before it): the audit's snapshot hash."""
+        """SHA-256 of the history as it stood at ``as_of`` (events at or before it): the audit's snapshot hash.
+
+        Covers, in the order the history was given (the ledger's: account, time, recording), each
+        such event's account, kind, time and what it says. Events for later moments, and accounts
+        that only have such events, do not change it, so replaying a past decision gives its hash.
+        """
         at = to_micros(as_of)
-        hasher = hashlib.sha256(b"portrait consent snapshot v1\x00")
-        for buffer in self.account_ids.buffers():
-            if buffer is not None:
-                hasher.update(buffer)
+        hasher = hashlib.sha256(b"portrait consent snapshot v2\x00")
         valid = self.event_at <= at
-        for array in (valid, self.cell[valid], self.event_at[valid], self.code[valid]):
-            hasher.update(np.ascontiguousarray(array).tobytes())
+        persons = max(self.persons, 1)
+        cell = self.cell[valid]
+        person, slot = cell % persons, cell // persons
+        involved = np.zeros(persons, dtype=bool)
+        involved[person] = True
+        # rows: (event at or before T) -> (number of its account among accounts with such events, slot, time, code)
+        number = np.cumsum(involved, dtype=np.int64) - 1
+        names = self.account_ids.filter(pa.array(involved[:self.persons]))
+        for buffer in names.buffers()[1:]:  # offsets and characters of the accounts, in order
+            hasher.update(buffer if buffer is not None else b"")
+        for array in (number[person], slot, self.event_at[valid], self.code[valid]):
+            hasher.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
         return hasher.hexdigest()
 
     def evaluate(self, as_of: dt.datetime) -> ConsentState:

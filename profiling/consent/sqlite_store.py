@@ -118,7 +118,8 @@ class SqliteConsentStore:
         checked = [event.checked() for event in events]
         now = to_micros(dt.datetime.now(dt.timezone.utc))
         with self._transaction() as db:
-            for event in checked:
+            # Events are checked in time order so a cancellation earlier in the same batch also counts.
+            for event in sorted(checked, key=lambda e: e.event_at):
                 cancelled = db.execute("SELECT MIN(event_at) FROM consent_events WHERE account_id = ? AND "
                                        "event_type = 'cancel'", (event.account_id,)).fetchone()[0]
                 if cancelled is not None and cancelled <= to_micros(event.event_at):

@@ -1,0 +1,57 @@
+"""``portrait dsr export|correct|erase``: data-subject requests for one account (see ``pipelines.dsr``)."""
+
+from __future__ import annotations
+
+import argparse
+
+from pipelines.commands._shared import add_workspace_argument, format_table
+from pipelines.dsr import correct_account, erase_account, export_account
+from pipelines.workspace import Workspace
+from profiling.keys import load_master_key
+
+__all__ = ["register"]
+
+
+def _export(args: argparse.Namespace) -> None:
+    bundle = export_account(Workspace(args.workspace), args.account, load_master_key(args.key_file), args.out)
+    rows = [{"section": name, "rows": len(rows)} for name, rows in sorted(bundle["tables"].items())]
+    rows += [{"section": "consent_history", "rows": len(bundle["consent_history"])},
+             {"section": "requests", "rows": len(bundle["requests"])}]
+    print(format_table(rows))
+    print(f"wrote {args.out}/bundle.json and one CSV per section")
+
+
+def _correct(args: argparse.Namespace) -> None:
+    correct_account(Workspace(args.workspace), args.account, args.field, args.value, load_master_key(args.key_file))
+    print(f"corrected accounts.{args.field} of account {args.account.strip()}; its derived data is marked stale "
+          f"until the next run")
+
+
+def _erase(args: argparse.Namespace) -> None:
+    report = erase_account(Workspace(args.workspace), args.account, load_master_key(args.key_file))
+    print(format_table([{"file": path, "rows removed": n} for path, n in sorted(report.rows_removed.items())]))
+    print(f"erased account {report.account_id}: {sum(report.rows_removed.values())} rows, "
+          f"{report.consent_events_removed} consent events, {report.requests_removed} requests; "
+          f"tombstoned (ingest needs --key-file from now on)")
+    for path in report.other_files_naming_them:
+        print(f"warning: {path} still names the person and is not a table erase can rewrite; remove it by hand")
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    dsr = commands.add_parser("dsr", help="data-subject requests: export, correct or erase one account")
+    actions = dsr.add_subparsers(dest="dsr_command", required=True, metavar="ACTION")
+
+    def request(name: str, help_text: str, handler) -> argparse.ArgumentParser:
+        parser = actions.add_parser(name, help=help_text)
+        add_workspace_argument(parser)
+        parser.add_argument("--account", required=True, help="raw account id, e.g. A0000000001")
+        parser.add_argument("--key-file", help="master key file (default: the PORTRAIT_MASTER_KEY variable)")
+        parser.set_defaults(handler=handler)
+        return parser
+
+    export = request("export", "write everything held about the account (JSON bundle + CSV per table)", _export)
+    export.add_argument("--out", required=True, help="new folder for the bundle")
+    correct = request("correct", "correct one field of the account's ingested row", _correct)
+    correct.add_argument("--field", required=True, help="column of accounts, e.g. email")
+    correct.add_argument("--value", required=True, help="new value, written as in a CSV file")
+    request("erase", "remove the account and every linked row from the workspace, and tombstone it", _erase)
