@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 import pipelines.cli as cli
-from pipelines.commands import consent, dsr
 from pipelines.ingest import ingest
 from pipelines.synthetic import generate
 from pipelines.workspace import Workspace
 from profiling.consent import SqliteConsentStore
 from profiling.keys import create_key_file
-
-
-@pytest.fixture(autouse=True)
-def wired(monkeypatch):
-    modules = tuple(cli.COMMAND_MODULES)
-    monkeypatch.setattr(cli, "COMMAND_MODULES", modules + tuple(m for m in (consent, dsr) if m not in modules))
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
