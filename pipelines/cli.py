@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipelines.commands import budget, consent, dsr, keys
+from pipelines.commands import budget, consent, dsr, export, keys
 from pipelines.commands._shared import DEFAULT_WORKSPACE, format_table
 from pipelines.commands._shared import show_progress as _progress
 from pipelines.ingest import ingest
@@ -27,7 +27,7 @@ from profiling.keys import ENV_VAR, create_key_file, load_master_key
 __all__ = ["main", "build_parser"]
 
 # Modules whose ``register(commands)`` adds their subcommands, in the order help lists them.
-COMMAND_MODULES = (keys, consent, dsr, budget)
+COMMAND_MODULES = (keys, consent, dsr, export, budget)
 
 
 def _ingest_rows(reports) -> list[dict]:

@@ -8,9 +8,12 @@ stage leaves the previous run's outputs in place. The order is the privacy order
 2. ``consent-ledger``: ingested consent events are appended to ``WS/ledger.sqlite`` (idempotent);
 3. ``pseudonymize``: the door writes the analytics zone ``WS/pseudonymized/`` (no direct identifier
    passes, sensitive columns never);
-4. ``recommendations``: the consent gate answers for ``personalization`` and ``marketing_messages``
+4. ``seal``: ID-card numbers for customs go into the AES-GCM vault ``WS/vault/``, readable only
+   through ``profiling.vault.customs_id_numbers`` with the separate sensitive-data consent;
+5. ``k-anonymity``: class sizes of the person-level analytics table, to ``WS/k-anonymity-report.json``;
+6. ``recommendations``: the consent gate answers for ``personalization`` and ``marketing_messages``
    as of ``--as-of`` (both audited), and only those persons' analytics-zone rows are scored;
-5. ``stale-marks``: marks that data-subject corrections left are cleared, the outputs being rebuilt.
+7. ``stale-marks``: marks that data-subject corrections left are cleared, the outputs being rebuilt.
 """
 
 from __future__ import annotations
@@ -21,17 +24,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from pipelines.door import pseudonymize_workspace
 from pipelines.dsr import clear_stale, stale_persons
 from pipelines.recommend import write_recommendations
-from pipelines.workspace import Workspace
+from pipelines.workspace import Workspace, write_json_atomic
 from profiling.consent import ConsentGate, SqliteConsentStore
 from profiling.errors import KeyFileError, WorkspaceError
 from profiling.keys import MasterKey, load_master_key
+from profiling.k_anonymity import DEFAULT_K, enforce_k_anonymity
 from profiling.schema import TABLE_NAMES, arrow_schema
+from profiling.vault import seal_id_numbers
 
 __all__ = ["RunContext", "Stage", "STAGES", "run_pipeline", "parse_as_of"]
 
@@ -102,6 +108,29 @@ def _pseudonymize(context: RunContext) -> list[dict]:
              "dropped": len(facts["dropped"])} for table, facts in summary["tables"].items()]
 
 
+def _seal(context: RunContext) -> list[dict]:
+    sealed = seal_id_numbers(context.workspace, context.key, progress=context.progress)
+    return [{"stage": "seal", "table": "waybill_id_numbers", "rows": sealed}]
+
+
+def _k_anonymity(context: RunContext) -> list[dict]:
+    """Class sizes of the person-level analytics table over its quasi-identifiers (report only).
+
+    The analytics zone does not leave the engine; this shows what releasing its person-level
+    attributes would face, and is written to ``WS/k-anonymity-report.json``.
+    """
+    workspace = context.workspace
+    accounts = ds.dataset(workspace.pseudonymized("accounts"), format="parquet").to_table()
+    result = enforce_k_anonymity(accounts, k=DEFAULT_K)
+    report = {"table": "pseudonymized/accounts", "k": result.k, "quasi_identifiers": list(result.quasi_identifiers),
+              "rows": result.rows_kept + result.rows_suppressed, "classes": result.classes,
+              "smallest_class": result.smallest_class, "rows_in_classes_below_k": result.rows_suppressed,
+              "class_sizes": {str(size): count for size, count in sorted(result.class_sizes.items())}}
+    write_json_atomic(workspace.root / "k-anonymity-report.json", report)
+    return [{"stage": "k-anonymity", "table": "accounts", "rows": report["rows"], "classes": result.classes,
+             "smallest_class": result.smallest_class, f"rows_below_k{result.k}": result.rows_suppressed}]
+
+
 def _recommendations(context: RunContext) -> list[dict]:
     workspace = context.workspace
     with SqliteConsentStore(workspace.ledger) as store:
@@ -132,6 +161,8 @@ STAGES: list[Stage] = [
           _verify_ingested),
     Stage("consent-ledger", "append the ingested consent events to the consent ledger", _consent_ledger),
     Stage("pseudonymize", "write the analytics zone: pseudonyms and generalized values only", _pseudonymize),
+    Stage("seal", "seal ID-card numbers for customs in the AES-GCM vault", _seal),
+    Stage("k-anonymity", "report the class sizes of the person-level analytics table", _k_anonymity),
     Stage("recommendations", "gate by consent, fit factors, score every eligible person, write the lists "
           "and the marketing audience", _recommendations),
     Stage("stale-marks", "clear the marks corrections left: every derived output is now recomputed", _clear_stale),

@@ -63,7 +63,7 @@ def _raw_identifiers(workspace: Workspace) -> set[str]:
 def test_every_stage_reports(job):
     _, _, _, summary = job
     stages = {row["stage"] for row in summary}
-    assert {"verify-ingested", "consent-ledger", "pseudonymize", "consent-gate", "recommend"} <= stages
+    assert {"verify-ingested", "consent-ledger", "pseudonymize", "seal", "k-anonymity", "consent-gate", "recommend"} <= stages
 
 
 def test_no_direct_identifier_or_sensitive_value_leaves_the_identifiable_zone(job):
