@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipelines.commands import budget, consent, dsr, export, keys
-from pipelines.commands._shared import DEFAULT_WORKSPACE, format_table
+from pipelines.commands._shared import DEFAULT_WORKSPACE, format_stages, format_table
 from pipelines.commands._shared import show_progress as _progress
 from pipelines.ingest import ingest
 from pipelines.run import parse_as_of, run_pipeline
@@ -53,7 +53,7 @@ def _cmd_ingest(args: argparse.Namespace) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> None:
     summary = run_pipeline(Workspace(args.workspace), args.key_file, parse_as_of(args.as_of), progress=_progress(args))
-    print(format_table(summary))
+    print(format_stages(summary))
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -69,7 +69,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     summary = run_pipeline(workspace, key_file, parse_as_of(args.as_of), progress=progress)
     print(format_table(_ingest_rows(reports)))
     print()
-    print(format_table(summary))
+    print(format_stages(summary))
     print(f"\ndemo finished in {time.perf_counter() - started:.1f} s: raw data {raw}, workspace {workspace.root}, "
           f"key {key_file}")
 

@@ -125,7 +125,7 @@ def _k_anonymity(context: RunContext) -> list[dict]:
     report = {"table": "pseudonymized/accounts", "k": result.k, "quasi_identifiers": list(result.quasi_identifiers),
               "rows": result.rows_kept + result.rows_suppressed, "classes": result.classes,
               "smallest_class": result.smallest_class, "rows_in_classes_below_k": result.rows_suppressed,
-              "class_sizes": {str(size): count for size, count in sorted(result.class_sizes.items())}}
+              "class_sizes": [{"size": size, "classes": count} for size, count in sorted(result.class_sizes.items())]}
     write_json_atomic(workspace.root / "k-anonymity-report.json", report)
     return [{"stage": "k-anonymity", "table": "accounts", "rows": report["rows"], "classes": result.classes,
              "smallest_class": result.smallest_class, f"rows_below_k{result.k}": result.rows_suppressed}]

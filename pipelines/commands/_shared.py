@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-__all__ = ["DEFAULT_WORKSPACE", "add_workspace_argument", "format_table", "show_progress"]
+__all__ = ["DEFAULT_WORKSPACE", "add_workspace_argument", "format_stages", "format_table", "show_progress"]
 
 DEFAULT_WORKSPACE = "portrait-workspace"
 
@@ -34,3 +34,11 @@ def format_table(rows: list[dict]) -> str:
         return "  ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(values, widths, numeric)).rstrip()
 
     return "\n".join([line(columns), line(["-" * w for w in widths]), *(line(r) for r in cells)])
+
+
+def format_stages(rows: list[dict]) -> str:
+    """Summary rows of a run (each with a ``stage`` key) as one table per stage, in order."""
+    stages = list(dict.fromkeys(row["stage"] for row in rows))
+    return "\n\n".join(f"{stage}\n" + format_table([{k: v for k, v in row.items() if k != "stage"}
+                                                     for row in rows if row["stage"] == stage])
+                       for stage in stages)
