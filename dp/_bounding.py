@@ -1,19 +1,20 @@
-"""Person-level contribution bounding in one vectorized pass, and bounded device joins.
+"""Person-level contribution bounding, and bounded device joins.
 
 A person may contribute to at most ``max_partitions`` groups and at most
-``max_rows_per_partition`` rows in each. The choice of what is kept depends only on that
-person's own rows, a keyed hash of the person's id and the group's *value* (never on
-codes assigned from the whole dataset), and the rows' order: adding or removing one person
-leaves every other person's kept rows unchanged, so the bounded aggregates move by at most
-the stated sensitivity. Amounts are never looked at, so no value steers the choice.
+``max_rows_per_partition`` rows in each: a person's rows are visited in the order they are
+stored and a row is kept iff its person has fewer than ``max_partitions`` groups so far (or
+the row's group is already one of them) and fewer than ``max_rows_per_partition`` kept rows
+in that group (OpenDP's ``keep="first"`` truncation).
 
-How (one sort, no loop over persons): each row gets one 63-bit key
-``person | priority(person, group) | group | row``, with ``priority`` the low 12 bits of
-``hash(person) XOR hash(group)`` (ties go to the group that sorts first by value); after one ``np.sort`` a person's groups come in their
-keyed order and a group's rows in their original order, so the kept rows are those whose
-group is among the person's first ``max_partitions`` and whose rank within the group is
-below ``max_rows_per_partition`` (a person's rows in a group are kept first-come). When the
-bits do not fit in 63, ``np.lexsort`` does the same on separate columns.
+Why this bounds a whole person's influence: which of a person's rows are kept depends only
+on that person's own rows (their groups and relative order), never on anyone else's rows,
+on codes assigned from the whole dataset, or on any amount. Adding or removing one person
+leaves every other person's kept rows unchanged, so each bounded aggregate moves by at most
+the stated sensitivity; this holds for every dataset and needs no randomness. (The order
+only steers *which* of an over-contributing person's rows count: a table sorted by value
+biases the kept sample, never the privacy guarantee.)
+
+The work is done by the compiled kernels of ``dp._truncation``.
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from dp import _truncation
 from profiling.errors import InternalError, PortraitError
 
-__all__ = ["PersonCodes", "bound_contributions", "encode_persons", "hash_values", "join_devices"]
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+__all__ = ["BoundedRows", "GroupCodes", "PersonCodes", "SumColumn", "bound_contributions", "encode_persons",
+           "hash_values", "join_devices"]
 
 
 def _mix64(values: np.ndarray) -> np.ndarray:
@@ -54,119 +55,184 @@ def hash_values(values, seed: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PersonCodes:
-    """Each row's person as a code in ``[0, count)`` (-1 for a missing id) and each code's keyed hash."""
+    """Each row's person code is ``values[i] - offset``; codes outside ``[0, count)`` mean a missing id.
 
-    codes: np.ndarray
+    Integer ids in a compact range are used as they are (``offset`` = the smallest id), so
+    no 10M-row array is written to code them.
+    """
+
+    values: np.ndarray
+    offset: int
     count: int
-    hashes: np.ndarray
+
+    @property
+    def codes(self) -> np.ndarray:
+        """Each row's code in ``[0, count)``, or -1 for a missing id (a copy, for tests and small data)."""
+        codes = self.values.astype(np.int64) - self.offset
+        codes[(codes < 0) | (codes >= self.count)] = -1
+        return codes
 
 
-def encode_persons(persons, seed: int) -> PersonCodes:
+@dataclass(frozen=True)
+class GroupCodes:
+    """Row i's group is ``table[raw[i]]`` in ``[0, count)``; a negative ``raw[i]`` or table entry means not counted.
+
+    ``raw`` may be a categorical's own codes (int8 for 50 categories) with ``table`` mapping
+    categories to the query's keys, so the groups are never materialized as a 10M-row array.
+    """
+
+    raw: np.ndarray
+    table: np.ndarray
+    count: int
+
+    @classmethod
+    def of(cls, codes, count: int) -> GroupCodes:
+        """Groups given directly as codes in ``[0, count)`` (-1: not counted)."""
+        return cls(np.asarray(codes, dtype=np.int64), np.arange(count, dtype=np.int64), count)
+
+
+@dataclass(frozen=True)
+class BoundedRows:
+    """The rows kept under the bounds (``kept``: one bool per input row), with per-group totals.
+
+    ``counts[g]`` is group g's kept rows; ``sums[name][g]`` the kept values of sum column
+    ``name`` in whole multiples of its resolution, each clamped (missing values add 0): exact int64.
+    """
+
+    kept: np.ndarray
+    groups: GroupCodes
+    counts: np.ndarray
+    sums: dict[str, np.ndarray]
+
+    def kept_groups(self) -> np.ndarray:
+        """The group code of each kept row, in the rows' original order."""
+        return self.groups.table[self.groups.raw[self.kept].astype(np.int64)]
+
+
+@dataclass(frozen=True)
+class SumColumn:
+    """A column to sum over the kept rows: values (float64, NaN = missing), resolution, clamp in resolution units."""
+
+    values: np.ndarray
+    resolution: float
+    lower_units: int
+    upper_units: int
+
+
+def encode_persons(persons) -> PersonCodes:
     """Codes for a column of person ids (pandas Series, numpy array or Arrow array).
 
-    Integer ids in a compact range are used as codes directly (no hashing of every row);
-    other ids are factorized. Hashes are of the id values, so they do not depend on who else
-    is in the data.
+    Integer ids in a compact range are used as codes directly (nothing is written per row);
+    strings are dictionary-encoded by Arrow (10M 32-hex pseudonyms take seconds either way,
+    about as long as ``pd.factorize``: a session codes its persons once); other ids are
+    factorized. Codes are only row labels: the bounding never lets their values steer which
+    rows are kept.
     """
-    if isinstance(persons, (pa.Array, pa.ChunkedArray)):
-        persons = persons.to_pandas()
+    if isinstance(persons, pa.ChunkedArray):
+        persons = persons.combine_chunks()
+    if isinstance(persons, pa.Array):
+        if pa.types.is_integer(persons.type) and persons.null_count == 0:
+            persons = persons.to_numpy()
+        else:
+            return _dictionary_codes(persons)
     series = persons if isinstance(persons, pd.Series) else pd.Series(persons)
-    if series.dtype.kind in "iu" and len(series):
-        values = series.to_numpy(dtype=np.int64)
+    if isinstance(series.dtype, np.dtype) and series.dtype.kind in "iu" and len(series):
+        values = series.to_numpy()
+        if values.dtype.kind == "u" and values.dtype.itemsize == 8:
+            values = values.astype(np.int64) if int(values.max()) < 1 << 63 else None
+    else:
+        values = None
+    if values is not None:
         low, high = int(values.min()), int(values.max())
         if high - low < max(4 * len(values), 1 << 16):
-            codes = values - low
-            return PersonCodes(codes, high - low + 1, hash_values(np.arange(low, high + 1, dtype=np.int64), seed))
+            return PersonCodes(values, low, high - low + 1)
     if isinstance(series.dtype, pd.CategoricalDtype):
-        codes = series.cat.codes.to_numpy().astype(np.int64)
-        uniques = series.cat.categories
-    else:
-        codes, uniques = pd.factorize(series, use_na_sentinel=True)
-        codes = codes.astype(np.int64, copy=False)
-    uniques = np.asarray(uniques)
-    return PersonCodes(codes, len(uniques), hash_values(uniques, seed) if len(uniques) else np.zeros(0, np.uint64))
+        return PersonCodes(series.cat.codes.to_numpy(), 0, len(series.cat.categories))
+    if isinstance(series.dtype, pd.StringDtype) or series.dtype.kind in "OU":
+        try:
+            array = pa.array(series, from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            array = None          # mixed types: pandas can still factorize them
+        if array is not None and (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)
+                                  or pa.types.is_string_view(array.type)):
+            return _dictionary_codes(array)
+    codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    return PersonCodes(codes, 0, len(uniques))
 
 
-def _bits(count: int) -> int:
-    return max(1, int(count - 1).bit_length())
+def _dictionary_codes(array: pa.Array | pa.ChunkedArray) -> PersonCodes:
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    encoded = array.dictionary_encode()
+    codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+    return PersonCodes(codes, 0, len(encoded.dictionary))
 
 
-_PRIORITY_BITS = 12   # fixed: a width that varied with the data would let one person reorder another's groups
+def _bucket_shift(n_persons: int) -> int:
+    """log2 of persons per bucket: 1024 (whose state fits in L2), more when there would be over 4096 buckets."""
+    return max(10, int(max(n_persons, 1) - 1).bit_length() - 12)
 
 
-def bound_contributions(persons: PersonCodes, group_codes: np.ndarray, group_hashes: np.ndarray, *,
-                        max_partitions: int, max_rows_per_partition: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows kept under the person-level bounds: ``(row_indices, group_codes)`` of the kept rows.
+def _packed_widths(max_partitions: int, max_rows_per_partition: int, n_groups: int) -> tuple[int, int, int] | None:
+    """Bit widths (used, group, row count) of one person's state in a uint64, or None if it does not fit."""
+    used_bits = max(1, int(max_partitions).bit_length())
+    group_bits = max(1, int(n_groups - 1).bit_length())
+    count_bits = max(1, int(max_rows_per_partition).bit_length())
+    if used_bits + max_partitions * (group_bits + count_bits) > 64:
+        return None
+    return used_bits, group_bits, count_bits
 
-    ``group_codes[i]`` is row i's group in ``[0, len(group_hashes))`` or -1 (row not counted);
-    ``group_hashes`` are keyed hashes of the group *values*. Rows of a missing person are
-    dropped. The kept rows come grouped by person (not in their original order).
+
+def bound_contributions(persons: PersonCodes, groups: GroupCodes, *, max_partitions: int,
+                        max_rows_per_partition: int, sums: dict[str, SumColumn] | None = None,
+                        packed: bool | None = None) -> BoundedRows:
+    """The rows kept under the person-level bounds (see the module docstring for the rule),
+    with each group's kept-row count and the clamped sums of ``sums``' columns.
+
+    Rows of a missing person or an uncounted group are dropped. ``packed`` picks the kernel
+    (tests only; by default the one-pass packed kernel whenever a person's state fits in 64 bits).
     """
-    person = persons.codes
-    group = np.asarray(group_codes, dtype=np.int64)
-    if person.shape != group.shape:
-        raise InternalError("person and group codes differ in length")
-    rows = np.arange(len(person), dtype=np.int64)
-    valid = (person >= 0) & (group >= 0)
-    if not valid.all():
-        rows, person, group = rows[valid], person[valid], group[valid]
-    if len(rows) == 0:
-        return rows, group
-    n_groups = len(group_hashes)
-    row_bits, group_bits = _bits(len(valid)), _bits(n_groups)
-    priority_bits = _PRIORITY_BITS
-    mask = np.uint64((1 << priority_bits) - 1)
-    group_mask = (1 << group_bits) - 1
-    packed = _bits(persons.count) + priority_bits + group_bits + row_bits <= 63
-    # rows: (person, priority, group, row); in-place steps keep fresh 10M-row allocations few
-    if packed:
-        # Each field of the key comes from one table, the priority field from both: XOR assembles them.
-        group_shift = np.uint64(row_bits)
-        priority_shift = np.uint64(group_bits + row_bits)
-        person_table = (persons.hashes & mask) << priority_shift
-        person_table |= np.arange(persons.count, dtype=np.uint64) << np.uint64(priority_bits + group_bits + row_bits)
-        group_table = (group_hashes & mask) << priority_shift
-        group_table |= np.arange(n_groups, dtype=np.uint64) << group_shift
-        key = person_table[person]
-        key ^= group_table[group]
-        key ^= rows.view(np.uint64)
-        key = key.view(np.int64)
-        key.sort()
-        pair_key = key >> row_bits
+    n = len(persons.values)
+    if len(groups.raw) != n:
+        raise InternalError(f"person and group codes differ in length ({n} and {len(groups.raw)}); this is a bug")
+    if groups.count >= 1 << 31:
+        raise InternalError("more than 2**31 groups; this is a bug (group keys have 31 bits)")
+    sums = dict(sums or {})
+    if any(len(column.values) != n for column in sums.values()):
+        raise InternalError("a sum column differs in length from the rows; this is a bug")
+    widths = _packed_widths(max_partitions, max_rows_per_partition, groups.count)
+    table = np.asarray(groups.table, dtype=np.int64)
+    offset, count = np.int64(persons.offset), np.int64(persons.count)
+    K, R = np.int64(max_partitions), np.int64(max_rows_per_partition)
+    # rows: (person, group, sum columns...) in stored order
+    if (widths is not None) if packed is None else packed:
+        if widths is None:
+            raise InternalError("the packed kernel was asked for bounds whose state does not fit in 64 bits")
+        if len(sums) == 1:
+            matrix = np.ascontiguousarray(next(iter(sums.values())).values, dtype=np.float64).reshape(1, n)
+        elif sums:
+            matrix = np.stack([np.asarray(column.values, dtype=np.float64) for column in sums.values()])
+        else:
+            matrix = np.empty((0, n), dtype=np.float64)
+        specs = list(sums.values())
+        kept, counts, totals, _ = _truncation.truncate_packed(
+            persons.values, offset, count, groups.raw, table, K, R, *(np.int64(w) for w in widths), matrix,
+            np.array([c.resolution for c in specs], dtype=np.float64),
+            np.array([c.lower_units for c in specs], dtype=np.float64),
+            np.array([c.upper_units for c in specs], dtype=np.float64), np.int64(groups.count))
+        totals = dict(zip(sums, totals))
     else:
-        priority = ((persons.hashes[person] ^ group_hashes[group]) & mask).astype(np.int64)
-        order = np.lexsort((rows, group, priority, person))
-        rows, group = rows[order], group[order]
-        pair_key = person[order] * n_groups + group
-    # rows sorted by (person, keyed group order, group, original row)
-    n = len(pair_key)
-    # A row is among the first R of its (person, group) iff the row R places earlier is of another pair.
-    keep = np.ones(n, dtype=bool)
-    if n > max_rows_per_partition:
-        np.not_equal(pair_key[max_rows_per_partition:], pair_key[:-max_rows_per_partition],
-                     out=keep[max_rows_per_partition:])
-    new_pair = np.empty(n, dtype=bool)
-    new_pair[0] = True
-    np.not_equal(pair_key[1:], pair_key[:-1], out=new_pair[1:])
-    pair_starts = np.flatnonzero(new_pair)
-    # pairs: (person, group) in the person's keyed order; the same test, K pairs back
-    pair_person = pair_key[pair_starts]
-    if packed:
-        pair_person >>= group_bits + priority_bits
-    else:
-        pair_person //= n_groups
-    pair_kept = np.ones(len(pair_starts), dtype=bool)
-    if len(pair_starts) > max_partitions:
-        np.not_equal(pair_person[max_partitions:], pair_person[:-max_partitions], out=pair_kept[max_partitions:])
-    del pair_person, pair_key
-    lengths = pair_starts
-    lengths[:-1] = pair_starts[1:] - pair_starts[:-1]
-    lengths[-1] = n - lengths[-1]
-    keep &= np.repeat(pair_kept, lengths)
-    if packed:
-        kept = key[keep]
-        return kept & ((1 << row_bits) - 1), (kept >> row_bits) & group_mask
-    return rows[keep], group[keep]
+        shift = np.int64(_bucket_shift(persons.count))
+        starts, keys, rows = _truncation.bucket_rows(persons.values, offset, count, groups.raw, table, shift)
+        # rows: (person within bucket << 31 | group, original row) in buckets of 2**shift persons
+        kept = _truncation.truncate_buckets(starts, keys, rows, np.int64(n), shift, K, R)
+        counts = _truncation.masked_counts(kept, groups.raw, table, np.int64(groups.count))
+        totals = {name: _truncation.masked_clamped_sums(kept, groups.raw, table,
+                                                        np.asarray(c.values, dtype=np.float64), float(c.resolution),
+                                                        float(c.lower_units), float(c.upper_units),
+                                                        np.int64(groups.count)) for name, c in sums.items()}
+    # rows: kept or not, at most max_partitions groups x max_rows_per_partition rows per person kept
+    return BoundedRows(kept, GroupCodes(groups.raw, table, groups.count), counts, totals)
 
 
 def join_devices(rows: pd.DataFrame | pa.Table, device_to_person: pd.DataFrame | pa.Table, *,

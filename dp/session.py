@@ -37,7 +37,13 @@ import pandas as pd
 import pyarrow as pa
 
 from dp import _mechanisms as mech
-from dp._bounding import PersonCodes, bound_contributions, encode_persons, hash_values
+from dp._bounding import (
+    GroupCodes,
+    PersonCodes,
+    SumColumn,
+    bound_contributions,
+    encode_persons,
+)
 from dp._errors import PrivacyParameterError
 from dp._parameters import (
     check_bounds,
@@ -94,7 +100,8 @@ class Query:
 
     def group_by(self, column: str, keys=None) -> Query:
         """Group by ``column``: with ``keys`` (public, declared in advance) every key gets a row; without,
-        only the groups that pass OpenDP's noisy threshold appear (needs delta > 0)."""
+        only the groups that pass OpenDP's noisy threshold appear (needs delta > 0; not available under a
+        rho (zCDP) budget, which refuses it: the threshold's cost is (epsilon, delta) and is not converted)."""
         self.session._require_column(column)
         if keys is not None:
             keys = tuple(dict.fromkeys(keys))
@@ -134,7 +141,8 @@ class Query:
 
     def quantile(self, column: str, q: float, *, bounds, candidates: int = 128) -> Query:
         """The ``q``-quantile among ``candidates`` evenly spaced points of ``bounds`` (OpenDP's exponential
-        mechanism); its half-width is NaN (the mechanism's error is in ranks, not in units)."""
+        mechanism). Its ``_ci95`` half-width is in ranks (rows), not units: with 95% probability the
+        released point's rank misses the best grid point's by fewer rows (see ``plan_quantile``)."""
         aggregate = self._numeric("quantile", column, bounds, 0.01)
         return self._add(replace(aggregate, quantile=check_probability(q, "q", f"quantile of {column!r}"),
                                  candidates=check_positive_int(candidates, "candidates")))
@@ -268,8 +276,9 @@ def _line(name: str, plan: mech.NoisePlan, query: Query, measure: str) -> Charge
     if aggregate is not None and aggregate.kind == "quantile":
         # one measurement per group, and a person touches at most max_partitions groups
         factor = 1 if query.by is None else query.max_partitions
-        return ChargeLine(name, plan.mechanism + f" x {factor} group(s) per person", sensitivity, scale,
-                          (plan.epsilon or 0.0) * factor, 0.0, (plan.rho or 0.0) * factor, None)
+        return ChargeLine(name, plan.mechanism + f" x {factor} group(s) per person; half-width in ranks",
+                          sensitivity, scale,
+                          (plan.epsilon or 0.0) * factor, 0.0, (plan.rho or 0.0) * factor, plan.half_width)
     half = None if math.isnan(plan.half_width) else plan.half_width * unit
     return ChargeLine(name, plan.mechanism, sensitivity, scale, plan.epsilon or 0.0, plan.delta or 0.0,
                       plan.rho or 0.0, half)
@@ -281,14 +290,13 @@ class PrivateSession:
     ``data`` is a pandas frame or Arrow table with one row per record and the privacy unit in
     ``privacy_unit`` (pseudonymous ``person_id``; use ``dp.join_devices`` first for rows that
     are keyed by device). ``ledger`` is a ``BudgetLedger`` or its path; the budget of
-    (``dataset``, ``period``) must have been set by a reviewer. ``seed`` keys the hash that
-    decides which groups a person keeps when they exceed ``max_partitions`` (default: fresh
-    per session).
+    (``dataset``, ``period``) must have been set by a reviewer. A person over the bounds
+    contributes their first rows in stored order (see ``dp._bounding``).
     """
 
     def __init__(self, data: pd.DataFrame | pa.Table, *, dataset: str, ledger: BudgetLedger | str | os.PathLike,
                  purpose: str, period: str = DEFAULT_PERIOD, privacy_unit: str = "person_id",
-                 analyst: str | None = None, seed: int | None = None) -> None:
+                 analyst: str | None = None) -> None:
         self.data = data.to_pandas() if isinstance(data, pa.Table) else data
         if not isinstance(self.data, pd.DataFrame):
             raise PortraitError(f"data must be a pandas DataFrame or an Arrow table, got {type(data).__name__}")
@@ -296,7 +304,6 @@ class PrivateSession:
         self.ledger = ledger if isinstance(ledger, BudgetLedger) else BudgetLedger(ledger)
         self.privacy_unit = privacy_unit
         self.analyst = analyst or getpass.getuser()
-        self.seed = int.from_bytes(os.urandom(8), "little") if seed is None else int(seed)
         self._require_column(privacy_unit)
         self._persons: PersonCodes | None = None
 
@@ -327,7 +334,7 @@ class PrivateSession:
 
     def _person_codes(self) -> PersonCodes:
         if self._persons is None:
-            self._persons = encode_persons(self.data[self.privacy_unit], self.seed)
+            self._persons = encode_persons(self.data[self.privacy_unit])
         return self._persons
 
     def _numbers(self, column: str) -> np.ndarray:
@@ -337,11 +344,11 @@ class PrivateSession:
             return series.to_numpy()
         return pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
 
-    def _groups(self, query: Query) -> tuple[np.ndarray, np.ndarray, list]:
-        """Each row's group code, the groups' keyed hashes and labels (by value, never by data order)."""
+    def _groups(self, query: Query) -> tuple[GroupCodes, list]:
+        """Each row's group and the groups' labels (codes by value or by public key, never by data order)."""
         n = len(self.data)
         if query.by is None:
-            return np.zeros(n, dtype=np.int64), hash_values(np.zeros(1, dtype=np.int64), self.seed), [None]
+            return GroupCodes(np.zeros(n, dtype=np.int8), np.zeros(1, dtype=np.int64), 1), [None]
         column = self.data[query.by]
         if query.edges is not None:
             values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
@@ -349,28 +356,28 @@ class PrivateSession:
             codes[values == query.edges[-1]] = len(query.edges) - 2
             codes[(codes < 0) | (codes >= len(query.edges) - 1) | np.isnan(values)] = -1
             labels = list(query.keys)
-        elif query.keys is not None:
+            return GroupCodes.of(codes, len(labels)), labels
+        if query.keys is not None:
             labels = list(query.keys)
             if isinstance(column.dtype, pd.CategoricalDtype):
-                position = pd.Index(labels).get_indexer(column.cat.categories)
-                raw = column.cat.codes.to_numpy()
-                codes = np.where(raw >= 0, position[raw], -1)
-            else:
-                codes = pd.Index(labels).get_indexer(column)
-        else:
-            codes, uniques = pd.factorize(column, sort=True)
-            labels = list(uniques)
-        return (np.asarray(codes, dtype=np.int64), hash_values(np.asarray(labels, dtype=object), self.seed),
-                labels)
+                # the categorical's own codes, mapped to keys through a table of its categories
+                table = pd.Index(labels).get_indexer(column.cat.categories).astype(np.int64)
+                return GroupCodes(column.cat.codes.to_numpy(), table, len(labels)), labels
+            return GroupCodes.of(pd.Index(labels).get_indexer(column), len(labels)), labels
+        codes, uniques = pd.factorize(column, sort=True)
+        labels = list(uniques)
+        return GroupCodes.of(codes, len(labels)), labels
 
     def _compute(self, query: Query, plans: dict[str, mech.NoisePlan]) -> pd.DataFrame:
-        group_codes, group_hashes, labels = self._groups(query)
+        group_codes, labels = self._groups(query)
         K = query.max_partitions if query.by is not None else 1
-        rows, groups = bound_contributions(self._person_codes(), group_codes, group_hashes,
-                                           max_partitions=K, max_rows_per_partition=query.max_rows_per_partition)
-        # rows: (row index, group code) of the kept rows, at most K groups x R rows per person
+        sums = {a.name: SumColumn(self._numbers(a.column), a.resolution, *_units(a))
+                for a in query.aggregates if a.kind in ("sum", "mean")}
+        bounded = bound_contributions(self._person_codes(), group_codes, max_partitions=K,
+                                      max_rows_per_partition=query.max_rows_per_partition, sums=sums)
+        # rows: kept or not, at most K groups x R rows per person kept
         n_groups = len(labels)
-        counts = np.bincount(groups, minlength=n_groups)
+        counts = bounded.counts
         out: dict[str, np.ndarray] = {}
         selected = np.arange(n_groups)
         if query.by is not None and query.keys is None:
@@ -383,14 +390,7 @@ class PrivateSession:
             out["count_ci95"] = np.full(n_groups, plans["count"].half_width)
         for aggregate in query.aggregates:
             if aggregate.kind in ("sum", "mean"):
-                units = _units(aggregate)
-                quantized = self._numbers(aggregate.column)[rows]
-                # rows: amount of each kept row -> whole multiples of the resolution, clamped
-                np.nan_to_num(quantized, copy=False, nan=0.0)
-                quantized /= aggregate.resolution
-                np.rint(quantized, out=quantized)
-                np.clip(quantized, units[0], units[1], out=quantized)
-                sums = np.rint(np.bincount(groups, weights=quantized, minlength=n_groups)).astype(np.int64)[selected]
+                sums = bounded.sums[aggregate.name][selected]
                 sum_plan = plans[f"{aggregate.name}:sum"]
                 noisy_sum = mech.add_vector_noise(sum_plan, sums).astype(np.float64) * aggregate.resolution
                 if aggregate.kind == "sum":
@@ -406,7 +406,7 @@ class PrivateSession:
                 plan = plans[aggregate.name]
                 lower, upper = aggregate.bounds
                 grid = list(np.linspace(lower, upper, aggregate.candidates))
-                values = self._numbers(aggregate.column)[rows]
+                values, groups = self._numbers(aggregate.column)[bounded.kept], bounded.kept_groups()
                 order = np.argsort(groups, kind="stable")
                 split = np.searchsorted(groups[order], selected)
                 ends = np.searchsorted(groups[order], selected, side="right")
@@ -416,7 +416,7 @@ class PrivateSession:
                     chunk = np.clip(chunk[~np.isnan(chunk)], lower, upper)
                     result.append(mech.release_quantile(plan, chunk, grid, aggregate.quantile))
                 out[aggregate.name] = np.array(result, dtype=np.float64)
-                out[f"{aggregate.name}_ci95"] = np.full(len(selected), np.nan)
+                out[f"{aggregate.name}_ci95"] = np.full(len(selected), plan.half_width)   # in ranks (rows)
         frame = pd.DataFrame(out)
         if query.by is not None:
             frame.insert(0, query.by, [labels[i] for i in selected])

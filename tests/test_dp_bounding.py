@@ -9,79 +9,104 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dp import join_devices
-from dp._bounding import (
-    _PRIORITY_BITS,
-    bound_contributions,
-    encode_persons,
-    hash_values,
-)
+from dp._bounding import GroupCodes, SumColumn, bound_contributions, encode_persons
 
 
-def reference_bound(persons, groups, group_labels, seed, max_partitions, max_rows_per_partition):
-    """Obviously correct: per person, groups in keyed order (priority, then group), rows first-come."""
-    person_hash = dict(zip(pd.unique(pd.Series(persons)), hash_values(pd.unique(pd.Series(persons)), seed)))
-    group_hash = hash_values(np.asarray(group_labels, dtype=object), seed)
+def reference_bound(persons, groups, max_partitions, max_rows_per_partition):
+    """Obviously correct: per person, rows in stored order; a row is kept iff its group is among the
+    person's first ``max_partitions`` groups and among the first ``max_rows_per_partition`` rows of it."""
+    taken: dict[object, dict[int, int]] = {}          # person -> {group: rows kept}
     kept = set()
-    for person in set(persons):
-        rows = [i for i, p in enumerate(persons) if p == person and groups[i] >= 0]
-        distinct = sorted({groups[i] for i in rows})
-
-        def priority(g, person=person):
-            value = int(person_hash[person] ^ group_hash[g])
-            return (value & ((1 << _PRIORITY_BITS) - 1), g)
-
-        for g in sorted(distinct, key=priority)[:max_partitions]:
-            kept.update([i for i in rows if groups[i] == g][:max_rows_per_partition])
+    for i, (person, group) in enumerate(zip(persons, groups)):
+        if group < 0:
+            continue
+        groups_of_person = taken.setdefault(person, {})
+        if group not in groups_of_person and len(groups_of_person) < max_partitions:
+            groups_of_person[group] = 0
+        if group in groups_of_person and groups_of_person[group] < max_rows_per_partition:
+            groups_of_person[group] += 1
+            kept.add(i)
     return kept
 
 
 rows_strategy = st.lists(st.tuples(st.integers(0, 6), st.integers(-1, 4)), min_size=0, max_size=60)
 
 
-def _run(rows, seed, k, r, labels=("a", "b", "c", "d", "e")):
+def _run(rows, k, r, packed=None, amounts=None):
     persons = [f"person-{p}" for p, _ in rows]
     groups = np.array([g for _, g in rows], dtype=np.int64)
-    codes = encode_persons(pd.Series(persons, dtype=object), seed)
-    kept, kept_groups = bound_contributions(codes, groups, hash_values(np.asarray(labels, dtype=object), seed),
-                                            max_partitions=k, max_rows_per_partition=r)
-    return persons, groups, kept, kept_groups
+    codes = encode_persons(pd.Series(persons, dtype=object))
+    sums = None if amounts is None else {"amount": SumColumn(np.asarray(amounts, dtype=np.float64), 0.5, -4, 10)}
+    bounded = bound_contributions(codes, GroupCodes.of(groups, 5), max_partitions=k, max_rows_per_partition=r,
+                                  sums=sums, packed=packed)
+    return persons, groups, bounded
 
 
-@given(rows_strategy, st.integers(0, 2**32), st.integers(1, 4), st.integers(1, 4))
-def test_kernel_matches_reference(rows, seed, k, r):
-    persons, groups, kept, kept_groups = _run(rows, seed, k, r)
-    assert set(kept.tolist()) == reference_bound(persons, groups, ["a", "b", "c", "d", "e"], seed, k, r)
-    assert (kept_groups == groups[kept]).all()
+@given(rows_strategy, st.integers(1, 4), st.integers(1, 4), st.sampled_from([None, True, False]))
+def test_kernels_match_the_reference(rows, k, r, packed):
+    persons, groups, bounded = _run(rows, k, r, packed)
+    kept = set(np.flatnonzero(bounded.kept).tolist())
+    assert kept == reference_bound(persons, groups, k, r)
+    assert (bounded.kept_groups() == groups[bounded.kept]).all()
+    assert bounded.counts.tolist() == np.bincount(groups[bounded.kept], minlength=5).tolist()
 
 
-@given(rows_strategy, st.integers(0, 2**32), st.integers(1, 3), st.integers(1, 3), st.integers(0, 6))
-def test_removing_a_person_leaves_everyone_elses_rows_unchanged(rows, seed, k, r, removed):
-    _persons, _, kept, _ = _run(rows, seed, k, r)
+@given(st.lists(st.tuples(st.integers(0, 6), st.integers(-1, 4), st.one_of(st.floats(-10, 10), st.just(np.nan))),
+                max_size=60), st.integers(1, 3), st.integers(1, 3), st.booleans())
+def test_clamped_sums_match_a_plain_sum(rows, k, r, packed):
+    amounts = [a for _, _, a in rows]
+    _, groups, bounded = _run([(p, g) for p, g, _ in rows], k, r, packed, amounts)
+    expected = np.zeros(5, dtype=np.int64)
+    for i in np.flatnonzero(bounded.kept):
+        if not np.isnan(amounts[i]):
+            expected[groups[i]] += int(min(max(np.rint(amounts[i] / 0.5), -4), 10))
+    assert bounded.sums["amount"].tolist() == expected.tolist()
+
+
+@given(rows_strategy, st.integers(1, 3), st.integers(1, 3), st.integers(0, 6), st.booleans())
+def test_removing_a_person_leaves_everyone_elses_rows_unchanged(rows, k, r, removed, packed):
+    _persons, _, bounded = _run(rows, k, r, packed)
     others = [(p, g) for p, g in rows if p != removed]
     original_index = [i for i, (p, _) in enumerate(rows) if p != removed]
-    _, _, kept_without, _ = _run(others, seed, k, r)
-    expected = {i for i in kept.tolist() if rows[i][0] != removed}
-    assert {original_index[i] for i in kept_without.tolist()} == expected
+    _, _, without = _run(others, k, r, packed)
+    expected = {i for i in np.flatnonzero(bounded.kept).tolist() if rows[i][0] != removed}
+    assert {original_index[i] for i in np.flatnonzero(without.kept).tolist()} == expected
 
 
-@given(rows_strategy, st.integers(0, 2**32), st.integers(1, 3), st.integers(1, 3))
-def test_bounds_hold(rows, seed, k, r):
-    persons, _, kept, kept_groups = _run(rows, seed, k, r)
-    frame = pd.DataFrame({"person": np.asarray(persons, dtype=object)[kept] if len(kept) else [], "group": kept_groups})
+@given(rows_strategy, st.integers(1, 3), st.integers(1, 3))
+def test_bounds_hold(rows, k, r):
+    persons, groups, bounded = _run(rows, k, r)
+    frame = pd.DataFrame({"person": np.asarray(persons, dtype=object)[bounded.kept] if rows else [],
+                          "group": groups[bounded.kept]})
     if len(frame):
         assert frame.groupby("person")["group"].nunique().max() <= k
         assert frame.groupby(["person", "group"]).size().max() <= r
 
 
-def test_integer_ids_and_the_lexsort_path_agree_with_the_reference():
+def test_many_groups_and_wide_integer_ids_take_the_bucket_kernel_and_agree_with_the_reference():
     rng = np.random.default_rng(3)
-    persons = rng.integers(10**12, 10**12 + 40, 300)
-    labels = list(range(3000))          # many groups: too many bits for the packed key
-    groups = rng.integers(0, 3000, 300)
-    codes = encode_persons(pd.Series(persons), 5)
-    kept, _ = bound_contributions(codes, groups, hash_values(np.asarray(labels, dtype=object), 5),
-                                  max_partitions=2, max_rows_per_partition=1)
-    assert set(kept.tolist()) == reference_bound(list(persons), groups, labels, 5, 2, 1)
+    persons = rng.integers(10**12, 10**12 + 5000, 20_000)
+    groups = rng.integers(-1, 3000, 20_000)          # 3000 groups x 20 partitions: no 64-bit packing
+    codes = encode_persons(pd.Series(persons))
+    assert codes.offset == persons.min()
+    bounded = bound_contributions(codes, GroupCodes.of(groups, 3000), max_partitions=20, max_rows_per_partition=2)
+    assert set(np.flatnonzero(bounded.kept).tolist()) == reference_bound(list(persons), groups, 20, 2)
+
+
+@pytest.mark.parametrize("persons", [
+    pd.Series(["a", None, "b", "a"]),
+    pd.Series(["a", None, "b", "a"], dtype=object),
+    pd.Series(["a", 3, "b", "a"], dtype=object),
+    pd.Series(pd.Categorical(["a", None, "b", "a"])),
+    pd.Series([7, 9, 7], dtype=np.uint64),
+    pd.Series([10**18, -(10**18), 10**18]),
+])
+def test_person_codes_give_one_code_per_id_and_none_to_missing_ids(persons):
+    codes = encode_persons(persons).codes
+    present = persons.notna().to_numpy()
+    assert (codes[~present] == -1).all()
+    assert len(set(codes[present].tolist())) == persons[present].nunique()
+    assert pd.Series(codes[present]).groupby(persons[present].astype(str).to_numpy()).nunique().max() == 1
 
 
 def test_join_devices_bounds_devices_per_person_and_drops_unmapped_devices():

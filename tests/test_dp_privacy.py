@@ -17,6 +17,7 @@ from scipy.stats import beta, binomtest
 
 from dp import BudgetLedger, PrivateSession, join_devices
 from dp import _mechanisms as mech
+from dp._bounding import bound_contributions
 
 DRAWS = 40_000
 CONFIDENCE = 0.999
@@ -44,20 +45,18 @@ def _epsilon_lower_bound(draws_with, draws_without, threshold) -> float:
 def _session(frame, tmp_path, name):
     ledger = BudgetLedger(tmp_path / f"{name}.sqlite")
     ledger.set_budget("d", epsilon=1e6)
-    return PrivateSession(frame, dataset="d", ledger=ledger, purpose="test", seed=11)
+    return PrivateSession(frame, dataset="d", ledger=ledger, purpose="test")
 
 
 def _draws(session, query, exact_of):
     """DRAWS independent releases of one aggregate: the real bounding, then the query's OpenDP measurement."""
     measure = query._validate()
     _name, plan = query._plans(measure)[0]
-    group_codes, group_hashes, _ = session._groups(query)
-    from dp._bounding import bound_contributions
-
-    rows, groups = bound_contributions(session._person_codes(), group_codes, group_hashes,
-                                       max_partitions=query.max_partitions if query.by else 1,
-                                       max_rows_per_partition=query.max_rows_per_partition)
-    exact = exact_of(rows, groups)
+    group_codes, _ = session._groups(query)
+    bounded = bound_contributions(session._person_codes(), group_codes,
+                                  max_partitions=query.max_partitions if query.by else 1,
+                                  max_rows_per_partition=query.max_rows_per_partition)
+    exact = exact_of(bounded)
     return mech.add_vector_noise(plan, np.full(DRAWS, exact, dtype=np.int64)), exact, plan
 
 
@@ -81,11 +80,11 @@ def test_one_whole_person_moves_the_release_by_at_most_epsilon(tmp_path, aggrega
             max_partitions=1, max_rows_per_partition=2)
         if aggregate == "count":
             query = query.count()
-            exact_of = lambda rows, groups: int((groups == 0).sum())
+            exact_of = lambda bounded: int(bounded.counts[0])
         else:
             query = query.sum("amount", bounds=(0, 100), resolution=1.0)
             values = np.clip(np.rint(session.data["amount"].to_numpy()), 0, 100)
-            exact_of = lambda rows, groups, v=values: int(v[rows][groups == 0].sum())
+            exact_of = lambda bounded, v=values: int(v[bounded.kept][bounded.kept_groups() == 0].sum())
         results.append(_draws(session, query, exact_of))
     (without, exact_without, _plan), (with_z, exact_with, _) = results
     assert exact_with > exact_without                     # Z is in the data and moves the truth
@@ -110,7 +109,7 @@ def test_a_person_with_forty_devices_moves_a_device_count_by_at_most_epsilon(tmp
         session = _session(joined, tmp_path, f"devices{with_z}")
         query = session.query(epsilon=1.0).group_by("os", keys=["android"]).bound(max_partitions=1,
                                                                                  max_rows_per_partition=2).count()
-        draws.append(_draws(session, query, lambda rows, groups: len(rows)))
+        draws.append(_draws(session, query, lambda bounded: int(bounded.kept.sum())))
     (without, exact_without, _), (with_z, exact_with, _) = draws
     assert exact_with - exact_without == 2
     assert _epsilon_lower_bound(with_z, without, exact_with) <= 1.0
@@ -126,3 +125,21 @@ def test_half_widths_cover_at_their_stated_rate(mechanism, kwargs):
     test = binomtest(covered, DRAWS, 0.95)
     assert covered / DRAWS >= 0.95 or test.pvalue > 0.001
     assert covered / DRAWS <= 0.965                        # stated, not loosely conservative
+
+
+@pytest.mark.parametrize("alpha, measure, kwargs", [(0.5, mech.PURE, {"epsilon": 0.5}),
+                                                    (0.9, mech.ZCDP, {"rho": 0.1})])
+def test_quantile_rank_half_width_covers_at_least_its_stated_rate(alpha, measure, kwargs):
+    rng = np.random.default_rng(2)
+    values = rng.gamma(2.0, 20.0, 300)
+    grid = list(np.linspace(0, 200, 64))
+    plan = mech.plan_quantile(measure=measure, rows_per_person=2, candidates=grid, alpha=alpha, **kwargs)
+    assert math.isfinite(plan.half_width) and plan.half_width > 0
+    below = np.array([(values < c).sum() for c in grid])
+    above = np.array([(values > c).sum() for c in grid])
+    rank_error = dict(zip(grid, np.abs((1 - alpha) * below - alpha * above)))
+    best = min(rank_error.values())
+    draws = 1000
+    covered = sum(rank_error[mech.release_quantile(plan, values, grid, alpha)] - best < plan.half_width
+                  for _ in range(draws))
+    assert binomtest(covered, draws, 0.95, alternative="less").pvalue > 0.001
