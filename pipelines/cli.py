@@ -17,7 +17,9 @@ from pathlib import Path
 from pipelines.commands import budget, consent, dsr, export, keys
 from pipelines.commands._shared import DEFAULT_WORKSPACE, format_stages, format_table
 from pipelines.commands._shared import show_progress as _progress
+from dp import BudgetLedger, write_review
 from pipelines.ingest import ingest
+from pipelines.popularity import DATASET as POPULARITY_DATASET
 from pipelines.run import parse_as_of, run_pipeline
 from pipelines.synthetic import generate
 from pipelines.workspace import Workspace
@@ -66,12 +68,15 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     key = create_key_file(key_file)
     generate(raw, accounts=args.accounts, seed=args.seed, progress=progress)
     reports = ingest(raw, workspace, key=key, progress=progress)
+    ledger = BudgetLedger(workspace.ledger)
+    ledger.set_budget(POPULARITY_DATASET, epsilon=1.0, set_by="portrait demo", note="demo budget")
     summary = run_pipeline(workspace, key_file, parse_as_of(args.as_of), progress=progress)
+    review = write_review(ledger, root / "privacy-review")
     print(format_table(_ingest_rows(reports)))
     print()
     print(format_stages(summary))
     print(f"\ndemo finished in {time.perf_counter() - started:.1f} s: raw data {raw}, workspace {workspace.root}, "
-          f"key {key_file}")
+          f"key {key_file}, privacy review {review['html']}")
 
 
 def build_parser() -> argparse.ArgumentParser:

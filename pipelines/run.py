@@ -11,9 +11,12 @@ stage leaves the previous run's outputs in place. The order is the privacy order
 4. ``seal``: ID-card numbers for customs go into the AES-GCM vault ``WS/vault/``, readable only
    through ``profiling.vault.customs_id_numbers`` with the separate sensitive-data consent;
 5. ``k-anonymity``: class sizes of the person-level analytics table, to ``WS/k-anonymity-report.json``;
-6. ``recommendations``: the consent gate answers for ``personalization`` and ``marketing_messages``
-   as of ``--as-of`` (both audited), and only those persons' analytics-zone rows are scored;
-7. ``stale-marks``: marks that data-subject corrections left are cleared, the outputs being rebuilt.
+6. ``popularity``: buyers per item, epsilon-DP per person, charged to the ``orders`` budget (skipped,
+   keeping the last release, when no budget is set or too little is left);
+7. ``recommendations``: the consent gate answers for ``personalization`` and ``marketing_messages``
+   as of ``--as-of`` (both audited), and only those persons' analytics-zone rows are scored; the
+   non-personalized lists rank items by the popularity release when there is one;
+8. ``stale-marks``: marks that data-subject corrections left are cleared, the outputs being rebuilt.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from tqdm.auto import tqdm
 
 from pipelines.door import pseudonymize_workspace
 from pipelines.dsr import clear_stale, stale_persons
+from pipelines.popularity import read_popularity, release_popularity
 from pipelines.recommend import write_recommendations
 from pipelines.workspace import Workspace, write_json_atomic
 from profiling.consent import ConsentGate, SqliteConsentStore
@@ -131,6 +135,13 @@ def _k_anonymity(context: RunContext) -> list[dict]:
              "smallest_class": result.smallest_class, f"rows_below_k{result.k}": result.rows_suppressed}]
 
 
+def _popularity(context: RunContext) -> list[dict]:
+    workspace = context.workspace
+    with SqliteConsentStore(workspace.ledger) as store:
+        decision = ConsentGate(store).decide("product_improvement", context.as_of, job="popularity")
+    return [release_popularity(workspace, decision.person_ids(context.key), context.as_of)]
+
+
 def _recommendations(context: RunContext) -> list[dict]:
     workspace = context.workspace
     with SqliteConsentStore(workspace.ledger) as store:
@@ -142,7 +153,8 @@ def _recommendations(context: RunContext) -> list[dict]:
         marketing = gate.decide("marketing_messages", context.as_of, job="marketing_audience",
                                 population=population, snapshot=snapshot)
     rows = write_recommendations(workspace, personalization.person_frame(context.key), as_of=context.as_of,
-                                 marketing=marketing.person_frame(context.key), progress=context.progress)
+                                 marketing=marketing.person_frame(context.key),
+                                 popularity=read_popularity(workspace), progress=context.progress)
     for decision in (personalization, marketing):
         rows.append({"stage": "consent-gate", "table": decision.purpose, "rows": decision.eligible,
                      "excluded": sum(decision.excluded.values())})
@@ -163,6 +175,8 @@ STAGES: list[Stage] = [
     Stage("pseudonymize", "write the analytics zone: pseudonyms and generalized values only", _pseudonymize),
     Stage("seal", "seal ID-card numbers for customs in the AES-GCM vault", _seal),
     Stage("k-anonymity", "report the class sizes of the person-level analytics table", _k_anonymity),
+    Stage("popularity", "release buyers per item with differential privacy, charged to the orders budget",
+          _popularity),
     Stage("recommendations", "gate by consent, fit factors, score every eligible person, write the lists "
           "and the marketing audience", _recommendations),
     Stage("stale-marks", "clear the marks corrections left: every derived output is now recomputed", _clear_stale),

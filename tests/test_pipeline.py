@@ -14,7 +14,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pytest
 
+from dp import BudgetLedger
 from pipelines.ingest import ingest
+from pipelines.popularity import read_popularity, release_popularity
 from pipelines.run import run_pipeline
 from pipelines.synthetic import generate
 from pipelines.workspace import Workspace
@@ -33,6 +35,7 @@ def job(tmp_path_factory):
     workspace = Workspace(root / "ws")
     ingest(root / "raw", workspace, progress=False)
     key = create_key_file(root / "keys" / "master.key")
+    BudgetLedger(workspace.ledger).set_budget("orders", epsilon=0.15, set_by="test")  # one popularity release
     summary = run_pipeline(workspace, root / "keys" / "master.key", AS_OF, progress=False)
     return workspace, key, root / "keys" / "master.key", summary
 
@@ -63,7 +66,8 @@ def _raw_identifiers(workspace: Workspace) -> set[str]:
 def test_every_stage_reports(job):
     _, _, _, summary = job
     stages = {row["stage"] for row in summary}
-    assert {"verify-ingested", "consent-ledger", "pseudonymize", "seal", "k-anonymity", "consent-gate", "recommend"} <= stages
+    assert {"verify-ingested", "consent-ledger", "pseudonymize", "seal", "k-anonymity", "popularity",
+            "consent-gate", "recommend"} <= stages
 
 
 def test_no_direct_identifier_or_sensitive_value_leaves_the_identifiable_zone(job):
@@ -107,3 +111,17 @@ def test_a_revocation_between_two_runs_removes_the_person(job):
     with SqliteConsentStore(workspace.ledger) as store:
         audits = store.audit_records()
     assert len(audits) >= audits_before + 2  # the second run's decisions are audited; the first run's stay
+
+
+def test_popularity_is_released_with_dp_and_never_beyond_the_budget(job):
+    workspace, key, _, _ = job
+    popularity = read_popularity(workspace)
+    assert popularity is not None and len(popularity) == 500  # every catalogue item, a public key
+    ledger = BudgetLedger(workspace.ledger)
+    assert ledger.remaining("orders")["epsilon"] == pytest.approx(0.05)
+    before = sorted(p.read_bytes() for p in workspace.outputs("popularity").glob("*.parquet"))
+    persons = pa.array(["not-a-person"], pa.string())
+    row = release_popularity(workspace, persons, AS_OF)
+    assert row["rows"] == 0 and row["note"].startswith("release refused, nothing charged or released")
+    assert sorted(p.read_bytes() for p in workspace.outputs("popularity").glob("*.parquet")) == before
+    assert ledger.remaining("orders")["epsilon"] == pytest.approx(0.05)
