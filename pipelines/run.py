@@ -8,7 +8,8 @@ stage leaves the previous run's outputs in place. The order is the privacy order
 2. ``consent-ledger``: ingested consent events are appended to ``WS/ledger.sqlite`` (idempotent);
 3. ``pseudonymize``: the door writes the analytics zone ``WS/pseudonymized/`` (no direct identifier
    passes, sensitive columns never);
-4. ``seal``: ID-card numbers for customs go into the AES-GCM vault ``WS/vault/``, readable only
+4. ``seal``: ID-card numbers for customs move into the AES-GCM vault ``WS/vault/`` (the ingested
+   waybills keep a null in their place), readable only
    through ``profiling.vault.customs_id_numbers`` with the separate sensitive-data consent;
 5. ``k-anonymity``: class sizes of the person-level analytics table, to ``WS/k-anonymity-report.json``;
 6. ``popularity``: buyers per item, epsilon-DP per person, charged to the ``orders`` budget (skipped,
@@ -173,7 +174,7 @@ STAGES: list[Stage] = [
           _verify_ingested),
     Stage("consent-ledger", "append the ingested consent events to the consent ledger", _consent_ledger),
     Stage("pseudonymize", "write the analytics zone: pseudonyms and generalized values only", _pseudonymize),
-    Stage("seal", "seal ID-card numbers for customs in the AES-GCM vault", _seal),
+    Stage("seal", "move ID-card numbers for customs into the AES-GCM vault", _seal),
     Stage("k-anonymity", "report the class sizes of the person-level analytics table", _k_anonymity),
     Stage("popularity", "release buyers per item with differential privacy, charged to the orders budget",
           _popularity),

@@ -88,7 +88,7 @@ def _secrets(workspace: Workspace, account: str) -> tuple[set[str], set[str]]:
     linked = linked_identifiers(workspace, account)
     row = workspace.read("accounts").filter(pc.field("account_id") == account).to_pylist()[0]
     waybills = workspace.read("waybills").filter(pc.is_in(pc.field("waybill_id"),
-                                                           pa.array(sorted(linked.ids["waybill_id"]))))
+                                                           pa.array(sorted(linked.ids["waybill_id"]), pa.string())))
     raw = linked.raw_values() | {row["phone"], row["nickname"]} | ({row["email"]} if row["email"] else set())
     raw |= set(waybills.column("id_card_number").drop_null().to_pylist())
     pseudonyms = linked.pseudonyms(KEY)
