@@ -6,20 +6,31 @@ identifiers *and* holding the key); with different domains the same identifier g
 pseudonyms, so tables pseudonymized for different domains or recipients cannot be joined.
 Destroying a key version (``profiling.keys.destroy_key_version``) unlinks its pseudonyms for good.
 
-Each distinct value is hashed once: the column is dictionary-encoded (a column that already is,
-e.g. one read from Parquet with ``dictionary_columns``, keeps its dictionary), the dictionary
-normalized and hashed, and the pseudonyms are taken back out by the indices.
+Each distinct value is hashed once: the column is dictionary-encoded by a compiled hash table (a
+column that already is, e.g. one read from Parquet with ``dictionary_columns``, keeps its
+dictionary), the distinct values are normalized and hashed (SHA-256 blocks by libcrypto where it
+is found, else by the compiled ``_compress``), and since every pseudonym is exactly 32 bytes the
+output string array is built directly from the digests by the indices.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
+import hashlib
+import hmac
 import re
 from collections.abc import Callable, Sequence
 
+import llvmlite.binding as llvm
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from profiling.errors import InternalError
 from profiling.identifiers import canonical_phone
@@ -118,13 +129,13 @@ def _as_string_array(values) -> pa.Array:
             raise TypeError(f"pseudonymize needs an Arrow array or a sequence of strings, not {type(values).__name__}")
         values = pa.array(values, pa.string())
     if pa.types.is_dictionary(values.type):
-        if (pa.types.is_string(values.type.value_type) and values.dictionary.null_count == 0
+        value_type = values.type.value_type
+        if ((pa.types.is_string(value_type) or pa.types.is_large_string(value_type))
+                and values.dictionary.null_count == 0
                 and len(values.dictionary) <= len(values)):
             return values  # already encoded (e.g. read from Parquet): hash its dictionary as it is
         values = values.cast(values.type.value_type)
-    if pa.types.is_large_string(values.type):
-        values = values.cast(pa.string())
-    if not pa.types.is_string(values.type):
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
         raise TypeError(f"pseudonymize needs string values, got an array of {values.type}")
     return values
 
@@ -179,13 +190,28 @@ def _compress(state, block, start, w):
         state[i] += value
 
 
+# libcrypto's one-block SHA-256 function uses the CPU's SHA extensions where it has them (several
+# times faster than ``_compress``). Bound by name; where libcrypto is missing the name is bound to
+# a stand-in that is never called, and ``_compress`` does the work.
+_sha256_transform = types.ExternalFunction("SHA256_Transform", types.void(types.intp, types.intp))
+_SHA256_CTX_WORDS = 28  # OpenSSL's SHA256_CTX: the state h[8] first, then counters and a buffer
+
+
+@njit(inline="always")
+def _block(state, block, start, w, use_libcrypto):
+    if use_libcrypto:
+        _sha256_transform(state.ctypes.data, block.ctypes.data + start)
+    else:
+        _compress(state, block, start, w)
+
+
 @njit(nogil=True, cache=True)
-def _finish(state, data, start, length, prefix_bytes, tail, w):
+def _finish(state, data, start, length, prefix_bytes, tail, w, use_libcrypto):
     """Absorb ``data[start:start+length]`` then SHA-256 padding; ``prefix_bytes`` were absorbed already."""
     position = start
     end = start + length
     while end - position >= 64:
-        _compress(state, data, position, w)
+        _block(state, data, position, w, use_libcrypto)
         position += 64
     rest = end - position
     tail[:] = 0
@@ -197,34 +223,64 @@ def _finish(state, data, start, length, prefix_bytes, tail, w):
     last = 64 * blocks
     for i in range(8):
         tail[last - 1 - i] = np.uint8((bits >> np.uint64(8 * i)) & np.uint64(0xFF))
-    _compress(state, tail, 0, w)
+    _block(state, tail, 0, w, use_libcrypto)
     if blocks == 2:
-        _compress(state, tail, 64, w)
+        _block(state, tail, 64, w, use_libcrypto)
 
 
 @njit(nogil=True, cache=True)
-def _hmac_hex(offsets, data, inner_state, outer_state, hexdigits):
-    """First 16 bytes of HMAC-SHA256 of each value, as 32 lowercase hex digits: a (n, 32) uint8 array."""
+def _hmac_hex(offsets, data, inner_state, outer_state, hexdigits, use_libcrypto, out):
+    """First 16 bytes of HMAC-SHA256 of each value, as 32 lowercase hex digits, into ``out`` ((n, 32) uint8).
+
+    One thread: splitting the rows across two (numba ``prange``) measured no faster here.
+    """
     n = len(offsets) - 1
-    out = np.empty((n, 32), dtype=np.uint8)
-    state = np.empty(8, dtype=np.uint32)
+    state = np.zeros(_SHA256_CTX_WORDS, dtype=np.uint32)
     w = np.empty(64, dtype=np.uint32)
     tail = np.empty(128, dtype=np.uint8)
     digest = np.empty(32, dtype=np.uint8)
     for row in range(n):
-        state[:] = inner_state
-        _finish(state, data, offsets[row], offsets[row + 1] - offsets[row], 64, tail, w)
+        state[:8] = inner_state
+        _finish(state, data, offsets[row], offsets[row + 1] - offsets[row], 64, tail, w, use_libcrypto)
         for j in range(8):
             for k in range(4):
                 digest[4 * j + k] = np.uint8((state[j] >> np.uint32(24 - 8 * k)) & np.uint32(0xFF))
-        state[:] = outer_state
-        _finish(state, digest, 0, 32, 64, tail, w)
+        state[:8] = outer_state
+        _finish(state, digest, 0, 32, 64, tail, w, use_libcrypto)
         for j in range(4):
             for k in range(4):
                 byte = (state[j] >> np.uint32(24 - 8 * k)) & np.uint32(0xFF)
                 out[row, 8 * j + 2 * k] = hexdigits[byte >> np.uint32(4)]
                 out[row, 8 * j + 2 * k + 1] = hexdigits[byte & np.uint32(0xF)]
-    return out
+
+
+_UNUSED_BLOCK_FUNCTION = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)(lambda context, block: None)
+
+
+@functools.cache
+def _libcrypto_loaded() -> bool:
+    """Bind ``SHA256_Transform`` for the compiled kernels: True if libcrypto's, else a never-called stand-in.
+
+    libcrypto is checked against ``hashlib`` before it is trusted.
+    """
+    library = None
+    for name in ("libcrypto.so.3", "libcrypto.so", ctypes.util.find_library("crypto")):
+        try:
+            library = ctypes.CDLL(name) if name else None
+            address = ctypes.cast(library.SHA256_Transform, ctypes.c_void_p).value if library else None
+        except (OSError, AttributeError):
+            library = address = None
+        if address:
+            break
+    if not address:
+        llvm.add_symbol("SHA256_Transform", ctypes.cast(_UNUSED_BLOCK_FUNCTION, ctypes.c_void_p).value)
+        return False
+    llvm.add_symbol("SHA256_Transform", address)
+    probe = b"abc" * 30  # a whole block, then a tail that pads into a second one
+    got = np.empty((1, 32), np.uint8)
+    _hmac_hex(np.array([0, len(probe)], np.int32), np.frombuffer(probe, np.uint8), *_hmac_states(b"k"),
+              _HEX, True, got)
+    return got.tobytes() == hmac.new(b"k", probe, hashlib.sha256).hexdigest()[:32].encode()
 
 
 def _hmac_states(key: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -237,18 +293,285 @@ def _hmac_states(key: bytes) -> tuple[np.ndarray, np.ndarray]:
     return inner, outer
 
 
-def _hex_pseudonyms(values: pa.Array, key: bytes) -> pa.Array:
-    """Truncated HMAC-SHA256 (32 hex digits) of each UTF-8 value of a null-free string array."""
+def _hex_digests(values: pa.Array, key: bytes) -> np.ndarray:
+    """Truncated HMAC-SHA256 of each value of a null-free string array: (n, 32) uint8 hex digits."""
     if values.null_count or len(key) > 64:
         raise InternalError("hashing needs null-free values and a key of at most 64 bytes; this is a bug")
-    count = len(values)
-    offsets = np.frombuffer(values.buffers()[1], dtype=np.int32)[values.offset:values.offset + count + 1]
-    data_buffer = values.buffers()[2]
-    data = np.frombuffer(data_buffer, dtype=np.uint8) if data_buffer is not None else np.zeros(1, np.uint8)
+    offsets, data = _offsets_and_data(values)
     inner, outer = _hmac_states(key)
-    chars = _hmac_hex(offsets, data, inner, outer, _HEX)
-    return pa.StringArray.from_buffers(count, pa.py_buffer(np.arange(0, 32 * count + 1, 32, dtype=np.int32)),
-                                       pa.py_buffer(chars))
+    digests = np.empty((len(values), 32), dtype=np.uint8)
+    _hmac_hex(offsets, data, inner, outer, _HEX, _libcrypto_loaded(), digests)
+    return digests
+
+
+def _offsets_and_data(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-copy numpy views of a (large_)string array's offsets (sliced to it) and UTF-8 bytes."""
+    offset_type = np.int64 if pa.types.is_large_string(values.type) else np.int32
+    _, offsets_buffer, data_buffer = values.buffers()
+    count = len(values)
+    if offsets_buffer is None:  # an empty array may come without buffers
+        return np.zeros(count + 1, offset_type), np.zeros(1, np.uint8)
+    offsets = np.frombuffer(offsets_buffer, dtype=offset_type)[values.offset:values.offset + count + 1]
+    data = np.frombuffer(data_buffer, dtype=np.uint8) if data_buffer is not None and data_buffer.size else None
+    return offsets, (data if data is not None else np.zeros(1, np.uint8))
+
+
+def _validity_bits(values: pa.Array) -> tuple[np.ndarray, int]:
+    """The validity bitmap bytes and the bit of the first value; an empty bitmap when nothing is null."""
+    bitmap = values.buffers()[0]
+    if not values.null_count or bitmap is None:
+        return np.zeros(0, np.uint8), 0
+    return np.frombuffer(bitmap, dtype=np.uint8), values.offset
+
+
+# Dictionary encoding with a compiled open-addressing hash table (Arrow's generic hash kernel and
+# string ``take`` were most of the time). Each slot holds everything a lookup needs, so a row costs
+# one random memory access: [hash, (distinct index + 1) << 32 | byte length, then the value's
+# first 16 bytes (zero-padded) if it is that short, else where its first occurrence starts].
+_MIN_TABLE_BITS = 4
+_INLINE_BYTES = 16
+_LENGTH_MASK = 0xFFFFFFFF
+
+
+@intrinsic
+def _prefetch(typingctx, array, index):
+    """Ask the CPU to fetch ``array[index]`` into cache (a hint; never faults)."""
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        array_struct = context.make_array(array_type)(context, builder, args[0])
+        pointer = cgutils.get_item_pointer(context, builder, array_type, array_struct, [args[1]], wraparound=False)
+        byte_pointer = ir.IntType(8).as_pointer()
+        int32 = ir.IntType(32)
+        function_type = ir.FunctionType(ir.VoidType(), [byte_pointer, int32, int32, int32])
+        function = cgutils.get_or_insert_function(builder.module, function_type, "llvm.prefetch.p0")
+        # read, keep in all cache levels, data cache
+        builder.call(function, [builder.bitcast(pointer, byte_pointer), int32(0), int32(3), int32(1)])
+        return context.get_dummy_value()
+    return types.void(array, types.intp), codegen
+
+
+@njit(inline="always")
+def _word(data, start, count):
+    """Up to 8 bytes of ``data`` from ``start`` as a little-endian uint64 (missing bytes are 0)."""
+    word = np.uint64(0)
+    for i in range(count):
+        word |= np.uint64(data[start + i]) << np.uint64(8 * i)
+    return word
+
+
+@njit(inline="always")
+def _bytes_hash(data, start, length):
+    """64-bit hash of ``data[start:start + length]`` (word-at-a-time multiply-xorshift, fmix64 finish)."""
+    h = np.uint64(length) * np.uint64(0x9E3779B97F4A7C15)
+    position = start
+    end = start + length
+    while end - position >= 8:
+        h = (h ^ _word(data, position, 8)) * np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(31)
+        position += 8
+    h = (h ^ _word(data, position, end - position)) * np.uint64(0x94D049BB133111EB)
+    h ^= h >> np.uint64(33)
+    h *= np.uint64(0xFF51AFD7ED558CCD)
+    h ^= h >> np.uint64(33)
+    h *= np.uint64(0xC4CEB9FE1A85EC53)
+    h ^= h >> np.uint64(33)
+    return h
+
+
+@njit(inline="always")
+def _same_bytes(data, a, b, length):
+    for i in range(length):
+        if data[a + i] != data[b + i]:
+            return False
+    return True
+
+
+@njit(nogil=True, cache=True)
+def _grown(table, table_bits):
+    """The entries of ``table`` rehashed into a table twice its size."""
+    bigger = np.zeros(2 * len(table), dtype=np.uint64)
+    mask = (1 << (table_bits + 1)) - 1
+    shift = np.uint64(64 - (table_bits + 1))
+    for old in range(0, len(table), 4):
+        if table[old + 1] != 0:
+            slot = np.int64(table[old] >> shift)
+            while bigger[4 * slot + 1] != 0:
+                slot = (slot + 1) & mask
+            bigger[4 * slot:4 * slot + 4] = table[old:old + 4]
+    return bigger
+
+
+@njit(nogil=True, cache=True)
+def _encode_kernel(offsets, data, bitmap, bit_offset, table, indices):
+    """Dictionary-encode the values ``data[offsets[i]:offsets[i+1]]`` (nulls where ``bitmap`` says).
+
+    Writes ``indices[i]``, the number of row i's distinct value in order of first occurrence
+    (leaving null rows alone), and returns ``first_rows``: ``first_rows[d]`` is the row where
+    distinct value d first occurs. ``table`` is the empty table to start with (zeros, 4 words a
+    slot, a power of two slots); it doubles to stay at most half full. Rows go in batches:
+    hashing a whole batch first lets the table lookups of several rows be in flight at once.
+    """
+    n = len(offsets) - 1
+    has_nulls = len(bitmap) > 0
+    first_rows = np.empty(max(16, min(n, 1 << 20)), dtype=np.int64)
+    table_bits = np.int64(np.log2(len(table) // 4) + 0.5)
+    mask = (1 << table_bits) - 1
+    shift = np.uint64(64 - table_bits)
+    count = 0
+    batch = 256
+    hashes = np.empty(batch, dtype=np.uint64)
+    lows = np.empty(batch, dtype=np.uint64)
+    highs = np.empty(batch, dtype=np.uint64)
+    for batch_start in range(0, n, batch):
+        batch_end = min(n, batch_start + batch)
+        for row in range(batch_start, batch_end):
+            start = offsets[row]
+            length = offsets[row + 1] - start
+            if length >= _LENGTH_MASK:
+                raise ValueError("pseudonymize takes identifiers shorter than 4 GiB")
+            i = row - batch_start
+            hashes[i] = _bytes_hash(data, start, length)
+            _prefetch(table, 4 * np.int64(hashes[i] >> shift))
+            if length <= _INLINE_BYTES:
+                lows[i] = _word(data, start, min(length, 8))
+                highs[i] = _word(data, start + 8, max(length - 8, 0))
+            else:
+                lows[i] = np.uint64(start)
+                highs[i] = np.uint64(0)
+        for row in range(batch_start, batch_end):
+            if has_nulls:
+                bit = bit_offset + row
+                if not (bitmap[bit >> 3] >> (bit & 7)) & 1:
+                    continue
+            i = row - batch_start
+            h = hashes[i]
+            low = lows[i]
+            high = highs[i]
+            start = offsets[row]
+            length = offsets[row + 1] - start
+            inline = length <= _INLINE_BYTES
+            slot = np.int64(h >> shift)
+            while True:
+                entry = 4 * slot
+                meta = table[entry + 1]
+                if meta == 0:
+                    break
+                if table[entry] == h and (meta & np.uint64(_LENGTH_MASK)) == np.uint64(length):
+                    if inline:
+                        if table[entry + 2] == low and table[entry + 3] == high:
+                            break
+                    elif _same_bytes(data, start, np.int64(table[entry + 2]), length):
+                        break
+                slot = (slot + 1) & mask
+            if meta != 0:
+                indices[row] = np.int32((meta >> np.uint64(32)) - np.uint64(1))
+                continue
+            if count == len(first_rows):
+                grown_rows = np.empty(2 * count, dtype=np.int64)
+                grown_rows[:count] = first_rows
+                first_rows = grown_rows
+            table[entry] = h
+            table[entry + 1] = (np.uint64(count + 1) << np.uint64(32)) | np.uint64(length)
+            table[entry + 2] = low
+            table[entry + 3] = high
+            first_rows[count] = row
+            indices[row] = count
+            count += 1
+            if 8 * count > len(table):
+                table = _grown(table, table_bits)
+                table_bits += 1
+                mask = (1 << table_bits) - 1
+                shift = np.uint64(64 - table_bits)
+    return first_rows[:count].copy()
+
+
+def _table_bits_for(count: int) -> int:
+    """Smallest table (as a power of two) that holds ``count`` values at most half full."""
+    return max(_MIN_TABLE_BITS, (2 * max(count, 1) - 1).bit_length())
+
+
+def _dictionary_encode(values: pa.Array, table_bits: int | None = None) -> tuple[pa.Array, np.ndarray]:
+    """``(distinct values, indices)`` of a (large_)string array; indices of null rows are 0.
+
+    ``table_bits`` sets the starting hash table size (tests force tiny, collision-heavy tables);
+    by default it is sized for ~1 distinct value per 16 rows and doubles as needed (32 bytes a
+    slot, at most half full: 64-128 bytes of table per distinct value while encoding).
+    """
+    offsets, data = _offsets_and_data(values)
+    bitmap, bit_offset = _validity_bits(values)
+    if table_bits is None:
+        table_bits = _table_bits_for(len(values) // 16)
+    # The table is allocated by numpy, not in the kernel: numpy asks for huge pages, which saves
+    # TLB misses on its random accesses (a fifth of the encoding time at 10M rows). Arrays
+    # written in order are better off in ordinary pages, which fault in more cheaply.
+    table = np.zeros(4 << table_bits, dtype=np.uint64)
+    indices = np.zeros(len(values), dtype=np.int32)
+    first_rows = _encode_kernel(offsets, data, bitmap, bit_offset, table, indices)
+    return values.take(pa.array(first_rows)), indices
+
+
+@njit(nogil=True, cache=True)
+def _gather_kernel(digest_words, indices, bitmap, bit_offset):
+    """Rows of 32 hex digits (4 uint64 words each) picked by ``indices``, skipping null rows.
+
+    Returns ``(words, offsets)``: the output's bytes as uint64 words and its int32 string offsets.
+    ``indices`` of valid rows must be in range (checked by the caller).
+    """
+    n = len(indices)
+    has_nulls = len(bitmap) > 0
+    offsets = np.empty(n + 1, dtype=np.int32)
+    offsets[0] = 0
+    valid = 0
+    for row in range(n):
+        if has_nulls:
+            bit = bit_offset + row
+            valid += (bitmap[bit >> 3] >> (bit & 7)) & 1
+        else:
+            valid += 1
+        offsets[row + 1] = 32 * valid
+    words = np.empty(4 * valid, dtype=np.uint64)
+    flat = digest_words.reshape(-1)
+    ahead = 16  # rows between the prefetch of a digest and its copy
+    for row in range(n):
+        if row + ahead < n:
+            _prefetch(flat, 4 * np.int64(indices[row + ahead]))
+        out = offsets[row] // 8
+        if offsets[row + 1] // 8 == out:  # a null row
+            continue
+        source = indices[row]
+        for k in range(4):
+            words[out + k] = digest_words[source, k]
+    return words, offsets
+
+
+def _index_values(indices: pa.Array) -> np.ndarray:
+    """Zero-copy numpy view of an integer array's values (whatever they are in null slots)."""
+    dtype = indices.type.to_pandas_dtype()
+    buffer = indices.buffers()[1]
+    if buffer is None:
+        return np.zeros(len(indices), dtype)
+    return np.frombuffer(buffer, dtype=dtype)[indices.offset:indices.offset + len(indices)]
+
+
+# String offsets are int32 and every pseudonym takes 32 bytes.
+_MAX_VALUES = (2**31 - 1) // 32
+
+
+def _gathered(digests: np.ndarray, indices: np.ndarray, validity: pa.Array) -> pa.Array:
+    """The string array whose row i is ``digests[indices[i]]``, null where ``validity`` is null."""
+    bitmap, bit_offset = _validity_bits(validity)
+    if len(digests) == 0:  # every row is null
+        digests = np.zeros((1, 32), np.uint8)
+    words, offsets = _gather_kernel(np.ascontiguousarray(digests).view(np.uint64), indices, bitmap, bit_offset)
+    null_bitmap = None
+    if len(bitmap):
+        if bit_offset % 8 == 0:
+            null_bitmap = validity.buffers()[0].slice(bit_offset // 8)
+        else:
+            bits = np.unpackbits(bitmap, bitorder="little")[bit_offset:bit_offset + len(validity)]
+            null_bitmap = pa.py_buffer(np.packbits(bits, bitorder="little"))
+    return pa.StringArray.from_buffers(len(validity), pa.py_buffer(offsets), pa.py_buffer(words),
+                                       null_bitmap, validity.null_count)
 
 
 def pseudonymize(values, key: MasterKey, domain: str, *, identifier: str,
@@ -257,7 +580,7 @@ def pseudonymize(values, key: MasterKey, domain: str, *, identifier: str,
 
     ``identifier`` is the field registry's ``Field.identifier`` and picks the normalization. Nulls
     stay null. Deterministic for a given key, domain and version; see the module docstring for
-    what a pseudonym does and does not protect.
+    what a pseudonym does and does not protect. At most 67,108,863 non-null values per call.
 
     >>> from profiling.keys import MasterKey
     >>> key = MasterKey(bytes(32))
@@ -269,11 +592,25 @@ def pseudonymize(values, key: MasterKey, domain: str, *, identifier: str,
     normalizer = _NORMALIZERS.get(identifier)
     if normalizer is None:
         raise ValueError(f"unknown identifier kind {identifier!r}; known: {', '.join(IDENTIFIERS)}")
+    count = len(values) - values.null_count
+    if count > _MAX_VALUES:
+        raise ValueError(f"pseudonymize returns at most {_MAX_VALUES:,} non-null pseudonyms per call "
+                         f"(32-bit string offsets), got {count:,}; pass the column in smaller batches")
     domain_key = derive_key(key, domain, version)
-    # rows: (index into the distinct values); each distinct value is normalized and hashed once
-    encoded = values if pa.types.is_dictionary(values.type) else pc.dictionary_encode(values)
-    hashed = _hex_pseudonyms(normalizer(encoded.dictionary), domain_key)
-    return hashed.take(encoded.indices)
+    if pa.types.is_dictionary(values.type):
+        # rows: (index into the column's own dictionary)
+        distinct, indices = values.dictionary, _index_values(values.indices)
+        if count:
+            lowest, highest = pc.min_max(values.indices).values()
+            if lowest.as_py() < 0 or highest.as_py() >= len(distinct):
+                raise ValueError(f"dictionary indices run from {lowest} to {highest}, outside the "
+                                 f"{len(distinct)}-value dictionary; the dictionary array is malformed")
+    else:
+        # rows: (index into the distinct values, in order of first occurrence)
+        distinct, indices = _dictionary_encode(values)
+    # distinct: (value) -> (32 hex digits); each distinct value is normalized and hashed once
+    digests = _hex_digests(normalizer(distinct), domain_key)
+    return _gathered(digests, indices, values)
 
 
 def pseudonymize_one(value: str, key: MasterKey, domain: str, *, identifier: str,

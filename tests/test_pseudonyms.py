@@ -5,17 +5,20 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import profiling.pseudonyms as pseudonyms_module
 from profiling.keys import MasterKey, derive_key
 from profiling.pseudonyms import (
     DEVICE,
     DOMAINS,
     IDENTIFIERS,
     PERSON,
+    _dictionary_encode,
     normalize,
     pseudonymize,
     pseudonymize_one,
@@ -121,3 +124,99 @@ def test_an_encoded_column_keeps_its_dictionary():
     other = pa.DictionaryArray.from_arrays(pa.array([1, None, 0], pa.int32()), pa.array(["x", "y"]))
     chunked = pa.chunked_array([encoded.slice(0, 2), other])
     assert pseudonymize(chunked, KEY, PERSON, identifier="account_id").equals(plain)
+
+
+# The compiled dictionary path against the definition: hmac.new per row, in Python.
+
+_POOL = st.one_of(st.none(), st.sampled_from(["", " ", "a", "A", "é", "李雷", "x" * 16, "x" * 17, "x" * 15 + "y"]),
+                  st.text(max_size=40))
+
+
+def _expected(values: list) -> list:
+    return [None if v is None else _reference(normalize(pa.array([v]), "account_id")[0].as_py(), PERSON)
+            for v in values]
+
+
+@given(st.lists(_POOL, max_size=60), st.data())
+def test_sliced_chunked_and_large_columns_match_plain_hmac(values, data):
+    start = data.draw(st.integers(0, len(values)))
+    stop = data.draw(st.integers(start, len(values)))
+    column = pa.array(values, pa.string())
+    got = pseudonymize(column.slice(start, stop - start), KEY, PERSON, identifier="account_id")
+    assert got.type == pa.string()
+    assert got.to_pylist() == _expected(values[start:stop])
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(values)), max_size=4)))
+    chunks = [values[a:b] for a, b in zip([0, *cuts], [*cuts, len(values)])]
+    chunked = pa.chunked_array([pa.array(chunk, pa.string()) for chunk in chunks], pa.string())
+    assert pseudonymize(chunked, KEY, PERSON, identifier="account_id").to_pylist() == _expected(values)
+    large = pa.array(values, pa.large_string()).slice(start, stop - start)
+    assert pseudonymize(large, KEY, PERSON, identifier="account_id").equals(got)
+
+
+def _first_occurrence_codes(values: list) -> tuple[list, list]:
+    codes, first = {}, []
+    for row, value in enumerate(values):
+        if value is not None and value not in codes:
+            codes[value] = len(first)
+            first.append(value)
+    return [0 if v is None else codes[v] for v in values], first
+
+
+@given(st.lists(st.one_of(st.none(), st.text(max_size=3), st.text(min_size=15, max_size=20)), max_size=200),
+       st.integers(1, 6), st.integers(0, 9))
+def test_tiny_colliding_tables_encode_exactly(values, table_bits, start):
+    # A 2..64-slot table grows many times and most lookups probe past other values' slots.
+    values = [f"v{i % 7}" for i in range(start)] + values  # duplicates, and a slice offset below
+    column = pa.array(values, pa.string()).slice(start)
+    distinct, indices = _dictionary_encode(column, table_bits=table_bits)
+    codes, first = _first_occurrence_codes(values[start:])
+    assert distinct.to_pylist() == first
+    assert indices.tolist() == codes
+
+
+def test_inline_and_long_values_with_shared_prefixes_stay_apart():
+    # 16 bytes are kept in the table slot; longer values are compared in place
+    values = ["", "\x00", "\x00\x00", "a" * 8, "a" * 8 + "\x00", "a" * 16, "a" * 16 + "b", "a" * 16 + "c",
+              "a" * 40, "a" * 39 + "b", "é" * 8, "é" * 9]
+    repeated = values * 3 + [None]
+    distinct, indices = _dictionary_encode(pa.array(repeated), table_bits=1)
+    assert distinct.to_pylist() == values
+    assert indices.tolist() == list(range(len(values))) * 3 + [0]
+    got = pseudonymize(repeated, KEY, DEVICE, identifier="device_id").to_pylist()
+    assert got == [None if v is None else _reference(v.strip(), DEVICE) for v in repeated]
+
+
+@pytest.mark.parametrize("offset", [0, 3, 8, 13])
+def test_nulls_of_sliced_columns_stay_null(offset):
+    values = [None if i % 3 == 0 else f"id{i % 5}" for i in range(40)]
+    got = pseudonymize(pa.array(values).slice(offset), KEY, DEVICE, identifier="device_id")
+    got.validate(full=True)
+    assert got.null_count == sum(v is None for v in values[offset:])
+    assert got.to_pylist() == [None if v is None else _reference(v, DEVICE) for v in values[offset:]]
+    assert pseudonymize(pa.array([None, None], pa.string()), KEY, DEVICE,
+                        identifier="device_id").to_pylist() == [None, None]
+
+
+def test_malformed_dictionary_and_oversized_columns_are_refused(monkeypatch):
+    broken = pa.DictionaryArray.from_arrays(pa.array([0, 5], pa.int32()), pa.array(["x", "y"]), safe=False)
+    with pytest.raises(ValueError, match=r"dictionary indices run from 0 to 5, outside the 2-value dictionary"):
+        pseudonymize(broken, KEY, PERSON, identifier="account_id")
+    monkeypatch.setattr(pseudonyms_module, "_MAX_VALUES", 2)
+    with pytest.raises(ValueError, match=r"at most 2 non-null pseudonyms per call .* got 3; pass the column in"):
+        pseudonymize(["a", "b", None, "c"], KEY, PERSON, identifier="account_id")
+
+
+@pytest.mark.parametrize("use_libcrypto", [True, False])
+def test_both_block_functions_match_hashlib(use_libcrypto):
+    available = pseudonyms_module._libcrypto_loaded()  # binds the kernels' block function either way
+    if use_libcrypto and not available:
+        pytest.skip("libcrypto's SHA256_Transform is not available here")
+    key = derive_key(KEY, PERSON)
+    values = [("é" * n + "x" * (n % 3)).encode() for n in range(0, 140, 3)]
+    offsets = np.cumsum([0] + [len(v) for v in values]).astype(np.int32)
+    data = np.frombuffer(b"".join(values) or b"\0", np.uint8)
+    got = np.empty((len(values), 32), np.uint8)
+    pseudonyms_module._hmac_hex(offsets, data, *pseudonyms_module._hmac_states(key), pseudonyms_module._HEX,
+                                use_libcrypto, got)
+    assert [row.tobytes().decode() for row in got] == [hmac.new(key, v, hashlib.sha256).hexdigest()[:32]
+                                                       for v in values]
