@@ -9,7 +9,12 @@ import scipy.sparse as sp
 from hypothesis import given
 from hypothesis import strategies as st
 
-from profiling.scoring import ItemEligibility, eligibility_by_province, top_k_batches, top_k_record_batches
+from profiling.scoring import (
+    ItemEligibility,
+    eligibility_by_province,
+    top_k_batches,
+    top_k_record_batches,
+)
 
 
 def brute_force_top_k(person_factors, item_factors, k, bought=None, eligibility=None):
@@ -137,3 +142,33 @@ def test_eligibility_by_province_hides_inactive_and_unserved_items():
     shown = eligibility.allowed[eligibility.person_group]
     assert shown.tolist() == [[True, True, False, True], [True, False, False, True],
                               [True, False, False, False], [True, False, False, False]]
+
+
+def test_equal_scores_across_groups_and_tiles_keep_the_lowest_items():
+    persons = np.ones((3, 4), dtype=np.float32)
+    items = np.ones((5_000, 4), dtype=np.float32)
+    bought = sp.csr_array(([1.0, 1.0], ([0, 0], [0, 3])), shape=(3, 5_000))
+    got = kernel_top_k(persons, items, 6, bought=bought, items_per_tile=256)
+    assert got == [[1, 2, 4, 5, 6, 7], [0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 5]]
+
+
+@pytest.mark.parametrize("layout", [{}, {"persons_per_block": 16, "items_per_tile": 64}])
+def test_many_tiles_with_default_and_small_layouts_match_brute_force(layout):
+    rng = np.random.default_rng(5)
+    person_factors = rng.integers(-2, 5, (40, 4)).astype(np.float32)
+    item_factors = rng.integers(-2, 5, (2_500, 4)).astype(np.float32)
+    # The best items are bought often: exclusions land in groups that can hold a winner.
+    best = np.argsort(-(person_factors @ item_factors.T), axis=1, kind="stable")[:, :30]
+    rows = np.repeat(np.arange(40), 15)
+    bought = sp.coo_array((np.ones(rows.size), (rows, best[:, ::2].ravel())), shape=(40, 2_500))
+    eligibility = ItemEligibility(rng.random((2, 2_500)) < 0.8, rng.integers(0, 2, 40))
+    expected = brute_force_top_k(person_factors, item_factors, 12, bought.toarray(), eligibility)
+    assert kernel_top_k(person_factors, item_factors, 12, bought=bought, eligibility=eligibility, **layout) == expected
+
+
+def test_duplicate_and_unsorted_exclusions_exclude_once():
+    persons = np.array([[1.0, 0.0]])
+    items = np.array([[float(i), 0.0] for i in range(10)])
+    # Stored out of order and twice: the kernel walks sorted, de-duplicated exclusions.
+    bought = sp.csr_array((np.ones(3), np.array([9, 7, 9]), np.array([0, 3])), shape=(1, 10))
+    assert kernel_top_k(persons, items, 3, bought=bought) == [[8, 6, 5]]

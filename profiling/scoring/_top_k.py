@@ -106,7 +106,7 @@ def _item_tiles(item_factors: np.ndarray, width: int) -> np.ndarray:
 
 def top_k_batches(person_factors: object, item_factors: object, k: int, *, bought: object = None,
                   eligibility: ItemEligibility | None = None, persons_per_batch: int = 16_384,
-                  threads: int = 2, persons_per_block: int = 256, items_per_tile: int = 512) -> Iterator[TopK]:
+                  threads: int = 2, persons_per_block: int = 512, items_per_tile: int = 256) -> Iterator[TopK]:
     """For every person (row of ``person_factors``), the ``k`` items with the largest inner product.
 
     Scores are float32 inner products ``person_factors[p] @ item_factors[i]`` (unitless).
