@@ -9,8 +9,8 @@ stage leaves the previous run's outputs in place. The order is the privacy order
 3. ``pseudonymize``: the door writes the analytics zone ``WS/pseudonymized/`` (no direct identifier
    passes, sensitive columns never);
 4. ``seal``: ID-card numbers for customs move into the AES-GCM vault ``WS/vault/`` (the ingested
-   waybills keep a null in their place), readable only
-   through ``profiling.vault.customs_id_numbers`` with the separate sensitive-data consent;
+   waybills keep a null in their place), readable only through
+   ``profiling.vault.customs_id_numbers`` with the separate sensitive-data consent;
 5. ``k-anonymity``: class sizes of the person-level analytics table, to ``WS/k-anonymity-report.json``;
 6. ``popularity``: buyers per item, epsilon-DP per person, charged to the ``orders`` budget (skipped,
    keeping the last release, when no budget is set or too little is left);
