@@ -10,7 +10,11 @@ the rows of persons the consent gate lets through::
 and writes, atomically::
 
     WS/outputs/recommendations/     (person_id, item_id, score, rank, personalized)
-    WS/outputs/marketing_audience/  (person_id)
+    WS/outputs/marketing_audience/  (marketing_id)
+
+The marketing audience carries MARKETING-domain pseudonyms, which cannot be joined with the
+analytics zone's ``person_id``: whoever sends the messages learns who is in the audience, not
+their portrait or lists.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ RECOMMENDATIONS_SCHEMA = pa.schema([
     pa.field("rank", pa.int16(), nullable=False),
     pa.field("personalized", pa.bool_(), nullable=False),
 ])
-MARKETING_AUDIENCE_SCHEMA = pa.schema([pa.field("person_id", pa.string(), nullable=False)])
+MARKETING_AUDIENCE_SCHEMA = pa.schema([pa.field("marketing_id", pa.string(), nullable=False)])
 
 _SECONDS_PER_DAY = 86_400.0
 
@@ -117,9 +121,10 @@ def write_recommendations(workspace: Workspace, eligible: pd.DataFrame, *, as_of
     - Allowed items: active in the catalogue, listed by ``as_of``, and served in the person's province
       (``served_provinces`` null: nationwide; a person with unknown province sees nationwide items only).
     - DND persons keep their lists (shown in the app) but never enter the marketing audience:
-      ``marketing`` (a frame with person_id and, optionally, dnd) lists who consented to marketing;
-      the audience is those persons, not DND (by ``marketing.dnd`` or else ``eligible.dnd``; a person
-      whose DND state is known from neither is left out). Without ``marketing`` the audience is empty.
+      ``marketing`` (a frame with person_id, marketing_id and, optionally, dnd) lists who consented
+      to marketing; the audience is those persons' marketing_id, not DND (by ``marketing.dnd`` or
+      else ``eligible.dnd``; a person whose DND state is known from neither is left out). Without
+      ``marketing`` the audience is empty.
 
     Scores are inner products of the factors (unitless) for personalized rows and popularity for the
     others; ranks count from 1. The privacy unit is ``person_id``.
@@ -203,7 +208,7 @@ def write_recommendations(workspace: Workspace, eligible: pd.DataFrame, *, as_of
         audience_folder = staging / "marketing_audience"
         audience_folder.mkdir()
         audience = _marketing_audience(marketing, eligible)
-        pq.write_table(pa.table({"person_id": pa.array(audience, pa.string())}, schema=MARKETING_AUDIENCE_SCHEMA),
+        pq.write_table(pa.table({"marketing_id": pa.array(audience, pa.string())}, schema=MARKETING_AUDIENCE_SCHEMA),
                        audience_folder / "part-0.parquet")
         workspace.publish({workspace.outputs("recommendations"): recommendations,
                            workspace.outputs("marketing_audience"): audience_folder})
@@ -248,13 +253,15 @@ def _with_flag(record: pa.RecordBatch, personalized: bool) -> pa.RecordBatch:
 def _marketing_audience(marketing: pd.DataFrame | None, eligible: pd.DataFrame) -> list[str]:
     if marketing is None:
         return []
-    if not isinstance(marketing, pd.DataFrame) or "person_id" not in marketing.columns:
-        raise ValueError("marketing must be a pandas DataFrame with a person_id column (and optionally dnd)")
+    if not isinstance(marketing, pd.DataFrame) or not {"person_id", "marketing_id"} <= set(marketing.columns):
+        raise ValueError("marketing must be a pandas DataFrame with person_id and marketing_id columns "
+                         "(and optionally dnd)")
     if "dnd" in marketing.columns:
         if marketing["dnd"].isna().any() or not pd.api.types.is_bool_dtype(marketing["dnd"]):
             raise ValueError(f"marketing.dnd must be boolean without nulls, got {marketing['dnd'].dtype}")
         dnd = dict(zip(marketing["person_id"].astype(str), marketing["dnd"], strict=True))
     else:
         dnd = dict(zip(eligible["person_id"], eligible["dnd"], strict=True))
-    candidates = marketing["person_id"].dropna().astype(str).drop_duplicates()
-    return sorted(p for p in candidates if p in dnd and not bool(dnd[p]))
+    candidates = marketing.dropna(subset=["person_id", "marketing_id"]).drop_duplicates("person_id")
+    return sorted(str(m) for p, m in zip(candidates["person_id"].astype(str), candidates["marketing_id"], strict=True)
+                  if p in dnd and not bool(dnd[p]))

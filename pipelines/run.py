@@ -16,7 +16,8 @@ stage leaves the previous run's outputs in place. The order is the privacy order
    keeping the last release, when no budget is set or too little is left);
 7. ``recommendations``: the consent gate answers for ``personalization`` and ``marketing_messages``
    as of ``--as-of`` (both audited), and only those persons' analytics-zone rows are scored; the
-   non-personalized lists rank items by the popularity release when there is one;
+   non-personalized lists rank items by the popularity release when there is one; the marketing
+   audience is written as MARKETING pseudonyms, which do not join with the analytics zone;
 8. ``stale-marks``: marks that data-subject corrections left are cleared, the outputs being rebuilt.
 """
 
@@ -41,6 +42,7 @@ from profiling.consent import ConsentGate, SqliteConsentStore
 from profiling.errors import KeyFileError, WorkspaceError
 from profiling.keys import MasterKey, load_master_key
 from profiling.k_anonymity import DEFAULT_K, enforce_k_anonymity
+from profiling.pseudonyms import MARKETING, pseudonymize
 from profiling.schema import TABLE_NAMES, arrow_schema
 from profiling.vault import seal_id_numbers
 
@@ -153,8 +155,11 @@ def _recommendations(context: RunContext) -> list[dict]:
                                       population=population, snapshot=snapshot)
         marketing = gate.decide("marketing_messages", context.as_of, job="marketing_audience",
                                 population=population, snapshot=snapshot)
+    audience = marketing.person_frame(context.key)
+    audience["marketing_id"] = pseudonymize(marketing.account_ids, context.key, MARKETING,
+                                            identifier="account_id").to_pandas()
     rows = write_recommendations(workspace, personalization.person_frame(context.key), as_of=context.as_of,
-                                 marketing=marketing.person_frame(context.key),
+                                 marketing=audience,
                                  popularity=read_popularity(workspace), progress=context.progress)
     for decision in (personalization, marketing):
         rows.append({"stage": "consent-gate", "table": decision.purpose, "rows": decision.eligible,

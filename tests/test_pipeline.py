@@ -22,7 +22,7 @@ from pipelines.synthetic import generate
 from pipelines.workspace import Workspace
 from profiling.consent import ConsentEvent, ConsentGate, SqliteConsentStore
 from profiling.keys import create_key_file
-from profiling.pseudonyms import PERSON, pseudonymize
+from profiling.pseudonyms import MARKETING, PERSON, pseudonymize
 from profiling.schema import PrivacyClass, fields_of_class
 
 AS_OF = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
@@ -90,13 +90,17 @@ def test_only_gated_persons_are_recommended_and_dnd_never_marketed(job):
     with SqliteConsentStore(workspace.ledger) as store:
         gate = ConsentGate(store)
         personalization = gate.decide("personalization", AS_OF, job="test").person_frame(key)
-        marketing = gate.decide("marketing_messages", AS_OF, job="test").person_frame(key)
+        marketing_decision = gate.decide("marketing_messages", AS_OF, job="test")
+        marketing = marketing_decision.person_frame(key)
+        marketing["marketing_id"] = pseudonymize(marketing_decision.account_ids, key, MARKETING,
+                                                 identifier="account_id").to_pandas()
     recommended = set(ds.dataset(workspace.outputs("recommendations")).to_table().column("person_id").to_pylist())
-    audience = set(ds.dataset(workspace.outputs("marketing_audience")).to_table().column("person_id").to_pylist())
+    audience = set(ds.dataset(workspace.outputs("marketing_audience")).to_table().column("marketing_id").to_pylist())
     assert recommended and recommended <= set(personalization.person_id)
-    assert audience <= set(marketing.person_id)
-    assert not audience & set(marketing.person_id[marketing.dnd])
-    assert not audience & set(personalization.person_id[personalization.dnd])
+    assert audience and audience == set(marketing.marketing_id[~marketing.dnd])
+    dnd_persons = set(personalization.person_id[personalization.dnd]) | set(marketing.person_id[marketing.dnd])
+    assert not audience & set(marketing.marketing_id[marketing.person_id.isin(dnd_persons)])
+    assert not audience & set(personalization.person_id)  # a different pseudonym domain: no join
 
 
 def test_a_revocation_between_two_runs_removes_the_person(job):

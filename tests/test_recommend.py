@@ -77,11 +77,14 @@ def run(workspace, **options):
     return summary, table.to_pandas()
 
 
+# Who consented to marketing, with their MARKETING pseudonyms (here: "m" + the person id).
+MARKETING = pd.DataFrame({"person_id": ["p00", "p30", "p31", "p38"], "marketing_id": ["mp00", "mp30", "mp31", "mp38"]})
+
+
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
     workspace = build_zone(tmp_path_factory.mktemp("rec"))
-    marketing = pd.DataFrame({"person_id": ["p00", "p30", "p31", "p38"]})
-    summary, frame = run(workspace, marketing=marketing)
+    summary, frame = run(workspace, marketing=MARKETING)
     return workspace, summary, frame
 
 
@@ -127,15 +130,15 @@ def test_refusers_get_the_popular_list_for_their_province(result):
 
 def test_marketing_audience_leaves_out_dnd_and_ineligible_persons(result):
     workspace, _, _ = result
-    audience = pq.read_table(workspace.outputs("marketing_audience"))["person_id"].to_pylist()
-    assert audience == ["p00", "p31"]  # p30 is DND; p38's DND state is unknown
+    audience = pq.read_table(workspace.outputs("marketing_audience"))["marketing_id"].to_pylist()
+    assert audience == ["mp00", "mp31"]  # p30 is DND; p38's DND state is unknown
 
 
 def test_rows_of_persons_outside_the_gate_or_refusing_change_nothing(result, tmp_path):
     _, _, before = result
     strange = [["i00", "i01", "i02", "i03", "i10", "i11"]] * 5
     workspace = build_zone(tmp_path, orders_of=lambda p: strange if p in ("p37", "p31") else None)
-    _, after = run(workspace, marketing=pd.DataFrame({"person_id": ["p00", "p30", "p31", "p38"]}))
+    _, after = run(workspace, marketing=MARKETING)
     pd.testing.assert_frame_equal(before, after)
 
 
