@@ -175,17 +175,25 @@ def _trimmed_text(values: pa.Array) -> pa.Array:
     return pc.utf8_trim_whitespace(values.cast(pa.string()))
 
 
+def _column_batches(table: Table, sources: list[Path], names: list[str],
+                    erased: dict[str, pa.Array] | None = None) -> Iterator[tuple[Path, pa.RecordBatch]]:
+    """``(path, batch)`` of the raw values of ``names`` over the well-formed rows of ``sources``,
+    without the rows linked to ``erased`` persons when given."""
+    for path in sources:
+        if path.suffix == ".parquet":
+            raw = pq.read_table(path, columns=names).to_batches()
+        else:
+            raw = list(_CsvReader(path, table, batch_bytes=64 << 20))
+        for batch in _without_erased(table, raw, erased) if erased else raw:
+            yield path, batch
+
+
 def _raw_columns(table: Table, sources: list[Path], names: list[str]) -> dict[str, pa.Array]:
     """The raw (untyped, trimmed text) values of ``names`` over all well-formed rows of ``sources``."""
     chunks: dict[str, list[pa.Array]] = {name: [] for name in names}
-    for path in sources:
-        if path.suffix == ".parquet":
-            batches = pq.read_table(path, columns=names).to_batches()
-        else:
-            batches = list(_CsvReader(path, table, batch_bytes=64 << 20))
-        for batch in batches:
-            for name in names:
-                chunks[name].append(_trimmed_text(batch.column(name)))
+    for _, batch in _column_batches(table, sources, names):
+        for name in names:
+            chunks[name].append(_trimmed_text(batch.column(name)))
     return {name: pa.chunked_array(arrays, type=pa.string()).combine_chunks() for name, arrays in chunks.items()}
 
 
@@ -252,14 +260,9 @@ def _key_columns(table: Table, sources: list[Path],
     names = [table.primary_key] + [f.name for f in table.fields if f.references]
     names += [f.name for f in table.fields if f.identifier in _LINKS and f.name not in names]
     chunks: dict[str, list[pa.Array]] = {name: [] for name in names}
-    for path in sources:
-        if path.suffix == ".parquet":
-            raw = pq.read_table(path, columns=names).to_batches()
-        else:
-            raw = list(_CsvReader(path, table, batch_bytes=64 << 20))
-        for batch in _without_erased(table, raw, erased or {}):
-            for name in names:
-                chunks[name].append(coerce_column(table[name], batch.column(name), str(path))[0])
+    for path, batch in _column_batches(table, sources, names, erased or {}):
+        for name in names:
+            chunks[name].append(coerce_column(table[name], batch.column(name), str(path))[0])
     return {name: pa.chunked_array(arrays, type=table[name].type) for name, arrays in chunks.items()}
 
 
