@@ -38,15 +38,15 @@ from pipelines.dsr import clear_stale, stale_persons
 from pipelines.popularity import read_popularity, release_popularity
 from pipelines.recommend import write_recommendations
 from pipelines.workspace import Workspace, write_json_atomic
-from profiling.consent import ConsentGate, SqliteConsentStore
+from profiling.consent import ConsentGate, LoadReport, SqliteConsentStore
 from profiling.errors import KeyFileError, WorkspaceError
-from profiling.keys import MasterKey, load_master_key
 from profiling.k_anonymity import DEFAULT_K, enforce_k_anonymity
+from profiling.keys import MasterKey, load_master_key
 from profiling.pseudonyms import MARKETING, pseudonymize
 from profiling.schema import TABLE_NAMES, arrow_schema
 from profiling.vault import seal_id_numbers
 
-__all__ = ["RunContext", "Stage", "STAGES", "run_pipeline", "parse_as_of"]
+__all__ = ["RunContext", "Stage", "STAGES", "load_consent_events", "run_pipeline", "parse_as_of"]
 
 
 @dataclass(frozen=True)
@@ -99,11 +99,15 @@ def _verify_ingested(context: RunContext) -> list[dict]:
     return rows
 
 
-def _consent_ledger(context: RunContext) -> list[dict]:
-    """Append the ingested consent events to the ledger; events already there are skipped."""
-    workspace = context.workspace
+def load_consent_events(workspace: Workspace) -> LoadReport:
+    """Append the ingested consent events to the ledger; events already there (same id) are skipped."""
+    workspace.require_ingested()
     with SqliteConsentStore(workspace.ledger) as store:
-        report = store.append_table(workspace.read("consent_events"), source="ingest")
+        return store.append_table(workspace.read("consent_events"), source="ingest")
+
+
+def _consent_ledger(context: RunContext) -> list[dict]:
+    report = load_consent_events(context.workspace)
     return [{"stage": "consent-ledger", "table": "consent_events", "rows": report.recorded,
              "already_present": report.already_present}]
 

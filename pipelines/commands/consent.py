@@ -9,14 +9,16 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 
-import pyarrow.dataset as ds
-
 from pipelines.commands._shared import add_workspace_argument, format_table
-from pipelines.run import parse_as_of
+from pipelines.run import load_consent_events, parse_as_of
 from pipelines.workspace import Workspace
-from profiling.consent import ConsentEvent, ConsentSnapshot, Exclusion, SqliteConsentStore
+from profiling.consent import (
+    ConsentEvent,
+    ConsentSnapshot,
+    Exclusion,
+    SqliteConsentStore,
+)
 from profiling.consent.events import CHANNELS
-from profiling.errors import WorkspaceError
 from profiling.purposes import CATALOGUE, purpose
 
 __all__ = ["register", "consent_rows"]
@@ -81,13 +83,7 @@ def _show(args: argparse.Namespace) -> None:
 
 
 def _load(args: argparse.Namespace) -> None:
-    workspace = Workspace(args.workspace)
-    folder = workspace.ingested("consent_events")
-    if not folder.is_dir():
-        raise WorkspaceError(f"workspace {workspace.root} has no ingested consent_events; run `portrait ingest` first")
-    events = ds.dataset(folder, format="parquet").to_table()
-    with _store(args) as store:
-        report = store.append_table(events, source="ingest")
+    report = load_consent_events(Workspace(args.workspace))
     print(f"consent events: {report.offered} offered, {report.recorded} recorded, "
           f"{report.already_present} already in the ledger")
 
