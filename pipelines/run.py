@@ -26,7 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -38,7 +38,13 @@ from pipelines.dsr import clear_stale, stale_persons
 from pipelines.popularity import read_popularity, release_popularity
 from pipelines.recommend import write_recommendations
 from pipelines.workspace import Workspace, write_json_atomic
-from profiling.consent import ConsentGate, LoadReport, SqliteConsentStore
+from profiling.consent import (
+    ConsentGate,
+    ConsentSnapshot,
+    GateDecision,
+    LoadReport,
+    SqliteConsentStore,
+)
 from profiling.errors import KeyFileError, WorkspaceError
 from profiling.k_anonymity import DEFAULT_K, enforce_k_anonymity
 from profiling.keys import MasterKey, load_master_key
@@ -55,6 +61,15 @@ class RunContext:
     key: MasterKey
     as_of: dt.datetime  # UTC; the moment consent and features are evaluated at
     progress: bool = True
+    _snapshot: list[ConsentSnapshot] = field(default_factory=list, repr=False, compare=False)
+
+    def decide(self, purpose: str, *, job: str, population=None) -> GateDecision:
+        """The consent gate's audited answer for ``purpose`` at ``as_of``; the ledger is read once per run."""
+        with SqliteConsentStore(self.workspace.ledger) as store:
+            gate = ConsentGate(store)
+            if not self._snapshot:
+                self._snapshot.append(gate.snapshot())
+            return gate.decide(purpose, self.as_of, job=job, population=population, snapshot=self._snapshot[0])
 
 
 @dataclass(frozen=True)
@@ -143,22 +158,15 @@ def _k_anonymity(context: RunContext) -> list[dict]:
 
 
 def _popularity(context: RunContext) -> list[dict]:
-    workspace = context.workspace
-    with SqliteConsentStore(workspace.ledger) as store:
-        decision = ConsentGate(store).decide("product_improvement", context.as_of, job="popularity")
-    return [release_popularity(workspace, decision.person_ids(context.key), context.as_of)]
+    decision = context.decide("product_improvement", job="popularity")
+    return [release_popularity(context.workspace, decision.person_ids(context.key), context.as_of)]
 
 
 def _recommendations(context: RunContext) -> list[dict]:
     workspace = context.workspace
-    with SqliteConsentStore(workspace.ledger) as store:
-        gate = ConsentGate(store)
-        snapshot = gate.snapshot()
-        population = workspace.read("accounts", ["account_id"]).column("account_id")
-        personalization = gate.decide("personalization", context.as_of, job="recommendations",
-                                      population=population, snapshot=snapshot)
-        marketing = gate.decide("marketing_messages", context.as_of, job="marketing_audience",
-                                population=population, snapshot=snapshot)
+    population = workspace.read("accounts", ["account_id"]).column("account_id")
+    personalization = context.decide("personalization", job="recommendations", population=population)
+    marketing = context.decide("marketing_messages", job="marketing_audience", population=population)
     audience = marketing.person_frame(context.key)
     audience["marketing_id"] = pseudonymize(marketing.account_ids, context.key, MARKETING,
                                             identifier="account_id").to_pandas()
