@@ -46,7 +46,11 @@ from profiling.consent import (
     SqliteConsentStore,
 )
 from profiling.errors import KeyFileError, WorkspaceError
-from profiling.k_anonymity import DEFAULT_K, enforce_k_anonymity
+from profiling.k_anonymity import (
+    DEFAULT_K,
+    default_quasi_identifiers,
+    enforce_k_anonymity,
+)
 from profiling.keys import MasterKey, load_master_key
 from profiling.pseudonyms import MARKETING, pseudonymize
 from profiling.schema import TABLE_NAMES, arrow_schema
@@ -146,8 +150,9 @@ def _k_anonymity(context: RunContext) -> list[dict]:
     attributes would face, and is written to ``WS/k-anonymity-report.json``.
     """
     workspace = context.workspace
-    accounts = ds.dataset(workspace.pseudonymized("accounts"), format="parquet").to_table()
-    result = enforce_k_anonymity(accounts, k=DEFAULT_K)
+    dataset = ds.dataset(workspace.pseudonymized("accounts"), format="parquet")
+    quasi_identifiers = default_quasi_identifiers(dataset.schema.names)
+    result = enforce_k_anonymity(dataset.to_table(columns=quasi_identifiers), quasi_identifiers, k=DEFAULT_K)
     report = {"table": "pseudonymized/accounts", "k": result.k, "quasi_identifiers": list(result.quasi_identifiers),
               "rows": result.rows_kept + result.rows_suppressed, "classes": result.classes,
               "smallest_class": result.smallest_class, "rows_in_classes_below_k": result.rows_suppressed,
