@@ -30,7 +30,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from profiling.keys import MasterKey, derive_key
-from profiling.pseudonyms import PERSON, _dictionary_encode, _gathered, _hex_digests, normalize, pseudonymize
+from profiling._string_hash import _dictionary_encode
+from profiling.pseudonyms import PERSON, _gathered, _hex_digests, normalize, pseudonymize
 
 
 def make_phones(rows: int, distinct: int, seed: int) -> pa.Array:

@@ -27,11 +27,15 @@ import llvmlite.binding as llvm
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from llvmlite import ir
 from numba import njit, types
-from numba.core import cgutils
-from numba.extending import intrinsic
 
+from profiling._string_hash import (
+    _dictionary_encode,
+    _index_values,
+    _offsets_and_data,
+    _prefetch,
+    _validity_bits,
+)
 from profiling.errors import InternalError
 from profiling.identifiers import canonical_phone
 from profiling.keys import MasterKey, derive_key
@@ -304,212 +308,6 @@ def _hex_digests(values: pa.Array, key: bytes) -> np.ndarray:
     return digests
 
 
-def _offsets_and_data(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """Zero-copy numpy views of a (large_)string array's offsets (sliced to it) and UTF-8 bytes."""
-    offset_type = np.int64 if pa.types.is_large_string(values.type) else np.int32
-    _, offsets_buffer, data_buffer = values.buffers()
-    count = len(values)
-    if offsets_buffer is None:  # an empty array may come without buffers
-        return np.zeros(count + 1, offset_type), np.zeros(1, np.uint8)
-    offsets = np.frombuffer(offsets_buffer, dtype=offset_type)[values.offset:values.offset + count + 1]
-    data = np.frombuffer(data_buffer, dtype=np.uint8) if data_buffer is not None and data_buffer.size else None
-    return offsets, (data if data is not None else np.zeros(1, np.uint8))
-
-
-def _validity_bits(values: pa.Array) -> tuple[np.ndarray, int]:
-    """The validity bitmap bytes and the bit of the first value; an empty bitmap when nothing is null."""
-    bitmap = values.buffers()[0]
-    if not values.null_count or bitmap is None:
-        return np.zeros(0, np.uint8), 0
-    return np.frombuffer(bitmap, dtype=np.uint8), values.offset
-
-
-# Dictionary encoding with a compiled open-addressing hash table (Arrow's generic hash kernel and
-# string ``take`` were most of the time). Each slot holds everything a lookup needs, so a row costs
-# one random memory access: [hash, (distinct index + 1) << 32 | byte length, then the value's
-# first 16 bytes (zero-padded) if it is that short, else where its first occurrence starts].
-_MIN_TABLE_BITS = 4
-_INLINE_BYTES = 16
-_LENGTH_MASK = 0xFFFFFFFF
-
-
-@intrinsic
-def _prefetch(typingctx, array, index):
-    """Ask the CPU to fetch ``array[index]`` into cache (a hint; never faults)."""
-    def codegen(context, builder, signature, args):
-        array_type = signature.args[0]
-        array_struct = context.make_array(array_type)(context, builder, args[0])
-        pointer = cgutils.get_item_pointer(context, builder, array_type, array_struct, [args[1]], wraparound=False)
-        byte_pointer = ir.IntType(8).as_pointer()
-        int32 = ir.IntType(32)
-        function_type = ir.FunctionType(ir.VoidType(), [byte_pointer, int32, int32, int32])
-        function = cgutils.get_or_insert_function(builder.module, function_type, "llvm.prefetch.p0")
-        # read, keep in all cache levels, data cache
-        builder.call(function, [builder.bitcast(pointer, byte_pointer), int32(0), int32(3), int32(1)])
-        return context.get_dummy_value()
-    return types.void(array, types.intp), codegen
-
-
-@njit(inline="always")
-def _word(data, start, count):
-    """Up to 8 bytes of ``data`` from ``start`` as a little-endian uint64 (missing bytes are 0)."""
-    word = np.uint64(0)
-    for i in range(count):
-        word |= np.uint64(data[start + i]) << np.uint64(8 * i)
-    return word
-
-
-@njit(inline="always")
-def _bytes_hash(data, start, length):
-    """64-bit hash of ``data[start:start + length]`` (word-at-a-time multiply-xorshift, fmix64 finish)."""
-    h = np.uint64(length) * np.uint64(0x9E3779B97F4A7C15)
-    position = start
-    end = start + length
-    while end - position >= 8:
-        h = (h ^ _word(data, position, 8)) * np.uint64(0xBF58476D1CE4E5B9)
-        h ^= h >> np.uint64(31)
-        position += 8
-    h = (h ^ _word(data, position, end - position)) * np.uint64(0x94D049BB133111EB)
-    h ^= h >> np.uint64(33)
-    h *= np.uint64(0xFF51AFD7ED558CCD)
-    h ^= h >> np.uint64(33)
-    h *= np.uint64(0xC4CEB9FE1A85EC53)
-    h ^= h >> np.uint64(33)
-    return h
-
-
-@njit(inline="always")
-def _same_bytes(data, a, b, length):
-    for i in range(length):
-        if data[a + i] != data[b + i]:
-            return False
-    return True
-
-
-@njit(nogil=True, cache=True)
-def _grown(table, table_bits):
-    """The entries of ``table`` rehashed into a table twice its size."""
-    bigger = np.zeros(2 * len(table), dtype=np.uint64)
-    mask = (1 << (table_bits + 1)) - 1
-    shift = np.uint64(64 - (table_bits + 1))
-    for old in range(0, len(table), 4):
-        if table[old + 1] != 0:
-            slot = np.int64(table[old] >> shift)
-            while bigger[4 * slot + 1] != 0:
-                slot = (slot + 1) & mask
-            bigger[4 * slot:4 * slot + 4] = table[old:old + 4]
-    return bigger
-
-
-@njit(nogil=True, cache=True)
-def _encode_kernel(offsets, data, bitmap, bit_offset, table, indices):
-    """Dictionary-encode the values ``data[offsets[i]:offsets[i+1]]`` (nulls where ``bitmap`` says).
-
-    Writes ``indices[i]``, the number of row i's distinct value in order of first occurrence
-    (leaving null rows alone), and returns ``first_rows``: ``first_rows[d]`` is the row where
-    distinct value d first occurs. ``table`` is the empty table to start with (zeros, 4 words a
-    slot, a power of two slots); it doubles to stay at most half full. Rows go in batches:
-    hashing a whole batch first lets the table lookups of several rows be in flight at once.
-    """
-    n = len(offsets) - 1
-    has_nulls = len(bitmap) > 0
-    first_rows = np.empty(max(16, min(n, 1 << 20)), dtype=np.int64)
-    table_bits = np.int64(np.log2(len(table) // 4) + 0.5)
-    mask = (1 << table_bits) - 1
-    shift = np.uint64(64 - table_bits)
-    count = 0
-    batch = 256
-    hashes = np.empty(batch, dtype=np.uint64)
-    lows = np.empty(batch, dtype=np.uint64)
-    highs = np.empty(batch, dtype=np.uint64)
-    for batch_start in range(0, n, batch):
-        batch_end = min(n, batch_start + batch)
-        for row in range(batch_start, batch_end):
-            start = offsets[row]
-            length = offsets[row + 1] - start
-            if length >= _LENGTH_MASK:
-                raise ValueError("pseudonymize takes identifiers shorter than 4 GiB")
-            i = row - batch_start
-            hashes[i] = _bytes_hash(data, start, length)
-            _prefetch(table, 4 * np.int64(hashes[i] >> shift))
-            if length <= _INLINE_BYTES:
-                lows[i] = _word(data, start, min(length, 8))
-                highs[i] = _word(data, start + 8, max(length - 8, 0))
-            else:
-                lows[i] = np.uint64(start)
-                highs[i] = np.uint64(0)
-        for row in range(batch_start, batch_end):
-            if has_nulls:
-                bit = bit_offset + row
-                if not (bitmap[bit >> 3] >> (bit & 7)) & 1:
-                    continue
-            i = row - batch_start
-            h = hashes[i]
-            low = lows[i]
-            high = highs[i]
-            start = offsets[row]
-            length = offsets[row + 1] - start
-            inline = length <= _INLINE_BYTES
-            slot = np.int64(h >> shift)
-            while True:
-                entry = 4 * slot
-                meta = table[entry + 1]
-                if meta == 0:
-                    break
-                if table[entry] == h and (meta & np.uint64(_LENGTH_MASK)) == np.uint64(length):
-                    if inline:
-                        if table[entry + 2] == low and table[entry + 3] == high:
-                            break
-                    elif _same_bytes(data, start, np.int64(table[entry + 2]), length):
-                        break
-                slot = (slot + 1) & mask
-            if meta != 0:
-                indices[row] = np.int32((meta >> np.uint64(32)) - np.uint64(1))
-                continue
-            if count == len(first_rows):
-                grown_rows = np.empty(2 * count, dtype=np.int64)
-                grown_rows[:count] = first_rows
-                first_rows = grown_rows
-            table[entry] = h
-            table[entry + 1] = (np.uint64(count + 1) << np.uint64(32)) | np.uint64(length)
-            table[entry + 2] = low
-            table[entry + 3] = high
-            first_rows[count] = row
-            indices[row] = count
-            count += 1
-            if 8 * count > len(table):
-                table = _grown(table, table_bits)
-                table_bits += 1
-                mask = (1 << table_bits) - 1
-                shift = np.uint64(64 - table_bits)
-    return first_rows[:count].copy()
-
-
-def _table_bits_for(count: int) -> int:
-    """Smallest table (as a power of two) that holds ``count`` values at most half full."""
-    return max(_MIN_TABLE_BITS, (2 * max(count, 1) - 1).bit_length())
-
-
-def _dictionary_encode(values: pa.Array, table_bits: int | None = None) -> tuple[pa.Array, np.ndarray]:
-    """``(distinct values, indices)`` of a (large_)string array; indices of null rows are 0.
-
-    ``table_bits`` sets the starting hash table size (tests force tiny, collision-heavy tables);
-    by default it is sized for ~1 distinct value per 16 rows and doubles as needed (32 bytes a
-    slot, at most half full: 64-128 bytes of table per distinct value while encoding).
-    """
-    offsets, data = _offsets_and_data(values)
-    bitmap, bit_offset = _validity_bits(values)
-    if table_bits is None:
-        table_bits = _table_bits_for(len(values) // 16)
-    # The table is allocated by numpy, not in the kernel: numpy asks for huge pages, which saves
-    # TLB misses on its random accesses (a fifth of the encoding time at 10M rows). Arrays
-    # written in order are better off in ordinary pages, which fault in more cheaply.
-    table = np.zeros(4 << table_bits, dtype=np.uint64)
-    indices = np.zeros(len(values), dtype=np.int32)
-    first_rows = _encode_kernel(offsets, data, bitmap, bit_offset, table, indices)
-    return values.take(pa.array(first_rows)), indices
-
-
 @njit(nogil=True, cache=True)
 def _gather_kernel(digest_words, indices, bitmap, bit_offset):
     """Rows of 32 hex digits (4 uint64 words each) picked by ``indices``, skipping null rows.
@@ -542,15 +340,6 @@ def _gather_kernel(digest_words, indices, bitmap, bit_offset):
         for k in range(4):
             words[out + k] = digest_words[source, k]
     return words, offsets
-
-
-def _index_values(indices: pa.Array) -> np.ndarray:
-    """Zero-copy numpy view of an integer array's values (whatever they are in null slots)."""
-    dtype = indices.type.to_pandas_dtype()
-    buffer = indices.buffers()[1]
-    if buffer is None:
-        return np.zeros(len(indices), dtype)
-    return np.frombuffer(buffer, dtype=dtype)[indices.offset:indices.offset + len(indices)]
 
 
 # String offsets are int32 and every pseudonym takes 32 bytes.

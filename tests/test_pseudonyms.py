@@ -12,13 +12,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import profiling.pseudonyms as pseudonyms_module
+from profiling._string_hash import _dictionary_encode
 from profiling.keys import MasterKey, derive_key
 from profiling.pseudonyms import (
     DEVICE,
     DOMAINS,
     IDENTIFIERS,
     PERSON,
-    _dictionary_encode,
     normalize,
     pseudonymize,
     pseudonymize_one,
