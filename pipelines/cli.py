@@ -14,10 +14,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipelines.commands import budget, consent, dsr, export, keys
+from pipelines.commands import budget, consent, dp_query, dsr, export, keys, recommend
 from pipelines.commands._shared import DEFAULT_WORKSPACE, format_stages, format_table
 from pipelines.commands._shared import show_progress as _progress
 from dp import BudgetLedger, write_review
+from pipelines.config import ENGINES, ConfigError, JobConfig, load_config
 from pipelines.ingest import ingest
 from pipelines.popularity import DATASET as POPULARITY_DATASET
 from pipelines.run import parse_as_of, run_pipeline
@@ -26,10 +27,10 @@ from pipelines.workspace import Workspace
 from profiling.errors import InternalError, PortraitError
 from profiling.keys import ENV_VAR, create_key_file, load_master_key
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "job_config", "main"]
 
 # Modules whose ``register(commands)`` adds their subcommands, in the order help lists them.
-COMMAND_MODULES = (keys, consent, dsr, export, budget)
+COMMAND_MODULES = (recommend, dp_query, budget, consent, dsr, export, keys)
 
 
 def _ingest_rows(reports) -> list[dict]:
@@ -53,8 +54,21 @@ def _cmd_ingest(args: argparse.Namespace) -> None:
         print(f"{rejected} rows rejected: see {Path(args.workspace) / 'rejects'}/<table>/ for each row and reason")
 
 
+def job_config(args: argparse.Namespace) -> JobConfig:
+    """The configuration file's settings (if ``--config``), with the command line's options on top."""
+    config = load_config(args.config) if args.config else JobConfig()
+    config = config.with_overrides(workspace=Path(args.workspace) if args.workspace else None,
+                                   key_file=Path(args.key_file) if args.key_file else None,
+                                   as_of=parse_as_of(args.as_of) if args.as_of else None, engine=args.engine)
+    if config.as_of is None:
+        raise ConfigError("no as-of moment: pass --as-of ISO-TIME or set as_of in the configuration file")
+    return config
+
+
 def _cmd_run(args: argparse.Namespace) -> None:
-    summary = run_pipeline(Workspace(args.workspace), args.key_file, parse_as_of(args.as_of), progress=_progress(args))
+    config = job_config(args)
+    summary = run_pipeline(Workspace(config.workspace), config.key_file, config.as_of, progress=_progress(args),
+                           config=config)
     print(format_stages(summary))
 
 
@@ -108,11 +122,19 @@ def build_parser() -> argparse.ArgumentParser:
                             "have been erased, so that their rows stay out")
     ingest_cmd.set_defaults(handler=_cmd_ingest)
 
-    run = commands.add_parser("run", help="run every stage on an ingested workspace")
-    run.add_argument("--workspace", default=DEFAULT_WORKSPACE, help=f"workspace folder (default {DEFAULT_WORKSPACE})")
+    run = commands.add_parser(
+        "run", help="run every stage on an ingested workspace (the whole pipeline, from a config file or options)",
+        description="Run every stage in order: consent ledger, pseudonymization, vault, k-anonymity report, "
+                    "identity, portraits, DP popularity, recommendations. Options override the --config file.")
+    run.add_argument("--config", help="job configuration file (TOML: workspace, key_file, as_of, engine, purposes, "
+                     "[recommendations] k, [identity], [portraits], [budget.<dataset>])")
+    run.add_argument("--workspace", help=f"workspace folder (default: the config's, else {DEFAULT_WORKSPACE})")
     run.add_argument("--key-file", help="master key file, outside the workspace (`portrait keys init`); "
-                     "default: the PORTRAIT_MASTER_KEY environment variable")
-    run.add_argument("--as-of", required=True, help="evaluation moment, ISO 8601; without an offset it is UTC")
+                     "default: the config's, else the PORTRAIT_MASTER_KEY environment variable")
+    run.add_argument("--as-of", help="evaluation moment, ISO 8601; without an offset it is UTC (required unless "
+                     "the config sets as_of)")
+    run.add_argument("--engine", choices=ENGINES, help="where the partition kernels run (default: the config's, "
+                     "else local)")
     run.set_defaults(handler=_cmd_run)
 
     for module in COMMAND_MODULES:

@@ -199,16 +199,27 @@ def _parquet_files(workspace: Workspace) -> list[Path]:
                   if not any(part.startswith(".") for part in p.relative_to(workspace.root).parts))
 
 
+def _is_text(type_: pa.DataType) -> bool:
+    return pa.types.is_string(type_) or pa.types.is_large_string(type_)
+
+
 def _text_columns(schema: pa.Schema) -> list[str]:
-    return [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    """Columns of strings or of lists of strings (a portrait's linked accounts and devices)."""
+    return [f.name for f in schema
+            if _is_text(f.type) or (pa.types.is_list(f.type) and _is_text(f.type.value_type))]
 
 
 def _matching_rows(rows: pa.Table, targets: pa.Array) -> np.ndarray:
-    """True on rows where any text column, trimmed, is one of ``targets``."""
+    """True on rows where any text column, trimmed, is one of ``targets`` (or any element of a list column is)."""
     mask = np.zeros(rows.num_rows, dtype=bool)
     for name in _text_columns(rows.schema):
-        values = pc.utf8_trim_whitespace(rows.column(name))
-        hit = pc.is_in(values, value_set=targets)
+        column = rows.column(name).combine_chunks()
+        if pa.types.is_list(column.type):
+            hit = pc.is_in(pc.utf8_trim_whitespace(pc.list_flatten(column)), value_set=targets)
+            owners = pc.list_parent_indices(column).to_numpy(zero_copy_only=False)
+            mask[owners[pc.fill_null(hit, False).to_numpy(zero_copy_only=False)]] = True
+            continue
+        hit = pc.is_in(pc.utf8_trim_whitespace(column), value_set=targets)
         mask |= np.asarray(pc.fill_null(hit, False).to_numpy(zero_copy_only=False), dtype=bool)
     return mask
 

@@ -12,30 +12,38 @@ stage leaves the previous run's outputs in place. The order is the privacy order
    waybills keep a null in their place), readable only through
    ``profiling.vault.customs_id_numbers`` with the separate sensitive-data consent;
 5. ``k-anonymity``: class sizes of the person-level analytics table, to ``WS/k-anonymity-report.json``;
-6. ``popularity``: buyers per item, epsilon-DP per person, charged to the ``orders`` budget (skipped,
+6. ``identity``: the persons eligible for ``personalization`` linked across devices, only through those who
+   also allow ``cross_device_sync`` (``WS/outputs/identity/``, ``WS/identity-report.json``);
+7. ``portraits``: one feature row per identity of those persons (``WS/outputs/portraits/``);
+8. ``popularity``: buyers per item, epsilon-DP per person, charged to the ``orders`` budget (skipped,
    keeping the last release, when no budget is set or too little is left);
-7. ``recommendations``: the consent gate answers for ``personalization`` and ``marketing_messages``
+9. ``recommendations``: the consent gate answers for ``personalization`` and ``marketing_messages``
    as of ``--as-of`` (both audited), and only those persons' analytics-zone rows are scored; the
    non-personalized lists rank items by the popularity release when there is one; the marketing
    audience is written as MARKETING pseudonyms, which do not join with the analytics zone;
-8. ``stale-marks``: marks that data-subject corrections left are cleared, the outputs being rebuilt.
+10. ``stale-marks``: marks that data-subject corrections left are cleared, the outputs being rebuilt.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from dp import BudgetLedger
+from dp.budget import DEFAULT_PERIOD
+from pipelines.config import JobConfig
 from pipelines.door import pseudonymize_workspace
 from pipelines.dsr import clear_stale, stale_persons
 from pipelines.popularity import read_popularity, release_popularity
+from pipelines.portraits import write_identity, write_portraits
 from pipelines.recommend import write_recommendations
 from pipelines.workspace import Workspace, write_json_atomic
 from profiling.consent import (
@@ -56,7 +64,7 @@ from profiling.pseudonyms import MARKETING, pseudonymize
 from profiling.schema import TABLE_NAMES, arrow_schema
 from profiling.vault import seal_id_numbers
 
-__all__ = ["RunContext", "Stage", "STAGES", "load_consent_events", "run_pipeline", "parse_as_of"]
+__all__ = ["RunContext", "STAGES", "Stage", "apply_budgets", "load_consent_events", "parse_as_of", "run_pipeline"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,7 @@ class RunContext:
     key: MasterKey
     as_of: dt.datetime  # UTC; the moment consent and features are evaluated at
     progress: bool = True
+    config: JobConfig = field(default_factory=JobConfig)
     _snapshot: list[ConsentSnapshot] = field(default_factory=list, repr=False, compare=False)
 
     def decide(self, purpose: str, *, job: str, population=None) -> GateDecision:
@@ -162,23 +171,59 @@ def _k_anonymity(context: RunContext) -> list[dict]:
              "smallest_class": result.smallest_class, f"rows_below_k{result.k}": result.rows_suppressed}]
 
 
+def _population(context: RunContext) -> pa.ChunkedArray:
+    return context.workspace.read("accounts", ["account_id"]).column("account_id")
+
+
+def _eligible(context: RunContext, job: str) -> pa.Table:
+    """``(person_id, dnd, non_personalized)`` of the persons whose personalization consent holds."""
+    decision = context.decide("personalization", job=job, population=_population(context))
+    return pa.table({"person_id": decision.person_ids(context.key), "dnd": decision.dnd,
+                     "non_personalized": decision.non_personalized})
+
+
+def _identity(context: RunContext) -> list[dict]:
+    linking = pa.array([], pa.string())
+    if context.config.allows("cross_device_sync"):
+        syncing = context.decide("cross_device_sync", job="identity", population=_population(context))
+        linking = syncing.person_ids(context.key)
+    graph = write_identity(context.workspace, _eligible(context, "identity"), linking,
+                           max_accounts_per_device=context.config.max_accounts_per_device)
+    report = graph.report
+    return [{"stage": "identity", "table": "identity", "rows": report["persons"], "identities": report["identities"],
+             "linked_devices": report["linked_devices"], "shared_devices": report["shared_devices"],
+             "largest_identity": report["largest_identity"]["persons"]}]
+
+
+def _portraits(context: RunContext) -> list[dict]:
+    return [write_portraits(context.workspace, _eligible(context, "portraits"), as_of=context.as_of,
+                            progress=context.progress, rows_per_partition=context.config.rows_per_partition)]
+
+
 def _popularity(context: RunContext) -> list[dict]:
+    if not context.config.allows("product_improvement"):
+        return [{"stage": "popularity", "table": "popularity", "rows": 0,
+                 "note": "skipped: product_improvement is not among the job's purposes"}]
     decision = context.decide("product_improvement", job="popularity")
     return [release_popularity(context.workspace, decision.person_ids(context.key), context.as_of)]
 
 
 def _recommendations(context: RunContext) -> list[dict]:
     workspace = context.workspace
-    population = workspace.read("accounts", ["account_id"]).column("account_id")
+    population = _population(context)
     personalization = context.decide("personalization", job="recommendations", population=population)
-    marketing = context.decide("marketing_messages", job="marketing_audience", population=population)
-    audience = marketing.person_frame(context.key)
-    audience["marketing_id"] = pseudonymize(marketing.account_ids, context.key, MARKETING,
-                                            identifier="account_id").to_pandas()
+    decisions = [personalization]
+    audience = None  # without the purpose the audience is written empty, never left from an earlier run
+    if context.config.allows("marketing_messages"):
+        marketing = context.decide("marketing_messages", job="marketing_audience", population=population)
+        audience = marketing.person_frame(context.key)
+        audience["marketing_id"] = pseudonymize(marketing.account_ids, context.key, MARKETING,
+                                                identifier="account_id").to_pandas()
+        decisions.append(marketing)
     rows = write_recommendations(workspace, personalization.person_frame(context.key), as_of=context.as_of,
-                                 marketing=audience,
+                                 k=context.config.k, marketing=audience,
                                  popularity=read_popularity(workspace), progress=context.progress)
-    for decision in (personalization, marketing):
+    for decision in decisions:
         rows.append({"stage": "consent-gate", "table": decision.purpose, "rows": decision.eligible,
                      "excluded": sum(decision.excluded.values())})
     return rows
@@ -198,6 +243,9 @@ STAGES: list[Stage] = [
     Stage("pseudonymize", "write the analytics zone: pseudonyms and generalized values only", _pseudonymize),
     Stage("seal", "move ID-card numbers for customs into the AES-GCM vault", _seal),
     Stage("k-anonymity", "report the class sizes of the person-level analytics table", _k_anonymity),
+    Stage("identity", "link each eligible person's accounts and devices, only through persons who allow "
+          "cross-device sync", _identity),
+    Stage("portraits", "compute the portrait features of every person eligible for personalization", _portraits),
     Stage("popularity", "release buyers per item with differential privacy, charged to the orders budget",
           _popularity),
     Stage("recommendations", "gate by consent, fit factors, score every eligible person, write the lists "
@@ -206,21 +254,47 @@ STAGES: list[Stage] = [
 ]
 
 
+def apply_budgets(workspace: Workspace, config: JobConfig) -> list[dict]:
+    """Set each budget of the configuration that differs from the one in force (recorded as set by the file)."""
+    ledger = BudgetLedger(workspace.ledger)
+    in_force = {(b.dataset, b.period): b for b in ledger.budgets()}
+    rows = []
+    for dataset, wanted in config.budgets.items():
+        epsilon, delta = float(wanted["epsilon"]), float(wanted.get("delta", 0.0))
+        current = in_force.get((dataset, DEFAULT_PERIOD))
+        if current is not None and (current.epsilon, current.delta) == (epsilon, delta):
+            continue
+        ledger.set_budget(dataset, epsilon=epsilon, delta=delta, set_by=f"config {config.source}",
+                          note="from the job configuration")
+        rows.append({"stage": "budget", "table": dataset, "rows": 1, "epsilon": epsilon, "delta": delta})
+    return rows
+
+
 def run_pipeline(workspace: Workspace, key_file: str | Path | None, as_of: dt.datetime, *,
-                 progress: bool = True) -> list[dict]:
+                 progress: bool = True, config: JobConfig | None = None,
+                 stages: Sequence[str] | None = None) -> list[dict]:
     """Run every stage in ``STAGES`` and return their summary rows.
 
     The master key comes from ``key_file``, or from ``PORTRAIT_MASTER_KEY`` when it is None. A key
-    file must lie outside the workspace: outputs are shared more widely than keys.
+    file must lie outside the workspace: outputs are shared more widely than keys. ``config`` gives
+    the purposes, K, identity and partition settings and budgets (``JobConfig()`` by default).
+    ``stages`` runs only the named stages, in ``STAGES`` order (each reads what earlier runs wrote).
     """
+    config = config or JobConfig()
+    names = [stage.name for stage in STAGES]
+    unknown = sorted(set(stages or ()) - set(names))
+    if unknown:
+        raise ValueError(f"unknown stage(s) {', '.join(unknown)}; the stages are {', '.join(names)}")
+    chosen = [stage for stage in STAGES if stages is None or stage.name in stages]
     if key_file is not None:
         key_path = Path(key_file).resolve()
         if workspace.root.resolve() in key_path.parents:
             raise KeyFileError(f"key file {key_file} lies inside the workspace {workspace.root}; "
                                "keep keys apart from data")
         key_file = key_path
-    context = RunContext(workspace=workspace, key=load_master_key(key_file), as_of=as_of, progress=progress)
-    summary: list[dict] = []
-    for stage in tqdm(STAGES, desc="run", unit=" stage", disable=not progress):
+    context = RunContext(workspace=workspace, key=load_master_key(key_file), as_of=as_of, progress=progress,
+                         config=config)
+    summary: list[dict] = apply_budgets(workspace, config)
+    for stage in tqdm(chosen, desc="run", unit=" stage", disable=not progress):
         summary.extend(stage.run(context))
     return summary

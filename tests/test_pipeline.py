@@ -16,12 +16,15 @@ import pytest
 
 from dp import BudgetLedger
 from pipelines.ingest import ingest
+from pipelines.config import JobConfig
+from pipelines.dsr import export_account
 from pipelines.popularity import read_popularity, release_popularity
 from pipelines.run import run_pipeline
 from pipelines.synthetic import generate
 from pipelines.workspace import Workspace
 from profiling.consent import ConsentEvent, ConsentGate, SqliteConsentStore
 from profiling.keys import create_key_file
+from profiling.portrait import portrait_schema
 from profiling.pseudonyms import MARKETING, PERSON, pseudonymize
 from profiling.schema import PrivacyClass, fields_of_class
 
@@ -103,6 +106,40 @@ def test_only_gated_persons_are_recommended_and_dnd_never_marketed(job):
     assert not audience & set(personalization.person_id)  # a different pseudonym domain: no join
 
 
+def test_only_persons_eligible_for_personalization_have_a_portrait(job):
+    workspace, key, _, summary = job
+    with SqliteConsentStore(workspace.ledger) as store:
+        gate = ConsentGate(store)
+        eligible = set(gate.decide("personalization", AS_OF, job="test").person_ids(key).to_pylist())
+        syncing = set(gate.decide("cross_device_sync", AS_OF, job="test").person_ids(key).to_pylist())
+    portraits = ds.dataset(workspace.outputs("portraits")).to_table()
+    assert portraits.schema.equals(portrait_schema())
+    linked = [set(ids) for ids in portraits.column("linked_person_ids").to_pylist()]
+    assert set().union(*linked) == eligible  # every eligible person is in exactly one row, nobody else
+    assert sum(len(ids) for ids in linked) == len(eligible)
+    for ids, row in zip(linked, portraits.select(["person_id", "cross_device_sync", "device_count"]).to_pylist()):
+        assert row["person_id"] == min(ids)
+        assert row["cross_device_sync"] == (ids <= syncing)
+        if len(ids) > 1:
+            assert ids <= syncing  # only persons allowing cross-device sync are ever linked
+        if not row["cross_device_sync"]:
+            assert row["device_count"] == 0
+    assert (workspace.outputs("portraits") / "_data_dictionary.json").is_file()
+    assert {"identity", "portraits"} <= {row["stage"] for row in summary}
+
+
+def test_a_data_subject_export_holds_the_portrait_row(job, tmp_path):
+    workspace, key, _, _ = job
+    portraits = ds.dataset(workspace.outputs("portraits")).to_table()
+    person = portraits.column("linked_person_ids")[0].as_py()[-1]
+    accounts = workspace.read("accounts", ["account_id"]).column("account_id")
+    account = accounts.filter(pc.equal(pseudonymize(accounts, key, PERSON, identifier="account_id"),
+                                       person))[0].as_py()
+    bundle = export_account(workspace, account, key, tmp_path / "export")
+    rows = bundle["tables"]["outputs/portraits"]
+    assert len(rows) == 1 and person in rows[0]["linked_person_ids"]
+
+
 def test_a_revocation_between_two_runs_removes_the_person(job):
     workspace, key, key_file, _ = job
     recommendations = ds.dataset(workspace.outputs("recommendations")).to_table()
@@ -118,6 +155,8 @@ def test_a_revocation_between_two_runs_removes_the_person(job):
     run_pipeline(workspace, key_file, later, progress=False)
     after = set(ds.dataset(workspace.outputs("recommendations")).to_table().column("person_id").to_pylist())
     assert person not in after
+    portrayed = ds.dataset(workspace.outputs("portraits")).to_table().column("linked_person_ids")
+    assert person not in set(pc.list_flatten(portrayed).to_pylist())
     with SqliteConsentStore(workspace.ledger) as store:
         audits = store.audit_records()
     assert len(audits) >= audits_before + 2  # the second run's decisions are audited; the first run's stay
@@ -135,3 +174,16 @@ def test_popularity_is_released_with_dp_and_never_beyond_the_budget(job):
     assert row["rows"] == 0 and row["note"].startswith("release refused, nothing charged or released")
     assert sorted(p.read_bytes() for p in workspace.outputs("popularity").glob("*.parquet")) == before
     assert ledger.remaining("orders")["epsilon"] == pytest.approx(0.05)
+
+
+def test_a_job_without_the_optional_purposes_links_nobody_and_markets_to_nobody(job):
+    workspace, _, key_file, _ = job
+    config = JobConfig(purposes=("personalization",), k=3)
+    summary = run_pipeline(workspace, key_file, AS_OF + dt.timedelta(days=2), progress=False, config=config)
+    assert ds.dataset(workspace.outputs("marketing_audience")).count_rows() == 0
+    portraits = ds.dataset(workspace.outputs("portraits")).to_table(columns=["linked_person_ids", "device_count"])
+    assert max(len(ids) for ids in portraits.column("linked_person_ids").to_pylist()) == 1
+    assert pc.sum(portraits.column("device_count")).as_py() == 0
+    assert [row.get("note", "") for row in summary if row["stage"] == "popularity"][0].startswith("skipped")
+    lists = ds.dataset(workspace.outputs("recommendations")).to_table(columns=["person_id"]).column("person_id")
+    assert pc.max(pc.value_counts(lists).field("counts")).as_py() <= 3

@@ -28,7 +28,7 @@ def _readme_commands() -> list[str]:
 def test_readme_states_two_commands():
     install_and_run, test = _readme_commands()
     assert install_and_run == "python -m pip install . && portrait demo"
-    assert "'.[test]'" in test and "pytest" in test
+    assert "'.[test,spark,notebooks]'" in test and "pytest" in test
 
 
 def test_ci_runs_the_readme_test_command():

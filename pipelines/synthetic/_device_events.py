@@ -31,6 +31,7 @@ from profiling.schema import arrow_schema, table as schema_table
 _DEVICES_PER_ACCOUNT_P = np.array([.40, .33, .17, .07, .03])  # 1..5 devices, mean 2.0
 _EVENTS_PER_DEVICE = 3.0          # mean
 _SHARED_DEVICE_USERS = 0.015      # share of accounts that also use a shared device
+_SECOND_ACCOUNT_HOLDERS = 0.03    # share of accounts whose owner also signs in to a second account
 _SIGNED_IN_EVENTS = (("app_open", 20), ("sign_in", 10), ("sign_out", 4), ("search", 15), ("view_item", 25),
                      ("track_shipment", 12), ("place_order", 10))
 _ANONYMOUS_EVENTS = (("app_open", 45), ("search", 20), ("view_item", 35))
@@ -70,6 +71,11 @@ def _devices_and_events(rng: np.random.Generator, run: _Run, world: _World, hold
     opens_app = np.zeros(len(own_at), dtype=bool)
     opens_app[first_event] = True
     own_holder = owner[device]
+    # Some people keep a second account (the next holder) and sign in to it on their own devices too;
+    # drawn from a separate stream so that every other draw stays as it was.
+    second = np.random.default_rng([run.seed, batch_index, 7])
+    switch = (second.random(n_holders) < _SECOND_ACCOUNT_HOLDERS)[own_holder] & (second.random(len(own_holder)) < 0.3)
+    own_holder = np.where(switch, (own_holder + 1) % n_holders, own_holder)
     # Events on shared devices by the holders who use one.
     users = np.flatnonzero(rng.random(n_holders) < _SHARED_DEVICE_USERS)
     users = np.concatenate([users, users[rng.random(len(users)) < 0.25]])

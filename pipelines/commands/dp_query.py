@@ -1,0 +1,113 @@
+"""``portrait dp``: a differentially private aggregate of an analytics-zone table, from the command line.
+
+Only persons whose consent holds for ``--purpose`` at ``--as-of`` contribute; the release is
+charged to the ``--dataset`` budget before it is computed (``portrait budget show`` shows the spend).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from dp import BudgetLedger, PrivateSession
+from pipelines.commands._shared import add_workspace_argument, format_table
+from pipelines.run import parse_as_of
+from pipelines.workspace import Workspace
+from profiling.consent import ConsentGate, SqliteConsentStore
+from profiling.keys import load_master_key
+from profiling.schema import TABLES
+
+__all__ = ["register"]
+
+
+def _numeric_spec(text: str, parts: int, option: str) -> list:
+    pieces = text.split(":")
+    if len(pieces) != parts:
+        raise ValueError(f"{option} {text!r}: expected {parts} parts separated by ':'")
+    try:
+        return [pieces[0], *map(float, pieces[1:])]
+    except ValueError:
+        raise ValueError(f"{option} {text!r}: the bounds must be numbers") from None
+
+
+def _public_keys(table: str, column: str) -> list | None:
+    """The schema's allowed values of ``column``: public group keys, so no partition selection is needed."""
+    source = TABLES.get(table)
+    try:
+        allowed = source[column].allowed if source is not None else None
+    except KeyError:
+        allowed = None
+    return list(allowed) if allowed else None
+
+
+def _query(args: argparse.Namespace) -> None:
+    workspace = Workspace(args.workspace)
+    folder = workspace.pseudonymized(args.table)
+    if not folder.is_dir():
+        raise ValueError(f"{folder} does not exist; run `portrait run` first, or pick one of "
+                         f"{', '.join(sorted(p.name for p in folder.parent.glob('*')))}")
+    key = load_master_key(args.key_file)
+    with SqliteConsentStore(workspace.ledger) as store:
+        decision = ConsentGate(store).decide(args.purpose, parse_as_of(args.as_of), job="portrait dp")
+    # rows: (person_id, the aggregated columns) of persons whose consent holds
+    table = ds.dataset(folder, format="parquet").to_table(
+        filter=pc.field("person_id").isin(decision.person_ids(key)))
+    session = PrivateSession(table, dataset=args.dataset, ledger=BudgetLedger(workspace.ledger),
+                             analyst=args.analyst, purpose=args.purpose)
+    query = session.query(epsilon=args.epsilon, delta=args.delta)
+    if args.by:
+        keys = args.keys.split(",") if args.keys else _public_keys(args.table, args.by)
+        query = query.group_by(args.by, keys=keys)
+    query = query.bound(max_partitions=args.max_partitions, max_rows_per_partition=args.max_rows)
+    if args.count:
+        query = query.count()
+    for spec in args.sum or []:
+        column, low, high = _numeric_spec(spec, 3, "--sum")
+        query = query.sum(column, bounds=(low, high))
+    for spec in args.mean or []:
+        column, low, high = _numeric_spec(spec, 3, "--mean")
+        query = query.mean(column, bounds=(low, high))
+    for spec in args.quantile or []:
+        column, q, low, high = _numeric_spec(spec, 4, "--quantile")
+        query = query.quantile(column, q, bounds=(low, high))
+    if args.explain:
+        print(format_table(query.explain().to_dict("records")))
+        print("nothing was charged or released (--explain)")
+        return
+    release = query.release()
+    print(format_table(release.to_dict("records")))
+    print(f"{decision.eligible} persons contributed; charged epsilon {args.epsilon:g}, delta {args.delta:g} to "
+          f"{args.dataset!r}; left: {session.remaining()}")
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "dp", help="release a differentially private count/sum/mean/quantile of an analytics-zone table",
+        description="Release DP aggregates of WS/pseudonymized/<table>. Every person contributes to at most "
+                    "--max-partitions groups and --max-rows rows in each; the release is epsilon-DP per person "
+                    "and charged to the --dataset budget first. Examples: "
+                    "`portrait dp --table orders --by category --count --sum amount:0:2000 --epsilon 0.2 "
+                    "--key-file K --as-of 2026-11-01`.")
+    add_workspace_argument(parser)
+    parser.add_argument("--table", required=True, help="analytics-zone table, e.g. orders or waybills")
+    parser.add_argument("--dataset", default="orders", help="budget the release is charged to (default orders)")
+    parser.add_argument("--key-file", help="master key file (default: the PORTRAIT_MASTER_KEY variable)")
+    parser.add_argument("--as-of", required=True, help="moment the consent gate answers for, ISO 8601")
+    parser.add_argument("--purpose", default="product_improvement",
+                        help="purpose of the release; only persons whose consent holds contribute")
+    parser.add_argument("--analyst", default=None, help="who asks (recorded in the ledger; default: the OS user)")
+    parser.add_argument("--epsilon", type=float, required=True, help="privacy parameter of the whole release")
+    parser.add_argument("--delta", type=float, default=0.0, help="delta (needed for groups without --keys "
+                        "on a column without public values)")
+    parser.add_argument("--by", help="group-by column")
+    parser.add_argument("--keys", help="comma-separated public group keys (default: the schema's allowed values)")
+    parser.add_argument("--max-partitions", type=int, default=1, help="groups a person may contribute to")
+    parser.add_argument("--max-rows", type=int, default=1, help="rows a person may contribute to each group")
+    parser.add_argument("--count", action="store_true", help="release the row count")
+    parser.add_argument("--sum", action="append", metavar="COLUMN:LOW:HIGH", help="release a clamped sum")
+    parser.add_argument("--mean", action="append", metavar="COLUMN:LOW:HIGH", help="release a clamped mean")
+    parser.add_argument("--quantile", action="append", metavar="COLUMN:Q:LOW:HIGH", help="release a quantile")
+    parser.add_argument("--explain", action="store_true", help="show the noise plan; charge and release nothing")
+    parser.set_defaults(handler=_query)

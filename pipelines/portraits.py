@@ -1,0 +1,126 @@
+"""The identity and portrait stages: who is one person across devices, and what their portrait is.
+
+Both answer only for persons whose ``personalization`` consent holds at the run's as-of moment:
+
+* identity: accounts and devices linked by sign-ins in the analytics zone, only through persons who
+  also allow ``cross_device_sync``; shared devices link nobody. Writes ``WS/outputs/identity/``
+  (``persons/``: person_id -> identity_id, ``devices/``: device_id -> identity_id) and
+  ``WS/identity-report.json`` (identity sizes, the largest identity, shared devices).
+* portraits: one row per identity (``profiling.portrait``'s data dictionary) to
+  ``WS/outputs/portraits/``, with the dictionary beside it in ``_data_dictionary.json``. A person
+  whose consent was revoked has no row after the next run: the folder is rebuilt whole.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from pipelines.workspace import Workspace, write_json_atomic
+from profiling.identity import (
+    DEFAULT_MAX_ACCOUNTS_PER_DEVICE,
+    IdentityGraph,
+    build_identity_graph,
+)
+from profiling.portrait import (
+    PortraitBuilder,
+    data_dictionary,
+    portrait_schema,
+    spill_folder,
+)
+
+__all__ = ["IDENTITY", "PORTRAITS", "ROWS_PER_PARTITION", "read_identity", "write_identity", "write_portraits"]
+
+IDENTITY = "identity"
+PORTRAITS = "portraits"
+# Orders per partition of the portrait computation (about 22 bytes each while it runs).
+ROWS_PER_PARTITION = 20_000_000
+_BATCH_ROWS = 1 << 18
+
+
+def write_identity(workspace: Workspace, eligible: pa.Table, linking_persons: pa.Array, *,
+                   max_accounts_per_device: int = DEFAULT_MAX_ACCOUNTS_PER_DEVICE) -> IdentityGraph:
+    """Build the identity graph of the ``eligible`` persons (``person_id`` column) and write it.
+
+    Links are the analytics zone's device events with a person signed in.
+    """
+    links = ds.dataset(workspace.pseudonymized("device_events"), format="parquet").to_table(
+        columns=["device_id", "person_id"], filter=pc.field("person_id").is_valid())
+    graph = build_identity_graph(links, eligible.column("person_id"), linking_persons,
+                                 max_accounts_per_device=max_accounts_per_device)
+    # rows: (person_id, identity_id, cross_device_sync)
+    persons = graph.persons.append_column("cross_device_sync",
+                                          pc.is_in(graph.persons.column("person_id"), value_set=linking_persons))
+    with workspace.staging() as stage:
+        for name, table in (("persons", persons), ("devices", graph.devices)):
+            (stage / IDENTITY / name).mkdir(parents=True)
+            pq.write_table(table, stage / IDENTITY / name / "part-00000.parquet")
+        workspace.publish({workspace.outputs(IDENTITY): stage / IDENTITY})
+    write_json_atomic(workspace.root / "identity-report.json", graph.report)
+    return graph
+
+
+def read_identity(workspace: Workspace) -> tuple[pa.Table, pa.Table]:
+    """``(persons, devices)`` of the last identity stage: ``person_id, identity_id, cross_device_sync``
+    and ``device_id, identity_id``."""
+    folder = workspace.outputs(IDENTITY)
+    return (ds.dataset(folder / "persons", format="parquet").to_table(),
+            ds.dataset(folder / "devices", format="parquet").to_table())
+
+
+def _eligible_persons(eligible: pa.Table, identity: pa.Table) -> pa.Table:
+    # rows: (person_id, identity_id, dnd, non_personalized, cross_device_sync)
+    return eligible.join(identity.select(["person_id", "identity_id", "cross_device_sync"]), "person_id",
+                         join_type="inner")
+
+
+def write_portraits(workspace: Workspace, eligible: pa.Table, *, as_of, progress: bool = False,
+                    rows_per_partition: int = ROWS_PER_PARTITION) -> dict:
+    """Compute the portraits of the ``eligible`` persons and replace ``WS/outputs/portraits/``.
+
+    ``eligible``: ``person_id, dnd, non_personalized`` (PERSON pseudonyms), the persons whose
+    personalization consent holds at ``as_of``; the identity stage must have run at the same
+    moment. Reads the analytics zone in batches; partitions the work (spilling encoded rows
+    inside the workspace) when there are more than ``rows_per_partition`` orders.
+    """
+    identity_persons, identity_devices = read_identity(workspace)
+    missing = pc.sum(pc.invert(pc.is_in(eligible.column("person_id"), identity_persons.column("person_id")))).as_py()
+    if missing:
+        raise ValueError(f"{missing} eligible persons are not in {workspace.outputs(IDENTITY)}; "
+                         "run the identity stage at the same as-of moment first")
+    persons = _eligible_persons(eligible, identity_persons)
+    device_types = ds.dataset(workspace.pseudonymized("devices"), format="parquet").to_table(
+        columns=["device_id", "device_type"])
+    devices = identity_devices.join(device_types, "device_id", join_type="inner")
+    sources = {name: ds.dataset(workspace.pseudonymized(name), format="parquet")
+               for name in ("orders", "waybills", "device_events")}
+    partitions = max(1, math.ceil(sources["orders"].count_rows() / rows_per_partition))
+    written = 0
+    with workspace.staging() as stage, spill_folder(stage) as spill:
+        builder = PortraitBuilder(persons, devices, as_of=as_of, partitions=partitions,
+                                  spill_dir=spill if partitions > 1 else None)
+        adders = {"orders": builder.add_orders, "waybills": builder.add_waybills,
+                  "device_events": builder.add_device_events}
+        total = sum(dataset.count_rows() for dataset in sources.values())
+        with tqdm(total=total, desc="portraits", unit=" rows", unit_scale=True, disable=not progress) as bar:
+            for name, dataset in sources.items():
+                for batch in dataset.to_batches(batch_size=_BATCH_ROWS):
+                    adders[name](batch)
+                    bar.update(batch.num_rows)
+        folder = stage / PORTRAITS
+        folder.mkdir()
+        with pq.ParquetWriter(folder / "part-00000.parquet", portrait_schema()) as writer:
+            for table in builder.tables():
+                writer.write_table(table)
+                written += table.num_rows
+        (folder / "_data_dictionary.json").write_text(json.dumps(data_dictionary(), indent=2) + "\n",
+                                                      encoding="utf-8")
+        workspace.publish({workspace.outputs(PORTRAITS): folder})
+    return {"stage": "portraits", "table": PORTRAITS, "rows": written, "persons": persons.num_rows,
+            "partitions": partitions}

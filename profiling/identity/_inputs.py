@@ -1,0 +1,151 @@
+"""Checks and integer encoding of the identity graph's inputs: pseudonym columns to dense codes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from profiling.errors import SchemaError
+
+__all__ = ["EncodedInputs", "check_max_accounts", "encode_inputs"]
+
+LINK_COLUMNS = ("device_id", "person_id")
+
+
+@dataclass(frozen=True)
+class EncodedInputs:
+    """Inputs as dense integer codes.
+
+    Person code ``c`` names ``person_names[c]``; device code ``d`` names ``device_names[d]``.
+    Person codes follow string order, so the smallest code of a set is its smallest pseudonym;
+    device codes follow first appearance in ``links``.
+    """
+
+    person_names: pa.Array  # strings in string order, distinct: every person in links, persons or linking_persons
+    device_names: pa.Array  # strings in first-seen order, distinct: every device seen with a non-null person
+    link_devices: np.ndarray  # int64 device code per distinct (device, person) sign-in link
+    link_persons: np.ndarray  # int64 person code, same length as link_devices
+    eligible: np.ndarray  # bool per person code: the person is in `persons`
+    linking: np.ndarray  # bool per person code: the person is in `linking_persons`
+
+
+def check_max_accounts(max_accounts_per_device: object) -> int:
+    """The accounts-per-device threshold, or TypeError/ValueError saying what is wrong."""
+    if isinstance(max_accounts_per_device, bool) or not isinstance(max_accounts_per_device, (int, np.integer)):
+        raise TypeError(f"max_accounts_per_device must be an int, got {type(max_accounts_per_device).__name__} "
+                        f"{max_accounts_per_device!r}")
+    if max_accounts_per_device < 1:
+        raise ValueError(f"max_accounts_per_device must be at least 1, got {max_accounts_per_device}: a device "
+                         f"is shared (links nobody) when seen with more distinct accounts than this")
+    return int(max_accounts_per_device)
+
+
+def _is_text(arrow_type: pa.DataType) -> bool:
+    if pa.types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+    return pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) or pa.types.is_null(arrow_type)
+
+
+def _as_one_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks() if values.num_chunks else pa.array([], values.type)
+    if pa.types.is_dictionary(values.type):
+        values = values.dictionary_decode()
+    return values.cast(pa.string()) if pa.types.is_null(values.type) else values
+
+
+def _same_text_type(*arrays: pa.Array) -> list[pa.Array]:
+    """The arrays as ``string``, or all as ``large_string`` when one is (no copy when already alike)."""
+    wide = any(pa.types.is_large_string(a.type) for a in arrays)
+    target = pa.large_string() if wide else pa.string()
+    return [a if a.type == target else a.cast(target) for a in arrays]
+
+
+def _links_column(links: pa.Table, name: str) -> pa.Array:
+    if name not in links.column_names:
+        raise SchemaError(f"table links is missing column {name!r}; it has {links.column_names} (a sign-in link "
+                          f"needs {list(LINK_COLUMNS)})")
+    column = links.column(name)
+    if not _is_text(column.type):
+        raise SchemaError(f"column {name!r} of table links must hold pseudonyms as strings, got {column.type}")
+    return _as_one_array(column)
+
+
+def _person_list(values: object, name: str) -> pa.Array:
+    if not isinstance(values, (pa.Array, pa.ChunkedArray)):
+        raise TypeError(f"{name} must be a pyarrow Array of person pseudonyms, got {type(values).__name__}; "
+                        f"wrap a list with pa.array(...)")
+    if not _is_text(values.type):
+        raise TypeError(f"{name} must hold person pseudonyms as strings, got {values.type}")
+    if values.null_count:
+        first = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
+        raise ValueError(f"{name} holds {values.null_count} null person id(s), the first at position {first}; "
+                         f"every entry must name a person")
+    return _as_one_array(values)
+
+
+def encode_inputs(links: object, persons: object, linking_persons: object) -> EncodedInputs:
+    """Validate the inputs and encode them (see ``build_identity_graph`` for their meaning).
+
+    Rows of ``links`` with a null person_id are dropped; a null device_id beside a non-null
+    person_id is an error naming the row. Duplicate links collapse to one.
+    """
+    if not isinstance(links, pa.Table):
+        raise TypeError(f"links must be a pyarrow Table with columns {list(LINK_COLUMNS)}, "
+                        f"got {type(links).__name__}")
+    devices = _links_column(links, "device_id")
+    link_persons = _links_column(links, "person_id")
+    eligible_names = _person_list(persons, "persons")
+    linking_names = _person_list(linking_persons, "linking_persons")
+
+    signed_in = link_persons.is_valid()
+    unnamed_device = pc.and_(devices.is_null(), signed_in).to_numpy(zero_copy_only=False)
+    if unnamed_device.any():
+        row = int(np.flatnonzero(unnamed_device)[0])
+        raise ValueError(f"table links, row {row}: column 'device_id' is null while person_id is "
+                         f"{link_persons[row].as_py()!r}; a sign-in link needs both "
+                         f"({int(unnamed_device.sum())} such row(s))")
+    # rows: (device, person), person signed in
+    devices, link_persons = devices.filter(signed_in), link_persons.filter(signed_in)
+
+    # One encoding for every person pseudonym, wherever it comes from.
+    everyone = pa.concat_arrays(_same_text_type(link_persons, eligible_names, linking_names))
+    person_names, person_codes = _codes(everyone, sort=True)
+    device_names, device_codes = _codes(devices, sort=False)
+
+    n_links = len(link_persons)
+    n_eligible = len(eligible_names)
+    eligible = np.zeros(len(person_names), dtype=bool)
+    eligible[person_codes[n_links:n_links + n_eligible]] = True
+    linking = np.zeros(len(person_names), dtype=bool)
+    linking[person_codes[n_links + n_eligible:]] = True
+
+    # rows: distinct (device, person) pairs, as one int64 key each (dictionary codes are int32: no overflow)
+    stride = np.int64(max(len(person_names), 1))
+    link_devices, link_person_codes = np.divmod(_distinct(device_codes * stride + person_codes[:n_links]), stride)
+    return EncodedInputs(person_names, device_names, link_devices, link_person_codes, eligible, linking)
+
+
+def _codes(values: pa.Array, *, sort: bool) -> tuple[pa.Array, np.ndarray]:
+    """The distinct values (in string order if ``sort``, else first-seen order) and each value's code (int64)."""
+    if len(values) == 0:
+        return pa.array([], values.type), np.zeros(0, dtype=np.int64)
+    encoded = pc.dictionary_encode(values)
+    distinct, codes = encoded.dictionary, encoded.indices.to_numpy().astype(np.int64)
+    if not sort:
+        return distinct, codes
+    order = pc.sort_indices(distinct).to_numpy()
+    rank = np.empty(len(distinct), dtype=np.int64)
+    rank[order] = np.arange(len(distinct), dtype=np.int64)
+    return distinct.take(pa.array(order)), rank[codes]
+
+
+def _distinct(keys: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of an integer array (a sort is faster here than numpy's hashing unique)."""
+    ordered = np.sort(keys)
+    keep = np.ones(ordered.size, dtype=bool)
+    keep[1:] = ordered[1:] != ordered[:-1]
+    return ordered[keep]
