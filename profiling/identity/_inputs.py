@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from profiling._string_hash import _dictionary_encode
 from profiling.errors import SchemaError
 
 __all__ = ["EncodedInputs", "check_max_accounts", "encode_inputs"]
@@ -133,8 +134,8 @@ def _codes(values: pa.Array, *, sort: bool) -> tuple[pa.Array, np.ndarray]:
     """The distinct values (in string order if ``sort``, else first-seen order) and each value's code (int64)."""
     if len(values) == 0:
         return pa.array([], values.type), np.zeros(0, dtype=np.int64)
-    encoded = pc.dictionary_encode(values)
-    distinct, codes = encoded.dictionary, encoded.indices.to_numpy().astype(np.int64)
+    distinct, indices = _dictionary_encode(values)  # the callers pass non-null values
+    codes = indices.astype(np.int64)
     if not sort:
         return distinct, codes
     order = pc.sort_indices(distinct).to_numpy()
