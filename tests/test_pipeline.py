@@ -187,3 +187,24 @@ def test_a_job_without_the_optional_purposes_links_nobody_and_markets_to_nobody(
     assert [row.get("note", "") for row in summary if row["stage"] == "popularity"][0].startswith("skipped")
     lists = ds.dataset(workspace.outputs("recommendations")).to_table(columns=["person_id"]).column("person_id")
     assert pc.max(pc.value_counts(lists).field("counts")).as_py() <= 3
+
+
+def test_a_job_interrupted_midway_keeps_the_previous_outputs_and_can_be_rerun(job, monkeypatch):
+    workspace, _, key_file, _ = job
+    before = ds.dataset(workspace.outputs("portraits")).to_table()
+    lists_before = ds.dataset(workspace.outputs("recommendations")).to_table()
+
+    def killed(self):
+        yield from ()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("pipelines.portraits.PortraitBuilder.tables", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(workspace, key_file, AS_OF + dt.timedelta(days=3), progress=False)
+    assert ds.dataset(workspace.outputs("portraits")).to_table().equals(before)
+    assert ds.dataset(workspace.outputs("recommendations")).to_table().equals(lists_before)
+    assert not list(workspace.root.glob(".staging-*"))
+    monkeypatch.undo()
+    run_pipeline(workspace, key_file, AS_OF + dt.timedelta(days=3), progress=False)
+    after = ds.dataset(workspace.outputs("portraits")).to_table()
+    assert after.column("as_of")[0].as_py() == AS_OF + dt.timedelta(days=3)

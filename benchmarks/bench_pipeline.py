@@ -1,0 +1,129 @@
+"""The whole job on synthetic data, stage by stage, locally and on Spark (local mode).
+
+    python benchmarks/bench_pipeline.py --accounts 1000000 [--engines local,spark]
+
+Generates and ingests the raw data once (timed, reported apart), then runs every stage of
+``portrait run`` on a copy of the ingested workspace in a child process per engine, timing each
+stage and sampling the memory of the child and everything it starts (the Spark JVM and its
+Python workers included). Last line: one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+_RUN = """
+import datetime as dt, json, sys, time
+from dp import BudgetLedger
+from pipelines.config import JobConfig
+from pipelines.run import STAGES, run_pipeline
+from pipelines.workspace import Workspace
+workspace, key_file, engine = Workspace(sys.argv[1]), sys.argv[2], sys.argv[3]
+BudgetLedger(workspace.ledger).set_budget("orders", epsilon=1.0, set_by="benchmark")
+config = JobConfig(engine=engine)
+as_of = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
+for stage in STAGES:
+    started = time.perf_counter()
+    run_pipeline(workspace, key_file, as_of, progress=False, config=config, stages=[stage.name])
+    print(json.dumps({"stage": stage.name, "seconds": time.perf_counter() - started}), flush=True)
+"""
+
+_INGEST = """
+import sys
+from pipelines.ingest import ingest
+from pipelines.workspace import Workspace
+from profiling.keys import create_key_file
+key = create_key_file(sys.argv[3])
+ingest(sys.argv[1], Workspace(sys.argv[2]), key=key, progress=False)
+"""
+
+
+def _tree_rss(process: psutil.Process) -> int:
+    total = 0
+    for member in [process, *process.children(recursive=True)]:
+        try:
+            total += member.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def _run_measured(argv: list[str]) -> tuple[float, float, str]:
+    """(seconds, peak RSS of the process tree in GB, stdout) of a child process."""
+    started = time.perf_counter()
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        process = psutil.Process(child.pid)
+        while not done.is_set():
+            try:
+                peak = max(peak, _tree_rss(process))
+            except psutil.Error:
+                return
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = child.communicate()
+    done.set()
+    sampler.join()
+    if child.returncode:
+        raise SystemExit(f"child failed ({child.returncode}):\n{err[-4000:]}")
+    return time.perf_counter() - started, peak / 2**30, out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--accounts", type=int, default=1_000_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--engines", default="local,spark", help="comma-separated: local, spark")
+    parser.add_argument("--dir", help="scratch folder (default: a temporary one, removed afterwards)")
+    args = parser.parse_args()
+    engines = [e for e in args.engines.split(",") if e]
+
+    from pipelines.synthetic import generate
+
+    scratch = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    try:
+        raw, ingested, key_file = scratch / "raw", scratch / "ingested", scratch / "keys" / "master.key"
+        started = time.perf_counter()
+        generate(raw, accounts=args.accounts, seed=args.seed, progress=False)
+        synth_seconds = time.perf_counter() - started
+        ingest_seconds, ingest_gb, _ = _run_measured([sys.executable, "-c", _INGEST, str(raw), str(ingested),
+                                                      str(key_file)])
+        results = {}
+        for engine in engines:
+            workspace = scratch / f"ws-{engine}"
+            shutil.copytree(ingested, workspace)
+            seconds, peak_gb, out = _run_measured([sys.executable, "-c", _RUN, str(workspace), str(key_file), engine])
+            stages = {row["stage"]: round(row["seconds"], 2) for row in map(json.loads, out.splitlines())}
+            results[engine] = {"seconds": round(seconds, 1), "peak_rss_gb": round(peak_gb, 2), "stages": stages}
+            print(f"{engine:>6}: {seconds:7.1f} s, peak {peak_gb:5.2f} GB  " +
+                  ", ".join(f"{name} {s:.1f}" for name, s in stages.items()))
+    finally:
+        if not args.dir:
+            shutil.rmtree(scratch, ignore_errors=True)
+    summary = {"accounts": args.accounts, "synth_seconds": round(synth_seconds, 1),
+               "ingest_seconds": round(ingest_seconds, 1), "ingest_peak_rss_gb": round(ingest_gb, 2), **{
+                   f"{engine}_{name}": value for engine, r in results.items() for name, value in r.items()
+                   if name != "stages"}, "stages": {engine: r["stages"] for engine, r in results.items()}}
+    if "local" in results and "spark" in results:
+        summary["spark_vs_local"] = round(results["spark"]["seconds"] / results["local"]["seconds"], 2)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
