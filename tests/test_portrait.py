@@ -268,3 +268,13 @@ def test_days_are_local_calendar_days():
     row = portraits(*_tables(PERSON_A, [], orders, [], []), as_of=AS_OF).to_pylist()[0]
     assert (row["frequency"], row["recency_days"], row["monetary_value_cny"]) == (1, 1, 3.0)
     assert np.argmax(row["active_hour_counts"]) == 0 or row["events"] == 0
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories(), st.randoms(use_true_random=False))
+def test_row_order_does_not_change_a_single_bit(history, random):
+    persons, devices, orders, waybills, events = history
+    shuffled = [random.sample(rows, len(rows)) for rows in (orders, waybills, events)]
+    first = portraits(*_tables(persons, devices, orders, waybills, events), as_of=AS_OF)
+    second = portraits(*_tables(persons, devices, *shuffled), as_of=AS_OF)
+    assert first.equals(second)  # so every engine, whatever order it delivers rows in, writes the same portraits

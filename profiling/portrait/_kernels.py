@@ -33,6 +33,23 @@ def _grouped(ident, n_ident):
 
 
 @njit(nogil=True, cache=True)
+def _sort_pairs(keys, values, count):
+    """Sort ``keys[:count]`` ascending with ``values[:count]``, ties by value (insertion sort when short)."""
+    if count <= 32:
+        for k in range(1, count):
+            key, value, j = keys[k], values[k], k - 1
+            while j >= 0 and (keys[j] > key or (keys[j] == key and values[j] > value)):
+                keys[j + 1], values[j + 1] = keys[j], values[j]
+                j -= 1
+            keys[j + 1], values[j + 1] = key, value
+        return
+    by_value = np.argsort(values[:count], kind="mergesort")
+    keys_by_value, values_by_value = keys[:count][by_value], values[:count][by_value]
+    by_key = np.argsort(keys_by_value, kind="mergesort")
+    keys[:count], values[:count] = keys_by_value[by_key], values_by_value[by_key]
+
+
+@njit(nogil=True, cache=True)
 def order_features(ident, local_ts, amount, category, institution, n_ident, n_categories, n_institutions,
                    as_of_day):
     """Per-identity order counts, first/last order, RFM in days and category/payment counts.
@@ -56,49 +73,41 @@ def order_features(ident, local_ts, amount, category, institution, n_ident, n_ca
     longest = 0
     for i in range(n_ident):
         longest = max(longest, starts[i + 1] - starts[i])
-    days = np.empty(longest, dtype=np.int64)
+    stamps = np.empty(longest, dtype=np.int64)
     amounts = np.empty(longest, dtype=np.float64)
     for i in range(n_ident):
         count = starts[i + 1] - starts[i]
         if count == 0:
             continue
-        first = local_ts[rows[starts[i]]]
-        last = first
-        spend = 0.0
         for k in range(count):
             row = rows[starts[i] + k]
-            ts = local_ts[row]
-            first = min(first, ts)
-            last = max(last, ts)
-            spend += amount[row]
-            days[k] = ts // MICROS_PER_DAY
+            stamps[k] = local_ts[row]
             amounts[k] = amount[row]
             category_counts[i, category[row]] += 1
             institution_counts[i, institution[row]] += 1
-        if count <= 32:  # insertion sort by day, carrying the amounts
-            for k in range(1, count):
-                day, value, j = days[k], amounts[k], k - 1
-                while j >= 0 and days[j] > day:
-                    days[j + 1], amounts[j + 1] = days[j], amounts[j]
-                    j -= 1
-                days[j + 1], amounts[j + 1] = day, value
-        else:
-            by_day = np.argsort(days[:count], kind="mergesort")
-            days[:count], amounts[:count] = days[:count][by_day], amounts[:count][by_day]
+        _sort_pairs(stamps, amounts, count)
+        # sums run in (time, amount) order, so the same rows give the same bits in any input order
+        spend = 0.0
+        for k in range(count):
+            spend += amounts[k]
+        first_day = stamps[0] // MICROS_PER_DAY
+        day = first_day
         repeat_days = 0
         repeat_sum = 0.0
         for k in range(1, count):
-            if days[k] != days[k - 1]:
+            next_day = stamps[k] // MICROS_PER_DAY
+            if next_day != day:
                 repeat_days += 1
-            if days[k] != days[0]:
+                day = next_day
+            if next_day != first_day:
                 repeat_sum += amounts[k]
         orders[i] = count
-        first_ts[i] = first
-        last_ts[i] = last
+        first_ts[i] = stamps[0]
+        last_ts[i] = stamps[count - 1]
         total[i] = spend
         frequency[i] = repeat_days
-        recency[i] = days[count - 1] - days[0]
-        age[i] = as_of_day - days[0]
+        recency[i] = day - first_day
+        age[i] = as_of_day - first_day
         monetary[i] = repeat_sum / repeat_days if repeat_days else 0.0
     return (orders, first_ts, last_ts, total, frequency, recency, age, monetary, category_counts,
             institution_counts)
@@ -120,23 +129,28 @@ def waybill_features(ident, service, origin, destination, weight, cross_border, 
     starts, rows = _grouped(ident, n_ident)
     origin_counts = np.zeros(PROVINCE_CODES, dtype=np.int32)
     destination_counts = np.zeros(PROVINCE_CODES, dtype=np.int32)
+    longest = 0
+    for i in range(n_ident):
+        longest = max(longest, starts[i + 1] - starts[i])
+    weights = np.empty(longest, dtype=np.float64)
     for i in range(n_ident):
         count = starts[i + 1] - starts[i]
         if count == 0:
             continue
-        heaviest = weight[rows[starts[i]]]
         for k in range(count):
             row = rows[starts[i] + k]
             service_counts[i, service[row]] += 1
             cross[i] += cross_border[row]
-            weight_sum[i] += weight[row]
-            heaviest = max(heaviest, weight[row])
+            weights[k] = weight[row]
             if origin[row] >= 0:
                 origin_counts[origin[row]] += 1
             if destination[row] >= 0:
                 destination_counts[destination[row]] += 1
+        weights[:count].sort()  # summed in ascending order: the same bits in any input order
+        for k in range(count):
+            weight_sum[i] += weights[k]
         waybills[i] = count
-        weight_max[i] = heaviest
+        weight_max[i] = weights[count - 1]
         best_origin, best_destination, distinct = -1, -1, 0
         for k in range(count):  # read the modes, then reset only the touched counters
             row = rows[starts[i] + k]
