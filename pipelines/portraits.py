@@ -9,10 +9,16 @@ Both answer only for persons whose ``personalization`` consent holds at the run'
 * portraits: one row per identity (``profiling.portrait``'s data dictionary) to
   ``WS/outputs/portraits/``, with the dictionary beside it in ``_data_dictionary.json``. A person
   whose consent was revoked has no row after the next run: the folder is rebuilt whole.
+
+The portrait kernel is the same on every engine. Locally the analytics zone streams into one
+``PortraitBuilder`` (which partitions by identity itself); on Spark the orders, waybills, events,
+persons and devices of an identity are brought to one partition (a union of the five, each row
+tagged with its source and its identity, repartitioned by identity) and the kernel runs there.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -22,6 +28,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from pipelines.engines import Engine, Kernel
+from pipelines.engines._optional import import_optional
 from pipelines.workspace import Workspace, write_json_atomic
 from profiling.identity import (
     DEFAULT_MAX_ACCOUNTS_PER_DEVICE,
@@ -29,11 +37,15 @@ from profiling.identity import (
     build_identity_graph,
 )
 from profiling.portrait import (
+    DEVICES_COLUMNS,
+    PERSONS_COLUMNS,
     PortraitBuilder,
     data_dictionary,
     portrait_schema,
+    portraits,
     spill_folder,
 )
+from profiling.schema import TIMESTAMP
 
 __all__ = ["IDENTITY", "PORTRAITS", "ROWS_PER_PARTITION", "read_identity", "write_identity", "write_portraits"]
 
@@ -81,13 +93,14 @@ def _eligible_persons(eligible: pa.Table, identity: pa.Table) -> pa.Table:
 
 
 def write_portraits(workspace: Workspace, eligible: pa.Table, *, as_of, progress: bool = False,
-                    rows_per_partition: int = ROWS_PER_PARTITION) -> dict:
+                    rows_per_partition: int = ROWS_PER_PARTITION, engine: Engine | None = None) -> dict:
     """Compute the portraits of the ``eligible`` persons and replace ``WS/outputs/portraits/``.
 
     ``eligible``: ``person_id, dnd, non_personalized`` (PERSON pseudonyms), the persons whose
     personalization consent holds at ``as_of``; the identity stage must have run at the same
     moment. Reads the analytics zone in batches; partitions the work (spilling encoded rows
-    inside the workspace) when there are more than ``rows_per_partition`` orders.
+    inside the workspace) when there are more than ``rows_per_partition`` orders. With a Spark
+    ``engine`` the same kernel runs per identity partition on Spark.
     """
     identity_persons, identity_devices = read_identity(workspace)
     missing = pc.sum(pc.invert(pc.is_in(eligible.column("person_id"), identity_persons.column("person_id")))).as_py()
@@ -101,6 +114,10 @@ def write_portraits(workspace: Workspace, eligible: pa.Table, *, as_of, progress
     sources = {name: ds.dataset(workspace.pseudonymized(name), format="parquet")
                for name in ("orders", "waybills", "device_events")}
     partitions = max(1, math.ceil(sources["orders"].count_rows() / rows_per_partition))
+    if engine is not None and engine.name == "spark":
+        written = _portraits_on_spark(engine, workspace, persons, devices, as_of=as_of)
+        return {"stage": "portraits", "table": PORTRAITS, "rows": written, "persons": persons.num_rows,
+                "partitions": engine.partitions or "spark default", "engine": "spark"}
     written = 0
     with workspace.staging() as stage, spill_folder(stage) as spill:
         builder = PortraitBuilder(persons, devices, as_of=as_of, partitions=partitions,
@@ -124,3 +141,59 @@ def write_portraits(workspace: Workspace, eligible: pa.Table, *, as_of, progress
         workspace.publish({workspace.outputs(PORTRAITS): folder})
     return {"stage": "portraits", "table": PORTRAITS, "rows": written, "persons": persons.num_rows,
             "partitions": partitions}
+
+
+# rows: (identity_id, source, then the columns of every source; a source's rows leave the others' null)
+_ACTIVITY_SCHEMA = pa.schema([
+    ("identity_id", pa.string()), ("source", pa.string()), ("person_id", pa.string()), ("at", TIMESTAMP),
+    ("amount", pa.float64()), ("currency", pa.string()), ("payment_institution", pa.string()),
+    ("category", pa.string()), ("service_type", pa.string()), ("origin_province", pa.string()),
+    ("destination_province", pa.string()), ("weight_kg", pa.float64()), ("cross_border", pa.bool_()),
+    ("dnd", pa.bool_()), ("non_personalized", pa.bool_()), ("cross_device_sync", pa.bool_()),
+    ("device_id", pa.string()), ("device_type", pa.string()),
+])
+_ACTIVITY_SOURCES = {  # source -> (time column, other columns)
+    "orders": ("placed_at", ("amount", "currency", "payment_institution", "category")),
+    "waybills": ("created_at", ("service_type", "origin_province", "destination_province", "weight_kg",
+                                "cross_border")),
+    "device_events": ("event_at", ()),
+}
+
+
+def portrait_kernel(activity: pa.Table, *, as_of) -> pa.Table:
+    """Portraits of the identities in one partition of ``_ACTIVITY_SCHEMA`` rows (an engine kernel)."""
+    def rows(source: str, columns: list[str], times: str | None = None) -> pa.Table:
+        part = activity.filter(pc.equal(activity.column("source"), source)).select(columns)
+        return part.rename_columns([times if c == "at" and times else c for c in columns])
+
+    tables = {name: rows(name, ["person_id", "at", *other], times)
+              for name, (times, other) in _ACTIVITY_SOURCES.items()}
+    return portraits(rows("persons", list(PERSONS_COLUMNS)), rows("devices", list(DEVICES_COLUMNS)),
+                     tables["orders"], tables["waybills"], tables["device_events"], as_of=as_of)
+
+
+def _portraits_on_spark(engine: Engine, workspace: Workspace, persons: pa.Table, devices: pa.Table, *,
+                        as_of) -> int:
+    spark = engine.spark
+    functions = import_optional("pyspark.sql.functions", extra="spark", purpose="portraits on Spark")
+    identity = spark.createDataFrame(persons.select(["person_id", "identity_id"]))
+    parts = []
+    for name, (times, other) in _ACTIVITY_SOURCES.items():
+        # rows: (person_id, at, other) of eligible persons only: the inner join drops everyone else
+        frame = spark.read.parquet(str(workspace.pseudonymized(name))).select(
+            "person_id", functions.col(times).alias("at"), *other)
+        parts.append(frame.join(functions.broadcast(identity), "person_id").withColumn("source", functions.lit(name)))
+    parts.append(spark.createDataFrame(persons).withColumn("source", functions.lit("persons")))
+    parts.append(spark.createDataFrame(devices.select(list(DEVICES_COLUMNS))).withColumn(
+        "source", functions.lit("devices")))
+    activity = parts[0]
+    for part in parts[1:]:
+        activity = activity.unionByName(part, allowMissingColumns=True)
+    activity = activity.select(*[functions.col(f.name) for f in _ACTIVITY_SCHEMA])
+    frame = engine._partitioned(activity, "identity_id", None, schema=_ACTIVITY_SCHEMA)
+    kernel = Kernel(functools.partial(portrait_kernel, as_of=as_of), portrait_schema(), name="portraits")
+    spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+    destination = engine.write(engine.map(frame, kernel), workspace, PORTRAITS)
+    (destination / "_data_dictionary.json").write_text(json.dumps(data_dictionary(), indent=2) + "\n",
+                                                       encoding="utf-8")
+    return ds.dataset(destination, format="parquet").count_rows()

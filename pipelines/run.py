@@ -26,6 +26,7 @@ stage leaves the previous run's outputs in place. The order is the privacy order
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 from collections.abc import Callable, Sequence
@@ -41,6 +42,7 @@ from dp import BudgetLedger
 from dp.budget import DEFAULT_PERIOD
 from pipelines.config import JobConfig
 from pipelines.door import pseudonymize_workspace
+from pipelines.engines import Engine, get_engine
 from pipelines.dsr import clear_stale, stale_persons
 from pipelines.popularity import read_popularity, release_popularity
 from pipelines.portraits import write_identity, write_portraits
@@ -74,6 +76,7 @@ class RunContext:
     as_of: dt.datetime  # UTC; the moment consent and features are evaluated at
     progress: bool = True
     config: JobConfig = field(default_factory=JobConfig)
+    engine: Engine | None = None  # None: every stage runs in this process
     _snapshot: list[ConsentSnapshot] = field(default_factory=list, repr=False, compare=False)
 
     def decide(self, purpose: str, *, job: str, population=None) -> GateDecision:
@@ -197,7 +200,8 @@ def _identity(context: RunContext) -> list[dict]:
 
 def _portraits(context: RunContext) -> list[dict]:
     return [write_portraits(context.workspace, _eligible(context, "portraits"), as_of=context.as_of,
-                            progress=context.progress, rows_per_partition=context.config.rows_per_partition)]
+                            progress=context.progress, rows_per_partition=context.config.rows_per_partition,
+                            engine=context.engine)]
 
 
 def _popularity(context: RunContext) -> list[dict]:
@@ -292,9 +296,12 @@ def run_pipeline(workspace: Workspace, key_file: str | Path | None, as_of: dt.da
             raise KeyFileError(f"key file {key_file} lies inside the workspace {workspace.root}; "
                                "keep keys apart from data")
         key_file = key_path
-    context = RunContext(workspace=workspace, key=load_master_key(key_file), as_of=as_of, progress=progress,
-                         config=config)
+    key = load_master_key(key_file)
     summary: list[dict] = apply_budgets(workspace, config)
-    for stage in tqdm(chosen, desc="run", unit=" stage", disable=not progress):
-        summary.extend(stage.run(context))
+    with contextlib.ExitStack() as stack:
+        engine = stack.enter_context(get_engine("spark")) if config.engine == "spark" else None
+        context = RunContext(workspace=workspace, key=key, as_of=as_of, progress=progress, config=config,
+                             engine=engine)
+        for stage in tqdm(chosen, desc="run", unit=" stage", disable=not progress):
+            summary.extend(stage.run(context))
     return summary
