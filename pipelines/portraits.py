@@ -190,7 +190,7 @@ def _portraits_on_spark(engine: Engine, workspace: Workspace, persons: pa.Table,
     for part in parts[1:]:
         activity = activity.unionByName(part, allowMissingColumns=True)
     activity = activity.select(*[functions.col(f.name) for f in _ACTIVITY_SCHEMA])
-    frame = engine._partitioned(activity, "identity_id", None, schema=_ACTIVITY_SCHEMA)
+    frame = engine.from_dataframe(activity, key="identity_id", schema=_ACTIVITY_SCHEMA)
     kernel = Kernel(functools.partial(portrait_kernel, as_of=as_of), portrait_schema(), name="portraits")
     spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
     destination = engine.write(engine.map(frame, kernel), workspace, PORTRAITS)

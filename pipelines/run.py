@@ -42,9 +42,10 @@ from dp import BudgetLedger
 from dp.budget import DEFAULT_PERIOD
 from pipelines.config import JobConfig
 from pipelines.door import pseudonymize_workspace
-from pipelines.engines import Engine, get_engine
 from pipelines.dsr import clear_stale, stale_persons
-from pipelines.popularity import read_popularity, release_popularity
+from pipelines.engines import Engine, get_engine
+from pipelines.engines.jobs import release_item_buyers
+from pipelines.popularity import read_popularity
 from pipelines.portraits import write_identity, write_portraits
 from pipelines.recommend import write_recommendations
 from pipelines.workspace import Workspace, write_json_atomic
@@ -66,7 +67,7 @@ from profiling.pseudonyms import MARKETING, pseudonymize
 from profiling.schema import TABLE_NAMES, arrow_schema
 from profiling.vault import seal_id_numbers
 
-__all__ = ["RunContext", "STAGES", "Stage", "apply_budgets", "load_consent_events", "parse_as_of", "run_pipeline"]
+__all__ = ["STAGES", "RunContext", "Stage", "apply_budgets", "load_consent_events", "parse_as_of", "run_pipeline"]
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class RunContext:
     as_of: dt.datetime  # UTC; the moment consent and features are evaluated at
     progress: bool = True
     config: JobConfig = field(default_factory=JobConfig)
-    engine: Engine | None = None  # None: every stage runs in this process
+    engine: Engine | None = None  # where partition kernels run; run_pipeline opens it from the config
     _snapshot: list[ConsentSnapshot] = field(default_factory=list, repr=False, compare=False)
 
     def decide(self, purpose: str, *, job: str, population=None) -> GateDecision:
@@ -102,8 +103,8 @@ def parse_as_of(text: str) -> dt.datetime:
     except ValueError:
         raise ValueError(f"--as-of {text!r} is not an ISO 8601 time such as 2026-11-01T00:00:00Z") from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.timezone.utc)
-    return moment.astimezone(dt.timezone.utc)
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.astimezone(dt.UTC)
 
 
 def _verify_ingested(context: RunContext) -> list[dict]:
@@ -209,7 +210,7 @@ def _popularity(context: RunContext) -> list[dict]:
         return [{"stage": "popularity", "table": "popularity", "rows": 0,
                  "note": "skipped: product_improvement is not among the job's purposes"}]
     decision = context.decide("product_improvement", job="popularity")
-    return [release_popularity(context.workspace, decision.person_ids(context.key), context.as_of)]
+    return [release_item_buyers(context.engine, context.workspace, decision.person_ids(context.key), context.as_of)]
 
 
 def _recommendations(context: RunContext) -> list[dict]:
@@ -299,7 +300,8 @@ def run_pipeline(workspace: Workspace, key_file: str | Path | None, as_of: dt.da
     key = load_master_key(key_file)
     summary: list[dict] = apply_budgets(workspace, config)
     with contextlib.ExitStack() as stack:
-        engine = stack.enter_context(get_engine("spark")) if config.engine == "spark" else None
+        options = {} if config.engine == "spark" else {"workspace": workspace}
+        engine = stack.enter_context(get_engine(config.engine, **options))
         context = RunContext(workspace=workspace, key=key, as_of=as_of, progress=progress, config=config,
                              engine=engine)
         for stage in tqdm(chosen, desc="run", unit=" stage", disable=not progress):

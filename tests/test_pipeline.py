@@ -18,7 +18,9 @@ from dp import BudgetLedger
 from pipelines.ingest import ingest
 from pipelines.config import JobConfig
 from pipelines.dsr import export_account
-from pipelines.popularity import read_popularity, release_popularity
+from pipelines.engines import LocalEngine
+from pipelines.engines.jobs import release_item_buyers
+from pipelines.popularity import read_popularity
 from pipelines.run import run_pipeline
 from pipelines.synthetic import generate
 from pipelines.workspace import Workspace
@@ -170,7 +172,8 @@ def test_popularity_is_released_with_dp_and_never_beyond_the_budget(job):
     assert ledger.remaining("orders")["epsilon"] == pytest.approx(0.05)
     before = sorted(p.read_bytes() for p in workspace.outputs("popularity").glob("*.parquet"))
     persons = pa.array(["not-a-person"], pa.string())
-    row = release_popularity(workspace, persons, AS_OF)
+    with LocalEngine(workspace=workspace) as engine:
+        row = release_item_buyers(engine, workspace, persons, AS_OF)
     assert row["rows"] == 0 and row["note"].startswith("release refused, nothing charged or released")
     assert sorted(p.read_bytes() for p in workspace.outputs("popularity").glob("*.parquet")) == before
     assert ledger.remaining("orders")["epsilon"] == pytest.approx(0.05)

@@ -1,0 +1,172 @@
+"""The engine protocol: what a job may ask of an engine, and the partition kernel it runs.
+
+A job is written once against ``Engine``: read a Parquet dataset partitioned by the person
+key, map *partition kernels* (pure functions from the Arrow table of one whole partition to
+another table) over it, collect the small results to the driver, broadcast small read-only
+values to the kernels, and write a result folder atomically into a workspace.
+
+Each operation keeps the same privacy guarantee on every engine; an operation that could not
+(sampling, per-partition noise) is not in the protocol. DP noise is never drawn inside a
+kernel: kernels bound contributions and aggregate, the driver adds noise once to the reduced
+totals (see ``pipelines.engines.jobs``).
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import pyarrow as pa
+
+from profiling.errors import PortraitError, SchemaError
+
+__all__ = ["Broadcast", "Engine", "Frame", "Kernel", "PartitioningError", "check_partitions", "kept_key",
+           "wanted_columns"]
+
+T = TypeVar("T")
+
+
+class PartitioningError(PortraitError):
+    """A kernel that bounds or scores per person got rows that are not partitioned by the person key."""
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A pure function from one whole partition (``pa.Table``) to a table of ``schema``.
+
+    ``by_person``: the kernel computes per person (bounding, features, scoring), so every
+    call first checks that its rows are partitioned by the input's key (``PartitioningError``
+    otherwise). Kernels must not depend on the rows' order: one that needs an order sorts its
+    partition by (person key, a stable tiebreak) first. Kernels are not called on empty
+    partitions. On Spark a kernel is pickled to the workers: capture broadcasts, not big arrays.
+    """
+
+    function: Callable[[pa.Table], pa.Table]
+    schema: pa.Schema
+    name: str = ""
+    by_person: bool = True
+
+    def __post_init__(self) -> None:
+        if not callable(self.function):
+            raise TypeError(f"a kernel's function must be callable, got {type(self.function).__name__}")
+        if not isinstance(self.schema, pa.Schema):
+            raise TypeError(f"a kernel's schema must be a pyarrow Schema, got {type(self.schema).__name__}")
+        if not self.name:
+            object.__setattr__(self, "name", getattr(self.function, "__name__", "kernel"))
+
+
+class Broadcast(Generic[T]):
+    """A small read-only value shipped once to every kernel; read it inside the kernel as ``.value``."""
+
+    @property
+    @abc.abstractmethod
+    def value(self) -> T: ...
+
+
+@dataclass(frozen=True)
+class Frame:
+    """Partitioned rows on an engine (lazy: nothing runs until ``collect`` or ``write``).
+
+    ``key`` is the column the rows are hash-partitioned by (kept through a kernel whose output
+    has that column, None otherwise), ``partitions`` how many there are.
+    ``schema`` is the rows' Arrow schema; ``handle`` is the engine's own representation.
+    """
+
+    engine: Engine
+    schema: pa.Schema
+    key: str | None
+    partitions: int
+    handle: Any = field(repr=False)
+
+
+class Engine(abc.ABC):
+    """Runs partition kernels over data partitioned by person (see the module docstring).
+
+    Use as a context manager, or call ``close`` when done.
+    """
+
+    name: str = ""
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release what the engine holds (scratch files, a Spark session it started)."""
+
+    @abc.abstractmethod
+    def read(self, path: str | os.PathLike, *, columns: Sequence[str], key: str,
+             partitions: int | None = None) -> Frame:
+        """A Parquet dataset (a folder of files) with ``columns``, hash-partitioned by ``key`` into ``partitions``."""
+
+    @abc.abstractmethod
+    def from_table(self, table: pa.Table, *, key: str, partitions: int) -> Frame:
+        """A small in-memory table, hash-partitioned by ``key`` into ``partitions``."""
+
+    @abc.abstractmethod
+    def map(self, frame: Frame, kernel: Kernel) -> Frame:
+        """``kernel`` applied to each non-empty partition of ``frame`` (lazy)."""
+
+    @abc.abstractmethod
+    def collect(self, frame: Frame) -> pa.Table:
+        """All rows of ``frame`` on the driver, in no particular order: only for small (reduced) results."""
+
+    @abc.abstractmethod
+    def broadcast(self, value: T) -> Broadcast[T]:
+        """Ship a small value (a table, numpy arrays) to every kernel once."""
+
+    @abc.abstractmethod
+    def write(self, frame: Frame, workspace, name: str) -> Path:
+        """Write ``frame`` as Parquet to ``workspace.outputs(name)``, replacing the folder atomically.
+
+        Computed into a staging folder inside the workspace and published only when every
+        partition succeeded: a failure leaves the previous folder as it was.
+        """
+
+    def _check_frame(self, frame: Frame, kernel: Kernel | None = None) -> None:
+        if not isinstance(frame, Frame):
+            raise TypeError(f"expected a Frame from this engine, got {type(frame).__name__}")
+        if frame.engine is not self:
+            raise ValueError(f"this frame belongs to another engine ({frame.engine!r}); read it through {self!r}")
+        if kernel is None:
+            return
+        if not isinstance(kernel, Kernel):
+            raise TypeError(f"map needs a Kernel, got {type(kernel).__name__}")
+        if kernel.by_person and frame.key is None:
+            raise PartitioningError(f"kernel {kernel.name!r} needs data partitioned by person, but its input is not "
+                                    f"partitioned by any key (the output of a kernel that dropped the key column?); "
+                                    f"read it through the engine with key=...")
+
+
+def check_partitions(partitions: object) -> int:
+    """A positive number of partitions, or ``ValueError``."""
+    if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
+        raise ValueError(f"partitions must be a positive integer, got {partitions!r}")
+    return partitions
+
+
+def wanted_columns(names: Sequence[str], columns: Sequence[str], key: str, where: object) -> list[str]:
+    """The columns to read, the key first; ``SchemaError`` naming any that the data lacks."""
+    if isinstance(columns, str):
+        raise TypeError(f"columns must be a list of column names, got the string {columns!r}")
+    wanted = list(dict.fromkeys([key, *columns]))
+    missing = [c for c in wanted if c not in names]
+    if missing:
+        raise SchemaError(f"{where} has no column {', '.join(map(repr, missing))}; it has {', '.join(names)}")
+    return wanted
+
+
+def kept_key(frame: Frame, kernel: Kernel) -> str | None:
+    """The key of ``kernel``'s output: the input's, if the output has that column.
+
+    A kernel's output stays in its input's partition; if it still holds the key column, the
+    next per-person kernel can rely on it, and its call checks that it really does.
+    """
+    return frame.key if frame.key is not None and frame.key in kernel.schema.names else None

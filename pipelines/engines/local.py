@@ -1,0 +1,180 @@
+"""The local engine: partition kernels run in this process, one partition in memory at a time.
+
+``read`` streams the Parquet dataset in record batches and spills each batch's rows to its
+partition's Arrow IPC file (``partition_of``: the partition Spark would pick), in a scratch
+folder inside the workspace (removed on ``close``; a killed job's is swept by the next stage).
+Memory is bounded by one batch while reading and by one partition (its rows and its kernel's
+result) while mapping, so choose ``partitions`` to keep a partition to a few million rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from pipelines.engines._partitioning import call_kernel, partition_of
+from pipelines.engines._protocol import (
+    Broadcast,
+    Engine,
+    Frame,
+    Kernel,
+    T,
+    check_partitions,
+    kept_key,
+    wanted_columns,
+)
+from pipelines.workspace import Workspace
+
+__all__ = ["LocalEngine", "ROWS_PER_PARTITION"]
+
+ROWS_PER_PARTITION = 2_000_000     # default partition size when ``partitions`` is not given
+
+
+@dataclass(frozen=True)
+class _Partitions:
+    """``load(p)`` gives partition p's whole table (None when it is empty)."""
+
+    load: Callable[[int], pa.Table | None]
+
+
+class _Value(Broadcast[T]):
+    def __init__(self, value: T) -> None:
+        self._value = value
+
+    @property
+    def value(self) -> T:
+        return self._value
+
+
+class LocalEngine(Engine):
+    """Runs kernels in-process over Parquet datasets (see the module docstring).
+
+    ``workspace``: where the scratch folder lives (default: the system's temporary folder);
+    ``batch_rows``: rows read per batch.
+    """
+
+    name = "local"
+
+    def __init__(self, *, workspace: Workspace | str | os.PathLike | None = None, batch_rows: int = 131_072) -> None:
+        if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
+            raise ValueError(f"batch_rows must be a positive integer, got {batch_rows!r}")
+        self.workspace = None if workspace is None else (
+            workspace if isinstance(workspace, Workspace) else Workspace(workspace))
+        self.batch_rows = batch_rows
+        self._scratch: Path | None = None
+        self._exit = contextlib.ExitStack()
+        self._spills = 0
+
+    def __repr__(self) -> str:
+        return f"LocalEngine(workspace={self.workspace!r})"
+
+    def close(self) -> None:
+        self._exit.close()
+        self._scratch = None
+
+    def _scratch_folder(self) -> Path:
+        if self._scratch is None:
+            if self.workspace is not None:
+                self._scratch = self._exit.enter_context(self.workspace.staging())
+            else:
+                self._scratch = Path(self._exit.enter_context(tempfile.TemporaryDirectory(prefix="portrait-engine-")))
+        return self._scratch
+
+    # reading ---------------------------------------------------------------------------------------------
+
+    def read(self, path: str | os.PathLike, *, columns: Sequence[str], key: str,
+             partitions: int | None = None) -> Frame:
+        dataset = ds.dataset(path, format="parquet")
+        columns = wanted_columns(dataset.schema.names, columns, key, path)
+        if partitions is None:
+            partitions = max(1, math.ceil(dataset.count_rows() / ROWS_PER_PARTITION))
+        check_partitions(partitions)
+        schema = pa.schema([dataset.schema.field(c) for c in columns])
+        return self._spill(dataset.to_batches(columns=columns, batch_size=self.batch_rows), schema, key, partitions)
+
+    def from_table(self, table: pa.Table, *, key: str, partitions: int) -> Frame:
+        wanted_columns(table.column_names, table.column_names, key, "the table")
+        check_partitions(partitions)
+        return self._spill(table.to_batches(max_chunksize=self.batch_rows), table.schema, key, partitions)
+
+    def _spill(self, batches: Iterator[pa.RecordBatch], schema: pa.Schema, key: str, partitions: int) -> Frame:
+        self._spills += 1
+        folder = self._scratch_folder() / f"read-{self._spills}"
+        folder.mkdir()
+        writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
+        try:
+            for batch in batches:
+                # rows: one batch in stored order -> grouped by partition, stored order kept within each
+                owner = partition_of(batch.column(key), partitions)
+                order = np.argsort(owner, kind="stable")
+                bounds = np.searchsorted(owner[order], np.arange(partitions + 1))
+                ordered = batch.take(pa.array(order))
+                for p in np.flatnonzero(np.diff(bounds)):
+                    if p not in writers:
+                        writers[p] = pa.ipc.new_file(folder / f"part-{p}.arrow", schema)
+                    writers[p].write_batch(ordered.slice(bounds[p], bounds[p + 1] - bounds[p]))
+        finally:
+            for writer in writers.values():
+                writer.close()
+
+        def load(p: int) -> pa.Table | None:
+            file = folder / f"part-{p}.arrow"
+            if not file.exists():
+                return None
+            with pa.OSFile(str(file)) as source:
+                return pa.ipc.open_file(source).read_all()
+
+        return Frame(self, schema, key, partitions, _Partitions(load))
+
+    # running ---------------------------------------------------------------------------------------------
+
+    def map(self, frame: Frame, kernel: Kernel) -> Frame:
+        self._check_frame(frame, kernel)
+        source: _Partitions = frame.handle
+
+        def load(p: int) -> pa.Table | None:
+            table = source.load(p)
+            if table is None or table.num_rows == 0:
+                return None
+            return call_kernel(kernel, table, key=frame.key, partition=p, partitions=frame.partitions)
+
+        return Frame(self, kernel.schema, kept_key(frame, kernel), frame.partitions, _Partitions(load))
+
+    def _tables(self, frame: Frame) -> Iterator[pa.Table]:
+        self._check_frame(frame)
+        for p in range(frame.partitions):
+            table = frame.handle.load(p)
+            if table is not None:
+                yield table
+
+    def collect(self, frame: Frame) -> pa.Table:
+        return pa.concat_tables([frame.schema.empty_table(), *self._tables(frame)])
+
+    def broadcast(self, value: T) -> Broadcast[T]:
+        return _Value(value)
+
+    def write(self, frame: Frame, workspace: Workspace, name: str) -> Path:
+        destination = workspace.outputs(name)
+        with workspace.staging() as stage:
+            folder = stage / name
+            folder.mkdir()
+            # a partition's rows go to its own file, written as it is computed: one partition in memory
+            written = 0
+            for table in self._tables(frame):
+                pq.write_table(table, folder / f"part-{written:05d}.parquet")
+                written += 1
+            if not written:
+                pq.write_table(frame.schema.empty_table(), folder / "part-00000.parquet")
+            workspace.publish({destination: folder})
+        return destination
+

@@ -1,0 +1,177 @@
+"""The Spark engine: the same partition kernels, run by PySpark on a cluster (or ``local[n]``).
+
+``read`` is ``spark.read.parquet(path).repartition(n, key)`` (Spark's hash partitioning, the
+one ``partition_of`` computes); ``map`` is ``mapInArrow``, with each partition's record batches
+concatenated into one table before the kernel sees it (per-person kernels need the whole
+partition) and cast to the frame's schema (so kernels see the same types as on the local
+engine); ``broadcast`` is ``SparkContext.broadcast``. Results are written by Spark into a
+staging folder inside the workspace and published only when the job succeeded.
+
+PySpark is optional: ``pip install 'portrait[spark]'``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from pipelines.engines._optional import import_optional
+from pipelines.engines._partitioning import call_kernel
+from pipelines.engines._protocol import (
+    Broadcast,
+    Engine,
+    Frame,
+    Kernel,
+    PartitioningError,
+    T,
+    check_partitions,
+    kept_key,
+    wanted_columns,
+)
+from pipelines.workspace import Workspace
+
+__all__ = ["SparkEngine"]
+
+_PURPOSE = "the Spark engine"
+# PySpark 4.3 warns on every mapInArrow that it does not fully support pandas 3; mapInArrow does
+# not go through pandas at all, so that one warning is silenced where mapInArrow is called.
+_PANDAS_WARNING = "PySpark does not yet fully support pandas"
+
+
+class _SparkValue(Broadcast[T]):
+    def __init__(self, broadcast: Any) -> None:
+        self._broadcast = broadcast
+
+    @property
+    def value(self) -> T:
+        return self._broadcast.value
+
+
+class SparkEngine(Engine):
+    """Runs kernels with PySpark (see the module docstring).
+
+    ``spark``: a running ``SparkSession`` to use (kept running on ``close``); without one, a
+    session is started with ``master`` and ``config`` and stopped on ``close``. Python workers
+    run this interpreter (``PYSPARK_PYTHON`` is set to it unless already set).
+    ``partitions``: default number of partitions for ``read`` (default: ``spark.sql.shuffle.partitions``).
+    """
+
+    name = "spark"
+
+    def __init__(self, *, spark: Any = None, master: str = "local[2]", config: Mapping[str, str] | None = None,
+                 partitions: int | None = None) -> None:
+        sql = import_optional("pyspark.sql", extra="spark", purpose=_PURPOSE)
+        self._owns_session = spark is None
+        if spark is None:
+            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+            os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+            builder = (sql.SparkSession.builder.master(master).appName("portrait")
+                       .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false"))
+            for name, value in (config or {}).items():
+                builder = builder.config(name, value)
+            spark = builder.getOrCreate()
+        self.spark = spark
+        self.partitions = partitions
+        self._broadcasts: list[Any] = []
+
+    def __repr__(self) -> str:
+        return f"SparkEngine(master={self.spark.sparkContext.master!r})"
+
+    def close(self) -> None:
+        for broadcast in self._broadcasts:
+            broadcast.destroy()
+        self._broadcasts.clear()
+        if self._owns_session:
+            self.spark.stop()
+
+    # reading ---------------------------------------------------------------------------------------------
+
+    def read(self, path: str | os.PathLike, *, columns: Sequence[str], key: str,
+             partitions: int | None = None) -> Frame:
+        frame = self.spark.read.parquet(str(path))
+        wanted = wanted_columns(frame.columns, columns, key, path)
+        return self._partitioned(frame.select(*wanted), key, partitions)
+
+    def from_table(self, table: pa.Table, *, key: str, partitions: int) -> Frame:
+        wanted_columns(table.column_names, table.column_names, key, "the table")
+        return self._partitioned(self.spark.createDataFrame(table), key, partitions, schema=table.schema)
+
+    def from_dataframe(self, frame: Any, *, key: str, partitions: int | None = None,
+                       schema: pa.Schema | None = None) -> Frame:
+        """A Spark DataFrame, hash-partitioned by ``key``.
+
+        ``schema``: the Arrow schema the kernels see (default: converted from Spark's).
+        """
+        wanted_columns(frame.columns, frame.columns, key, "the DataFrame")
+        return self._partitioned(frame, key, partitions, schema)
+
+    def _partitioned(self, frame: Any, key: str, partitions: int | None, schema: pa.Schema | None = None) -> Frame:
+        if partitions is None:
+            partitions = self.partitions or int(self.spark.conf.get("spark.sql.shuffle.partitions"))
+        check_partitions(partitions)
+        types = import_optional("pyspark.sql.pandas.types", extra="spark", purpose=_PURPOSE)
+        schema = schema or types.to_arrow_schema(frame.schema, timezone="UTC")
+        # rows: as read, then hash-partitioned by key: pmod(murmur3(key), partitions)
+        return Frame(self, schema, key, partitions, frame.repartition(partitions, key))
+
+    # running ---------------------------------------------------------------------------------------------
+
+    def map(self, frame: Frame, kernel: Kernel) -> Frame:
+        self._check_frame(frame, kernel)
+        types = import_optional("pyspark.sql.pandas.types", extra="spark", purpose=_PURPOSE)
+        key, partitions, schema = frame.key, frame.partitions, frame.schema
+
+        def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            from pyspark import TaskContext
+
+            whole = list(batches)
+            if not whole or not any(b.num_rows for b in whole):
+                return
+            # rows: one whole partition; with a key, every row's key hashes to this partition
+            table = pa.Table.from_batches(whole).cast(schema)
+            result = call_kernel(kernel, table, key=key, partition=TaskContext.get().partitionId(),
+                                 partitions=partitions)
+            yield from result.to_batches()
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_PANDAS_WARNING, category=FutureWarning)
+            mapped = frame.handle.mapInArrow(run, types.from_arrow_schema(kernel.schema))
+        return Frame(self, kernel.schema, kept_key(frame, kernel), partitions, mapped)
+
+    def collect(self, frame: Frame) -> pa.Table:
+        self._check_frame(frame)
+        table = _translated(frame.handle.toArrow)
+        return table.cast(frame.schema)
+
+    def broadcast(self, value: T) -> Broadcast[T]:
+        broadcast = self.spark.sparkContext.broadcast(value)
+        self._broadcasts.append(broadcast)
+        return _SparkValue(broadcast)
+
+    def write(self, frame: Frame, workspace: Workspace, name: str) -> Path:
+        self._check_frame(frame)
+        destination = workspace.outputs(name)
+        with workspace.staging() as stage:
+            folder = stage / name
+            _translated(lambda: frame.handle.write.parquet(str(folder)))
+            workspace.publish({destination: folder})
+        return destination
+
+
+def _translated(action):
+    """Run a Spark action; a kernel's ``PartitioningError`` comes back as itself, not as a Java stack trace."""
+    try:
+        return action()
+    except Exception as error:
+        found = re.search(r"PartitioningError: (.+)", str(error))
+        if found is None:
+            raise
+        raise PartitioningError(found.group(1)) from error
+

@@ -1,0 +1,43 @@
+"""The local engine's own promises: bounded memory by spilling partitions inside the workspace, cleaned up."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from engines._frames import person_ids
+from pipelines.engines import Kernel, LocalEngine, partition_of
+from pipelines.workspace import Workspace
+
+
+def test_partitions_spill_to_arrow_files_inside_the_workspace_and_are_removed(tmp_path):
+    ids = person_ids(500, seed=51)
+    rows = pa.table({"person_id": pa.array(ids * 3), "n": pa.array(range(1500), pa.int64())})
+    pq.write_table(rows, tmp_path / "rows.parquet", row_group_size=100)
+    workspace = Workspace(tmp_path / "ws")
+    engine = LocalEngine(workspace=workspace, batch_rows=64)
+    frame = engine.read(tmp_path / "rows.parquet", columns=["n"], key="person_id", partitions=5)
+    (scratch,) = workspace.root.glob(".staging-*")
+    files = sorted(scratch.rglob("part-*.arrow"))
+    assert len(files) == 5
+    for file in files:
+        # each file holds exactly the persons Spark's repartition(5, person_id) would put there
+        part = int(file.stem.split("-")[1])
+        with pa.OSFile(str(file)) as source:
+            table = pa.ipc.open_file(source).read_all()
+        assert set(partition_of(table["person_id"], 5).tolist()) == {part}
+    seen = engine.collect(engine.map(frame, Kernel(lambda t: t, frame.schema)))
+    assert sorted(seen["n"].to_pylist()) == list(range(1500))
+    engine.close()
+    assert not list(workspace.root.glob(".staging-*"))
+
+
+def test_bad_engine_options_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="batch_rows must be a positive integer, got 0"):
+        LocalEngine(batch_rows=0)
+    with LocalEngine() as engine:
+        with pytest.raises(ValueError, match="partitions must be a positive integer, got -1"):
+            engine.from_table(pa.table({"person_id": ["a"]}), key="person_id", partitions=-1)
+        with pytest.raises(TypeError, match="columns must be a list of column names, got the string 'n'"):
+            engine.read(tmp_path, columns="n", key="person_id")
