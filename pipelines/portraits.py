@@ -39,6 +39,7 @@ from profiling.identity import (
 from profiling.portrait import (
     DEVICES_COLUMNS,
     PERSONS_COLUMNS,
+    SOURCE_COLUMNS,
     PortraitBuilder,
     data_dictionary,
     portrait_schema,
@@ -54,10 +55,7 @@ PORTRAITS = "portraits"
 # Orders per partition of the portrait computation (about 22 bytes each while it runs).
 ROWS_PER_PARTITION = 20_000_000
 _BATCH_ROWS = 1 << 18
-_SOURCE_COLUMNS = {"orders": ("person_id", "placed_at", "amount", "currency", "payment_institution", "category"),
-                   "waybills": ("person_id", "created_at", "service_type", "origin_province", "destination_province",
-                                "weight_kg", "cross_border"),
-                   "device_events": ("person_id", "event_at")}
+
 
 
 def write_identity(workspace: Workspace, eligible: pa.Table, linking_persons: pa.Array, *,
@@ -134,7 +132,7 @@ def write_portraits(workspace: Workspace, eligible: pa.Table, *, as_of, progress
                 # file by file: a dataset scan decodes ahead of a slower consumer and grows with the input
                 for path in dataset.files:
                     for batch in pq.ParquetFile(path).iter_batches(batch_size=_BATCH_ROWS,
-                                                                  columns=list(_SOURCE_COLUMNS[name])):
+                                                                  columns=list(SOURCE_COLUMNS[name])):
                         adders[name](batch)
                         bar.update(batch.num_rows)
         folder = stage / PORTRAITS

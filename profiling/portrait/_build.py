@@ -33,7 +33,8 @@ from profiling.portrait._kernels import (
 )
 from profiling.schema import CATEGORIES, CURRENCIES, PAYMENT_INSTITUTIONS, SERVICE_TYPES
 
-__all__ = ["DEFAULT_CNY_PER_UNIT", "DEVICES_COLUMNS", "PERSONS_COLUMNS", "PortraitBuilder", "portraits", "spill_folder"]
+__all__ = ["DEFAULT_CNY_PER_UNIT", "DEVICES_COLUMNS", "PERSONS_COLUMNS", "SOURCE_COLUMNS", "PortraitBuilder",
+           "portraits", "spill_folder"]
 
 # Reference rates (CNY per unit, late 2026) used when a job passes none; pass the rates of your books.
 DEFAULT_CNY_PER_UNIT: Mapping[str, float] = {
@@ -42,7 +43,7 @@ DEFAULT_CNY_PER_UNIT: Mapping[str, float] = {
 }
 PERSONS_COLUMNS = ("person_id", "identity_id", "dnd", "non_personalized", "cross_device_sync")
 DEVICES_COLUMNS = ("device_id", "identity_id", "device_type")
-_SOURCE_COLUMNS = {
+SOURCE_COLUMNS = {
     "orders": ("person_id", "placed_at", "amount", "currency", "payment_institution", "category"),
     "waybills": ("person_id", "created_at", "service_type", "origin_province", "destination_province",
                  "weight_kg", "cross_border"),
@@ -224,7 +225,7 @@ class PortraitBuilder:
 
     def add_orders(self, batch: pa.RecordBatch | pa.Table) -> None:
         """Take one batch of ``pseudonymized/orders`` rows."""
-        _require_columns(batch, _SOURCE_COLUMNS["orders"], "orders")
+        _require_columns(batch, SOURCE_COLUMNS["orders"], "orders")
         keep, ident, micros = self._ident(batch, "placed_at")
         currency = _codes(batch.column("currency"), CURRENCIES, "orders", "currency", keep)[keep]
         amount = batch.column("amount").to_numpy(zero_copy_only=False)[keep]
@@ -240,7 +241,7 @@ class PortraitBuilder:
 
     def add_waybills(self, batch: pa.RecordBatch | pa.Table) -> None:
         """Take one batch of ``pseudonymized/waybills`` rows (waybills without a person are skipped)."""
-        _require_columns(batch, _SOURCE_COLUMNS["waybills"], "waybills")
+        _require_columns(batch, SOURCE_COLUMNS["waybills"], "waybills")
         keep, ident, _ = self._ident(batch, "created_at")
         weight = batch.column("weight_kg").to_numpy(zero_copy_only=False)[keep]
         if not np.isfinite(weight).all():
@@ -257,7 +258,7 @@ class PortraitBuilder:
 
     def add_device_events(self, batch: pa.RecordBatch | pa.Table) -> None:
         """Take one batch of ``pseudonymized/device_events`` rows (events without a signed-in person are skipped)."""
-        _require_columns(batch, _SOURCE_COLUMNS["device_events"], "device_events")
+        _require_columns(batch, SOURCE_COLUMNS["device_events"], "device_events")
         _, ident, micros = self._ident(batch, "event_at")
         hour = ((micros + _LOCAL_OFFSET_US) // MICROS_PER_HOUR) % 24
         self._rows.append("device_events", ident, {"hour": hour.astype(np.int8)})
