@@ -18,7 +18,8 @@ PROVINCE_CODES = 100  # 2-digit GB/T 2260 province codes
 
 @njit(nogil=True, cache=True)
 def _grouped(ident, n_ident):
-    """``(starts, rows)``: ``rows[starts[i]:starts[i + 1]]`` are the rows of identity i, in row order."""
+    """``(starts, rows, longest)``: ``rows[starts[i]:starts[i + 1]]`` are the rows of identity i, in row
+    order; ``longest`` is the most rows any identity has."""
     starts = np.zeros(n_ident + 1, dtype=np.int64)
     for i in ident:
         starts[i + 1] += 1
@@ -29,7 +30,10 @@ def _grouped(ident, n_ident):
     for row in range(len(ident)):
         rows[fill[ident[row]]] = row
         fill[ident[row]] += 1
-    return starts, rows
+    longest = 0
+    for i in range(n_ident):
+        longest = max(longest, starts[i + 1] - starts[i])
+    return starts, rows, longest
 
 
 @njit(nogil=True, cache=True)
@@ -69,10 +73,7 @@ def order_features(ident, local_ts, amount, category, institution, n_ident, n_ca
     monetary = np.zeros(n_ident, dtype=np.float64)
     category_counts = np.zeros((n_ident, n_categories), dtype=np.int32)
     institution_counts = np.zeros((n_ident, n_institutions), dtype=np.int32)
-    starts, rows = _grouped(ident, n_ident)
-    longest = 0
-    for i in range(n_ident):
-        longest = max(longest, starts[i + 1] - starts[i])
+    starts, rows, longest = _grouped(ident, n_ident)
     stamps = np.empty(longest, dtype=np.int64)
     amounts = np.empty(longest, dtype=np.float64)
     for i in range(n_ident):
@@ -126,12 +127,9 @@ def waybill_features(ident, service, origin, destination, weight, cross_border, 
     top_origin = np.full(n_ident, -1, dtype=np.int16)
     top_destination = np.full(n_ident, -1, dtype=np.int16)
     destinations = np.zeros(n_ident, dtype=np.int32)
-    starts, rows = _grouped(ident, n_ident)
+    starts, rows, longest = _grouped(ident, n_ident)
     origin_counts = np.zeros(PROVINCE_CODES, dtype=np.int32)
     destination_counts = np.zeros(PROVINCE_CODES, dtype=np.int32)
-    longest = 0
-    for i in range(n_ident):
-        longest = max(longest, starts[i + 1] - starts[i])
     weights = np.empty(longest, dtype=np.float64)
     for i in range(n_ident):
         count = starts[i + 1] - starts[i]
