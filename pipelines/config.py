@@ -21,6 +21,13 @@ Example (every key optional; relative paths are relative to the file)::
     epsilon = 1.0
     delta = 0.0
 
+    [spark]                              # used with engine = "spark"
+    master = "local[2]"                  # or a cluster's master URL (spark://..., yarn, k8s://...)
+    partitions = 8                       # partitions per job (default: spark.sql.shuffle.partitions)
+
+    [spark.config]                       # any Spark setting, handed to the session builder
+    "spark.driver.memory" = "8g"
+
 ``purposes`` lists the optional purposes this job may process; a stage whose purpose is left out is
 skipped (``product_improvement``: the popularity release; ``marketing_messages``: the marketing
 audience; ``cross_device_sync``: linking, so every person is their own identity). The
@@ -61,6 +68,9 @@ class JobConfig:
     max_accounts_per_device: int = 5
     rows_per_partition: int = 20_000_000
     budgets: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # dataset -> {epsilon, delta}
+    spark_master: str = "local[2]"
+    spark_partitions: int | None = None  # None: spark.sql.shuffle.partitions
+    spark_config: Mapping[str, str] = field(default_factory=dict)  # Spark settings for the session builder
     source: str = "defaults"
 
     def __post_init__(self) -> None:
@@ -78,6 +88,16 @@ class JobConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
                 raise ConfigError(f"{name} {where} must be a whole number of at least {lowest}, got {value!r}")
+        if not isinstance(self.spark_master, str) or not self.spark_master:
+            raise ConfigError(f"spark master {where} must be a master URL such as 'local[2]', got {self.spark_master!r}")
+        partitions = self.spark_partitions
+        if partitions is not None and (isinstance(partitions, bool) or not isinstance(partitions, int)
+                                       or partitions < 1):
+            raise ConfigError(f"spark partitions {where} must be a whole number of at least 1, got {partitions!r}")
+        if not isinstance(self.spark_config, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str | int | float | bool) for k, v in self.spark_config.items()):
+            raise ConfigError(f"[spark.config] {where} must map Spark setting names to values, "
+                              f"such as \"spark.driver.memory\" = \"8g\"")
         if self.as_of is not None and self.as_of.tzinfo is None:
             raise ConfigError(f"as_of {where} must carry a UTC offset")
         for dataset, budget in self.budgets.items():
@@ -89,6 +109,14 @@ class JobConfig:
 
     def allows(self, purpose: str) -> bool:
         return purpose in self.purposes
+
+    def engine_options(self) -> dict:
+        """Keyword arguments for ``get_engine(self.engine, ...)`` (the local engine's workspace excepted)."""
+        if self.engine != "spark":
+            return {}
+        return {"master": self.spark_master, "partitions": self.spark_partitions,
+                "config": {name: str(value).lower() if isinstance(value, bool) else str(value)
+                           for name, value in self.spark_config.items()}}
 
     def with_overrides(self, **overrides) -> JobConfig:
         """A copy with the given settings replaced; ``None`` values leave a setting as it is."""
@@ -104,7 +132,8 @@ def _positive(value) -> bool:
 
 
 _SECTIONS = {"recommendations": {"k": "k"}, "identity": {"max_accounts_per_device": "max_accounts_per_device"},
-             "portraits": {"rows_per_partition": "rows_per_partition"}}
+             "portraits": {"rows_per_partition": "rows_per_partition"},
+             "spark": {"master": "spark_master", "partitions": "spark_partitions", "config": "spark_config"}}
 _TOP_LEVEL = {"workspace", "key_file", "as_of", "engine", "purposes", "budget", *_SECTIONS}
 
 

@@ -19,7 +19,9 @@ their portrait or lists.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import math
 from numbers import Integral
 from pathlib import Path
 
@@ -29,12 +31,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+import scipy.sparse as sp
 from tqdm.auto import tqdm
 
+from pipelines.engines import Engine, Kernel, LocalEngine
+from pipelines.engines.jobs import score_top_k
 from pipelines.workspace import Workspace
 from profiling.errors import WorkspaceError
 from profiling.factors import ImplicitALS, recency_weighted_counts
-from profiling.scoring import eligibility_by_province, top_k_batches
+from profiling.scoring import eligibility_by_province
 
 __all__ = ["RECOMMENDATIONS_SCHEMA", "MARKETING_AUDIENCE_SCHEMA", "write_recommendations"]
 
@@ -46,6 +51,8 @@ RECOMMENDATIONS_SCHEMA = pa.schema([
     pa.field("personalized", pa.bool_(), nullable=False),
 ])
 MARKETING_AUDIENCE_SCHEMA = pa.schema([pa.field("marketing_id", pa.string(), nullable=False)])
+
+PERSONS_PER_PARTITION = 131_072  # persons scored per partition kernel call (bounds the kernel's memory)
 
 _SECONDS_PER_DAY = 86_400.0
 
@@ -101,7 +108,8 @@ def _popular_items(popularity: pd.Series | None, item_ids: np.ndarray, buyers_pe
 def write_recommendations(workspace: Workspace, eligible: pd.DataFrame, *, as_of: dt.datetime, k: int = 10,
                           marketing: pd.DataFrame | None = None, popularity: pd.Series | None = None,
                           factors: int = 64, iterations: int = 15, half_life_days: float = 90.0,
-                          random_state: int = 0, progress: bool = False) -> list[dict]:
+                          random_state: int = 0, engine: Engine | None = None,
+                          progress: bool = False) -> list[dict]:
     """Write each eligible person's top-``k`` items and the marketing audience; return summary rows.
 
     ``eligible`` is the consent gate's answer for the recommendation purpose at ``as_of``: one row per
@@ -128,6 +136,10 @@ def write_recommendations(workspace: Workspace, eligible: pd.DataFrame, *, as_of
 
     Scores are inner products of the factors (unitless) for personalized rows and popularity for the
     others; ranks count from 1. The privacy unit is ``person_id``.
+
+    The factors are fitted on the driver; the personalized lists are scored by partition kernels on
+    ``engine`` (default: a local engine in the workspace), the item factors and the allowed-items
+    matrix broadcast, so every engine gives the same lists.
     """
     if as_of.tzinfo is None:
         raise ValueError(f"as_of {as_of} has no time zone; pass an aware datetime in UTC")
@@ -184,27 +196,32 @@ def write_recommendations(workspace: Workspace, eligible: pd.DataFrame, *, as_of
     fallback_lists = _popular_lists(popular, eligibility.allowed, k)
     fallback_persons = np.flatnonzero(~np.isin(np.arange(len(person_ids)), trained))
 
-    summary_rows = {"personalized": 0, "non-personalized": 0}
-    with workspace.staging() as staging:
+    with contextlib.ExitStack() as owned, workspace.staging() as staging:
+        engine = engine or owned.enter_context(LocalEngine(workspace=workspace))
         recommendations = staging / "recommendations"
-        recommendations.mkdir()
-        with pq.ParquetWriter(recommendations / "part-0.parquet", RECOMMENDATIONS_SCHEMA) as writer:
-            if len(trained) and len(item_ids):
-                model = ImplicitALS(factors=factors, iterations=iterations, random_state=random_state)
-                model.fit(feedback[trained])
-                batches = top_k_batches(model.person_factors_, model.item_factors_, k, bought=feedback[trained],
-                                        eligibility=type(eligibility)(eligibility.allowed,
-                                                                      eligibility.person_group[trained]))
-                for batch in tqdm(batches, desc="recommend", unit=" batch", disable=not progress):
-                    record = batch.to_record_batch(pa.array(person_ids[trained], pa.string()),
-                                                   pa.array(item_ids, pa.string()))
-                    writer.write_batch(_with_flag(record, True))
-                    summary_rows["personalized"] += record.num_rows
-            for start in range(0, len(fallback_persons), 65_536):
+        if len(trained) and len(item_ids):
+            model = ImplicitALS(factors=factors, iterations=iterations, random_state=random_state)
+            model.fit(feedback[trained])
+            scoring = _scoring_table(person_ids[trained], model.person_factors_, feedback[trained], item_ids,
+                                     eligibility.person_group[trained])
+            frame = engine.from_table(scoring, key="person_id",
+                                      partitions=max(1, math.ceil(len(trained) / PERSONS_PER_PARTITION)))
+            ranked = score_top_k(engine, frame, item_ids=pa.array(item_ids, pa.string()),
+                                 item_factors=model.item_factors_, k=k, exclude="bought", group="group",
+                                 allowed=eligibility.allowed)
+            engine.save(engine.map(ranked, _personalized_kernel()), recommendations)
+        else:
+            recommendations.mkdir()
+        personalized_rows = ds.dataset(recommendations, format="parquet").count_rows()
+        # the non-personalized lists, written by the driver beside the engine's files
+        fallback_rows = 0
+        with pq.ParquetWriter(recommendations / "part-popular.parquet", RECOMMENDATIONS_SCHEMA) as writer:
+            for start in tqdm(range(0, len(fallback_persons), 65_536), desc="popular lists", unit=" batch",
+                              disable=not progress):
                 chunk = fallback_persons[start:start + 65_536]
                 record = _fallback_batch(chunk, person_ids, item_ids, eligibility.person_group, fallback_lists, popular)
                 writer.write_batch(record)
-                summary_rows["non-personalized"] += record.num_rows
+                fallback_rows += record.num_rows
         audience_folder = staging / "marketing_audience"
         audience_folder.mkdir()
         audience = _marketing_audience(marketing, eligible)
@@ -213,10 +230,10 @@ def write_recommendations(workspace: Workspace, eligible: pd.DataFrame, *, as_of
         workspace.publish({workspace.outputs("recommendations"): recommendations,
                            workspace.outputs("marketing_audience"): audience_folder})
     return [
-        {"stage": "recommend", "output": "recommendations", "persons": len(trained), "rows": summary_rows["personalized"],
+        {"stage": "recommend", "output": "recommendations", "persons": len(trained), "rows": personalized_rows,
          "kind": "personalized"},
         {"stage": "recommend", "output": "recommendations", "persons": len(fallback_persons),
-         "rows": summary_rows["non-personalized"], "kind": "non-personalized"},
+         "rows": fallback_rows, "kind": "non-personalized"},
         {"stage": "recommend", "output": "marketing_audience", "persons": len(audience), "rows": len(audience),
          "kind": "not DND"},
     ]
@@ -245,9 +262,28 @@ def _fallback_batch(persons: np.ndarray, person_ids: np.ndarray, item_ids: np.nd
     ], schema=RECOMMENDATIONS_SCHEMA)
 
 
-def _with_flag(record: pa.RecordBatch, personalized: bool) -> pa.RecordBatch:
-    flag = pa.array(np.full(record.num_rows, personalized), pa.bool_())
-    return pa.RecordBatch.from_arrays([*record.columns, flag], schema=RECOMMENDATIONS_SCHEMA)
+def _scoring_table(person_ids: np.ndarray, person_factors: np.ndarray, bought: sp.csr_array, item_ids: np.ndarray,
+                   group: np.ndarray) -> pa.Table:
+    """Rows (person_id, factors, bought item ids, eligibility group) of the persons to score, one each."""
+    dims = person_factors.shape[1]
+    bought = sp.csr_array(bought)
+    return pa.table({
+        "person_id": pa.array(person_ids.astype(object), pa.string()),
+        "factors": pa.ListArray.from_arrays(pa.array(np.arange(len(person_ids) + 1, dtype=np.int32) * dims),
+                                            pa.array(np.ascontiguousarray(person_factors, np.float32).ravel())),
+        "bought": pa.ListArray.from_arrays(pa.array(bought.indptr.astype(np.int32)),
+                                           pa.array(item_ids[bought.indices].astype(object), pa.string())),
+        "group": pa.array(np.asarray(group, dtype=np.int32)),
+    })
+
+
+def _personalized_kernel() -> Kernel:
+    """Kernel: top-K rows -> ``RECOMMENDATIONS_SCHEMA`` rows flagged personalized."""
+    def flagged(table: pa.Table) -> pa.Table:
+        return table.append_column(RECOMMENDATIONS_SCHEMA.field("personalized"),
+                                   pa.array(np.ones(table.num_rows, dtype=bool), pa.bool_())).cast(RECOMMENDATIONS_SCHEMA)
+
+    return Kernel(flagged, RECOMMENDATIONS_SCHEMA, name="personalized", by_person=False)
 
 
 def _marketing_audience(marketing: pd.DataFrame | None, eligible: pd.DataFrame) -> list[str]:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,7 +228,8 @@ def _recommendations(context: RunContext) -> list[dict]:
         decisions.append(marketing)
     rows = write_recommendations(workspace, personalization.person_frame(context.key), as_of=context.as_of,
                                  k=context.config.k, marketing=audience,
-                                 popularity=read_popularity(workspace), progress=context.progress)
+                                 popularity=read_popularity(workspace), engine=context.engine,
+                                 progress=context.progress)
     for decision in decisions:
         rows.append({"stage": "consent-gate", "table": decision.purpose, "rows": decision.eligible,
                      "excluded": sum(decision.excluded.values())})
@@ -277,13 +279,15 @@ def apply_budgets(workspace: Workspace, config: JobConfig) -> list[dict]:
 
 def run_pipeline(workspace: Workspace, key_file: str | Path | None, as_of: dt.datetime, *,
                  progress: bool = True, config: JobConfig | None = None,
-                 stages: Sequence[str] | None = None) -> list[dict]:
+                 stages: Sequence[str] | None = None,
+                 on_stage: Callable[[str, float], None] | None = None) -> list[dict]:
     """Run every stage in ``STAGES`` and return their summary rows.
 
     The master key comes from ``key_file``, or from ``PORTRAIT_MASTER_KEY`` when it is None. A key
     file must lie outside the workspace: outputs are shared more widely than keys. ``config`` gives
     the purposes, K, identity and partition settings and budgets (``JobConfig()`` by default).
     ``stages`` runs only the named stages, in ``STAGES`` order (each reads what earlier runs wrote).
+    ``on_stage(name, seconds)`` is called after each stage with its wall-clock time.
     """
     config = config or JobConfig()
     names = [stage.name for stage in STAGES]
@@ -300,10 +304,13 @@ def run_pipeline(workspace: Workspace, key_file: str | Path | None, as_of: dt.da
     key = load_master_key(key_file)
     summary: list[dict] = apply_budgets(workspace, config)
     with contextlib.ExitStack() as stack:
-        options = {} if config.engine == "spark" else {"workspace": workspace}
+        options = config.engine_options() if config.engine == "spark" else {"workspace": workspace}
         engine = stack.enter_context(get_engine(config.engine, **options))
         context = RunContext(workspace=workspace, key=key, as_of=as_of, progress=progress, config=config,
                              engine=engine)
         for stage in tqdm(chosen, desc="run", unit=" stage", disable=not progress):
+            started = time.perf_counter()
             summary.extend(stage.run(context))
+            if on_stage is not None:
+                on_stage(stage.name, time.perf_counter() - started)
     return summary

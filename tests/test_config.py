@@ -34,6 +34,12 @@ def test_every_setting_is_read_and_paths_are_relative_to_the_file(tmp_path):
         [budget.orders]
         epsilon = 0.5
         delta = 1e-6
+        [spark]
+        master = "local[1]"
+        partitions = 6
+        [spark.config]
+        "spark.driver.memory" = "2g"
+        "spark.sql.adaptive.enabled" = false
     """)
     config = load_config(path)
     assert config.workspace == (tmp_path / "ws").resolve()
@@ -42,6 +48,9 @@ def test_every_setting_is_read_and_paths_are_relative_to_the_file(tmp_path):
     assert (config.engine, config.k, config.max_accounts_per_device, config.rows_per_partition) == ("spark", 7, 3, 5000)
     assert config.allows("product_improvement") and not config.allows("marketing_messages")
     assert config.budgets == {"orders": {"epsilon": 0.5, "delta": 1e-6}}
+    assert config.engine_options() == {"master": "local[1]", "partitions": 6, "config": {
+        "spark.driver.memory": "2g", "spark.sql.adaptive.enabled": "false"}}
+    assert JobConfig(engine="local", spark_partitions=6).engine_options() == {}
 
 
 def test_the_command_line_overrides_the_file(tmp_path):
@@ -71,6 +80,10 @@ def test_a_run_needs_an_as_of_moment_from_somewhere(tmp_path):
     ("[budget.orders]\nepsilon = 1.0\ndelta = 1.5", r"budget.orders in .* needs epsilon > 0"),
     ("as_of = 'yesterday'", r"as_of in .*: --as-of 'yesterday' is not an ISO 8601 time"),
     ("engine = ", r"is not valid TOML"),
+    ("[spark]\nmaster = ''", r"spark master in .* must be a master URL"),
+    ("[spark]\npartitions = 0", r"spark partitions in .* must be a whole number of at least 1, got 0"),
+    ("[spark]\nconfig = 'fast'", r"\[spark.config\] in .* must map Spark setting names to values"),
+    ("[spark]\ncores = 2", r"\[spark\] in .* takes only master, partitions, config"),
 ])
 def test_bad_settings_are_named(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):

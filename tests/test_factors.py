@@ -33,9 +33,8 @@ def test_conjugate_gradient_reaches_the_exact_solution(seed, persons, items, dim
                          data_rvs=lambda n: rng.uniform(0.1, 3.0, n)).astype(np.float32)
     feedback = sp.csr_array(feedback)
     fixed = rng.standard_normal((items, dims)).astype(np.float32)
-    rows = np.repeat(np.arange(persons), np.diff(feedback.indptr))
     start = np.zeros((persons, dims), dtype=np.float32)
-    got = _conjugate_gradient(feedback, rows, fixed, start, 0.5, steps=4 * dims)
+    got = _conjugate_gradient(feedback, fixed, start, 0.5, steps=4 * dims, threads=1 + seed % 3)
     np.testing.assert_allclose(got, exact_row_solves(feedback, fixed, 0.5), rtol=2e-3, atol=2e-3)
 
 
@@ -68,6 +67,10 @@ def test_estimator_contract_determinism_and_dtype():
     other = ImplicitALS(factors=4, iterations=3, random_state=8).fit(feedback)
     assert np.array_equal(first.person_factors_, second.person_factors_)
     assert not np.array_equal(first.person_factors_, other.person_factors_)
+    for threads in (1, 3):  # each row is summed by one thread, in stored order
+        threaded = ImplicitALS(factors=4, iterations=3, random_state=7, threads=threads).fit(feedback)
+        assert np.array_equal(threaded.person_factors_, first.person_factors_)
+        assert np.array_equal(threaded.item_factors_, first.item_factors_)
     assert first.item_factors_.shape == (40, 4) and first.item_factors_.dtype == np.float32
     assert first.get_params()["factors"] == 4 and first.n_iter_ == 3
     with pytest.raises(TypeError):
@@ -95,6 +98,7 @@ def test_save_and_load_round_trip_without_pickle(tmp_path):
     ({"alpha": 0.0}, "alpha must be a positive finite number"),
     ({"regularization": float("inf")}, "regularization must be a non-negative finite number"),
     ({"regularization": -1.0}, "regularization must be a non-negative finite number"),
+    ({"threads": 0}, "threads must be a positive integer"),
 ])
 def test_bad_parameters_are_rejected(params, match):
     with pytest.raises(ValueError, match=match):

@@ -107,8 +107,8 @@ class Engine(abc.ABC):
         """A Parquet dataset (a folder of files) with ``columns``, hash-partitioned by ``key`` into ``partitions``."""
 
     @abc.abstractmethod
-    def from_table(self, table: pa.Table, *, key: str, partitions: int) -> Frame:
-        """A small in-memory table, hash-partitioned by ``key`` into ``partitions``."""
+    def from_table(self, table: pa.Table, *, key: str, partitions: int | None = None) -> Frame:
+        """An in-memory table, hash-partitioned by ``key`` into ``partitions`` (default: as ``read`` picks)."""
 
     @abc.abstractmethod
     def map(self, frame: Frame, kernel: Kernel) -> Frame:
@@ -122,13 +122,28 @@ class Engine(abc.ABC):
     def broadcast(self, value: T) -> Broadcast[T]:
         """Ship a small value (a table, numpy arrays) to every kernel once."""
 
+    @property
+    def kernel_threads(self) -> int:
+        """Threads one kernel call may use without oversubscribing the cores the engine runs on."""
+        return 1
+
     @abc.abstractmethod
+    def save(self, frame: Frame, folder: Path) -> None:
+        """Compute ``frame`` and write it as Parquet files into the new folder ``folder`` (not atomic by itself:
+        give a folder inside ``workspace.staging()`` and publish it, as ``write`` does)."""
+
     def write(self, frame: Frame, workspace, name: str) -> Path:
         """Write ``frame`` as Parquet to ``workspace.outputs(name)``, replacing the folder atomically.
 
         Computed into a staging folder inside the workspace and published only when every
         partition succeeded: a failure leaves the previous folder as it was.
         """
+        self._check_frame(frame)
+        destination = workspace.outputs(name)
+        with workspace.staging() as stage:
+            self.save(frame, stage / name)
+            workspace.publish({destination: stage / name})
+        return destination
 
     def _check_frame(self, frame: Frame, kernel: Kernel | None = None) -> None:
         if not isinstance(frame, Frame):

@@ -34,7 +34,7 @@ from dp.budget import DEFAULT_PERIOD, BudgetLedger
 from pipelines.engines._protocol import Broadcast, Engine, Frame, Kernel
 from pipelines.popularity import DATASET, EPSILON, ITEMS_PER_PERSON, POPULARITY_SCHEMA
 from pipelines.workspace import Workspace
-from profiling.scoring import TOP_K_SCHEMA, top_k_batches
+from profiling.scoring import TOP_K_SCHEMA, ItemEligibility, top_k_batches
 
 __all__ = ["BOUNDED_COUNTS_SCHEMA", "PURCHASES_SCHEMA", "bounded_counts_kernel", "purchases_kernel",
            "release_group_counts", "release_item_buyers", "score_top_k", "top_k_kernel"]
@@ -182,20 +182,21 @@ def release_item_buyers(engine: Engine, workspace: Workspace, persons: pa.Array,
             "note": "budget left: " + ", ".join(f"{k} {v:.3g}" for k, v in left.items() if v is not None)}
 
 
-def top_k_kernel(*, person: str, factors: str, items: Broadcast[tuple[pa.Array, np.ndarray]], k: int,
-                 exclude: str | None = None, threads: int = 1) -> Kernel:
-    """Kernel: a partition's (person, factor vector[, excluded item ids]) rows -> their top-``k`` items,
-    ``TOP_K_SCHEMA`` rows.
+def top_k_kernel(*, person: str, factors: str, items: Broadcast[tuple[pa.Array, np.ndarray, np.ndarray | None]],
+                 k: int, exclude: str | None = None, group: str | None = None, threads: int = 1) -> Kernel:
+    """Kernel: a partition's (person, factor vector[, excluded item ids][, group]) rows -> their top-``k``
+    items, ``TOP_K_SCHEMA`` rows.
 
-    ``items`` (broadcast) is (item ids, item factors: items x d float32); ``exclude`` names a
-    list column of item ids a person must not be shown (e.g. bought ones; unknown ids are
-    ignored). Scores are the exact
+    ``items`` (broadcast) is (item ids, item factors: items x d float32, allowed: groups x items
+    bool or None); ``exclude`` names a list column of item ids a person must not be shown (e.g.
+    bought ones; unknown ids are ignored); ``group`` names an integer column giving each person's
+    row of ``allowed`` (items not allowed to the group are never shown). Scores are the exact
     inner products of ``profiling.scoring.top_k_batches`` (ties: lower item index first), so
     the result does not depend on the partitioning. No privacy mechanism: the output is per
     person and stays in the analytics zone.
     """
     def top_k(table: pa.Table) -> pa.Table:
-        item_ids, item_factors = items.value
+        item_ids, item_factors, allowed = items.value
         vectors = table.column(factors).combine_chunks()
         lengths = pc.list_value_length(vectors).fill_null(-1).to_numpy(zero_copy_only=False)
         dims = item_factors.shape[1]
@@ -206,11 +207,25 @@ def top_k_kernel(*, person: str, factors: str, items: Broadcast[tuple[pa.Array, 
         person_factors = pc.list_flatten(vectors).to_numpy(zero_copy_only=False).reshape(len(table), dims)
         # rows: persons x factors, in the partition's order
         excluded = None if exclude is None else _excluded(table.column(exclude), item_ids)
+        eligibility = None if group is None else ItemEligibility(allowed, _groups(table, group, person, len(allowed)))
         batches = [b.to_record_batch(table.column(person).combine_chunks(), item_ids)
-                   for b in top_k_batches(person_factors, item_factors, k, bought=excluded, threads=threads)]
+                   for b in top_k_batches(person_factors, item_factors, k, bought=excluded, eligibility=eligibility,
+                                          threads=threads)]
         return pa.Table.from_batches(batches, schema=TOP_K_SCHEMA)
 
     return Kernel(top_k, TOP_K_SCHEMA, name="top_k")
+
+
+def _groups(table: pa.Table, group: str, person: str, groups: int) -> np.ndarray:
+    """The ``group`` column as int32 row numbers of the allowed matrix; ``ValueError`` naming a bad one."""
+    values = table.column(group).combine_chunks()
+    codes = values.fill_null(-1).to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero((codes < 0) | (codes >= groups))
+    if len(bad):
+        row = int(bad[0])
+        raise ValueError(f"column {group!r} row {row} (person {table.column(person)[row].as_py()!r}) holds group "
+                         f"{values[row].as_py()!r}; the allowed matrix has groups 0..{groups - 1}")
+    return codes.astype(np.int32)
 
 
 def _excluded(lists: pa.ChunkedArray, item_ids: pa.Array) -> sp.csr_array:
@@ -224,19 +239,30 @@ def _excluded(lists: pa.ChunkedArray, item_ids: pa.Array) -> sp.csr_array:
 
 
 def score_top_k(engine: Engine, frame: Frame, *, item_ids: Sequence[str] | pa.Array, item_factors: np.ndarray,
-                k: int, factors: str = "factors", exclude: str | None = None, threads: int = 1) -> Frame:
+                k: int, factors: str = "factors", exclude: str | None = None, group: str | None = None,
+                allowed: np.ndarray | None = None, threads: int | None = None) -> Frame:
     """Top-``k`` items of every person of ``frame`` (rows: person key, ``factors`` vector, optionally an
-    ``exclude`` list of item ids); a lazy ``TOP_K_SCHEMA`` frame.
+    ``exclude`` list of item ids and a ``group`` index into ``allowed``); a lazy ``TOP_K_SCHEMA`` frame.
 
-    Write it with ``engine.write``. The item factors are broadcast once to the kernels.
+    ``allowed`` (groups x items bool) says which items each group may be shown; give it with
+    ``group``. ``threads`` per kernel call default to ``engine.kernel_threads``. Write the result
+    with ``engine.write`` (or ``engine.save``). The item factors are broadcast once to the kernels.
     """
     item_factors = np.ascontiguousarray(item_factors, dtype=np.float32)
     item_ids = item_ids if isinstance(item_ids, pa.Array) else pa.array(list(item_ids), pa.string())
     if item_factors.ndim != 2 or len(item_ids) != item_factors.shape[0]:
         raise ValueError(f"{len(item_ids)} item ids do not match item factors of shape {item_factors.shape}; "
                          f"pass one factor row per item")
+    if (group is None) != (allowed is None):
+        raise ValueError("give group (the column naming each person's row of allowed) and allowed together")
+    if allowed is not None:
+        allowed = np.asarray(allowed)
+        if allowed.dtype != np.bool_ or allowed.ndim != 2 or allowed.shape[1] != len(item_ids):
+            raise ValueError(f"allowed must be a groups x items boolean matrix with {len(item_ids)} items, "
+                             f"got {allowed.dtype} of shape {allowed.shape}")
     if frame.key is None:
         raise ValueError("score_top_k needs a frame keyed by the person; read it with key=...")
-    kernel = top_k_kernel(person=frame.key, factors=factors, items=engine.broadcast((item_ids, item_factors)), k=k,
-                          exclude=exclude, threads=threads)
+    threads = engine.kernel_threads if threads is None else check_positive_int(threads, "threads")
+    kernel = top_k_kernel(person=frame.key, factors=factors, items=engine.broadcast((item_ids, item_factors, allowed)),
+                          k=k, exclude=exclude, group=group, threads=threads)
     return engine.map(frame, kernel)

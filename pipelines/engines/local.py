@@ -102,8 +102,10 @@ class LocalEngine(Engine):
         schema = pa.schema([dataset.schema.field(c) for c in columns])
         return self._spill(dataset.to_batches(columns=columns, batch_size=self.batch_rows), schema, key, partitions)
 
-    def from_table(self, table: pa.Table, *, key: str, partitions: int) -> Frame:
+    def from_table(self, table: pa.Table, *, key: str, partitions: int | None = None) -> Frame:
         wanted_columns(table.column_names, table.column_names, key, "the table")
+        if partitions is None:
+            partitions = max(1, math.ceil(table.num_rows / ROWS_PER_PARTITION))
         check_partitions(partitions)
         return self._spill(table.to_batches(max_chunksize=self.batch_rows), table.schema, key, partitions)
 
@@ -163,18 +165,17 @@ class LocalEngine(Engine):
     def broadcast(self, value: T) -> Broadcast[T]:
         return _Value(value)
 
-    def write(self, frame: Frame, workspace: Workspace, name: str) -> Path:
-        destination = workspace.outputs(name)
-        with workspace.staging() as stage:
-            folder = stage / name
-            folder.mkdir()
-            # a partition's rows go to its own file, written as it is computed: one partition in memory
-            written = 0
-            for table in self._tables(frame):
-                pq.write_table(table, folder / f"part-{written:05d}.parquet")
-                written += 1
-            if not written:
-                pq.write_table(frame.schema.empty_table(), folder / "part-00000.parquet")
-            workspace.publish({destination: folder})
-        return destination
+    @property
+    def kernel_threads(self) -> int:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
+    def save(self, frame: Frame, folder: Path) -> None:
+        self._check_frame(frame)
+        folder.mkdir()
+        # a partition's rows go to its own file, written as it is computed: one partition in memory
+        written = 0
+        for table in self._tables(frame):
+            pq.write_table(table, folder / f"part-{written:05d}.parquet")
+            written += 1
+        if not written:
+            pq.write_table(frame.schema.empty_table(), folder / "part-00000.parquet")

@@ -35,11 +35,15 @@ from pipelines.engines._protocol import (
     kept_key,
     wanted_columns,
 )
-from pipelines.workspace import Workspace
 
-__all__ = ["SparkEngine"]
+__all__ = ["SESSION_DEFAULTS", "SparkEngine"]
 
 _PURPOSE = "the Spark engine"
+# Settings of a session the engine starts, under the caller's ``config``: no web UI or console
+# progress bars in batch jobs, and a driver heap that holds the broadcast tables of a million
+# persons (Spark's default is 1g; in local mode the driver runs the tasks too).
+SESSION_DEFAULTS = {"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
+                    "spark.driver.memory": "4g"}
 # PySpark 4.3 warns on every mapInArrow that it does not fully support pandas 3; mapInArrow does
 # not go through pandas at all, so that one warning is silenced where mapInArrow is called.
 _PANDAS_WARNING = "PySpark does not yet fully support pandas"
@@ -72,9 +76,8 @@ class SparkEngine(Engine):
         if spark is None:
             os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
             os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-            builder = (sql.SparkSession.builder.master(master).appName("portrait")
-                       .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false"))
-            for name, value in (config or {}).items():
+            builder = sql.SparkSession.builder.master(master).appName("portrait")
+            for name, value in {**SESSION_DEFAULTS, **(config or {})}.items():
                 builder = builder.config(name, value)
             spark = builder.getOrCreate()
         self.spark = spark
@@ -99,7 +102,7 @@ class SparkEngine(Engine):
         wanted = wanted_columns(frame.columns, columns, key, path)
         return self._partitioned(frame.select(*wanted), key, partitions)
 
-    def from_table(self, table: pa.Table, *, key: str, partitions: int) -> Frame:
+    def from_table(self, table: pa.Table, *, key: str, partitions: int | None = None) -> Frame:
         wanted_columns(table.column_names, table.column_names, key, "the table")
         return self._partitioned(self.spark.createDataFrame(table), key, partitions, schema=table.schema)
 
@@ -155,14 +158,13 @@ class SparkEngine(Engine):
         self._broadcasts.append(broadcast)
         return _SparkValue(broadcast)
 
-    def write(self, frame: Frame, workspace: Workspace, name: str) -> Path:
+    @property
+    def kernel_threads(self) -> int:
+        return int(self.spark.conf.get("spark.task.cpus", "1"))
+
+    def save(self, frame: Frame, folder: Path) -> None:
         self._check_frame(frame)
-        destination = workspace.outputs(name)
-        with workspace.staging() as stage:
-            folder = stage / name
-            _translated(lambda: frame.handle.write.parquet(str(folder)))
-            workspace.publish({destination: folder})
-        return destination
+        _translated(lambda: frame.handle.write.parquet(str(folder)))
 
 
 def _translated(action):

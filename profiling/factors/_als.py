@@ -3,45 +3,67 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+from numba import njit
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 __all__ = ["ImplicitALS"]
 
-# Non-zeros handled at once when forming per-purchase inner products (bounds scratch memory).
-_CHUNK = 1 << 20
+@njit(nogil=True, cache=True)
+def _sparse_rows_times(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, fixed: np.ndarray,
+                       solving: np.ndarray, weigh_by_inner: bool, out: np.ndarray, start: int, stop: int) -> None:
+    """For rows u in [start, stop): out[u] = sum over u's non-zeros j (column i) of w_j · fixed[i].
+
+    w_j = data[j] · (fixed[i] · solving[u]) when ``weigh_by_inner``, else data[j] + 1. Each row is
+    summed by one thread in stored order, so the result does not depend on the thread count.
+    """
+    dims = fixed.shape[1]
+    for u in range(start, stop):
+        for f in range(dims):
+            out[u, f] = 0.0
+        for j in range(indptr[u], indptr[u + 1]):
+            i = indices[j]
+            if weigh_by_inner:
+                inner = np.float32(0.0)
+                for f in range(dims):
+                    inner += fixed[i, f] * solving[u, f]
+                weight = data[j] * inner
+            else:
+                weight = data[j] + np.float32(1.0)
+            for f in range(dims):
+                out[u, f] += weight * fixed[i, f]
 
 
-def _weighted_gram_product(feedback: sp.csr_array, rows: np.ndarray, fixed: np.ndarray,
-                           solving: np.ndarray) -> np.ndarray:
-    """For every row u: sum over its non-zeros i of w_ui · (fixed_i · solving_u) · fixed_i."""
-    inner = np.empty(feedback.nnz, dtype=np.float32)
-    for start in range(0, feedback.nnz, _CHUNK):
-        stop = min(start + _CHUNK, feedback.nnz)
-        inner[start:stop] = np.einsum("ij,ij->i", fixed[feedback.indices[start:stop]],
-                                      solving[rows[start:stop]])
-    weighted = sp.csr_array((feedback.data * inner, feedback.indices, feedback.indptr), shape=feedback.shape)
-    return np.asarray(weighted @ fixed, dtype=np.float32)
+def _rows_times(feedback: sp.csr_array, fixed: np.ndarray, solving: np.ndarray | None, threads: int) -> np.ndarray:
+    """``_sparse_rows_times`` over all rows, split into ``threads`` runs of about equal non-zeros."""
+    out = np.empty((feedback.shape[0], fixed.shape[1]), dtype=np.float32)
+    cuts = np.searchsorted(feedback.indptr, np.linspace(0, feedback.nnz, threads + 1)).clip(0, feedback.shape[0])
+    cuts[0], cuts[-1] = 0, feedback.shape[0]
+    arguments = (feedback.indptr, feedback.indices, feedback.data, fixed,
+                 fixed[:0] if solving is None else solving, solving is not None, out)
+    with ThreadPoolExecutor(threads) as workers:
+        list(workers.map(lambda bounds: _sparse_rows_times(*arguments, *bounds), zip(cuts[:-1], cuts[1:])))
+    return out
 
 
-def _conjugate_gradient(feedback: sp.csr_array, rows: np.ndarray, fixed: np.ndarray, solving: np.ndarray,
-                        regularization: float, steps: int) -> np.ndarray:
+def _conjugate_gradient(feedback: sp.csr_array, fixed: np.ndarray, solving: np.ndarray, regularization: float,
+                        steps: int, threads: int = 1) -> np.ndarray:
     """A few conjugate-gradient steps on every row's normal equations at once, warm-started.
 
     Row u solves (FᵀF + Fᵀ(C_u − I)F + λI) x_u = Fᵀ C_u 1, with confidence C_u = 1 + alpha·r_u on its
-    non-zeros; ``feedback`` holds alpha·r (so C − I) and F is ``fixed``.
+    non-zeros; ``feedback`` (float32 CSR, sorted) holds alpha·r (so C − I) and F is ``fixed``.
     """
     gram = fixed.T @ fixed + np.float32(regularization) * np.eye(fixed.shape[1], dtype=np.float32)
-    confidence = sp.csr_array((feedback.data + 1, feedback.indices, feedback.indptr), shape=feedback.shape)
-    target = np.asarray(confidence @ fixed, dtype=np.float32)
+    target = _rows_times(feedback, fixed, None, threads)
 
     def apply(x: np.ndarray) -> np.ndarray:
-        return x @ gram + _weighted_gram_product(feedback, rows, fixed, x)
+        return x @ gram + _rows_times(feedback, fixed, x, threads)
 
     x = solving.copy()
     residual = target - apply(x)
@@ -58,6 +80,10 @@ def _conjugate_gradient(feedback: sp.csr_array, rows: np.ndarray, fixed: np.ndar
         direction = residual + ratio[:, None] * direction
         residual_norm = new_norm
     return x
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -81,9 +107,10 @@ class ImplicitALS(BaseEstimator):
     ``recency_weighted_counts``). Each observed pair gets preference 1 and confidence
     ``1 + alpha * R[u, i]``; unobserved pairs preference 0 and confidence 1. Each sweep solves the
     person factors with the item factors fixed and the other way round, a few conjugate-gradient
-    steps per sweep for all rows at once (Takács et al., 2011), in float32.
+    steps per sweep for all rows at once (Takács et al., 2011), in float32, the sparse products in a
+    compiled kernel on ``threads`` threads (default: the cores this process may use).
 
-    Deterministic for a given ``random_state`` (and BLAS thread count). No privacy mechanism is
+    Deterministic for a given ``random_state`` (and BLAS thread count), whatever ``threads``. No privacy mechanism is
     applied: the factors are per person and stay in the analytics zone; fit them only on rows of
     persons whose consent covers personalization.
 
@@ -98,13 +125,15 @@ class ImplicitALS(BaseEstimator):
     """
 
     def __init__(self, *, factors: int = 64, regularization: float = 0.01, alpha: float = 40.0,
-                 iterations: int = 15, cg_steps: int = 3, random_state: int | None = 0) -> None:
+                 iterations: int = 15, cg_steps: int = 3, random_state: int | None = 0,
+                 threads: int | None = None) -> None:
         self.factors = factors
         self.regularization = regularization
         self.alpha = alpha
         self.iterations = iterations
         self.cg_steps = cg_steps
         self.random_state = random_state
+        self.threads = threads
 
     def fit(self, feedback: object, y: object = None) -> ImplicitALS:
         """Learn factors from ``feedback``, a scipy.sparse persons x items matrix of non-negative weights."""
@@ -121,17 +150,17 @@ class ImplicitALS(BaseEstimator):
             raise ValueError("feedback must hold finite, non-negative weights (recency-weighted counts)")
         by_person.data *= np.float32(alpha)
         by_item = sp.csr_array(by_person.T)
-        person_rows = np.repeat(np.arange(by_person.shape[0]), np.diff(by_person.indptr))
-        item_rows = np.repeat(np.arange(by_item.shape[0]), np.diff(by_item.indptr))
+        by_item.sort_indices()
+        threads = _positive_int("threads", self.threads) if self.threads is not None else _cores()
         rng = np.random.default_rng(self.random_state)
         scale = np.float32(0.01)
         person_factors = (rng.standard_normal((by_person.shape[0], factors)) * scale).astype(np.float32)
         item_factors = (rng.standard_normal((by_person.shape[1], factors)) * scale).astype(np.float32)
         for _ in range(iterations):
-            person_factors = _conjugate_gradient(by_person, person_rows, item_factors, person_factors,
-                                                 regularization, cg_steps)
-            item_factors = _conjugate_gradient(by_item, item_rows, person_factors, item_factors,
-                                               regularization, cg_steps)
+            person_factors = _conjugate_gradient(by_person, item_factors, person_factors, regularization, cg_steps,
+                                                 threads)
+            item_factors = _conjugate_gradient(by_item, person_factors, item_factors, regularization, cg_steps,
+                                               threads)
         self.person_factors_ = person_factors
         self.item_factors_ = item_factors
         self.n_iter_ = iterations

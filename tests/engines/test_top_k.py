@@ -65,3 +65,40 @@ def test_item_ids_must_match_item_factors(engine):
     frame = engine.from_table(_persons(3, dims=2, seed=24)[2], key="person_id", partitions=1)
     with pytest.raises(ValueError, match=r"3 item ids do not match item factors of shape \(2, 2\)"):
         score_top_k(engine, frame, item_ids=["a", "b", "c"], item_factors=np.ones((2, 2)), k=1)
+
+
+def test_items_not_allowed_to_a_persons_group_are_never_shown(engine):
+    ids, person_factors, table = _persons(60, dims=4, seed=25)
+    rng = np.random.default_rng(26)
+    item_factors = rng.normal(size=(30, 4)).astype(np.float32)
+    allowed = rng.random((3, 30)) < 0.5
+    allowed[2] = False                             # a group allowed nothing gets no list
+    group = rng.integers(0, 3, len(ids)).astype(np.int32)
+    table = table.append_column("group", pa.array(group))
+    frame = engine.from_table(table, key="person_id", partitions=3)
+    result = engine.collect(score_top_k(engine, frame, item_ids=[f"i{i}" for i in range(30)],
+                                        item_factors=item_factors, k=4, group="group", allowed=allowed))
+    rows = result.to_pandas().sort_values(["person_id", "rank"])
+    not_allowed = [set(np.flatnonzero(~allowed[g]).tolist()) for g in group]
+    expected = brute_force(person_factors, item_factors, 4, not_allowed)
+    for person, ranked in zip(ids, expected, strict=True):
+        assert rows[rows["person_id"] == person]["item_id"].tolist() == [f"i{i}" for i in ranked]
+    assert not rows["person_id"].isin([p for p, g in zip(ids, group, strict=True) if g == 2]).any()
+
+
+def test_a_group_outside_the_allowed_matrix_is_named(engine):
+    table = _persons(3, dims=2, seed=27)[2].append_column("group", pa.array([0, 5, 1], pa.int32()))
+    frame = engine.from_table(table, key="person_id", partitions=1)
+    with pytest.raises(Exception, match=r"column 'group' row 1 \(person '[0-9a-f]{32}'\) holds group 5; the allowed "
+                                        r"matrix has groups 0..1"):
+        engine.collect(score_top_k(engine, frame, item_ids=["a", "b"], item_factors=np.ones((2, 2)), k=1,
+                                   group="group", allowed=np.ones((2, 2), dtype=bool)))
+
+
+def test_group_and_allowed_come_together(engine):
+    frame = engine.from_table(_persons(3, dims=2, seed=28)[2], key="person_id", partitions=1)
+    with pytest.raises(ValueError, match="give group .* and allowed together"):
+        score_top_k(engine, frame, item_ids=["a", "b"], item_factors=np.ones((2, 2)), k=1, group="group")
+    with pytest.raises(ValueError, match=r"allowed must be a groups x items boolean matrix with 2 items"):
+        score_top_k(engine, frame, item_ids=["a", "b"], item_factors=np.ones((2, 2)), k=1, group="group",
+                    allowed=np.ones((2, 3), dtype=bool))
