@@ -87,6 +87,27 @@ def _run_measured(argv: list[str]) -> tuple[float, float, str]:
     return time.perf_counter() - started, peak / 2**30, out
 
 
+def _same_outputs(first: Path, second: Path) -> dict:
+    """Whether two runs wrote the same portraits and personalized lists (the popular lists follow DP noise)."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    from pipelines.recommend import RECOMMENDATIONS_SCHEMA
+    from profiling.portrait import portrait_schema
+
+    def portraits(root: Path):
+        table = ds.dataset(root / "outputs" / "portraits", format="parquet").to_table()
+        return table.cast(portrait_schema()).sort_by("person_id")
+
+    def personalized(root: Path):
+        table = ds.dataset(root / "outputs" / "recommendations", format="parquet",
+                           schema=RECOMMENDATIONS_SCHEMA).to_table(filter=pc.field("personalized"))
+        return table.sort_by([("person_id", "ascending"), ("rank", "ascending")])
+
+    return {"portraits_identical": portraits(first).equals(portraits(second)),
+            "personalized_lists_identical": personalized(first).equals(personalized(second))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--accounts", type=int, default=1_000_000)
@@ -124,6 +145,7 @@ def main() -> None:
             results[engine] = {"seconds": round(seconds, 1), "peak_rss_gb": round(peak_gb, 2), "stages": stages}
             print(f"{engine:>6}: {seconds:7.1f} s, peak {peak_gb:5.2f} GB  " +
                   ", ".join(f"{name} {s:.1f}" for name, s in stages.items()))
+        same = _same_outputs(scratch / "ws-local", scratch / "ws-spark") if len(results) == 2 else {}
     finally:
         if not args.dir:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -134,6 +156,7 @@ def main() -> None:
                    if name != "stages"}, "stages": {engine: r["stages"] for engine, r in results.items()}}
     if "local" in results and "spark" in results:
         summary["spark_vs_local"] = round(results["spark"]["seconds"] / results["local"]["seconds"], 2)
+        summary.update(same)
     print(json.dumps(summary))
 
 

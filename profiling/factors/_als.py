@@ -15,6 +15,27 @@ from sklearn.utils.validation import check_is_fitted
 
 __all__ = ["ImplicitALS"]
 
+@njit(nogil=True, cache=True, inline="always")
+def _inner(left: np.ndarray, row: int, right: np.ndarray, other: int) -> np.float32:
+    """left[row] · right[other] in float32, summed in eight interleaved lanes (a fixed order that the
+    compiler can keep in SIMD registers; one running sum would be a chain of dependent adds)."""
+    dims = left.shape[1]
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
+    whole = dims - dims % 8
+    for f in range(0, whole, 8):
+        s0 += left[row, f] * right[other, f]
+        s1 += left[row, f + 1] * right[other, f + 1]
+        s2 += left[row, f + 2] * right[other, f + 2]
+        s3 += left[row, f + 3] * right[other, f + 3]
+        s4 += left[row, f + 4] * right[other, f + 4]
+        s5 += left[row, f + 5] * right[other, f + 5]
+        s6 += left[row, f + 6] * right[other, f + 6]
+        s7 += left[row, f + 7] * right[other, f + 7]
+    for f in range(whole, dims):
+        s0 += left[row, f] * right[other, f]
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+
 @njit(nogil=True, cache=True)
 def _sparse_rows_times(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, fixed: np.ndarray,
                        solving: np.ndarray, weigh_by_inner: bool, out: np.ndarray, start: int, stop: int) -> None:
@@ -30,40 +51,74 @@ def _sparse_rows_times(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray
         for j in range(indptr[u], indptr[u + 1]):
             i = indices[j]
             if weigh_by_inner:
-                inner = np.float32(0.0)
-                for f in range(dims):
-                    inner += fixed[i, f] * solving[u, f]
-                weight = data[j] * inner
+                weight = data[j] * _inner(fixed, i, solving, u)
             else:
                 weight = data[j] + np.float32(1.0)
             for f in range(dims):
                 out[u, f] += weight * fixed[i, f]
 
 
-def _rows_times(feedback: sp.csr_array, fixed: np.ndarray, solving: np.ndarray | None, threads: int) -> np.ndarray:
-    """``_sparse_rows_times`` over all rows, split into ``threads`` runs of about equal non-zeros."""
-    out = np.empty((feedback.shape[0], fixed.shape[1]), dtype=np.float32)
-    cuts = np.searchsorted(feedback.indptr, np.linspace(0, feedback.nnz, threads + 1)).clip(0, feedback.shape[0])
+@njit(nogil=True, cache=True)
+def _sparse_columns_times(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, fixed: np.ndarray,
+                          solving: np.ndarray, weigh_by_inner: bool, out: np.ndarray, start: int, stop: int) -> None:
+    """For rows u in [start, stop), add w_j · fixed[u] to out[i] for each of u's non-zeros j (column i).
+
+    The transpose of ``_sparse_rows_times``: w_j = data[j] · (fixed[u] · solving[i]) or data[j] + 1.
+    Reads ``fixed`` (the big side) in order instead of gathering its rows.
+    """
+    dims = fixed.shape[1]
+    for u in range(start, stop):
+        for j in range(indptr[u], indptr[u + 1]):
+            i = indices[j]
+            if weigh_by_inner:
+                weight = data[j] * _inner(fixed, u, solving, i)
+            else:
+                weight = data[j] + np.float32(1.0)
+            for f in range(dims):
+                out[i, f] += weight * fixed[u, f]
+
+
+# The transposed product sums fixed runs of rows into their own buffers, added in run order, so the
+# result does not depend on the thread count; it is used while those buffers stay this small.
+_COLUMN_RUNS = 8
+_COLUMN_BUFFER_BYTES = 256 << 20
+
+
+def _product(feedback: sp.csr_array, fixed: np.ndarray, solving: np.ndarray | None, threads: int, *,
+             by_column: bool) -> np.ndarray:
+    """Sum over non-zeros of w · fixed-row, per row of ``feedback`` or, ``by_column``, per column
+    (then ``feedback`` is fixed-rows x solving-rows); w as in ``_sparse_rows_times``."""
+    runs = _COLUMN_RUNS if by_column else threads
+    cuts = np.searchsorted(feedback.indptr, np.linspace(0, feedback.nnz, runs + 1)).clip(0, feedback.shape[0])
     cuts[0], cuts[-1] = 0, feedback.shape[0]
+    rows = feedback.shape[1] if by_column else feedback.shape[0]
+    out = np.zeros((runs if by_column else 1, rows, fixed.shape[1]), dtype=np.float32)
+    kernel = _sparse_columns_times if by_column else _sparse_rows_times
     arguments = (feedback.indptr, feedback.indices, feedback.data, fixed,
-                 fixed[:0] if solving is None else solving, solving is not None, out)
+                 fixed[:0] if solving is None else solving, solving is not None)
+
+    def run(part: int) -> None:
+        kernel(*arguments, out[part if by_column else 0], cuts[part], cuts[part + 1])
+
     with ThreadPoolExecutor(threads) as workers:
-        list(workers.map(lambda bounds: _sparse_rows_times(*arguments, *bounds), zip(cuts[:-1], cuts[1:])))
-    return out
+        list(workers.map(run, range(runs)))
+    return out.sum(axis=0) if by_column else out[0]
 
 
 def _conjugate_gradient(feedback: sp.csr_array, fixed: np.ndarray, solving: np.ndarray, regularization: float,
-                        steps: int, threads: int = 1) -> np.ndarray:
+                        steps: int, threads: int = 1, *, by_column: bool = False) -> np.ndarray:
     """A few conjugate-gradient steps on every row's normal equations at once, warm-started.
 
     Row u solves (FᵀF + Fᵀ(C_u − I)F + λI) x_u = Fᵀ C_u 1, with confidence C_u = 1 + alpha·r_u on its
-    non-zeros; ``feedback`` (float32 CSR, sorted) holds alpha·r (so C − I) and F is ``fixed``.
+    non-zeros; ``feedback`` (float32 CSR, sorted) holds alpha·r (so C − I), one row per row of
+    ``solving`` (or, ``by_column``, one column per row of ``solving`` and one row per row of
+    ``fixed``), and F is ``fixed``.
     """
     gram = fixed.T @ fixed + np.float32(regularization) * np.eye(fixed.shape[1], dtype=np.float32)
-    target = _rows_times(feedback, fixed, None, threads)
+    target = _product(feedback, fixed, None, threads, by_column=by_column)
 
     def apply(x: np.ndarray) -> np.ndarray:
-        return x @ gram + _rows_times(feedback, fixed, x, threads)
+        return x @ gram + _product(feedback, fixed, x, threads, by_column=by_column)
 
     x = solving.copy()
     residual = target - apply(x)
@@ -149,8 +204,10 @@ class ImplicitALS(BaseEstimator):
         if not np.all(np.isfinite(by_person.data)) or (by_person.nnz and by_person.data.min() < 0):
             raise ValueError("feedback must hold finite, non-negative weights (recency-weighted counts)")
         by_person.data *= np.float32(alpha)
-        by_item = sp.csr_array(by_person.T)
-        by_item.sort_indices()
+        # the item side reads the person-major matrix by column while its buffers stay small
+        by_column = _COLUMN_RUNS * by_person.shape[1] * factors * 4 <= _COLUMN_BUFFER_BYTES
+        item_major = by_person if by_column else sp.csr_array(by_person.T)
+        item_major.sort_indices()
         threads = _positive_int("threads", self.threads) if self.threads is not None else _cores()
         rng = np.random.default_rng(self.random_state)
         scale = np.float32(0.01)
@@ -159,8 +216,8 @@ class ImplicitALS(BaseEstimator):
         for _ in range(iterations):
             person_factors = _conjugate_gradient(by_person, item_factors, person_factors, regularization, cg_steps,
                                                  threads)
-            item_factors = _conjugate_gradient(by_item, person_factors, item_factors, regularization, cg_steps,
-                                               threads)
+            item_factors = _conjugate_gradient(item_major, person_factors, item_factors, regularization, cg_steps,
+                                               threads, by_column=by_column)
         self.person_factors_ = person_factors
         self.item_factors_ = item_factors
         self.n_iter_ = iterations
