@@ -197,10 +197,10 @@ def write_recommendations(workspace: Workspace, eligible: pd.DataFrame, *, as_of
     fallback_persons = np.flatnonzero(~np.isin(np.arange(len(person_ids)), trained))
 
     with contextlib.ExitStack() as owned, workspace.staging() as staging:
-        engine = engine or owned.enter_context(LocalEngine(workspace=workspace))
+        engine = engine or owned.enter_context(LocalEngine(workspace=workspace, progress=progress))
         recommendations = staging / "recommendations"
         if len(trained) and len(item_ids):
-            model = ImplicitALS(factors=factors, iterations=iterations, random_state=random_state)
+            model = ImplicitALS(factors=factors, iterations=iterations, random_state=random_state, verbose=progress)
             model.fit(feedback[trained])
             scoring = _scoring_table(person_ids[trained], model.person_factors_, feedback[trained], item_ids,
                                      eligibility.person_group[trained])

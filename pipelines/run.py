@@ -304,7 +304,8 @@ def run_pipeline(workspace: Workspace, key_file: str | Path | None, as_of: dt.da
     key = load_master_key(key_file)
     summary: list[dict] = apply_budgets(workspace, config)
     with contextlib.ExitStack() as stack:
-        options = config.engine_options() if config.engine == "spark" else {"workspace": workspace}
+        options = config.engine_options() if config.engine == "spark" else {"workspace": workspace,
+                                                                             "progress": progress}
         engine = stack.enter_context(get_engine(config.engine, **options))
         context = RunContext(workspace=workspace, key=key, as_of=as_of, progress=progress, config=config,
                              engine=engine)

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+from tqdm.auto import tqdm
 
 from pipelines.engines._partitioning import call_kernel, partition_of
 from pipelines.engines._protocol import (
@@ -60,17 +61,20 @@ class LocalEngine(Engine):
     """Runs kernels in-process over Parquet datasets (see the module docstring).
 
     ``workspace``: where the scratch folder lives (default: the system's temporary folder);
-    ``batch_rows``: rows read per batch.
+    ``batch_rows``: rows read per batch; ``progress``: a progress bar over the partitions each
+    ``collect`` or ``save`` computes.
     """
 
     name = "local"
 
-    def __init__(self, *, workspace: Workspace | str | os.PathLike | None = None, batch_rows: int = 131_072) -> None:
+    def __init__(self, *, workspace: Workspace | str | os.PathLike | None = None, batch_rows: int = 131_072,
+                 progress: bool = False) -> None:
         if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
             raise ValueError(f"batch_rows must be a positive integer, got {batch_rows!r}")
         self.workspace = None if workspace is None else (
             workspace if isinstance(workspace, Workspace) else Workspace(workspace))
         self.batch_rows = batch_rows
+        self.progress = progress
         self._scratch: Path | None = None
         self._exit = contextlib.ExitStack()
         self._spills = 0
@@ -154,7 +158,8 @@ class LocalEngine(Engine):
 
     def _tables(self, frame: Frame) -> Iterator[pa.Table]:
         self._check_frame(frame)
-        for p in range(frame.partitions):
+        for p in tqdm(range(frame.partitions), desc="partitions", unit=" partition", leave=False,
+                      disable=not self.progress):
             table = frame.handle.load(p)
             if table is not None:
                 yield table

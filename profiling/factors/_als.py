@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 from numba import njit
+from tqdm.auto import tqdm
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
@@ -163,7 +164,8 @@ class ImplicitALS(BaseEstimator):
     ``1 + alpha * R[u, i]``; unobserved pairs preference 0 and confidence 1. Each sweep solves the
     person factors with the item factors fixed and the other way round, a few conjugate-gradient
     steps per sweep for all rows at once (Takács et al., 2011), in float32, the sparse products in a
-    compiled kernel on ``threads`` threads (default: the cores this process may use).
+    compiled kernel on ``threads`` threads (default: the cores this process may use); ``verbose``
+    shows a progress bar over the sweeps.
 
     Deterministic for a given ``random_state`` (and BLAS thread count), whatever ``threads``. No privacy mechanism is
     applied: the factors are per person and stay in the analytics zone; fit them only on rows of
@@ -181,7 +183,7 @@ class ImplicitALS(BaseEstimator):
 
     def __init__(self, *, factors: int = 64, regularization: float = 0.01, alpha: float = 40.0,
                  iterations: int = 15, cg_steps: int = 3, random_state: int | None = 0,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, verbose: bool = False) -> None:
         self.factors = factors
         self.regularization = regularization
         self.alpha = alpha
@@ -189,6 +191,7 @@ class ImplicitALS(BaseEstimator):
         self.cg_steps = cg_steps
         self.random_state = random_state
         self.threads = threads
+        self.verbose = verbose
 
     def fit(self, feedback: object, y: object = None) -> ImplicitALS:
         """Learn factors from ``feedback``, a scipy.sparse persons x items matrix of non-negative weights."""
@@ -213,7 +216,7 @@ class ImplicitALS(BaseEstimator):
         scale = np.float32(0.01)
         person_factors = (rng.standard_normal((by_person.shape[0], factors)) * scale).astype(np.float32)
         item_factors = (rng.standard_normal((by_person.shape[1], factors)) * scale).astype(np.float32)
-        for _ in range(iterations):
+        for _ in tqdm(range(iterations), desc="ALS sweeps", unit=" sweep", disable=not self.verbose):
             person_factors = _conjugate_gradient(by_person, item_factors, person_factors, regularization, cg_steps,
                                                  threads)
             item_factors = _conjugate_gradient(item_major, person_factors, item_factors, regularization, cg_steps,

@@ -41,3 +41,12 @@ def test_bad_engine_options_are_refused(tmp_path):
             engine.from_table(pa.table({"person_id": ["a"]}), key="person_id", partitions=-1)
         with pytest.raises(TypeError, match="columns must be a list of column names, got the string 'n'"):
             engine.read(tmp_path, columns="n", key="person_id")
+
+
+def test_progress_shows_the_partitions_computed(capsys):
+    table = pa.table({"person_id": pa.array(person_ids(40, seed=52)), "n": pa.array(range(40), pa.int64())})
+    with LocalEngine(progress=True) as engine:
+        frame = engine.from_table(table, key="person_id", partitions=3)
+        assert engine.collect(frame).num_rows == 40
+    err = capsys.readouterr().err
+    assert "partitions:" in err and "0/3" in err  # a bar over the 3 partitions (cleared when done)
