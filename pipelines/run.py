@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -133,10 +134,29 @@ def _verify_ingested(context: RunContext) -> list[dict]:
 
 
 def load_consent_events(workspace: Workspace) -> LoadReport:
-    """Append the ingested consent events to the ledger; events already there (same id) are skipped."""
+    """Append the ingested consent events to the ledger; events already there (same id) are skipped.
+
+    Files already loaded whole (same content, nothing erased since) are not read again.
+    """
     workspace.require_ingested()
+    files = sorted(workspace.ingested("consent_events").glob("*.parquet"))
+    fingerprint = _fingerprint(files)
     with SqliteConsentStore(workspace.ledger) as store:
-        return store.append_table(workspace.read("consent_events"), source="ingest")
+        if store.has_loaded(fingerprint):
+            offered = sum(pq.read_metadata(path).num_rows for path in files)
+            return LoadReport(offered=offered, recorded=0, already_present=offered)
+        return store.append_table(workspace.read("consent_events"), source="ingest", fingerprint=fingerprint)
+
+
+def _fingerprint(files: Sequence[Path]) -> str:
+    """SHA-256 over the files' names and contents."""
+    digest = hashlib.sha256(b"portrait consent events v1\x00")
+    for path in files:
+        digest.update(path.name.encode() + b"\x00" + path.stat().st_size.to_bytes(8, "little"))
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _consent_ledger(context: RunContext) -> list[dict]:

@@ -41,6 +41,12 @@ CREATE TABLE IF NOT EXISTS consent_events (
 CREATE INDEX IF NOT EXISTS consent_events_by_account ON consent_events (account_id, event_at, seq);
 CREATE TRIGGER IF NOT EXISTS consent_events_append_only BEFORE UPDATE ON consent_events
 BEGIN SELECT RAISE(ABORT, 'consent events are append-only: record a new event instead'); END;
+CREATE TABLE IF NOT EXISTS consent_loads (               -- data sets whose every event is recorded
+    fingerprint TEXT PRIMARY KEY,                      -- SHA-256 of the files the events came from
+    source      TEXT NOT NULL,
+    events      INTEGER NOT NULL,
+    loaded_at   INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS audit_gate_decisions (
     id               INTEGER PRIMARY KEY AUTOINCREMENT,
     recorded_at      TEXT NOT NULL,
@@ -135,7 +141,11 @@ class SqliteConsentStore:
                                        f"events are recorded once") from None
         return len(checked)
 
-    def append_table(self, events: pa.Table, *, source: str) -> LoadReport:
+    def has_loaded(self, fingerprint: str) -> bool:
+        return self._connection.execute("SELECT 1 FROM consent_loads WHERE fingerprint = ?",
+                                        (fingerprint,)).fetchone() is not None
+
+    def append_table(self, events: pa.Table, *, source: str, fingerprint: str | None = None) -> LoadReport:
         columns = ["event_id", *EVENT_COLUMNS, "channel"]
         missing = [c for c in columns if c not in events.column_names]
         if missing:
@@ -153,6 +163,9 @@ class SqliteConsentStore:
                                f"purpose, policy_version, channel, source, recorded_at) "
                                f"VALUES (?, ?, ?, ?, ?, ?, ?, '{_sql_text(source)}', {now})", rows)
             recorded = db.total_changes - before
+            if fingerprint is not None:
+                db.execute("INSERT OR REPLACE INTO consent_loads (fingerprint, source, events, loaded_at) "
+                           "VALUES (?, ?, ?, ?)", (fingerprint, source, events.num_rows, now))
         return LoadReport(offered=events.num_rows, recorded=recorded, already_present=events.num_rows - recorded)
 
     def history(self, account_id: str) -> list[dict]:
@@ -211,6 +224,7 @@ class SqliteConsentStore:
     def erase_account(self, account_id: str) -> int:
         with self._transaction() as db:
             removed = db.execute("DELETE FROM consent_events WHERE account_id = ?", (account_id,)).rowcount
+            db.execute("DELETE FROM consent_loads")  # a reload must offer every event again
         self.checkpoint()
         return removed
 

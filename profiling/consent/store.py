@@ -50,8 +50,14 @@ class ConsentStore(Protocol):
     def append(self, events: Iterable[ConsentEvent], *, source: str) -> int:
         """Record checked events in one transaction; refuse an event after the account's cancellation."""
 
-    def append_table(self, events: pa.Table, *, source: str) -> LoadReport:
-        """Record rows of a ``consent_events`` table, skipping event ids already recorded (idempotent)."""
+    def append_table(self, events: pa.Table, *, source: str, fingerprint: str | None = None) -> LoadReport:
+        """Record rows of a ``consent_events`` table, skipping event ids already recorded (idempotent).
+
+        ``fingerprint`` (of the data the rows came from) is recorded in the same transaction.
+        """
+
+    def has_loaded(self, fingerprint: str) -> bool:
+        """Whether ``append_table`` already recorded every row of the data with this fingerprint."""
 
     def history(self, account_id: str) -> list[dict]:
         """Every event of one account, in ledger order (time, then order of recording)."""
