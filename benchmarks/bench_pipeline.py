@@ -30,9 +30,10 @@ from pipelines.config import JobConfig
 from pipelines.run import run_pipeline
 from pipelines.workspace import Workspace
 workspace, key_file, engine = Workspace(sys.argv[1]), sys.argv[2], sys.argv[3]
+partitions = int(sys.argv[4]) if len(sys.argv) > 4 else None
 BudgetLedger(workspace.ledger).set_budget("orders", epsilon=1.0, set_by="benchmark")
 started = time.perf_counter()
-config = JobConfig(engine=engine)
+config = JobConfig(engine=engine, spark_partitions=partitions)
 as_of = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
 def timed(stage, seconds):
     print(json.dumps({"stage": stage, "seconds": seconds}), flush=True)
@@ -113,6 +114,8 @@ def main() -> None:
     parser.add_argument("--accounts", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--engines", default="local,spark", help="comma-separated: local, spark")
+    parser.add_argument("--spark-partitions", type=int,
+                        help="partitions of the Spark jobs (default: spark.sql.shuffle.partitions)")
     parser.add_argument("--dir", help="scratch folder, kept and reused by a later run with the same --accounts and "
                                       "--seed (default: a temporary one, removed afterwards)")
     args = parser.parse_args()
@@ -140,7 +143,9 @@ def main() -> None:
             workspace = scratch / f"ws-{engine}"
             shutil.rmtree(workspace, ignore_errors=True)
             shutil.copytree(ingested, workspace)
-            seconds, peak_gb, out = _run_measured([sys.executable, "-c", _RUN, str(workspace), str(key_file), engine])
+            extra = [str(args.spark_partitions)] if engine == "spark" and args.spark_partitions else []
+            seconds, peak_gb, out = _run_measured([sys.executable, "-c", _RUN, str(workspace), str(key_file), engine,
+                                                   *extra])
             stages = {row["stage"]: round(row["seconds"], 2) for row in map(json.loads, out.splitlines())}
             results[engine] = {"seconds": round(seconds, 1), "peak_rss_gb": round(peak_gb, 2), "stages": stages}
             print(f"{engine:>6}: {seconds:7.1f} s, peak {peak_gb:5.2f} GB  " +
@@ -150,7 +155,7 @@ def main() -> None:
         if not args.dir:
             shutil.rmtree(scratch, ignore_errors=True)
     rounded = {"synth_seconds": synth_seconds, "ingest_seconds": ingest_seconds, "ingest_peak_rss_gb": ingest_gb}
-    summary = {"accounts": args.accounts, **{name: None if v is None else round(v, 2) for name, v in rounded.items()},
+    summary = {"accounts": args.accounts, "spark_partitions": args.spark_partitions, **{name: None if v is None else round(v, 2) for name, v in rounded.items()},
                **{
                    f"{engine}_{name}": value for engine, r in results.items() for name, value in r.items()
                    if name != "stages"}, "stages": {engine: r["stages"] for engine, r in results.items()}}

@@ -77,7 +77,7 @@ class SparkEngine(Engine):
             os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
             os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
             builder = sql.SparkSession.builder.master(master).appName("portrait")
-            for name, value in {**SESSION_DEFAULTS, **(config or {})}.items():
+            for name, value in {**SESSION_DEFAULTS, **_local_defaults(master), **(config or {})}.items():
                 builder = builder.config(name, value)
             spark = builder.getOrCreate()
         self.spark = spark
@@ -165,6 +165,16 @@ class SparkEngine(Engine):
     def save(self, frame: Frame, folder: Path) -> None:
         self._check_frame(frame)
         _translated(lambda: frame.handle.write.parquet(str(folder)))
+
+
+def _local_defaults(master: str) -> dict[str, str]:
+    """For a local master, four shuffle partitions per core instead of Spark's 200: on two cores
+    that halved the portraits and cut the popularity release threefold (200k accounts)."""
+    found = re.fullmatch(r"local(?:\[(\d+|\*)(?:,\d+)?\])?", master)
+    if found is None:
+        return {}
+    cores = {None: 1, "*": os.cpu_count() or 1}.get(found.group(1)) or int(found.group(1))
+    return {"spark.sql.shuffle.partitions": str(4 * cores)}
 
 
 def _translated(action):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -24,3 +25,12 @@ def test_engines_by_name(tmp_path):
         assert isinstance(engine, LocalEngine)
     with pytest.raises(ValueError, match="unknown engine 'dask'; choose one of local, spark"):
         get_engine("dask")
+
+
+@pytest.mark.parametrize(("master", "partitions"), [("local", "4"), ("local[2]", "8"), ("local[3,2]", "12"),
+                                                    ("local[*]", str(4 * (os.cpu_count() or 1))),
+                                                    ("yarn", None), ("spark://host:7077", None)])
+def test_a_local_session_gets_four_shuffle_partitions_per_core(master, partitions):
+    from pipelines.engines.spark import _local_defaults
+
+    assert _local_defaults(master).get("spark.sql.shuffle.partitions") == partitions
