@@ -55,6 +55,7 @@ MARKETING_AUDIENCE_SCHEMA = pa.schema([pa.field("marketing_id", pa.string(), nul
 PERSONS_PER_PARTITION = 131_072  # persons scored per partition kernel call (bounds the kernel's memory)
 
 _SECONDS_PER_DAY = 86_400.0
+_SCORING_SLICE = 1 << 20  # persons per record batch of the scoring table
 
 
 def _analytics_table(workspace: Workspace, table: str) -> ds.Dataset:
@@ -264,17 +265,27 @@ def _fallback_batch(persons: np.ndarray, person_ids: np.ndarray, item_ids: np.nd
 
 def _scoring_table(person_ids: np.ndarray, person_factors: np.ndarray, bought: sp.csr_array, item_ids: np.ndarray,
                    group: np.ndarray) -> pa.Table:
-    """Rows (person_id, factors, bought item ids, eligibility group) of the persons to score, one each."""
+    """Rows (person_id, factors, bought item ids, eligibility group) of the persons to score, one each.
+
+    Built in slices of ``_SCORING_SLICE`` persons, so list offsets stay within Arrow's 32-bit lists.
+    """
     dims = person_factors.shape[1]
     bought = sp.csr_array(bought)
-    return pa.table({
-        "person_id": pa.array(person_ids.astype(object), pa.string()),
-        "factors": pa.ListArray.from_arrays(pa.array(np.arange(len(person_ids) + 1, dtype=np.int32) * dims),
-                                            pa.array(np.ascontiguousarray(person_factors, np.float32).ravel())),
-        "bought": pa.ListArray.from_arrays(pa.array(bought.indptr.astype(np.int32)),
-                                           pa.array(item_ids[bought.indices].astype(object), pa.string())),
-        "group": pa.array(np.asarray(group, dtype=np.int32)),
-    })
+    slices = []
+    for start in range(0, len(person_ids), _SCORING_SLICE):
+        stop = min(start + _SCORING_SLICE, len(person_ids))
+        first, last = bought.indptr[start], bought.indptr[stop]
+        slices.append(pa.record_batch({
+            "person_id": pa.array(person_ids[start:stop].astype(object), pa.string()),
+            "factors": pa.ListArray.from_arrays(
+                pa.array(np.arange(stop - start + 1, dtype=np.int32) * dims),
+                pa.array(np.ascontiguousarray(person_factors[start:stop], np.float32).ravel())),
+            "bought": pa.ListArray.from_arrays(
+                pa.array((bought.indptr[start:stop + 1] - first).astype(np.int32)),
+                pa.array(item_ids[bought.indices[first:last]].astype(object), pa.string())),
+            "group": pa.array(np.asarray(group[start:stop], dtype=np.int32)),
+        }))
+    return pa.Table.from_batches(slices)
 
 
 def _personalized_kernel() -> Kernel:

@@ -9,6 +9,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import scipy.sparse as sp
 
 from pipelines.recommend import MARKETING_AUDIENCE_SCHEMA, RECOMMENDATIONS_SCHEMA, write_recommendations
 from pipelines.workspace import Workspace
@@ -166,3 +167,17 @@ def test_bad_inputs_are_rejected(tmp_path):
         write_recommendations(workspace, eligible_frame(), as_of=AS_OF, popularity=pd.Series({"i01": np.nan}))
     with pytest.raises(WorkspaceError, match="run the pseudonymization stage first"):
         write_recommendations(Workspace(tmp_path / "empty"), eligible_frame(), as_of=AS_OF)
+
+
+def test_the_scoring_table_is_the_same_in_slices(monkeypatch):
+    from pipelines import recommend
+
+    rng = np.random.default_rng(4)
+    bought = sp.random(7, 5, density=0.4, random_state=4, format="csr")
+    args = (np.array([f"p{i}" for i in range(7)], dtype=object), rng.normal(size=(7, 3)).astype(np.float32),
+            sp.csr_array(bought), np.array([f"i{i}" for i in range(5)], dtype=object), rng.integers(0, 2, 7))
+    whole = recommend._scoring_table(*args)
+    monkeypatch.setattr(recommend, "_SCORING_SLICE", 3)
+    sliced = recommend._scoring_table(*args)
+    assert len(sliced.to_batches()) == 3 and sliced.equals(whole)
+    assert sliced.column("bought").to_pylist()[6] == [f"i{i}" for i in bought[[6]].indices]
