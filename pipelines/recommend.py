@@ -207,9 +207,11 @@ def write_recommendations(workspace: Workspace, eligible: pd.DataFrame, *, as_of
                                      eligibility.person_group[trained])
             frame = engine.from_table(scoring, key="person_id",
                                       partitions=max(1, math.ceil(len(trained) / PERSONS_PER_PARTITION)))
+            # rows: (person_id, factors, bought item ids, eligibility group), partitioned by person
             ranked = score_top_k(engine, frame, item_ids=pa.array(item_ids, pa.string()),
                                  item_factors=model.item_factors_, k=k, exclude="bought", group="group",
                                  allowed=eligibility.allowed)
+            # rows: (person_id, item_id, score, rank), k per person at most
             engine.save(engine.map(ranked, _personalized_kernel()), recommendations)
         else:
             recommendations.mkdir()
