@@ -37,6 +37,15 @@ def _inner(left: np.ndarray, row: int, right: np.ndarray, other: int) -> np.floa
     return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _weight(value: np.float32, weigh_by_inner: bool, left: np.ndarray, row: int, right: np.ndarray,
+            other: int) -> np.float32:
+    """value · (left[row] · right[other]) or, without ``weigh_by_inner``, value + 1 (the confidence)."""
+    if weigh_by_inner:
+        return value * _inner(left, row, right, other)
+    return value + np.float32(1.0)
+
+
 @njit(nogil=True, cache=True)
 def _sparse_rows_times(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, fixed: np.ndarray,
                        solving: np.ndarray, weigh_by_inner: bool, out: np.ndarray, start: int, stop: int) -> None:
@@ -51,10 +60,7 @@ def _sparse_rows_times(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray
             out[u, f] = 0.0
         for j in range(indptr[u], indptr[u + 1]):
             i = indices[j]
-            if weigh_by_inner:
-                weight = data[j] * _inner(fixed, i, solving, u)
-            else:
-                weight = data[j] + np.float32(1.0)
+            weight = _weight(data[j], weigh_by_inner, fixed, i, solving, u)
             for f in range(dims):
                 out[u, f] += weight * fixed[i, f]
 
@@ -71,10 +77,7 @@ def _sparse_columns_times(indptr: np.ndarray, indices: np.ndarray, data: np.ndar
     for u in range(start, stop):
         for j in range(indptr[u], indptr[u + 1]):
             i = indices[j]
-            if weigh_by_inner:
-                weight = data[j] * _inner(fixed, u, solving, i)
-            else:
-                weight = data[j] + np.float32(1.0)
+            weight = _weight(data[j], weigh_by_inner, fixed, u, solving, i)
             for f in range(dims):
                 out[i, f] += weight * fixed[u, f]
 

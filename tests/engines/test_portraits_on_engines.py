@@ -2,34 +2,19 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
-from pipelines.ingest import ingest
+from engines._workspaces import AS_OF, prepared_workspace
 from pipelines.portraits import write_portraits
-from pipelines.run import run_pipeline
-from pipelines.synthetic import generate
-from pipelines.workspace import Workspace
-from profiling.consent import ConsentGate, SqliteConsentStore
-from profiling.keys import create_key_file
-
-AS_OF = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    root = tmp_path_factory.mktemp("portraits-engines")
-    generate(root / "raw", accounts=300, seed=11, catalogue_items=300, progress=False)
-    workspace = Workspace(root / "ws")
-    ingest(root / "raw", workspace, progress=False)
-    key = create_key_file(root / "keys" / "master.key")
-    run_pipeline(workspace, root / "keys" / "master.key", AS_OF, progress=False,
-                 stages=["consent-ledger", "pseudonymize", "identity", "portraits"])
-    with SqliteConsentStore(workspace.ledger) as store:
-        decision = ConsentGate(store).decide("personalization", AS_OF, job="test")
+    workspace, decision, key = prepared_workspace(tmp_path_factory.mktemp("portraits-engines"), accounts=300, seed=11,
+                                                  catalogue_items=300,
+                                                  stages=["consent-ledger", "pseudonymize", "identity", "portraits"])
     eligible = pa.table({"person_id": decision.person_ids(key), "dnd": decision.dnd,
                          "non_personalized": decision.non_personalized})
     expected = ds.dataset(workspace.outputs("portraits")).to_table().sort_by("person_id")

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 import pyarrow.dataset as ds
 import pytest
 
-from pipelines.ingest import ingest
+from engines._workspaces import AS_OF, prepared_workspace
 from pipelines.recommend import RECOMMENDATIONS_SCHEMA, write_recommendations
-from pipelines.run import run_pipeline
-from pipelines.synthetic import generate
 from pipelines.workspace import Workspace
-from profiling.consent import ConsentGate, SqliteConsentStore
-from profiling.keys import create_key_file
-
-AS_OF = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
 
 
 def _lists(workspace: Workspace):
@@ -25,15 +17,10 @@ def _lists(workspace: Workspace):
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    root = tmp_path_factory.mktemp("recommendations-engines")
-    generate(root / "raw", accounts=400, seed=12, catalogue_items=200, progress=False)
-    workspace = Workspace(root / "ws")
-    ingest(root / "raw", workspace, progress=False)
-    key = create_key_file(root / "keys" / "master.key")
-    run_pipeline(workspace, root / "keys" / "master.key", AS_OF, progress=False,
-                 stages=["consent-ledger", "pseudonymize"])
-    with SqliteConsentStore(workspace.ledger) as store:
-        eligible = ConsentGate(store).decide("personalization", AS_OF, job="test").person_frame(key)
+    workspace, decision, key = prepared_workspace(tmp_path_factory.mktemp("recommendations-engines"), accounts=400,
+                                                  seed=12, catalogue_items=200,
+                                                  stages=["consent-ledger", "pseudonymize"])
+    eligible = decision.person_frame(key)
     summary = write_recommendations(workspace, eligible, as_of=AS_OF, k=5, factors=8, iterations=4)
     return workspace, eligible, summary, _lists(workspace)
 
