@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 from numba import njit
-from tqdm.auto import tqdm
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
+from tqdm.auto import tqdm
 
 __all__ = ["ImplicitALS"]
+
 
 @njit(nogil=True, cache=True, inline="always")
 def _inner(left: np.ndarray, row: int, right: np.ndarray, other: int) -> np.float32:
