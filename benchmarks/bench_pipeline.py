@@ -155,8 +155,8 @@ def main() -> None:
         if not args.dir:
             shutil.rmtree(scratch, ignore_errors=True)
     rounded = {"synth_seconds": synth_seconds, "ingest_seconds": ingest_seconds, "ingest_peak_rss_gb": ingest_gb}
-    summary = {"accounts": args.accounts, "spark_partitions": args.spark_partitions, **{name: None if v is None else round(v, 2) for name, v in rounded.items()},
-               **{
+    summary = {"accounts": args.accounts, "spark_partitions": args.spark_partitions,
+               **{name: None if v is None else round(v, 2) for name, v in rounded.items()}, **{
                    f"{engine}_{name}": value for engine, r in results.items() for name, value in r.items()
                    if name != "stages"}, "stages": {engine: r["stages"] for engine, r in results.items()}}
     if "local" in results and "spark" in results:

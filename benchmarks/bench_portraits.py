@@ -85,6 +85,17 @@ def _source(data: Path, name: str, copies: int = 1) -> ds.Dataset:
     return ds.dataset(_files(data, name, copies), format="parquet")
 
 
+def _timed(items: Iterator, phases: dict[str, float], phase: str) -> Iterator:
+    """The items of ``items``, adding the seconds spent producing each to ``phases[phase]``."""
+    while True:
+        mark = time.perf_counter()
+        item = next(items, None)
+        phases[phase] += time.perf_counter() - mark
+        if item is None:
+            return
+        yield item
+
+
 def _batches(data: Path, name: str, copies: int, reader: str) -> Iterator[pa.RecordBatch]:
     """Batches of one source: a dataset scan (as ``write_portraits``), or file by file, one row
     group at a time (``ParquetFile.iter_batches``, no read-ahead)."""
@@ -112,26 +123,14 @@ def run_ours(data: Path, out: Path, partitions: int, spill_parent: Path | None, 
         phases["setup"] = time.perf_counter() - started
         rows = 0
         for name in _SOURCES:
-            batches = _batches(data, name, copies, reader)
-            while True:
-                mark = time.perf_counter()
-                batch = next(batches, None)
-                phases["read"] += time.perf_counter() - mark
-                if batch is None:
-                    break
+            for batch in _timed(_batches(data, name, copies, reader), phases, "read"):
                 mark = time.perf_counter()
                 adders[name](batch)
                 phases["encode"] += time.perf_counter() - mark
                 rows += batch.num_rows
         written = 0
         with pq.ParquetWriter(out, portrait_schema()) as writer:
-            tables = builder.tables()
-            while True:
-                mark = time.perf_counter()
-                table = next(tables, None)
-                phases["features"] += time.perf_counter() - mark
-                if table is None:
-                    break
+            for table in _timed(builder.tables(), phases, "features"):
                 mark = time.perf_counter()
                 writer.write_table(table)
                 phases["write"] += time.perf_counter() - mark

@@ -202,8 +202,9 @@ def write_recommendations(workspace: Workspace, eligible: pd.DataFrame, *, as_of
         recommendations = staging / "recommendations"
         if len(trained) and len(item_ids):
             model = ImplicitALS(factors=factors, iterations=iterations, random_state=random_state, verbose=progress)
-            model.fit(feedback[trained])
-            scoring = _scoring_table(person_ids[trained], model.person_factors_, feedback[trained], item_ids,
+            trained_feedback = feedback[trained]
+            model.fit(trained_feedback)
+            scoring = _scoring_table(person_ids[trained], model.person_factors_, trained_feedback, item_ids,
                                      eligibility.person_group[trained])
             frame = engine.from_table(scoring, key="person_id",
                                       partitions=max(1, math.ceil(len(trained) / PERSONS_PER_PARTITION)))
