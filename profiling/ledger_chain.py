@@ -1,0 +1,447 @@
+"""Hash chains over the ledger's SQLite tables: append-only for the application, tampering visible.
+
+Every chained table gets four columns: ``chain_content`` (SHA-256 of the row's canonical
+content), ``chain_prev`` (the previous row's ``chain_hash``; the first row links to a genesis
+value derived from the table's name), ``chain_hash`` (SHA-256 of ``chain_prev`` and
+``chain_content``) and ``chain_redacted`` (1 once erasure has replaced the row's content).
+Triggers refuse ``DELETE`` and every ``UPDATE`` except the two the application makes: sealing a
+row it has just inserted (setting its hashes, content unchanged) and redacting a sealed row
+(content replaced by the table's placeholders, hashes kept). ``ledger_chains`` records each
+chain's columns, its row count and head hash; ``ledger_redactions`` (itself chained) holds one
+entry per redacted row: which row, its content hash, why and when.
+
+How to use it (all calls take a connection in autocommit mode, as ``ledger_connection`` opens):
+
+1. Register a table once per connection, after its ``CREATE TABLE`` and inside the same
+   transaction: ``register_table(db, "dsr_requests", key="id", columns=[...],
+   placeholders={"account_id": REDACTED_ID, "kind": "redacted", ...})``. ``columns`` are the
+   content columns hashed, in a fixed order (the key included); ``placeholders`` give each
+   column's value after redaction (a constant, ``None``, or ``REDACTED_ID`` for a unique
+   ``'redacted:<content hash>'`` where the column is UNIQUE or NOT NULL). A table that already
+   holds rows is migrated once: the chain is built over its rows as they are, and
+   ``ledger_chains.migrated_rows`` says how many rows predate the chain (their earlier history
+   is not vouched for).
+2. Append inside one ``BEGIN IMMEDIATE`` transaction: ``with appending(db, table): db.execute(
+   "INSERT ...")``. Any SQL insert works (``executemany``, ``INSERT OR IGNORE``); the rows it
+   added are sealed before the block ends. A row that somebody inserted outside the application
+   (unsealed when the block starts) makes ``appending`` raise ``ChainBrokenError``.
+3. Erase with ``redact(db, table, "account_id = ?", (account,), reason="erasure request")``
+   inside a transaction: the matching rows' content becomes the placeholders, their hashes stay,
+   and one redaction entry per row is appended to ``ledger_redactions``. The reason must not hold
+   the erased identifiers.
+4. Verify with ``verify(db, table)`` or ``verify_all(db)``: one ``ChainReport`` per chain
+   (rows, head hash, ok or the first broken row and why). ``portrait ledger verify`` prints them.
+
+What this protects against: an application user, a notebook or a SQL console that updates or
+deletes ledger rows (refused while the triggers stand), and anybody who drops the triggers and
+then edits, deletes or reorders rows without recomputing the chain (``verify`` names the first
+broken row, or the missing rows at the end against the recorded head). What it does not: whoever
+can write the file can drop the triggers, rewrite rows and rebuild every hash and the recorded
+heads; only comparing the head hashes published in earlier privacy reviews catches that (a
+rebuilt chain's head differs from the published one unless nothing before it was changed).
+
+>>> import sqlite3
+>>> db = sqlite3.connect(":memory:", isolation_level=None)
+>>> _ = db.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY AUTOINCREMENT, who TEXT NOT NULL, body TEXT)")
+>>> register_table(db, "notes", key="id", columns=["id", "who", "body"], placeholders={"who": REDACTED_ID, "body": None})
+>>> with appending(db, "notes"):
+...     _ = db.executemany("INSERT INTO notes (who, body) VALUES (?, ?)", [("ana", "hello"), ("bo", "hi")])
+>>> verify(db, "notes").ok, verify(db, "notes").rows
+(True, 2)
+>>> redact(db, "notes", "who = ?", ("ana",), reason="erasure request")
+1
+>>> verify(db, "notes").ok
+True
+>>> db.execute("DELETE FROM notes")
+Traceback (most recent call last):
+...
+sqlite3.IntegrityError: notes is append-only: rows are never deleted (erasure redacts them)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import struct
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from profiling.errors import PortraitError
+
+__all__ = [
+    "REDACTED_ID",
+    "REDACTIONS_TABLE",
+    "ChainBrokenError",
+    "ChainReport",
+    "appending",
+    "head",
+    "redact",
+    "register_table",
+    "verify",
+    "verify_all",
+]
+
+REDACTED_ID = object()
+"""Placeholder meaning ``'redacted:' || chain_content``: unique per row, holds nothing of the row."""
+
+REDACTIONS_TABLE = "ledger_redactions"
+_REDACTED_ID_SQL = "'redacted:' || {row}.chain_content"
+_CHAIN_COLUMNS = ("chain_content", "chain_prev", "chain_hash", "chain_redacted")
+_HEADS_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS ledger_chains (
+    chain_table   TEXT PRIMARY KEY,
+    key_column    TEXT NOT NULL,
+    columns       TEXT NOT NULL,     -- JSON list of the content columns, in hashing order
+    placeholders  TEXT NOT NULL,     -- JSON {column: value after redaction}
+    rows          INTEGER NOT NULL,  -- rows sealed so far
+    head          TEXT NOT NULL,     -- chain_hash of the last sealed row (the genesis value when empty)
+    last_key      INTEGER,
+    registered_at TEXT NOT NULL,
+    migrated_rows INTEGER NOT NULL   -- rows that existed before the chain was built over them
+)""",
+    """CREATE TABLE IF NOT EXISTS ledger_redactions (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    chain_table TEXT NOT NULL,
+    row_key     INTEGER NOT NULL,
+    content     TEXT NOT NULL,       -- the redacted row's chain_content (kept: the chain still links)
+    reason      TEXT NOT NULL,
+    redacted_at TEXT NOT NULL
+)""",
+    "CREATE INDEX IF NOT EXISTS ledger_redactions_by_table ON ledger_redactions (chain_table, row_key)",
+)
+
+
+class ChainBrokenError(PortraitError):
+    """A chained ledger table was changed outside the application (rows edited, deleted or inserted)."""
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    """The state of one chain: its rows, its head hash, and the first broken row if any."""
+
+    table: str
+    rows: int
+    head: str
+    ok: bool
+    broken_at: int | None = None   # 1-based position of the first bad row (rows + 1: rows missing at the end)
+    problem: str = ""
+    migrated_rows: int = 0
+
+    def line(self) -> str:
+        """``table  rows N  head H  ok`` or ``... BROKEN at row N: why`` (one line, for the CLI and the review)."""
+        state = "ok" if self.ok else f"BROKEN at row {self.broken_at}: {self.problem}"
+        return f"{self.table}  rows {self.rows}  head {self.head}  {state}"
+
+
+def _genesis(table: str) -> str:
+    return hashlib.sha256(b"portrait.ledger.genesis.v1\x00" + table.encode()).hexdigest()
+
+
+def _encode(value: object) -> bytes:
+    if value is None:
+        return b"n;"
+    if isinstance(value, bool):
+        value = int(value)
+    if isinstance(value, int):
+        return b"i%d;" % value
+    if isinstance(value, float):
+        return b"f" + struct.pack(">d", value) + b";"
+    if isinstance(value, str):
+        raw = value.encode("utf-8")
+        return b"s%d:" % len(raw) + raw + b";"
+    if isinstance(value, bytes):
+        return b"b%d:" % len(value) + value + b";"
+    raise TypeError(f"a ledger cell of type {type(value).__name__} cannot be hashed")
+
+
+def content_hash(table: str, values: Sequence[object]) -> str:
+    """SHA-256 (hex) of one row's canonical content: the table name and each value, typed and length-prefixed."""
+    digest = hashlib.sha256(b"portrait.ledger.row.v1\x00" + table.encode() + b"\x00")
+    for value in values:
+        digest.update(_encode(value))
+    return digest.hexdigest()
+
+
+def link_hash(previous: str, content: str) -> str:
+    """SHA-256 (hex) linking a row's content hash to the previous row's chain hash."""
+    return hashlib.sha256(f"{previous}:{content}".encode()).hexdigest()
+
+
+def _quote(name: str) -> str:
+    if not name.replace("_", "").isalnum():
+        raise PortraitError(f"ledger table or column name {name!r} must be a plain identifier")
+    return f'"{name}"'
+
+
+@dataclass(frozen=True)
+class _Chain:
+    table: str
+    key: str
+    columns: tuple[str, ...]
+    placeholders: Mapping[str, object]
+
+
+def _chain(db: sqlite3.Connection, table: str) -> _Chain:
+    row = db.execute("SELECT key_column, columns, placeholders FROM ledger_chains WHERE chain_table = ?",
+                     (table,)).fetchone()
+    if row is None:
+        raise PortraitError(f"{table} is not a chained ledger table; call register_table first")
+    placeholders = {c: (REDACTED_ID if v == {"redacted_id": True} else v) for c, v in json.loads(row[2]).items()}
+    return _Chain(table, row[0], tuple(json.loads(row[1])), placeholders)
+
+
+def _placeholder_sql(value: object, row: str) -> str:
+    if value is REDACTED_ID:
+        return _REDACTED_ID_SQL.format(row=row)
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise PortraitError(f"a redaction placeholder must be None, a number, a string or REDACTED_ID, got {value!r}")
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    return repr(value)
+
+
+def _triggers(chain: _Chain) -> list[str]:
+    t = _quote(chain.table)
+    same_content = " AND ".join(f"NEW.{_quote(c)} IS OLD.{_quote(c)}" for c in chain.columns)
+    same_hashes = " AND ".join(f"NEW.{c} IS OLD.{c}" for c in ("chain_content", "chain_prev", "chain_hash"))
+    redacted_content = " AND ".join(
+        f"NEW.{_quote(c)} IS {_placeholder_sql(chain.placeholders[c], 'OLD')}" if c in chain.placeholders
+        else f"NEW.{_quote(c)} IS OLD.{_quote(c)}" for c in chain.columns)
+    sealing = f"(OLD.chain_hash IS NULL AND OLD.chain_redacted = 0 AND NEW.chain_redacted = 0 AND {same_content})"
+    redacting = (f"(OLD.chain_hash IS NOT NULL AND OLD.chain_redacted = 0 AND NEW.chain_redacted = 1 AND "
+                 f"{same_hashes} AND {redacted_content})")
+    no_delete, no_update = _trigger_names(chain.table)
+    return [
+        f"CREATE TRIGGER IF NOT EXISTS {no_delete} BEFORE DELETE ON {t} BEGIN SELECT RAISE(ABORT, "
+        f"'{chain.table} is append-only: rows are never deleted (erasure redacts them)'); END",
+        f"CREATE TRIGGER IF NOT EXISTS {no_update} BEFORE UPDATE ON {t} WHEN NOT ({sealing} OR {redacting}) "
+        f"BEGIN SELECT RAISE(ABORT, '{chain.table} is append-only: record a new row instead of changing one'); END",
+        f"CREATE INDEX IF NOT EXISTS {chain.table}_chain_unsealed ON {t} ({_quote(chain.key)}) "
+        f"WHERE chain_hash IS NULL",
+    ]
+
+
+def _trigger_names(table: str) -> tuple[str, str]:
+    return f"{table}_chain_no_delete", f"{table}_chain_no_update"
+
+
+def _missing_triggers(db: sqlite3.Connection, table: str) -> list[str]:
+    names = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?",
+                                          (table,))}
+    return [name for name in _trigger_names(table) if name not in names]
+
+
+def _require_triggers(db: sqlite3.Connection, table: str) -> None:
+    absent = _missing_triggers(db, table)
+    if absent:
+        raise ChainBrokenError(f"{table}: append-only trigger(s) {', '.join(absent)} were dropped; run "
+                               f"`portrait ledger verify` and restore the ledger from a copy")
+
+
+def register_table(db: sqlite3.Connection, table: str, *, key: str, columns: Sequence[str],
+                   placeholders: Mapping[str, object] | None = None,
+                   replaces_triggers: Sequence[str] = ()) -> None:
+    """Make ``table`` a chained, append-only ledger table (idempotent; call it where the table is created).
+
+    ``key`` is the integer primary key giving the chain's order; ``columns`` the content columns
+    hashed (key included), ``placeholders`` each redactable column's value after erasure (columns
+    not named keep their value). ``replaces_triggers`` names older triggers the chain supersedes
+    (dropped). A table holding unsealed rows when first registered is migrated: its rows are
+    sealed as they are, and ``ledger_chains.migrated_rows`` records how many.
+    """
+    placeholders = dict(placeholders or {})
+    unknown = sorted(set(placeholders) - set(columns))
+    if key not in columns or unknown:
+        raise PortraitError(f"register_table({table!r}): the key {key!r} must be a content column and placeholders "
+                            f"may only name content columns (unknown: {unknown})")
+    stored = {c: ({"redacted_id": True} if v is REDACTED_ID else v) for c, v in placeholders.items()}
+    for value in placeholders.values():
+        _placeholder_sql(value, "OLD")
+    for statement in _HEADS_SCHEMA:
+        db.execute(statement)
+    existing = {row[1] for row in db.execute(f"PRAGMA table_info({_quote(table)})")}
+    if not existing:
+        raise PortraitError(f"register_table: table {table!r} does not exist; create it first")
+    missing = [c for c in columns if c not in existing]
+    if missing:
+        raise PortraitError(f"register_table({table!r}): no column(s) {', '.join(missing)}")
+    for column, ddl in zip(_CHAIN_COLUMNS, ("TEXT", "TEXT", "TEXT", "INTEGER NOT NULL DEFAULT 0")):
+        if column not in existing:
+            db.execute(f"ALTER TABLE {_quote(table)} ADD COLUMN {column} {ddl}")
+    row = db.execute("SELECT columns, placeholders, key_column FROM ledger_chains WHERE chain_table = ?",
+                     (table,)).fetchone()
+    chain = _Chain(table, key, tuple(columns), placeholders)
+    if row is None:
+        unsealed = db.execute(f"SELECT COUNT(*) FROM {_quote(table)} WHERE chain_hash IS NULL").fetchone()[0]
+        db.execute("INSERT INTO ledger_chains (chain_table, key_column, columns, placeholders, rows, head, last_key, "
+                   "registered_at, migrated_rows) VALUES (?, ?, ?, ?, 0, ?, NULL, ?, ?)",
+                   (table, key, json.dumps(list(columns)), json.dumps(stored, sort_keys=True), _genesis(table),
+                    _now(), unsealed))
+        for name in replaces_triggers:
+            db.execute(f"DROP TRIGGER IF EXISTS {_quote(name)}")
+        for statement in _triggers(chain):
+            db.execute(statement)
+        _seal(db, chain)
+    elif (json.loads(row[0]), json.loads(row[1]), row[2]) != (list(columns), stored, key):
+        raise ChainBrokenError(f"ledger table {table} was chained over columns {json.loads(row[0])} (key {row[2]}) "
+                               f"but is now registered over {list(columns)} (key {key}); the ledger file comes "
+                               f"from another version of Portrait or its chain registry was edited")
+    if table != REDACTIONS_TABLE:
+        register_table(db, REDACTIONS_TABLE, key="id",
+                       columns=["id", "chain_table", "row_key", "content", "reason", "redacted_at"])
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def _seal(db: sqlite3.Connection, chain: _Chain) -> int:
+    """Hash every unsealed row in key order and record the new head; returns how many were sealed."""
+    rows_before, previous, last_key = db.execute(
+        "SELECT rows, head, last_key FROM ledger_chains WHERE chain_table = ?", (chain.table,)).fetchone()
+    select = ", ".join(_quote(c) for c in chain.columns)
+    key_index = chain.columns.index(chain.key)
+    rows = db.execute(f"SELECT {select} FROM {_quote(chain.table)} WHERE chain_hash IS NULL "
+                      f"ORDER BY {_quote(chain.key)}").fetchall()
+    if not rows:
+        return 0
+    if last_key is not None and rows[0][key_index] < last_key:
+        raise ChainBrokenError(f"{chain.table}: an unsealed row (key {rows[0][key_index]}) sits before sealed rows; "
+                               f"the table was edited outside the application")
+    chained = []   # rows: (content hash, previous chain hash, chain hash, key)
+    for values in rows:
+        content = content_hash(chain.table, values)
+        hashed = link_hash(previous, content)
+        chained.append((content, previous, hashed, values[key_index]))
+        previous = hashed
+    db.executemany(f"UPDATE {_quote(chain.table)} SET chain_content = ?, chain_prev = ?, chain_hash = ? "
+                   f"WHERE {_quote(chain.key)} = ?", chained)
+    db.execute("UPDATE ledger_chains SET rows = ?, head = ?, last_key = ? WHERE chain_table = ?",
+               (rows_before + len(chained), previous, chained[-1][3], chain.table))
+    return len(chained)
+
+
+@contextmanager
+def appending(db: sqlite3.Connection, table: str) -> Iterator[None]:
+    """Insert rows into ``table`` inside the block; they are sealed into the chain when it ends.
+
+    Call it inside the caller's transaction (``BEGIN IMMEDIATE``), so rows and hashes commit together.
+    """
+    chain = _chain(db, table)
+    _require_triggers(db, table)
+    foreign = db.execute(f"SELECT {_quote(chain.key)} FROM {_quote(table)} WHERE chain_hash IS NULL "
+                         f"ORDER BY {_quote(chain.key)} LIMIT 1").fetchone()
+    if foreign is not None:
+        raise ChainBrokenError(f"{table}: row with {chain.key} {foreign[0]} was inserted outside the application "
+                               f"(it is not sealed); run `portrait ledger verify` and restore the ledger from a copy")
+    yield
+    _seal(db, chain)
+
+
+def redact(db: sqlite3.Connection, table: str, where: str, params: Sequence[object] = (), *, reason: str) -> int:
+    """Replace the content of ``table``'s rows matching ``where`` by the placeholders, keeping their hashes.
+
+    Appends one ``ledger_redactions`` entry per row (its key, content hash, ``reason``, when).
+    Returns the number of rows redacted. Call it inside the caller's transaction.
+    """
+    chain = _chain(db, table)
+    if not reason.strip():
+        raise PortraitError("a redaction needs a reason, such as 'erasure request'")
+    targets = db.execute(f"SELECT {_quote(chain.key)}, chain_content FROM {_quote(table)} WHERE chain_redacted = 0 "
+                         f"AND chain_hash IS NOT NULL AND ({where})", tuple(params)).fetchall()
+    if not targets:
+        return 0
+    stamp = _now()
+    with appending(db, REDACTIONS_TABLE):
+        db.executemany(f"INSERT INTO {REDACTIONS_TABLE} (chain_table, row_key, content, reason, redacted_at) "
+                       "VALUES (?, ?, ?, ?, ?)", [(table, key, content, reason, stamp) for key, content in targets])
+    assignments = ", ".join([f"{_quote(c)} = {_placeholder_sql(v, _quote(table))}" for c, v in chain.placeholders.items()]
+                            + ["chain_redacted = 1"])
+    db.executemany(f"UPDATE {_quote(table)} SET {assignments} WHERE {_quote(chain.key)} = ?",
+                   [(key,) for key, _ in targets])
+    return len(targets)
+
+
+def head(db: sqlite3.Connection, table: str) -> str:
+    """The recorded head hash of ``table``'s chain (what a review publishes)."""
+    _chain(db, table)
+    return db.execute("SELECT head FROM ledger_chains WHERE chain_table = ?", (table,)).fetchone()[0]
+
+
+def verify(db: sqlite3.Connection, table: str) -> ChainReport:
+    """Recompute ``table``'s chain from its first row; the report names the first row that does not fit.
+
+    Checks, row by row in key order: the row is sealed; ``chain_prev`` is the previous row's hash;
+    ``chain_content`` is the hash of the row's content (for a redacted row: the content is exactly
+    the placeholders and a redaction entry holds its content hash); ``chain_hash`` links the two.
+    Then that the rows and head match what was recorded at the last append, and that the
+    append-only triggers are in place.
+    """
+    chain = _chain(db, table)
+    recorded_rows, recorded_head, migrated = db.execute(
+        "SELECT rows, head, migrated_rows FROM ledger_chains WHERE chain_table = ?", (table,)).fetchone()
+    redactions: dict[int, str] = {}
+    if table != REDACTIONS_TABLE:
+        redactions = dict(db.execute(f"SELECT row_key, content FROM {REDACTIONS_TABLE} WHERE chain_table = ?",
+                                     (table,)).fetchall())
+    key_index = chain.columns.index(chain.key)
+    select = ", ".join([_quote(c) for c in chain.columns] + list(_CHAIN_COLUMNS))
+    previous = _genesis(table)
+    position = 0
+
+    def report(problem: str, at: int) -> ChainReport:
+        return ChainReport(table, position, previous, False, at, problem, migrated)
+
+    cursor = db.execute(f"SELECT {select} FROM {_quote(table)} ORDER BY {_quote(chain.key)}")
+    width = len(chain.columns)
+    for row in cursor:
+        values, (content, prev, hashed, redacted) = row[:width], row[width:]
+        position += 1
+        key_value = values[key_index]
+        where = f"{chain.key} {key_value}"
+        if hashed is None:
+            return report(f"{where} is not sealed (inserted outside the application)", position)
+        if prev != previous:
+            return report(f"{where} does not link to the row before it (a row was deleted, inserted or reordered)",
+                          position)
+        if redacted:
+            expected = [(_redacted_value(v, content) if c in chain.placeholders else values[i])
+                        for i, (c, v) in enumerate((c, chain.placeholders.get(c)) for c in chain.columns)]
+            if list(values) != expected or redactions.get(key_value) != content:
+                return report(f"{where} is marked redacted without a matching redaction entry or placeholder content",
+                              position)
+        elif content_hash(table, values) != content:
+            return report(f"{where} was changed after it was recorded (its content no longer matches its hash)",
+                          position)
+        if link_hash(prev, content) != hashed:
+            return report(f"{where} has a chain hash that does not match its content and link", position)
+        previous = hashed
+    if position < recorded_rows:
+        return report(f"{recorded_rows - position} row(s) missing at the end (recorded head {recorded_head[:16]}...)",
+                      position + 1)
+    if position > recorded_rows or previous != recorded_head:
+        return report("the rows do not end at the recorded head (the chain was rebuilt or rows were added)",
+                      recorded_rows)
+    absent = _missing_triggers(db, table)
+    if absent:
+        return ChainReport(table, position, previous, False, None,
+                           f"append-only trigger(s) {', '.join(absent)} were dropped", migrated)
+    return ChainReport(table, position, previous, True, None, "", migrated)
+
+
+def _redacted_value(placeholder: object, content: str) -> object:
+    return f"redacted:{content}" if placeholder is REDACTED_ID else placeholder
+
+
+def verify_all(db: sqlite3.Connection) -> list[ChainReport]:
+    """``verify`` of every chain recorded in the file, in name order (empty when none is)."""
+    present = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'ledger_chains'").fetchone()
+    if present is None:
+        return []
+    tables = [row[0] for row in db.execute("SELECT chain_table FROM ledger_chains ORDER BY chain_table")]
+    return [verify(db, table) for table in tables]

@@ -1,0 +1,139 @@
+"""Hash-chained ledger tables: appends verify, every edit outside the application is found."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from profiling.ledger_chain import (
+    REDACTED_ID,
+    ChainBrokenError,
+    appending,
+    head,
+    redact,
+    register_table,
+    verify,
+    verify_all,
+)
+
+_COLUMNS = ["id", "who", "amount", "body"]
+
+
+def _ledger(path=":memory:", rows=(("ana", 1.5, "a"), ("bo", 2, None), ("ana", -3.25, "c"))):
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("CREATE TABLE IF NOT EXISTS notes (id INTEGER PRIMARY KEY AUTOINCREMENT, who TEXT NOT NULL, "
+               "amount REAL, body TEXT)")
+    register_table(db, "notes", key="id", columns=_COLUMNS, placeholders={"who": REDACTED_ID, "body": None})
+    db.execute("BEGIN IMMEDIATE")
+    with appending(db, "notes"):
+        db.executemany("INSERT INTO notes (who, amount, body) VALUES (?, ?, ?)", rows)
+    db.execute("COMMIT")
+    return db
+
+
+def _tamper(db, *statements):
+    db.execute("DROP TRIGGER notes_chain_no_update")
+    db.execute("DROP TRIGGER notes_chain_no_delete")
+    for statement in statements:
+        db.execute(statement)
+    register_table(db, "notes", key="id", columns=_COLUMNS, placeholders={"who": REDACTED_ID, "body": None})
+    for statement in ("CREATE TRIGGER notes_chain_no_update BEFORE UPDATE ON notes BEGIN SELECT 1; END",
+                      "CREATE TRIGGER notes_chain_no_delete BEFORE DELETE ON notes BEGIN SELECT 1; END"):
+        db.execute(statement)   # an attacker who also puts back triggers of the same names
+
+
+def test_update_and_delete_are_refused_and_the_chain_verifies():
+    db = _ledger()
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        db.execute("UPDATE notes SET amount = 0 WHERE id = 2")
+    with pytest.raises(sqlite3.IntegrityError, match="never deleted"):
+        db.execute("DELETE FROM notes WHERE id = 2")
+    report = verify(db, "notes")
+    assert (report.ok, report.rows, report.head) == (True, 3, head(db, "notes"))
+    assert report.line().endswith("ok")
+
+
+@pytest.mark.parametrize(("statements", "broken_at", "problem"), [
+    (["UPDATE notes SET amount = 99 WHERE id = 2"], 2, "changed after it was recorded"),
+    (["DELETE FROM notes WHERE id = 2"], 2, "does not link"),
+    (["DELETE FROM notes WHERE id = 3"], 3, "missing at the end"),
+    (["INSERT INTO notes (who, amount) VALUES ('eve', 1)"], 4, "not sealed"),
+    (["UPDATE notes SET chain_redacted = 1, who = 'x' WHERE id = 1"], 1, "redacted without a matching"),
+])
+def test_edits_with_the_triggers_dropped_are_found(statements, broken_at, problem):
+    db = _ledger()
+    _tamper(db, *statements)
+    report = verify(db, "notes")
+    assert not report.ok and report.broken_at == broken_at and problem in report.problem
+    assert f"BROKEN at row {broken_at}" in report.line()
+
+
+def test_dropped_triggers_are_reported_and_appends_refused():
+    db = _ledger()
+    db.execute("DROP TRIGGER notes_chain_no_delete")
+    assert "were dropped" in verify(db, "notes").problem
+    with pytest.raises(ChainBrokenError, match="dropped"):
+        with appending(db, "notes"):
+            pass
+
+
+def test_a_foreign_insert_is_refused_at_the_next_append():
+    db = _ledger()
+    db.execute("INSERT INTO notes (who, amount) VALUES ('eve', 1)")
+    with pytest.raises(ChainBrokenError, match="inserted outside the application"):
+        with appending(db, "notes"):
+            db.execute("INSERT INTO notes (who, amount) VALUES ('ana', 2)")
+
+
+def test_redaction_keeps_the_chain_whole_and_removes_the_content():
+    db = _ledger()
+    before = head(db, "notes")
+    db.execute("BEGIN IMMEDIATE")
+    assert redact(db, "notes", "who = ?", ("ana",), reason="erasure request") == 2
+    db.execute("COMMIT")
+    assert db.execute("SELECT COUNT(*) FROM notes WHERE who = 'ana' OR body IS NOT NULL").fetchone()[0] == 0
+    assert verify(db, "notes").ok and head(db, "notes") == before
+    reports = {r.table: r for r in verify_all(db)}
+    assert reports["ledger_redactions"].rows == 2 and all(r.ok for r in reports.values())
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):   # a redacted row stays redacted
+        db.execute("UPDATE notes SET chain_redacted = 0 WHERE id = 1")
+
+
+def test_an_existing_table_is_migrated_once_and_recorded(tmp_path):
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY AUTOINCREMENT, who TEXT NOT NULL, amount REAL, body TEXT)")
+    db.executemany("INSERT INTO notes (who, amount, body) VALUES (?, ?, ?)", [("old", 1.0, None)] * 5)
+    db.close()
+    db = _ledger(path)
+    report = verify(db, "notes")
+    assert report.ok and report.rows == 8 and report.migrated_rows == 5
+    with pytest.raises(ChainBrokenError, match="chained over columns"):
+        register_table(db, "notes", key="id", columns=["id", "who"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.lists(st.tuples(st.text(min_size=1, max_size=8),
+                               st.one_of(st.none(), st.floats(allow_nan=False), st.integers(-10**12, 10**12)),
+                               st.one_of(st.none(), st.text(max_size=8))), min_size=1, max_size=8),
+       data=st.data())
+def test_any_changed_cell_breaks_the_chain_at_its_row(rows, data):
+    db = _ledger(rows=rows)
+    assert verify(db, "notes").ok
+    target = data.draw(st.integers(1, len(rows)))
+    column = data.draw(st.sampled_from(["who", "amount", "body"]))
+    old = db.execute(f"SELECT {column} FROM notes WHERE id = ?", (target,)).fetchone()[0]
+    new = data.draw(st.one_of(st.text(max_size=8), st.integers(), st.floats(allow_nan=False)).filter(
+        lambda v: not (v == old and type(v) is type(old))))
+    if column == "who" and new == "":
+        new = "x" if old != "x" else "y"
+    db.execute("DROP TRIGGER notes_chain_no_update")
+    db.execute(f"UPDATE notes SET {column} = ? WHERE id = ?", (new, target))
+    stored = db.execute(f"SELECT {column} FROM notes WHERE id = ?", (target,)).fetchone()[0]
+    report = verify(db, "notes")
+    if stored == old and type(stored) is type(old):   # SQLite's column affinity stored the same value
+        return
+    assert not report.ok and report.broken_at == target
