@@ -5,12 +5,17 @@ null is a value of its own). A table is k-anonymous when every class has at leas
 each row then hides among at least ``k - 1`` others with the same quasi-identifiers. This is a
 syntactic guarantee about the released rows only, not differential privacy: it says nothing
 about what the attributes outside the quasi-identifiers reveal.
+
+A class may be formed over a *generalized* quasi-identifier (``generalized={"amount": amount_band}``):
+rows are then grouped by the band, while the exported value stays as it was. This protects
+against someone who knows the value only roughly (about what a person paid) and picks a row by
+it; it does not protect against someone who knows the exact value.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,13 +26,47 @@ import pyarrow.compute as pc
 from profiling.errors import PortraitError
 from profiling.schema import TABLES, PrivacyClass
 
-__all__ = ["DEFAULT_K", "KAnonymityResult", "default_quasi_identifiers", "enforce_k_anonymity"]
+__all__ = ["DEFAULT_K", "KAnonymityResult", "amount_band", "default_quasi_identifiers", "enforce_k_anonymity"]
 
 DEFAULT_K = 10
 # Generalized columns the pseudonymization door writes in place of raw quasi-identifiers.
 _GENERALIZED = ("age_band", "province", "origin_province", "destination_province", "coarse_province")
 _REGISTRY = tuple(dict.fromkeys(f.name for t in TABLES.values() for f in t.fields
                                 if f.privacy is PrivacyClass.QUASI_IDENTIFIER))
+
+
+def amount_band(amounts: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """The 1-2-5 band of each amount (currency major units), as text: ``"[100, 200)"``; null stays null.
+
+    Bands per decade start at 1, 2 and 5 times a power of ten; amounts below 1 share ``"[0, 1)"``
+    and negative amounts ``"<0"``.
+
+    >>> amount_band(pa.array([0.5, 1.0, 199.99, 200.0, 4999.0, None, -3.0])).to_pylist()
+    ['[0, 1)', '[1, 2)', '[100, 200)', '[200, 500)', '[2000, 5000)', None, '<0']
+    """
+    if isinstance(amounts, pa.ChunkedArray):
+        amounts = amounts.combine_chunks()
+    values = np.asarray(pc.fill_null(pc.cast(amounts, pa.float64()), 0.0).to_numpy(zero_copy_only=False))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        decade = np.floor(np.log10(np.where(values >= 1, values, 1.0)))
+        # log10 rounds near a power of ten: put the decade right from the values themselves
+        decade += (values >= 10.0 ** (decade + 1)).astype(np.float64) - (values < 10.0 ** decade)
+        lead = values / 10.0 ** decade
+    # code per row: -2 negative, -1 below 1, else 3 * decade + (0, 1, 2) for the 1, 2, 5 band
+    codes = np.where(values < 0, -2, np.where(values < 1, -1,
+                     3 * decade.astype(np.int64) + (lead >= 2) + (lead >= 5)))
+    unique, inverse = np.unique(codes, return_inverse=True)
+    labels = pa.array([_band_label(int(code)) for code in unique], pa.string())
+    banded = labels.take(pa.array(inverse.reshape(-1), pa.int64()))
+    return pc.if_else(amounts.is_valid(), banded, pa.scalar(None, pa.string()))
+
+
+def _band_label(code: int) -> str:
+    if code < 0:
+        return "<0" if code == -2 else "[0, 1)"
+    decade, step = divmod(code, 3)
+    low, high = (1, 2, 5)[step], (2, 5, 10)[step]
+    return f"[{low * 10 ** decade}, {high * 10 ** decade})"
 
 
 def default_quasi_identifiers(columns: Iterable[str]) -> list[str]:
@@ -47,7 +86,8 @@ class KAnonymityResult:
 
     ``class_sizes`` maps a class size to how many classes have that size (before suppression);
     ``smallest_class`` is the smallest class before suppression (0 for an empty table) and
-    ``smallest_kept_class`` the smallest after it (0 when nothing is kept).
+    ``smallest_kept_class`` the smallest after it (0 when nothing is kept). ``generalized`` names
+    the quasi-identifiers whose classes were formed over a generalization (see the module).
     """
 
     table: pa.Table | pd.DataFrame = field(repr=False)
@@ -59,6 +99,22 @@ class KAnonymityResult:
     rows_kept: int
     rows_suppressed: int
     class_sizes: dict[int, int] = field(repr=False)
+    generalized: tuple[str, ...] = field(default=(), repr=False)
+
+    @property
+    def classes_suppressed(self) -> int:
+        """Classes smaller than ``k``, whose rows were all dropped."""
+        return sum(count for size, count in self.class_sizes.items() if size < self.k)
+
+    def report(self) -> dict:
+        """What was measured and suppressed, as JSON-ready counts (no row, no value)."""
+        return {"k": self.k, "quasi_identifiers": list(self.quasi_identifiers),
+                "generalized": {name: "class formed over a band of the value" for name in self.generalized},
+                "rows": self.rows_kept + self.rows_suppressed, "rows_kept": self.rows_kept,
+                "rows_suppressed": self.rows_suppressed, "classes": self.classes,
+                "classes_suppressed": self.classes_suppressed, "smallest_class": self.smallest_class,
+                "smallest_kept_class": self.smallest_kept_class,
+                "class_sizes": [{"size": size, "classes": count} for size, count in sorted(self.class_sizes.items())]}
 
     def __repr__(self) -> str:
         return (f"KAnonymityResult(k={self.k}, quasi_identifiers={list(self.quasi_identifiers)}, "
@@ -96,12 +152,16 @@ def _class_keys(table: pa.Table, columns: Sequence[str]) -> np.ndarray:
 
 
 def enforce_k_anonymity(rows: pa.Table | pd.DataFrame, quasi_identifiers: Sequence[str] | None = None,
-                        *, k: int = DEFAULT_K) -> KAnonymityResult:
+                        *, k: int = DEFAULT_K,
+                        generalized: Mapping[str, Callable[[pa.ChunkedArray], pa.Array]] | None = None,
+                        ) -> KAnonymityResult:
     """Measure the equivalence classes of ``rows`` and drop every row of a class smaller than ``k``.
 
     ``quasi_identifiers`` defaults to ``default_quasi_identifiers(columns)``; with none at all the
-    whole table is one class. The returned table has the input's type and column order, rows in
-    input order; every class in it has at least ``k`` rows.
+    whole table is one class. ``generalized`` maps a quasi-identifier to the function whose output
+    forms its classes (e.g. ``amount_band``); the kept rows keep their own values. The returned
+    table has the input's type and column order, rows in input order; every class in it has at
+    least ``k`` rows.
 
     >>> t = pa.table({"province": ["44", "44", "11"], "age_band": ["25-34", "25-34", "25-34"]})
     >>> result = enforce_k_anonymity(t, k=2)
@@ -127,12 +187,20 @@ def enforce_k_anonymity(rows: pa.Table | pd.DataFrame, quasi_identifiers: Sequen
     if missing:
         raise PortraitError(f"quasi-identifier column(s) {', '.join(missing)} not in the table; "
                             f"it has {', '.join(table.column_names)}")
+    generalized = dict(generalized or {})
+    stray = [c for c in generalized if c not in quasi_identifiers]
+    if stray:
+        raise PortraitError(f"generalized column(s) {', '.join(stray)} are not among the quasi-identifiers "
+                            f"{', '.join(quasi_identifiers) or '(none)'}")
+    classes = table.select(list(quasi_identifiers))
+    for name, generalize in generalized.items():
+        classes = classes.set_column(classes.schema.get_field_index(name), name, generalize(table.column(name)))
     # rows: one code vector per row -> class id per row, class sizes
     if table.num_rows == 0:
         sizes = np.zeros(0, dtype=np.int64)
         keep = np.zeros(0, dtype=bool)
     else:
-        _, inverse, sizes = np.unique(_class_keys(table, quasi_identifiers), axis=0,
+        _, inverse, sizes = np.unique(_class_keys(classes, quasi_identifiers), axis=0,
                                       return_inverse=True, return_counts=True)
         keep = sizes[inverse.reshape(-1)] >= k
     kept_sizes = sizes[sizes >= k]
@@ -148,4 +216,5 @@ def enforce_k_anonymity(rows: pa.Table | pd.DataFrame, quasi_identifiers: Sequen
         rows_kept=int(keep.sum()),
         rows_suppressed=int(table.num_rows - keep.sum()),
         class_sizes={int(s): int(c) for s, c in zip(size_values, size_counts)},
+        generalized=tuple(c for c in quasi_identifiers if c in generalized),
     )

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from profiling.errors import PortraitError
 from profiling.k_anonymity import (
     DEFAULT_K,
+    amount_band,
     default_quasi_identifiers,
     enforce_k_anonymity,
 )
@@ -89,3 +90,37 @@ def test_many_wide_quasi_identifiers_take_the_row_wise_path():
     assert (result.classes, result.rows_kept, result.smallest_class) == (1500, 3000, 2)
     result = enforce_k_anonymity(table.slice(0, 2000), list(table.column_names), k=2)
     assert (result.rows_kept, result.rows_suppressed) == (1000, 1000)
+
+
+def _band_reference(amount: float) -> str:
+    """Plain reference: walk the 1-2-5 bands upwards."""
+    if amount < 0:
+        return "<0"
+    if amount < 1:
+        return "[0, 1)"
+    low = 1
+    while True:
+        for step, high in ((1, 2), (2, 5), (5, 10)):
+            if amount < high * low:
+                return f"[{step * low}, {high * low})"
+        low *= 10
+
+
+@given(amounts=st.lists(st.one_of(st.none(), st.floats(-1e3, 1e12, allow_nan=False),
+                                  st.sampled_from([1.0, 2.0, 5.0, 10.0, 1000.0, 999.99999999, 0.999])),
+                        max_size=60))
+def test_amount_band_matches_a_plain_reference(amounts):
+    assert amount_band(pa.array(amounts, pa.float64())).to_pylist() == [
+        None if a is None else _band_reference(a) for a in amounts]
+
+
+def test_classes_over_a_generalized_column_keep_the_exact_values():
+    table = pa.table({"order_id": ["o1", "o2", "o3", "o4"], "amount": [101.5, 150.25, 199.0, 250.0]})
+    result = enforce_k_anonymity(table, ["amount"], k=2, generalized={"amount": amount_band})
+    assert result.table.column("amount").to_pylist() == [101.5, 150.25, 199.0]
+    assert (result.rows_suppressed, result.classes_suppressed, result.generalized) == (1, 1, ("amount",))
+    report = result.report()
+    assert report["quasi_identifiers"] == ["amount"] and list(report["generalized"]) == ["amount"]
+    assert report["class_sizes"] == [{"size": 1, "classes": 1}, {"size": 3, "classes": 1}]
+    with pytest.raises(PortraitError, match="generalized column.* order_id are not among the quasi-identifiers"):
+        enforce_k_anonymity(table, ["amount"], generalized={"order_id": amount_band})
