@@ -15,7 +15,7 @@ DIRECT_IDENTIFIER     ``order_id``                 same name: ORDER pseudonym
 DIRECT_IDENTIFIER     ``waybill_id``               same name: WAYBILL pseudonym
 DIRECT_IDENTIFIER     ``ip``                       ``<name>_prefix``: IPv4 /24 or IPv6 /48
 DIRECT_IDENTIFIER     any other (phone, name,      dropped: analysis does not need them
-                      email, address ...)
+                      email, address, event ids)
 QUASI_IDENTIFIER      a date (birthday)            ``age_band`` at the as-of date ("25-34")
 QUASI_IDENTIFIER      a GB/T 2260 region code      ``<prefix>province``: its 2-digit province
 QUASI_IDENTIFIER      a closed set of values       as is (already coarse, e.g. gender)
@@ -23,6 +23,12 @@ QUASI_IDENTIFIER      anything else                dropped
 SENSITIVE             any                          dropped, always
 NON_PERSONAL          any                          as is
 ====================  ===========================  ===========================================
+
+Nothing passes unchanged unless the registry calls it ``NON_PERSONAL``: an event id is a direct
+identifier (it is the key of a raw row that names the account), so a copy of it would join the
+zone back to the raw tables without the key. What stays is pseudonymous, not anonymous: the
+quasi-identifiers kept (timestamps to the microsecond, amounts, weights, coarse places) can
+still single a person out when combined with outside knowledge, so the zone is personal data.
 
 Each pseudonym column records its domain and key version in its field metadata
 (``portrait.domain``, ``portrait.key_version``); the schema metadata ``portrait.key_version`` is

@@ -223,7 +223,8 @@ _TABLE_LIST = (
               required_if=("cross_border", (True,))),
     )),
     Table("device_events", "What devices did, with network and location information.", "event_id", (
-        Field("event_id", pa.string(), _N, "Event id."),
+        Field("event_id", pa.string(), _D, "Event id: names one event of one device (and its account).",
+              identifier="event_id"),
         Field("device_id", pa.string(), _D, "Device.", identifier="device_id", references="devices.device_id"),
         Field("account_id", pa.string(), _D, "Account signed in on the device, if any.", required=False,
               identifier="account_id", references="accounts.account_id"),
@@ -240,7 +241,7 @@ _TABLE_LIST = (
         Field("item_id", pa.string(), _N, "Item viewed, if any.", required=False, references="catalogue.item_id"),
     )),
     Table("consent_events", "Consent history: grants, revocations, DND, policy versions, cancellation.", "event_id", (
-        Field("event_id", pa.string(), _N, "Event id."),
+        Field("event_id", pa.string(), _D, "Event id: names one statement of one account.", identifier="event_id"),
         Field("account_id", pa.string(), _D, "Account.", identifier="account_id", references="accounts.account_id"),
         _when("event_at", "When the user said it."),
         Field("event_type", pa.string(), _N, "What the user said.", allowed=CONSENT_EVENT_TYPES),

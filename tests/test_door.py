@@ -140,3 +140,58 @@ def test_needs_an_ingested_workspace_and_a_key(tmp_path, ingested):
         pseudonymize_workspace(ingested, b"\x00" * 32)
     with pytest.raises(ValueError, match="batch_rows must be at least 1"):
         pseudonymize_workspace(ingested, KEY, batch_rows=0)
+
+
+@pytest.fixture(scope="module")
+def portrait_run(tmp_path_factory):
+    """A workspace after a real `portrait run` on synthetic data (the command line, in process)."""
+    from pipelines.cli import main
+
+    root = tmp_path_factory.mktemp("run")
+    key_file, ws = root / "keys" / "master.key", root / "ws"
+    for argv in (["synth", "--out", str(root / "raw"), "--accounts", "200", "--seed", "7"],
+                 ["keys", "init", "--key-file", str(key_file)],
+                 ["ingest", "--raw", str(root / "raw"), "--workspace", str(ws)],
+                 ["run", "--workspace", str(ws), "--key-file", str(key_file), "--as-of", "2026-11-01"]):
+        assert main(["--quiet", *argv]) == 0, argv
+    return Workspace(ws)
+
+
+def _raw_identifier_values(workspace: Workspace) -> set[str]:
+    """Every raw value that identifies a person or their record, derived from the registry.
+
+    The string values of every column that is not NON_PERSONAL (closed vocabularies such as
+    gender excepted: "female" names nobody), plus the primary key of every table holding a
+    direct identifier (a row key such as an event id leads back to the row, whatever its class).
+    """
+    values: set[str] = set()
+    for name, model in TABLES.items():
+        personal = any(f.privacy is PrivacyClass.DIRECT_IDENTIFIER for f in model.fields)
+        raw = workspace.read(name)
+        for field in model.fields:
+            identifying = field.privacy is not PrivacyClass.NON_PERSONAL and field.allowed is None
+            if identifying or (personal and field.name == model.primary_key):
+                values |= _strings(raw.column(field.name))
+    return values
+
+
+def test_no_analytics_table_joins_back_to_a_raw_identifier(portrait_run):
+    raw_identifiers = _raw_identifier_values(portrait_run)
+    event_ids = _strings(portrait_run.read("consent_events").column("event_id"))
+    assert event_ids and event_ids <= raw_identifiers and len(raw_identifiers) > 5000
+    identifiable = {portrait_run.root / zone for zone in ("ingested", "rejects", "vault")}
+    files = [p for p in sorted(portrait_run.root.rglob("*.parquet")) if not identifiable & set(p.parents)]
+    assert {p.parent.name for p in files} >= set(TABLE_NAMES) | {"portraits", "recommendations"}
+    for path in files:
+        found = pq.read_table(path)
+        for column_name in found.column_names:
+            matches = _strings(found.column(column_name)) & raw_identifiers
+            assert not matches, (f"{path.relative_to(portrait_run.root)} column {column_name} joins "
+                                 f"{len(matches)} raw identifier values, e.g. {sorted(matches)[:3]}")
+
+
+def test_event_ids_are_identifiers_and_never_cross_the_door():
+    for name in ("consent_events", "device_events"):
+        field = TABLES[name]["event_id"]
+        assert field.privacy is PrivacyClass.DIRECT_IDENTIFIER
+        assert [r.action for r in door_plan(name) if r.source == "event_id"] == ["drop"]
