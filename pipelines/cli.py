@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run every stage in order: consent ledger, pseudonymization, vault, k-anonymity report, "
                     "identity, portraits, DP popularity, recommendations. Options override the --config file.")
     run.add_argument("--config", help="job configuration file (TOML: workspace, key_file, as_of, engine, purposes, "
-                     "[recommendations] k, [identity], [portraits], [budget.<dataset>])")
+                     "[recommendations] k, [portraits], [budget.<dataset>])")
     run.add_argument("--workspace", help=f"workspace folder (default: the config's, else {DEFAULT_WORKSPACE})")
     run.add_argument("--key-file", help="master key file, outside the workspace (`portrait keys init`); "
                      "default: the config's, else the PORTRAIT_MASTER_KEY environment variable")

@@ -11,9 +11,6 @@ Example (every key optional; relative paths are relative to the file)::
     [recommendations]
     k = 10
 
-    [identity]
-    max_accounts_per_device = 5
-
     [portraits]
     rows_per_partition = 20000000
 
@@ -65,7 +62,6 @@ class JobConfig:
     engine: str = "local"
     purposes: tuple[str, ...] = (_REQUIRED_PURPOSE, *OPTIONAL_PURPOSES)
     k: int = 10
-    max_accounts_per_device: int = 5
     rows_per_partition: int = 20_000_000
     budgets: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # dataset -> {epsilon, delta}
     spark_master: str = "local[2]"
@@ -84,7 +80,7 @@ class JobConfig:
         if _REQUIRED_PURPOSE not in self.purposes:
             raise ConfigError(f"purposes {where} must include {_REQUIRED_PURPOSE!r}: portraits and "
                               "recommendations are what the job is for")
-        for name, lowest in (("k", 1), ("max_accounts_per_device", 1), ("rows_per_partition", 1000)):
+        for name, lowest in (("k", 1), ("rows_per_partition", 1000)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
                 raise ConfigError(f"{name} {where} must be a whole number of at least {lowest}, got {value!r}")
@@ -131,7 +127,7 @@ def _positive(value) -> bool:
     return _finite(value) and value > 0
 
 
-_SECTIONS = {"recommendations": {"k": "k"}, "identity": {"max_accounts_per_device": "max_accounts_per_device"},
+_SECTIONS = {"recommendations": {"k": "k"},
              "portraits": {"rows_per_partition": "rows_per_partition"},
              "spark": {"master": "spark_master", "partitions": "spark_partitions", "config": "spark_config"}}
 _TOP_LEVEL = {"workspace", "key_file", "as_of", "engine", "purposes", "budget", *_SECTIONS}
@@ -148,6 +144,10 @@ def load_config(path: str | Path) -> JobConfig:
         raise ConfigError(f"configuration file {path} does not exist") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"configuration file {path} is not valid TOML: {error}") from None
+    if "identity" in raw:
+        raise ConfigError(f"[identity] in {path} is no longer read: max_accounts_per_device is gone, a device now "
+                          f"joins an identity only when one account ever signed in on it and accounts are never "
+                          f"linked; remove the [identity] section")
     unknown = sorted(set(raw) - _TOP_LEVEL)
     if unknown:
         raise ConfigError(f"unknown setting(s) {', '.join(unknown)} in {path}; known: {', '.join(sorted(_TOP_LEVEL))}")

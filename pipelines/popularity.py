@@ -1,7 +1,8 @@
 """The item popularity release: how many persons bought each catalogue item, differentially private.
 
-Non-personalized recommendation lists rank items by this release, so nothing of any one person's
-history shapes what others are shown beyond what epsilon allows. Reads only the analytics zone
+Non-personalized recommendation lists rank items by this release when there is one, so nothing of
+any one person's history shapes what others are shown beyond what epsilon allows; without one
+they are ranked by the catalogue's listing date, which uses no personal data. Reads only the analytics zone
 and only the orders of persons the consent gate lets through for ``product_improvement``, placed
 before the as-of moment; writes ``WS/outputs/popularity/`` (item_id, buyers, buyers_ci95). The
 release runs on an engine (``pipelines.engines.jobs.release_item_buyers``), locally or on Spark.
@@ -19,11 +20,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from dp import BudgetLedger
 from pipelines.workspace import Workspace
+from profiling.errors import WorkspaceError
 
-__all__ = ["DATASET", "EPSILON", "ITEMS_PER_PERSON", "POPULARITY_SCHEMA", "read_popularity"]
+__all__ = ["DATASET", "EPSILON", "ITEMS_PER_PERSON", "POPULARITY_SCHEMA", "PURPOSE", "popularity_release_id",
+           "read_popularity"]
 
 DATASET = "orders"
+PURPOSE = "product_improvement"
 EPSILON = 0.1          # charged per run
 ITEMS_PER_PERSON = 5   # distinct items a person's purchases count for
 
@@ -38,3 +43,22 @@ def read_popularity(workspace: Workspace) -> pd.Series | None:
         return None
     table = ds.dataset(folder, format="parquet").to_table()
     return pd.Series(table.column("buyers").to_numpy(), index=table.column("item_id").to_pylist(), name="buyers")
+
+
+def popularity_release_id(workspace: Workspace) -> str | None:
+    """The budget ledger's release id of the popularity release in place, or None when there is none.
+
+    It is the latest released charge of the ``orders`` dataset for ``product_improvement`` grouped by
+    item: a release is published right after its charge is marked released, and a refused one
+    charges nothing and leaves the previous release in place. Raises ``WorkspaceError`` when a
+    release is in place but the ledger holds no such charge.
+    """
+    if not workspace.outputs("popularity").is_dir():
+        return None
+    charges = [c for c in BudgetLedger(workspace.ledger).charges(DATASET)
+               if c["purpose"] == PURPOSE and c["released_at"] and "item_id" in (c["query"] or "")]
+    if not charges:
+        raise WorkspaceError(f"{workspace.outputs('popularity')} holds a popularity release but the budget ledger "
+                             f"has no released {PURPOSE} charge of dataset {DATASET!r} for it; remove the folder "
+                             f"and run the popularity stage again with a budget")
+    return charges[-1]["release_id"]

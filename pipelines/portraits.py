@@ -2,10 +2,10 @@
 
 Both answer only for persons whose ``personalization`` consent holds at the run's as-of moment:
 
-* identity: accounts and devices linked by sign-ins in the analytics zone, only through persons who
-  also allow ``cross_device_sync``; shared devices link nobody. Writes ``WS/outputs/identity/``
-  (``persons/``: person_id -> identity_id, ``devices/``: device_id -> identity_id) and
-  ``WS/identity-report.json`` (identity sizes, the largest identity, shared devices).
+* identity: each person is one identity, with the devices on which no other account ever signed
+  in (only for persons who also allow ``cross_device_sync``); two accounts are never linked.
+  Writes ``WS/outputs/identity/`` (``persons/``: person_id -> identity_id, ``devices/``: device_id
+  -> identity_id) and ``WS/identity-report.json`` (devices per identity, shared devices).
 * portraits: one row per identity (``profiling.portrait``'s data dictionary) to
   ``WS/outputs/portraits/``, with the dictionary beside it in ``_data_dictionary.json``. A person
   whose consent was revoked has no row after the next run: the folder is rebuilt whole.
@@ -31,11 +31,7 @@ from tqdm.auto import tqdm
 from pipelines.engines import Engine, Kernel
 from pipelines.engines._optional import import_optional
 from pipelines.workspace import Workspace, write_json_atomic
-from profiling.identity import (
-    DEFAULT_MAX_ACCOUNTS_PER_DEVICE,
-    IdentityGraph,
-    build_identity_graph,
-)
+from profiling.identity import IdentityGraph, build_identity_graph
 from profiling.portrait import (
     DEVICES_COLUMNS,
     PERSONS_COLUMNS,
@@ -58,16 +54,15 @@ _BATCH_ROWS = 1 << 18
 
 
 
-def write_identity(workspace: Workspace, eligible: pa.Table, linking_persons: pa.Array, *,
-                   max_accounts_per_device: int = DEFAULT_MAX_ACCOUNTS_PER_DEVICE) -> IdentityGraph:
+def write_identity(workspace: Workspace, eligible: pa.Table, linking_persons: pa.Array) -> IdentityGraph:
     """Build the identity graph of the ``eligible`` persons (``person_id`` column) and write it.
 
-    Links are the analytics zone's device events with a person signed in.
+    Links are all the analytics zone's device events with a person signed in, whatever their time:
+    a device joins an identity only when one account ever signed in on it (``build_identity_graph``).
     """
     links = ds.dataset(workspace.pseudonymized("device_events"), format="parquet").to_table(
         columns=["device_id", "person_id"], filter=pc.field("person_id").is_valid())
-    graph = build_identity_graph(links, eligible.column("person_id"), linking_persons,
-                                 max_accounts_per_device=max_accounts_per_device)
+    graph = build_identity_graph(links, eligible.column("person_id"), linking_persons)
     # rows: (person_id, identity_id, cross_device_sync)
     persons = graph.persons.append_column("cross_device_sync",
                                           pc.is_in(graph.persons.column("person_id"), value_set=linking_persons))

@@ -12,6 +12,12 @@ and writes, atomically::
     WS/outputs/recommendations/     (person_id, item_id, score, rank, personalized)
     WS/outputs/marketing_audience/  (marketing_id)
 
+The recommendations' Parquet schema metadata (the non-personalized part file, which sorts first,
+and ``_common_metadata``) says how the non-personalized lists were ranked, under
+``portrait.non_personalized_ranking``: ``dp_popularity:<release_id>`` (the DP popularity release
+charged to the budget under that id) or ``catalogue_listing_date`` (newest listed first: no
+personal data at all). ``non_personalized_ranking(folder)`` reads it back.
+
 The marketing audience carries MARKETING-domain pseudonyms, which cannot be joined with the
 analytics zone's ``person_id``: whoever sends the messages learns who is in the audience, not
 their portrait or lists.
@@ -41,7 +47,8 @@ from profiling.errors import WorkspaceError
 from profiling.factors import ImplicitALS, recency_weighted_counts
 from profiling.scoring import eligibility_by_province
 
-__all__ = ["RECOMMENDATIONS_SCHEMA", "MARKETING_AUDIENCE_SCHEMA", "write_recommendations"]
+__all__ = ["CATALOGUE_RANKING", "MARKETING_AUDIENCE_SCHEMA", "RANKING_KEY", "RECOMMENDATIONS_SCHEMA",
+           "non_personalized_ranking", "write_recommendations"]
 
 RECOMMENDATIONS_SCHEMA = pa.schema([
     pa.field("person_id", pa.string(), nullable=False),
@@ -51,6 +58,10 @@ RECOMMENDATIONS_SCHEMA = pa.schema([
     pa.field("personalized", pa.bool_(), nullable=False),
 ])
 MARKETING_AUDIENCE_SCHEMA = pa.schema([pa.field("marketing_id", pa.string(), nullable=False)])
+
+RANKING_KEY = "portrait.non_personalized_ranking"  # Parquet schema metadata key of the recommendations
+CATALOGUE_RANKING = "catalogue_listing_date"  # its value when no DP popularity release ranks the lists
+NON_PERSONALIZED_FILE = "part-0-non-personalized.parquet"  # sorts before the engine's part files
 
 PERSONS_PER_PARTITION = 131_072  # persons scored per partition kernel call (bounds the kernel's memory)
 
@@ -94,49 +105,73 @@ def _check_eligible(eligible: pd.DataFrame) -> pd.DataFrame:
     return frame.reset_index(drop=True).astype({"person_id": str, "dnd": bool, "non_personalized": bool})
 
 
-def _popular_items(popularity: pd.Series | None, item_ids: np.ndarray, buyers_per_item: np.ndarray) -> np.ndarray:
-    """Popularity per catalogue item (NaN: not ranked), from the given release or the fallback counts."""
+def _item_ranking(popularity: pd.Series | None, popularity_release: str | None, item_ids: np.ndarray,
+                  listed_at: pa.ChunkedArray) -> tuple[np.ndarray, str]:
+    """Score per catalogue item for the non-personalized lists (NaN: not ranked) and the ranking's name.
+
+    With a popularity release: its noisy buyers, named ``dp_popularity:<release id>``. Without:
+    the listing time in days since the Unix epoch (newest first), named ``catalogue_listing_date``;
+    it depends on the catalogue alone.
+    """
     if popularity is None:
-        return np.where(buyers_per_item > 0, buyers_per_item.astype(np.float64), np.nan)
+        if popularity_release is not None:
+            raise ValueError("popularity_release names a release but no popularity was given; pass both or neither")
+        days = listed_at.cast(pa.int64()).to_numpy(zero_copy_only=False).astype(np.float64) / 1e6 / _SECONDS_PER_DAY
+        return days, CATALOGUE_RANKING
+    if not isinstance(popularity_release, str) or not popularity_release:
+        raise ValueError("popularity needs popularity_release, the id of the DP release it comes from (the "
+                         "budget ledger's release_id), so the lists say how they were ranked")
     if not isinstance(popularity, pd.Series):
         raise ValueError(f"popularity must be a pandas Series indexed by item_id, got {type(popularity).__name__}")
     values = pd.to_numeric(popularity, errors="coerce")
     if values.isna().any() or not np.all(np.isfinite(values.to_numpy(dtype=np.float64))):
         raise ValueError("popularity holds non-numeric, NaN or infinite values; pass finite scores per item_id")
-    return values.groupby(level=0).max().reindex(item_ids).to_numpy(dtype=np.float64)
+    return values.groupby(level=0).max().reindex(item_ids).to_numpy(dtype=np.float64), \
+        f"dp_popularity:{popularity_release}"
+
+
+def non_personalized_ranking(folder: str | Path) -> str | None:
+    """How the non-personalized lists in a recommendations folder were ranked (see the module), or None."""
+    path = Path(folder) / "_common_metadata"
+    if not path.is_file():
+        return None
+    value = (pq.read_schema(path).metadata or {}).get(RANKING_KEY.encode())
+    return value.decode() if value is not None else None
 
 
 def write_recommendations(workspace: Workspace, eligible: pd.DataFrame, *, as_of: dt.datetime, k: int = 10,
                           marketing: pd.DataFrame | None = None, popularity: pd.Series | None = None,
-                          factors: int = 64, iterations: int = 15, half_life_days: float = 90.0,
+                          popularity_release: str | None = None, factors: int = 64, iterations: int = 15, half_life_days: float = 90.0,
                           random_state: int = 0, engine: Engine | None = None,
                           progress: bool = False) -> list[dict]:
     """Write each eligible person's top-``k`` items and the marketing audience; return summary rows.
 
-    ``eligible`` is the consent gate's answer for the recommendation purpose at ``as_of``: one row per
-    person, ``(person_id, dnd, non_personalized)``. Nobody else's rows are read into a model or an output.
+    ``eligible`` is the consent gate's answer for ``service_provision`` at ``as_of`` (who may be
+    served): one row per person, ``(person_id, dnd, non_personalized)``. Nobody else's rows are read
+    into a model or an output.
 
     - Persons who allow personalization and bought something before ``as_of`` get personalized lists:
       implicit-ALS factors (``factors`` per person and item, ``iterations`` sweeps, purchases weighted
       by recency with ``half_life_days``) fitted on those persons' orders only, scored exactly, items
       they bought and items not allowed to them excluded.
     - Persons who refused personalization (``non_personalized``), and those with no purchase yet, get
-      the non-personalized list (``personalized`` false): the most popular items allowed to them, where
-      popularity is ``popularity`` (a Series of scores by item_id, such as the DP popularity release)
-      when given. Without it, popularity is the number of distinct personalization-consenting persons
-      who bought the item (each person counts at most once per item). That fallback is not
-      differentially private; pass the DP release to give these lists a formal guarantee. Nothing of a
-      non-personalized person's own history is used, not even to drop what they bought.
+      the non-personalized list (``personalized`` false): the top allowed items by ``popularity`` (a
+      Series of scores by item_id: the DP popularity release, whose budget-ledger id is
+      ``popularity_release``) when given, else by listing date, newest first (score: days since the
+      Unix epoch), which uses no personal data. The ranking used goes to the output's schema metadata
+      and the summary. Nothing of a refuser's own is used: not their history (not even to drop what
+      they bought), not their province (they see nationwide items only, one list for all of them).
     - Allowed items: active in the catalogue, listed by ``as_of``, and served in the person's province
-      (``served_provinces`` null: nationwide; a person with unknown province sees nationwide items only).
+      (``served_provinces`` null: nationwide; a person with unknown province, or who refused
+      personalization, sees nationwide items only).
     - DND persons keep their lists (shown in the app) but never enter the marketing audience:
       ``marketing`` (a frame with person_id, marketing_id and, optionally, dnd) lists who consented
       to marketing; the audience is those persons' marketing_id, not DND (by ``marketing.dnd`` or
       else ``eligible.dnd``; a person whose DND state is known from neither is left out). Without
       ``marketing`` the audience is empty.
 
-    Scores are inner products of the factors (unitless) for personalized rows and popularity for the
-    others; ranks count from 1. The privacy unit is ``person_id``.
+    Scores are inner products of the factors (unitless) for personalized rows and the ranking's score
+    (noisy buyers, or listing days) for the others; ranks count from 1. The privacy unit is ``person_id``.
 
     The factors are fitted on the driver; the personalized lists are scored by partition kernels on
     ``engine`` (default: a local engine in the workspace), the item factors and the allowed-items
@@ -162,14 +197,15 @@ def write_recommendations(workspace: Workspace, eligible: pd.DataFrame, *, as_of
     accounts_set = _analytics_table(workspace, "accounts")
     _columns(accounts_set, "accounts", ["person_id", "province"])
     person_ids = eligible["person_id"].to_numpy(dtype=object)
-    accounts = accounts_set.to_table(columns=["person_id", "province"],
-                                     filter=ds.field("person_id").isin(pa.array(person_ids, pa.string())))
-    # rows: (person_id, province) of eligible persons only
+    personalizable = ~eligible["non_personalized"].to_numpy()
+    accounts = accounts_set.to_table(
+        columns=["person_id", "province"],
+        filter=ds.field("person_id").isin(pa.array(person_ids[personalizable], pa.string())))
+    # rows: (person_id, province) of persons who allow personalization only
     province_of = dict(zip(accounts["person_id"].to_pylist(), accounts["province"].to_pylist(), strict=True))
     provinces = [province_of.get(p) for p in person_ids]
     eligibility = eligibility_by_province(catalogue["served_provinces"].to_pylist(), offered, provinces)
 
-    personalizable = ~eligible["non_personalized"].to_numpy()
     orders_set = _analytics_table(workspace, "orders")
     _columns(orders_set, "orders", ["person_id", "placed_at", "items"])
     orders = orders_set.to_table(
@@ -192,8 +228,7 @@ def write_recommendations(workspace: Workspace, eligible: pd.DataFrame, *, as_of
     has_history = np.diff(feedback.indptr) > 0
     trained = np.flatnonzero(has_history & personalizable)
 
-    buyers_per_item = np.bincount(feedback.indices, minlength=len(item_ids))
-    popular = _popular_items(popularity, item_ids, buyers_per_item)
+    popular, ranking = _item_ranking(popularity, popularity_release, item_ids, catalogue["listed_at"])
     fallback_lists = _popular_lists(popular, eligibility.allowed, k)
     fallback_persons = np.flatnonzero(~np.isin(np.arange(len(person_ids)), trained))
 
@@ -219,11 +254,14 @@ def write_recommendations(workspace: Workspace, eligible: pd.DataFrame, *, as_of
         personalized_rows = ds.dataset(recommendations, format="parquet").count_rows()
         # the non-personalized lists, written by the driver beside the engine's files
         fallback_rows = 0
-        with pq.ParquetWriter(recommendations / "part-popular.parquet", RECOMMENDATIONS_SCHEMA) as writer:
+        labelled = RECOMMENDATIONS_SCHEMA.with_metadata({RANKING_KEY: ranking})
+        pq.write_metadata(labelled, recommendations / "_common_metadata")
+        with pq.ParquetWriter(recommendations / NON_PERSONALIZED_FILE, labelled) as writer:
             for start in tqdm(range(0, len(fallback_persons), 65_536), desc="popular lists", unit=" batch",
                               disable=not progress):
                 chunk = fallback_persons[start:start + 65_536]
-                record = _fallback_batch(chunk, person_ids, item_ids, eligibility.person_group, fallback_lists, popular)
+                record = _fallback_batch(chunk, person_ids, item_ids, eligibility.person_group, fallback_lists,
+                                         popular, labelled)
                 writer.write_batch(record)
                 fallback_rows += record.num_rows
         audience_folder = staging / "marketing_audience"
@@ -237,33 +275,33 @@ def write_recommendations(workspace: Workspace, eligible: pd.DataFrame, *, as_of
         {"stage": "recommend", "output": "recommendations", "persons": len(trained), "rows": personalized_rows,
          "kind": "personalized"},
         {"stage": "recommend", "output": "recommendations", "persons": len(fallback_persons),
-         "rows": fallback_rows, "kind": "non-personalized"},
+         "rows": fallback_rows, "kind": "non-personalized", "ranking": ranking},
         {"stage": "recommend", "output": "marketing_audience", "persons": len(audience), "rows": len(audience),
          "kind": "not DND"},
     ]
 
 
 def _popular_lists(popular: np.ndarray, allowed: np.ndarray, k: int) -> list[np.ndarray]:
-    """Per eligibility group, the top-``k`` allowed items by popularity (ties: lower item index first)."""
+    """Per eligibility group, the top-``k`` allowed items by ranking score (ties: lower item index first)."""
     ranked = np.lexsort((np.arange(len(popular)), -np.nan_to_num(popular, nan=-np.inf)))
     ranked = ranked[~np.isnan(popular[ranked])]
     return [ranked[allowed[group, ranked]][:k] for group in range(allowed.shape[0])]
 
 
 def _fallback_batch(persons: np.ndarray, person_ids: np.ndarray, item_ids: np.ndarray, person_group: np.ndarray,
-                    lists: list[np.ndarray], popular: np.ndarray) -> pa.RecordBatch:
+                    lists: list[np.ndarray], popular: np.ndarray, schema: pa.Schema) -> pa.RecordBatch:
     chosen = [lists[person_group[p]] for p in persons]
     lengths = np.array([len(c) for c in chosen], dtype=np.int64)
     items = np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
     rank = np.concatenate([np.arange(1, n + 1) for n in lengths]) if chosen else np.zeros(0)
-    # rows: (person, item, popularity, rank)
+    # rows: (person, item, ranking score, rank)
     return pa.RecordBatch.from_arrays([
         pa.array(np.repeat(person_ids[persons], lengths).astype(object), pa.string()),
         pa.array(item_ids[items].astype(object), pa.string()),
         pa.array(popular[items], pa.float32()),
         pa.array(rank, pa.int16()),
         pa.array(np.zeros(len(items), dtype=bool), pa.bool_()),
-    ], schema=RECOMMENDATIONS_SCHEMA)
+    ], schema=schema)
 
 
 def _scoring_table(person_ids: np.ndarray, person_factors: np.ndarray, bought: sp.csr_array, item_ids: np.ndarray,

@@ -12,14 +12,17 @@ stage leaves the previous run's outputs in place. The order is the privacy order
    waybills keep a null in their place), readable only through
    ``profiling.vault.customs_id_numbers`` with the separate sensitive-data consent;
 5. ``k-anonymity``: class sizes of the person-level analytics table, to ``WS/k-anonymity-report.json``;
-6. ``identity``: the persons eligible for ``personalization`` linked across devices, only through those who
-   also allow ``cross_device_sync`` (``WS/outputs/identity/``, ``WS/identity-report.json``);
+6. ``identity``: each person eligible for ``personalization`` with the devices no other account ever
+   signed in on, for those who also allow ``cross_device_sync``; accounts are never linked
+   (``WS/outputs/identity/``, ``WS/identity-report.json``);
 7. ``portraits``: one feature row per identity of those persons (``WS/outputs/portraits/``);
 8. ``popularity``: buyers per item, epsilon-DP per person, charged to the ``orders`` budget (skipped,
    keeping the last release, when no budget is set or too little is left);
-9. ``recommendations``: the consent gate answers for ``personalization`` and ``marketing_messages``
-   as of ``--as-of`` (both audited), and only those persons' analytics-zone rows are scored; the
-   non-personalized lists rank items by the popularity release when there is one; the marketing
+9. ``recommendations``: the consent gate answers for ``service_provision`` and ``marketing_messages``
+   as of ``--as-of`` (both audited); everyone who may be served gets a list, personalized only for
+   those allowing personalization, whose analytics-zone rows alone are scored; the non-personalized
+   lists rank items by the DP popularity release when there is one, else by the catalogue's listing
+   date (the output's schema metadata and the summary say which); the marketing
    audience is written as MARKETING pseudonyms, which do not join with the analytics zone;
 10. ``stale-marks``: marks that data-subject corrections left are cleared, the outputs being rebuilt.
 """
@@ -47,7 +50,7 @@ from pipelines.door import pseudonymize_workspace
 from pipelines.dsr import clear_stale, stale_persons
 from pipelines.engines import Engine, get_engine
 from pipelines.engines.jobs import release_item_buyers
-from pipelines.popularity import read_popularity
+from pipelines.popularity import popularity_release_id, read_popularity
 from pipelines.portraits import write_identity, write_portraits
 from pipelines.recommend import write_recommendations
 from pipelines.workspace import Workspace, write_json_atomic
@@ -212,12 +215,10 @@ def _identity(context: RunContext) -> list[dict]:
     if context.config.allows("cross_device_sync"):
         syncing = context.decide("cross_device_sync", job="identity", population=_population(context))
         linking = syncing.person_ids(context.key)
-    graph = write_identity(context.workspace, _eligible(context, "identity"), linking,
-                           max_accounts_per_device=context.config.max_accounts_per_device)
-    report = graph.report
+    report = write_identity(context.workspace, _eligible(context, "identity"), linking).report
     return [{"stage": "identity", "table": "identity", "rows": report["persons"], "identities": report["identities"],
              "linked_devices": report["linked_devices"], "shared_devices": report["shared_devices"],
-             "largest_identity": report["largest_identity"]["persons"]}]
+             "most_devices": report["largest_identity"]["devices"]}]
 
 
 def _portraits(context: RunContext) -> list[dict]:
@@ -237,8 +238,9 @@ def _popularity(context: RunContext) -> list[dict]:
 def _recommendations(context: RunContext) -> list[dict]:
     workspace = context.workspace
     population = _population(context)
-    personalization = context.decide("personalization", job="recommendations", population=population)
-    decisions = [personalization]
+    # Everyone who may be served gets a list; non_personalized marks those who refused personalization.
+    served = context.decide("service_provision", job="recommendations", population=population)
+    decisions = [served]
     audience = None  # without the purpose the audience is written empty, never left from an earlier run
     if context.config.allows("marketing_messages"):
         marketing = context.decide("marketing_messages", job="marketing_audience", population=population)
@@ -246,10 +248,11 @@ def _recommendations(context: RunContext) -> list[dict]:
         audience["marketing_id"] = pseudonymize(marketing.account_ids, context.key, MARKETING,
                                                 identifier="account_id").to_pandas()
         decisions.append(marketing)
-    rows = write_recommendations(workspace, personalization.person_frame(context.key), as_of=context.as_of,
-                                 k=context.config.k, marketing=audience,
-                                 popularity=read_popularity(workspace), engine=context.engine,
-                                 progress=context.progress)
+    popularity = read_popularity(workspace)
+    rows = write_recommendations(workspace, served.person_frame(context.key), as_of=context.as_of,
+                                 k=context.config.k, marketing=audience, popularity=popularity,
+                                 popularity_release=popularity_release_id(workspace) if popularity is not None
+                                 else None, engine=context.engine, progress=context.progress)
     for decision in decisions:
         rows.append({"stage": "consent-gate", "table": decision.purpose, "rows": decision.eligible,
                      "excluded": sum(decision.excluded.values())})
@@ -270,8 +273,8 @@ STAGES: list[Stage] = [
     Stage("pseudonymize", "write the analytics zone: pseudonyms and generalized values only", _pseudonymize),
     Stage("seal", "move ID-card numbers for customs into the AES-GCM vault", _seal),
     Stage("k-anonymity", "report the class sizes of the person-level analytics table", _k_anonymity),
-    Stage("identity", "link each eligible person's accounts and devices, only through persons who allow "
-          "cross-device sync", _identity),
+    Stage("identity", "give each eligible person allowing cross-device sync the devices only they signed in on",
+          _identity),
     Stage("portraits", "compute the portrait features of every person eligible for personalization", _portraits),
     Stage("popularity", "release buyers per item with differential privacy, charged to the orders budget",
           _popularity),

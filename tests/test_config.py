@@ -27,8 +27,6 @@ def test_every_setting_is_read_and_paths_are_relative_to_the_file(tmp_path):
         purposes = ["personalization", "product_improvement"]
         [recommendations]
         k = 7
-        [identity]
-        max_accounts_per_device = 3
         [portraits]
         rows_per_partition = 5000
         [budget.orders]
@@ -45,7 +43,7 @@ def test_every_setting_is_read_and_paths_are_relative_to_the_file(tmp_path):
     assert config.workspace == (tmp_path / "ws").resolve()
     assert config.key_file == (tmp_path.parent / "keys" / "master.key").resolve()
     assert config.as_of == dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
-    assert (config.engine, config.k, config.max_accounts_per_device, config.rows_per_partition) == ("spark", 7, 3, 5000)
+    assert (config.engine, config.k, config.rows_per_partition) == ("spark", 7, 5000)
     assert config.allows("product_improvement") and not config.allows("marketing_messages")
     assert config.budgets == {"orders": {"epsilon": 0.5, "delta": 1e-6}}
     assert config.engine_options() == {"master": "local[1]", "partitions": 6, "config": {

@@ -11,7 +11,14 @@ import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
 
-from pipelines.recommend import MARKETING_AUDIENCE_SCHEMA, RECOMMENDATIONS_SCHEMA, write_recommendations
+from pipelines.recommend import (
+    CATALOGUE_RANKING,
+    MARKETING_AUDIENCE_SCHEMA,
+    RANKING_KEY,
+    RECOMMENDATIONS_SCHEMA,
+    non_personalized_ranking,
+    write_recommendations,
+)
 from pipelines.workspace import Workspace
 from profiling.errors import WorkspaceError
 
@@ -19,11 +26,18 @@ AS_OF = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
 UTC = pa.timestamp("us", tz="UTC")
 
 
-def build_zone(root, orders_of=None):
+def listing_days(n):
+    """Days before AS_OF item n was listed: neither the item order nor the buyers' order."""
+    return 400 - (n * 7) % 24
+
+
+def build_zone(root, orders_of=None, province_of=None):
     """40 persons in two communities (p00..p19 buy items i00..i09, p20..p39 items i10..i19), 24 items.
 
     i20 is inactive, i21 is listed after AS_OF, i22 is served only in province 11, i23 only in 44.
-    Persons with an even number live in province 11, odd ones in 44, p39 has no province.
+    Persons with an even number live in province 11, odd ones in 44, p39 has no province
+    (``province_of(person)`` overrides when it returns a string). Items are listed ``listing_days``
+    before AS_OF.
     """
     rng = np.random.default_rng(5)
     items = [f"i{n:02d}" for n in range(24)]
@@ -32,12 +46,15 @@ def build_zone(root, orders_of=None):
         "item_id": items, "kind": ["commodity"] * 24, "category": ["food"] * 24, "title": items,
         "price": [1.0] * 24, "served_provinces": pa.array(served, pa.list_(pa.string())),
         "active": [n != 20 for n in range(24)],
-        "listed_at": pa.array([AS_OF - dt.timedelta(days=400)] * 21 + [AS_OF + dt.timedelta(days=1)]
-                              + [AS_OF - dt.timedelta(days=400)] * 2, UTC),
+        "listed_at": pa.array([AS_OF - dt.timedelta(days=listing_days(n)) for n in range(21)]
+                              + [AS_OF + dt.timedelta(days=1)]
+                              + [AS_OF - dt.timedelta(days=listing_days(n)) for n in (22, 23)], UTC),
     })
     persons = [f"p{n:02d}" for n in range(40)]
     accounts = pa.table({"person_id": persons, "age_band": ["30-39"] * 40,
-                         "province": [None if n == 39 else ("11" if n % 2 == 0 else "44") for n in range(40)]})
+                         "province": [(province_of and province_of(p)) or
+                                      (None if n == 39 else ("11" if n % 2 == 0 else "44"))
+                                      for n, p in enumerate(persons)]})
     rows = {"order_id": [], "person_id": [], "placed_at": [], "items": []}
     for n, person in enumerate(persons):
         base = 0 if n < 20 else 10
@@ -121,12 +138,29 @@ def test_personalized_lists_follow_the_community_and_skip_bought_and_unavailable
     assert set(personalized["person_id"]) == set(eligible_frame()["person_id"]) - {"p31", "p32"}
 
 
-def test_refusers_get_the_popular_list_for_their_province(result):
-    _, _, frame = result
+def test_refusers_get_one_nationwide_list_ranked_by_listing_date(result):
+    workspace, summary, frame = result
     refusers = frame[frame["person_id"].isin(["p31", "p32"])]
     assert not refusers["personalized"].any()
-    assert (refusers.groupby("person_id")["score"].apply(list).apply(lambda s: s == sorted(s, reverse=True))).all()
-    assert "i22" not in set(refusers[refusers["person_id"] == "p31"]["item_id"])  # p31 lives in 44
+    lists = refusers.groupby("person_id")["item_id"].apply(list)
+    assert lists["p31"] == lists["p32"]  # provinces 44 and 11: neither province is used
+    # reference: active nationwide items listed by AS_OF, newest first, ties by catalogue order
+    expected = sorted(range(20), key=lambda n: (listing_days(n), n))[:4]  # i20 inactive, i21 unlisted
+    assert lists["p31"] == [f"i{n:02d}" for n in expected]
+    epoch_days = (AS_OF - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)).days
+    assert refusers[refusers["person_id"] == "p31"]["score"].tolist() == [epoch_days - listing_days(n)
+                                                                        for n in expected]
+    folder = workspace.outputs("recommendations")
+    assert non_personalized_ranking(folder) == CATALOGUE_RANKING
+    assert pq.read_table(folder).schema.metadata[RANKING_KEY.encode()] == CATALOGUE_RANKING.encode()
+    assert [row["ranking"] for row in summary if row["kind"] == "non-personalized"] == [CATALOGUE_RANKING]
+
+
+def test_a_refusers_province_changes_nothing(result, tmp_path):
+    _, _, before = result
+    workspace = build_zone(tmp_path, province_of=lambda p: "11" if p == "p31" else None)
+    _, after = run(workspace, marketing=MARKETING)
+    pd.testing.assert_frame_equal(before, after)
 
 
 def test_marketing_audience_leaves_out_dnd_and_ineligible_persons(result):
@@ -146,11 +180,15 @@ def test_rows_of_persons_outside_the_gate_or_refusing_change_nothing(result, tmp
 def test_popularity_release_orders_the_non_personalized_list(tmp_path):
     workspace = build_zone(tmp_path)
     popularity = pd.Series({"i19": 50.0, "i22": 40.0, "i05": 30.0, "i20": 99.0, "i03": -1.0})
-    _, frame = run(workspace, popularity=popularity)
-    p32 = frame[frame["person_id"] == "p32"]  # province 11: i22 allowed; i20 inactive
-    assert p32["item_id"].tolist() == ["i19", "i22", "i05", "i03"]
-    assert p32["score"].tolist() == [50.0, 40.0, 30.0, -1.0]
+    summary, frame = run(workspace, popularity=popularity, popularity_release="r1")
+    p32 = frame[frame["person_id"] == "p32"]  # a refuser: nationwide items only (not i22); i20 inactive
+    assert p32["item_id"].tolist() == ["i19", "i05", "i03"]
+    assert p32["score"].tolist() == [50.0, 30.0, -1.0]
     assert pq.read_table(workspace.outputs("marketing_audience")).num_rows == 0
+    assert non_personalized_ranking(workspace.outputs("recommendations")) == "dp_popularity:r1"
+    assert [row["ranking"] for row in summary if row["kind"] == "non-personalized"] == ["dp_popularity:r1"]
+    with pytest.raises(ValueError, match="popularity needs popularity_release"):
+        run(workspace, popularity=popularity)
 
 
 def test_bad_inputs_are_rejected(tmp_path):
@@ -164,7 +202,10 @@ def test_bad_inputs_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="has no time zone"):
         write_recommendations(workspace, eligible_frame(), as_of=AS_OF.replace(tzinfo=None))
     with pytest.raises(ValueError, match="popularity holds non-numeric"):
-        write_recommendations(workspace, eligible_frame(), as_of=AS_OF, popularity=pd.Series({"i01": np.nan}))
+        write_recommendations(workspace, eligible_frame(), as_of=AS_OF, popularity=pd.Series({"i01": np.nan}),
+                              popularity_release="r1")
+    with pytest.raises(ValueError, match="popularity_release names a release but no popularity"):
+        write_recommendations(workspace, eligible_frame(), as_of=AS_OF, popularity_release="r1")
     with pytest.raises(WorkspaceError, match="run the pseudonymization stage first"):
         write_recommendations(Workspace(tmp_path / "empty"), eligible_frame(), as_of=AS_OF)
 

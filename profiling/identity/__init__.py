@@ -1,20 +1,20 @@
-"""Who is who across devices: accounts and devices linked into identities (connected components).
+"""Who is who across devices: each eligible person is one identity, with the devices only they signed in on.
 
-Accounts and devices are linked only through persons who allow the ``cross_device_sync`` purpose,
-and never through a shared device. See ``build_identity_graph``.
+A device joins a person's identity only when no other account ever signed in on it and the person
+allows the ``cross_device_sync`` purpose; two accounts are never linked. See ``build_identity_graph``.
 """
 
 from profiling.identity._graph import (
-    DEFAULT_MAX_ACCOUNTS_PER_DEVICE,
     DEVICE_IDENTITY_SCHEMA,
+    LINKING_RULE,
     PERSON_IDENTITY_SCHEMA,
     IdentityGraph,
     build_identity_graph,
 )
 
 __all__ = [
-    "DEFAULT_MAX_ACCOUNTS_PER_DEVICE",
     "DEVICE_IDENTITY_SCHEMA",
+    "LINKING_RULE",
     "PERSON_IDENTITY_SCHEMA",
     "IdentityGraph",
     "build_identity_graph",

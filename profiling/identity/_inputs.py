@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 from profiling._string_hash import _dictionary_encode
 from profiling.errors import SchemaError
 
-__all__ = ["EncodedInputs", "check_max_accounts", "encode_inputs"]
+__all__ = ["EncodedInputs", "encode_inputs"]
 
 LINK_COLUMNS = ("device_id", "person_id")
 
@@ -31,17 +31,6 @@ class EncodedInputs:
     link_persons: np.ndarray  # int64 person code, same length as link_devices
     eligible: np.ndarray  # bool per person code: the person is in `persons`
     linking: np.ndarray  # bool per person code: the person is in `linking_persons`
-
-
-def check_max_accounts(max_accounts_per_device: object) -> int:
-    """The accounts-per-device threshold, or TypeError/ValueError saying what is wrong."""
-    if isinstance(max_accounts_per_device, bool) or not isinstance(max_accounts_per_device, (int, np.integer)):
-        raise TypeError(f"max_accounts_per_device must be an int, got {type(max_accounts_per_device).__name__} "
-                        f"{max_accounts_per_device!r}")
-    if max_accounts_per_device < 1:
-        raise ValueError(f"max_accounts_per_device must be at least 1, got {max_accounts_per_device}: a device "
-                         f"is shared (links nobody) when seen with more distinct accounts than this")
-    return int(max_accounts_per_device)
 
 
 def _is_text(arrow_type: pa.DataType) -> bool:
