@@ -1,6 +1,20 @@
 """Validation of privacy and bounding parameters, run before anything is charged.
 
 ``epsilon <= 0`` is False for NaN, so every check first requires a finite number.
+
+A release's own parameters have sanity limits beyond being positive (``check_release_privacy``):
+
+* ``MIN_RELEASE_EPSILON`` = 1e-3. Below it a count of sensitivity 1 gets a 95% half-width of
+  about ln(20) / 1e-3 = 3,000 rows, meaningless on any dataset this system holds, while the
+  release would cost next to nothing: a near-zero epsilon is how one asks for an exact value
+  "for free" (the noise scale overflows to infinity below about 1e-308, and OpenDP then adds
+  none). With the floor, every release costs at least 1e-3, so a budget of epsilon 1 admits at
+  most 1,000 releases.
+* ``MIN_RELEASE_RHO`` = 5e-7, the zCDP cost of Gaussian noise comparable to epsilon 1e-3
+  (rho = epsilon^2 / 2).
+* ``MAX_RELEASE_DELTA`` = 1e-3. Delta is the probability the epsilon guarantee fails outright
+  (private group selection may then reveal one person's group); it must stay far below 1 / the
+  number of persons, and no dataset worth a DP release has fewer than a thousand.
 """
 
 from __future__ import annotations
@@ -11,14 +25,23 @@ import numbers
 from dp._errors import PrivacyParameterError
 
 __all__ = [
+    "MAX_RELEASE_DELTA",
+    "MIN_RELEASE_EPSILON",
+    "MIN_RELEASE_RHO",
     "check_bounds",
     "check_delta",
     "check_epsilon",
     "check_positive_int",
     "check_probability",
+    "check_release_privacy",
     "check_resolution",
     "check_rho",
 ]
+
+
+MIN_RELEASE_EPSILON = 1e-3
+MIN_RELEASE_RHO = 5e-7
+MAX_RELEASE_DELTA = 1e-3
 
 
 def _finite(name: str, value: object, where: str) -> float:
@@ -65,6 +88,39 @@ def check_delta(value: object, name: str = "delta", where: str = "") -> float:
         raise PrivacyParameterError(f"{name} must be in [0, 1){_at(where)}, got {number}; "
                                     f"typical values are below 1/number of persons, e.g. 1e-7")
     return number
+
+
+def check_release_privacy(epsilon: object, delta: object, rho: object,
+                          where: str = "") -> tuple[float | None, float, float | None]:
+    """A release's ``(epsilon, delta, rho)``, checked against the release limits of the module docstring.
+
+    ``epsilon`` or ``rho`` may be None (exactly one is given by the caller).
+
+    >>> check_release_privacy(0.5, 1e-7, None)
+    (0.5, 1e-07, None)
+    >>> check_release_privacy(1e-300, 0.0, None)
+    Traceback (most recent call last):
+    ...
+    dp._errors.PrivacyParameterError: epsilon 1e-300 is below the smallest a release may cost, 0.001 (its noise would swamp any result while charging next to nothing); pass epsilon >= 0.001
+    """
+    limits = (("epsilon", epsilon, MIN_RELEASE_EPSILON), ("rho", rho, MIN_RELEASE_RHO))
+    checked = {}
+    for name, value, floor in limits:
+        if value is None:
+            checked[name] = None
+            continue
+        number = check_epsilon(value, name, where)
+        if number < floor:
+            raise PrivacyParameterError(f"{name} {number:g}{_at(where)} is below the smallest a release may cost, "
+                                        f"{floor:g} (its noise would swamp any result while charging next to "
+                                        f"nothing); pass {name} >= {floor:g}")
+        checked[name] = number
+    delta_value = check_delta(delta, where=where)
+    if delta_value > MAX_RELEASE_DELTA:
+        raise PrivacyParameterError(f"delta {delta_value:g}{_at(where)} is above the largest a release may use, "
+                                    f"{MAX_RELEASE_DELTA:g} (delta is the chance the guarantee fails outright); "
+                                    f"pass e.g. delta=1e-7")
+    return checked["epsilon"], delta_value, checked["rho"]
 
 
 def check_probability(value: object, name: str, where: str = "") -> float:

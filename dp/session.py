@@ -29,6 +29,7 @@ from __future__ import annotations
 import getpass
 import itertools
 import math
+import numbers
 import os
 from dataclasses import dataclass, field, replace
 
@@ -47,12 +48,10 @@ from dp._bounding import (
 from dp._errors import PrivacyParameterError
 from dp._parameters import (
     check_bounds,
-    check_delta,
-    check_epsilon,
     check_positive_int,
     check_probability,
+    check_release_privacy,
     check_resolution,
-    check_rho,
 )
 from dp.budget import DEFAULT_PERIOD, BudgetLedger, ChargeLine
 from profiling.errors import InternalError, PortraitError
@@ -60,6 +59,9 @@ from profiling.errors import InternalError, PortraitError
 __all__ = ["PrivateSession", "Query"]
 
 _MECHANISMS = ("laplace", "gaussian")
+_MAX_CANDIDATES = 10_000
+# Sums are exact integers in float64 and int64 only while a person's bounded contribution stays under 2**52 units.
+_MAX_CONTRIBUTION_UNITS = 2**52
 
 
 @dataclass(frozen=True)
@@ -108,12 +110,13 @@ class Query:
             if not keys:
                 raise PortraitError("group_by keys is empty; pass the public list of groups, or keys=None to select "
                                     "groups privately")
+            self.session._check_keys(column, keys)
         return replace(self, by=column, keys=keys, edges=None)
 
     def histogram(self, column: str, edges) -> Query:
         """Group by the bin of ``column`` between consecutive public ``edges`` ([e0, e1), ..., [e_n-1, e_n]);
         values outside the edges are not counted."""
-        self.session._require_column(column)
+        self.session._require_kind(column, _NUMERIC, "a histogram")
         values = [float(e) for e in edges]
         if len(values) < 2 or any(not math.isfinite(v) for v in values) or any(
                 b <= a for a, b in itertools.pairwise(values)):
@@ -144,11 +147,15 @@ class Query:
         mechanism). Its ``_ci95`` half-width is in ranks (rows), not units: with 95% probability the
         released point's rank misses the best grid point's by fewer rows (see ``plan_quantile``)."""
         aggregate = self._numeric("quantile", column, bounds, 0.01)
-        return self._add(replace(aggregate, quantile=check_probability(q, "q", f"quantile of {column!r}"),
-                                 candidates=check_positive_int(candidates, "candidates")))
+        where = f"quantile of {column!r}"
+        candidates = check_positive_int(candidates, "candidates", where)
+        if not 2 <= candidates <= _MAX_CANDIDATES:
+            raise PrivacyParameterError(f"candidates must be between 2 and {_MAX_CANDIDATES:,} in {where}, got "
+                                        f"{candidates:,}; 128 points of the bounds are usually enough")
+        return self._add(replace(aggregate, quantile=check_probability(q, "q", where), candidates=candidates))
 
     def _numeric(self, kind: str, column: str, bounds, resolution: float) -> _Aggregate:
-        self.session._require_column(column)
+        self.session._require_kind(column, _NUMERIC, f"a {kind}")
         where = f"{kind} of {column!r}"
         return _Aggregate(kind, column, check_bounds(bounds, "bounds", where), check_resolution(resolution, where=where))
 
@@ -188,6 +195,9 @@ class Query:
                                             f"pass e.g. delta=1e-7 to query()")
         if self.by is not None and self.keys is None and self.max_partitions * self.max_rows_per_partition == 0:
             raise InternalError("bounds must be positive")
+        for aggregate in self.aggregates:
+            if aggregate.kind in ("sum", "mean"):
+                _check_units(aggregate, self.max_partitions * self.max_rows_per_partition)
         return budget.measure
 
     def _plans(self, measure: str) -> list[tuple[str, mech.NoisePlan]]:
@@ -264,6 +274,26 @@ def _units(aggregate: _Aggregate) -> tuple[int, int]:
     return round(lower / aggregate.resolution), round(upper / aggregate.resolution)
 
 
+def _check_units(aggregate: _Aggregate, rows_per_person: int) -> None:
+    """The bounds must be whole multiples of the resolution, apart, and small enough to sum exactly."""
+    where = f"the {aggregate.kind} of {aggregate.column!r}"
+    lower, upper = aggregate.bounds
+    for bound in (lower, upper):
+        units = bound / aggregate.resolution
+        if abs(units - round(units)) > 1e-6 * max(1.0, abs(units)):
+            raise PrivacyParameterError(f"bound {bound:g} of {where} is not a whole multiple of its resolution "
+                                        f"{aggregate.resolution:g}; round the bounds to the resolution")
+    low_units, high_units = _units(aggregate)
+    if low_units >= high_units:
+        raise PrivacyParameterError(f"the bounds ({lower:g}, {upper:g}) of {where} are closer than its resolution "
+                                    f"{aggregate.resolution:g}; widen them or pass a finer resolution")
+    largest = max(abs(low_units), abs(high_units)) * rows_per_person
+    if largest > _MAX_CONTRIBUTION_UNITS:
+        raise PrivacyParameterError(f"one person may add up to {largest:.3g} units of {aggregate.resolution:g} to "
+                                    f"{where} (bounds x rows per person), more than the 2**52 that sum exactly; "
+                                    f"narrow the bounds, coarsen the resolution or lower the row bounds")
+
+
 def _line(name: str, plan: mech.NoisePlan, query: Query, measure: str) -> ChargeLine:
     unit = 1.0
     aggregate = next((a for a in query.aggregates if name.split(":")[0] == a.name), None)
@@ -297,6 +327,7 @@ class PrivateSession:
     def __init__(self, data: pd.DataFrame | pa.Table, *, dataset: str, ledger: BudgetLedger | str | os.PathLike,
                  purpose: str, period: str = DEFAULT_PERIOD, privacy_unit: str = "person_id",
                  analyst: str | None = None) -> None:
+        self._schema = data.schema if isinstance(data, pa.Table) else None
         self.data = data.to_pandas() if isinstance(data, pa.Table) else data
         if not isinstance(self.data, pd.DataFrame):
             raise PortraitError(f"data must be a pandas DataFrame or an Arrow table, got {type(data).__name__}")
@@ -308,13 +339,52 @@ class PrivateSession:
         self._persons: PersonCodes | None = None
 
     def __repr__(self) -> str:
-        return (f"PrivateSession(dataset={self.dataset!r}, period={self.period!r}, rows={len(self.data)}, "
+        # no row count: the size of a consent-filtered table is itself a statistic about persons
+        return (f"PrivateSession(dataset={self.dataset!r}, period={self.period!r}, "
                 f"privacy_unit={self.privacy_unit!r}, ledger={self.ledger!r})")
 
     def _require_column(self, column: str) -> None:
         if column not in self.data.columns:
             raise PortraitError(f"dataset {self.dataset!r} has no column {column!r}; it has "
                                 f"{', '.join(map(str, self.data.columns))}")
+
+    def _kind(self, column: str) -> str:
+        """The column's kind (numeric, bool, text, temporal or other), from its declared type where there is one."""
+        if self._schema is not None and column in self._schema.names:
+            return _arrow_kind(self._schema.field(column).type)
+        dtype = self.data[column].dtype
+        if isinstance(dtype, pd.CategoricalDtype):
+            dtype = dtype.categories.dtype
+        if pd.api.types.is_bool_dtype(dtype):
+            return _BOOL
+        if pd.api.types.is_numeric_dtype(dtype):
+            return _NUMERIC
+        if pd.api.types.is_datetime64_any_dtype(dtype) or pd.api.types.is_timedelta64_dtype(dtype):
+            return _TEMPORAL
+        if pd.api.types.is_string_dtype(dtype):
+            # an object column: what its values are (the analyst holding the frame sees them anyway)
+            inferred = pd.api.types.infer_dtype(self.data[column], skipna=True)
+            return {"string": _TEXT, "integer": _NUMERIC, "floating": _NUMERIC, "mixed-integer-float": _NUMERIC,
+                    "decimal": _NUMERIC, "boolean": _BOOL, "datetime": _TEMPORAL, "date": _TEMPORAL}.get(inferred, _OTHER)
+        return _OTHER
+
+    def _require_kind(self, column: str, kind: str, what: str) -> None:
+        self._require_column(column)
+        found = self._kind(column)
+        if found != kind and not (kind == _NUMERIC and found == _BOOL):
+            raise PortraitError(f"{what} needs a {kind} column, but {column!r} of dataset {self.dataset!r} holds "
+                                f"{found} values; pick a {kind} column")
+
+    def _check_keys(self, column: str, keys: tuple) -> None:
+        """Public keys must be values of the column's type (integer keys never match a text column)."""
+        kind = self._kind(column)
+        fits = {_TEXT: lambda k: isinstance(k, str),
+                _NUMERIC: lambda k: isinstance(k, numbers.Real) and not isinstance(k, (bool, np.bool_)),
+                _BOOL: lambda k: isinstance(k, (bool, np.bool_))}.get(kind)
+        wrong = [k for k in keys if fits is not None and not fits(k)]
+        if wrong:
+            raise PortraitError(f"group_by keys of {column!r} must be {kind} values like the column's, but "
+                                f"{wrong[0]!r} is {type(wrong[0]).__name__}; pass keys of the column's type")
 
     def query(self, *, epsilon: float | None = None, delta: float = 0.0, rho: float | None = None,
               mechanism: str = "laplace") -> Query:
@@ -324,8 +394,8 @@ class PrivateSession:
             raise PrivacyParameterError(f"{where}: pass either epsilon (and delta) or rho")
         if mechanism not in _MECHANISMS:
             raise PrivacyParameterError(f"{where}: mechanism must be one of {', '.join(_MECHANISMS)}, got {mechanism!r}")
-        return Query(self, None if epsilon is None else check_epsilon(epsilon, where=where),
-                     check_delta(delta, where=where), None if rho is None else check_rho(rho, where=where), mechanism)
+        epsilon, delta, rho = check_release_privacy(epsilon, delta, rho, where)
+        return Query(self, epsilon, delta, rho, mechanism)
 
     def remaining(self) -> dict[str, float | None]:
         return self.ledger.remaining(self.dataset, self.period)
@@ -424,6 +494,23 @@ class PrivateSession:
         if "count" in frame.columns and not any(a.kind == "count" for a in query.aggregates):
             ordered = ["count", "count_ci95", *ordered]   # private selection released the counts anyway
         return frame[([query.by] if query.by is not None else []) + ordered]
+
+
+_NUMERIC, _BOOL, _TEXT, _TEMPORAL, _OTHER = "numeric", "boolean", "text", "date/time", "other"
+
+
+def _arrow_kind(arrow_type: pa.DataType) -> str:
+    if pa.types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+    if pa.types.is_boolean(arrow_type):
+        return _BOOL
+    if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type) or pa.types.is_decimal(arrow_type):
+        return _NUMERIC
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) or pa.types.is_string_view(arrow_type):
+        return _TEXT
+    if pa.types.is_temporal(arrow_type):
+        return _TEMPORAL
+    return _OTHER
 
 
 def _mean_interval(noisy_sum, noisy_count, bounds, sum_half, count_half):

@@ -1,0 +1,139 @@
+"""Nothing exact leaves beside a release, and a query is validated fully before anything is charged."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from dp import BudgetLedger, PrivacyParameterError, PrivateSession
+from pipelines.cli import main
+from profiling.consent import ConsentGate, SqliteConsentStore
+from profiling.errors import PortraitError
+
+
+def run_cli(*argv: str) -> int:
+    return main(["--quiet", *argv])
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("checks") / "demo"
+    assert run_cli("demo", "--dir", str(root), "--accounts", "200") == 0
+    ws = root / "workspace"
+    assert run_cli("budget", "set", "--workspace", str(ws), "--dataset", "orders", "--epsilon", "50",
+                   "--delta", "1e-5", "--note", "release checks") == 0
+    return ws, root / "keys" / "master.key"
+
+
+def _dp(demo, *argv: str) -> list[str]:
+    ws, key = demo
+    return ["dp", "--workspace", str(ws), "--key-file", str(key), "--as-of", "2026-11-01", "--table", "orders", *argv]
+
+
+def _charges(ws) -> list[dict]:
+    return BudgetLedger(ws / "ledger.sqlite").charges()
+
+
+def test_a_release_prints_no_exact_count_of_persons(demo, capsys):
+    ws, _ = demo
+    with SqliteConsentStore(ws / "ledger.sqlite") as store:
+        import datetime as dt
+        eligible = ConsentGate(store).decide("product_improvement", dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
+                                             job="test").eligible
+    capsys.readouterr()
+    assert run_cli(*_dp(demo, "--by", "payment_institution", "--count", "--epsilon", "0.5")) == 0
+    out = capsys.readouterr().out
+    beside = [line for line in out.splitlines() if "count_ci95" not in line and "alipay" not in line
+              and not any(name in line for name in ("we_financial", "wechat_pay", "unionpay", "netsunion"))
+              and not set(line) <= set("- ")]
+    assert beside and not any("persons" in line for line in beside), out
+    numbers = {float(n) for line in beside for n in re.findall(r"\d+(?:\.\d+)?(?:e-?\d+)?", line)}
+    assert float(eligible) not in numbers, out
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--count", "--epsilon", "1e-300"], "below the smallest a release may cost"),
+    (["--count", "--epsilon", "0.5", "--delta", "0.5"], "above the largest a release may use"),
+    (["--sum", "currency:0:10", "--epsilon", "1"], "needs a numeric column"),
+    (["--quantile", "payment_institution:0.5:0:10", "--epsilon", "1"], "needs a numeric column"),
+    (["--by", "amount", "--keys", "alipay,unionpay", "--count", "--epsilon", "1"], "holds numbers"),
+    (["--sum", "amount:0:0.001", "--epsilon", "1"], "resolution"),
+    (["--quantile", "amount:1.5:0:10", "--epsilon", "1"], "strictly between 0 and 1"),
+])
+def test_a_refused_release_is_one_line_and_charges_nothing(demo, capsys, argv, message):
+    ws, _ = demo
+    before = _charges(ws)
+    capsys.readouterr()
+    assert run_cli(*_dp(demo, *argv)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("portrait: error:") and message in err[0], err
+    assert _charges(ws) == before
+
+
+# the notebook API: one case per check, each must refuse before the ledger is touched ----------------------
+
+@pytest.fixture
+def session(tmp_path):
+    rng = np.random.default_rng(1)
+    n = 600
+    frame = pd.DataFrame({"person_id": [f"p{i}" for i in rng.integers(0, 80, n)],
+                          "category": rng.choice(["a", "b", "c"], n), "amount": rng.gamma(2.0, 30.0, n),
+                          "units": rng.integers(0, 5, n), "note": rng.choice(["x", "y"], n)})
+    ledger = BudgetLedger(tmp_path / "ledger.sqlite")
+    ledger.set_budget("orders", epsilon=100.0, delta=1e-5)
+    return PrivateSession(pa.Table.from_pandas(frame, preserve_index=False), dataset="orders", ledger=ledger,
+                          purpose="test")
+
+
+def _zcdp(session):
+    session.ledger.set_budget("orders_zcdp", rho=1.0)
+    return PrivateSession(session.data, dataset="orders_zcdp", ledger=session.ledger, purpose="test")
+
+
+CASES = {
+    "sum of a text column": lambda s: s.query(epsilon=1).sum("note", bounds=(0, 10)),
+    "mean of a text column": lambda s: s.query(epsilon=1).mean("category", bounds=(0, 10)),
+    "quantile of a text column": lambda s: s.query(epsilon=1).quantile("note", 0.5, bounds=(0, 10)),
+    "histogram of a text column": lambda s: s.query(epsilon=1).histogram("category", edges=[0, 1, 2]).count(),
+    "integer keys on a text column": lambda s: s.query(epsilon=1).group_by("category", keys=[1, 2]).count(),
+    "text keys on an integer column": lambda s: s.query(epsilon=1).group_by("units", keys=["1", "2"]).count(),
+    "bool keys on an integer column": lambda s: s.query(epsilon=1).group_by("units", keys=[True]).count(),
+    "missing column": lambda s: s.query(epsilon=1).sum("price", bounds=(0, 10)),
+    "bounds inside one resolution step": lambda s: s.query(epsilon=1).sum("amount", bounds=(0, 0.004)),
+    "bounds off the resolution": lambda s: s.query(epsilon=1).sum("amount", bounds=(0, 10.005)),
+    "bounds that overflow exact sums": lambda s: s.query(epsilon=1).sum("amount", bounds=(0, 1e15)),
+    "infinite bounds": lambda s: s.query(epsilon=1).mean("amount", bounds=(0, float("inf"))),
+    "NaN bound": lambda s: s.query(epsilon=1).sum("amount", bounds=(float("nan"), 10)),
+    "inverted bounds": lambda s: s.query(epsilon=1).quantile("amount", 0.5, bounds=(10, 0)),
+    "quantile q of 0": lambda s: s.query(epsilon=1).quantile("amount", 0.0, bounds=(0, 10)),
+    "quantile q of 1": lambda s: s.query(epsilon=1).quantile("amount", 1.0, bounds=(0, 10)),
+    "one quantile candidate": lambda s: s.query(epsilon=1).quantile("amount", 0.5, bounds=(0, 10), candidates=1),
+    "a million quantile candidates": lambda s: s.query(epsilon=1).quantile("amount", 0.5, bounds=(0, 10),
+                                                                             candidates=10**6),
+    "epsilon 1e-300": lambda s: s.query(epsilon=1e-300).count(),
+    "epsilon below the floor": lambda s: s.query(epsilon=9e-4).count(),
+    "rho below the floor": lambda s: _zcdp(s).query(rho=1e-9).count(),
+    "delta of one half": lambda s: s.query(epsilon=1, delta=0.5, mechanism="gaussian").count(),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_each_refusal_comes_before_the_charge(session, case):
+    before = session.ledger.charges()
+    with pytest.raises((PortraitError, PrivacyParameterError)) as refused:
+        CASES[case](session).release()
+    assert "\n" not in str(refused.value)
+    assert session.ledger.charges() == before
+
+
+def test_valid_queries_on_the_same_columns_still_release(session):
+    frame = (session.query(epsilon=1).group_by("units", keys=[0, 1, 2, 3, 4]).bound(max_rows_per_partition=2)
+             .count().sum("amount", bounds=(0, 200)).quantile("amount", 0.5, bounds=(0, 200)).release())
+    assert list(frame["units"]) == [0, 1, 2, 3, 4]
+    assert session.query(epsilon=1e-3).count().release()["count"].notna().all()
+    assert len(session.ledger.charges()) == 4
+    assert "rows=" not in repr(session)
