@@ -10,13 +10,21 @@ budget, never privacy.
 
 Composition: a budget in (epsilon, delta) composes releases by basic composition (the
 epsilons add up, the deltas add up); a budget in rho composes under zero-concentrated
-DP (the rhos add up). Sums are taken with ``math.fsum`` so rounding never lets the total
-creep past the budget.
+DP (the rhos add up). Each charge row carries the exact running total of its dataset and
+period (a fraction, so rounding never lets the total creep past the budget), so a charge
+reads one row through an index whatever the ledger's history.
+
+Budgets belong to registered datasets (``budget_datasets``): each analytics-zone table that
+holds persons is a dataset of its own name, with the person (``person_id``) as privacy unit;
+a release on a table is charged to that table's dataset. Every table here is hash-chained and
+append-only (``profiling.ledger_chain``): budget settings, with the budget they replaced and
+why; charges; release marks (``budget_releases``).
 """
 
 from __future__ import annotations
 
 import getpass
+import json
 import math
 import os
 import sqlite3
@@ -25,17 +33,28 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from fractions import Fraction
 from pathlib import Path
 
 from dp._errors import BudgetExceededError, BudgetNotSetError, PrivacyParameterError
 from dp._mechanisms import APPROXIMATE, ZCDP
 from dp._parameters import check_delta, check_epsilon, check_rho
+from profiling.file_modes import restrict_to_owner
+from profiling.ledger_chain import ChainBrokenError, ChainReport, append_rows, register_table, verify
+from profiling.schema import TABLES
 
-__all__ = ["DEFAULT_PERIOD", "Budget", "BudgetLedger", "ChargeLine"]
+__all__ = ["DEFAULT_PERIOD", "Budget", "BudgetChange", "BudgetLedger", "ChargeLine", "Dataset",
+           "UnregisteredDatasetError"]
 
 DEFAULT_PERIOD = "all"
+PRIVACY_UNIT = "person_id"
 
 _SCHEMA = """
+CREATE TABLE IF NOT EXISTS budget_datasets (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    dataset TEXT NOT NULL, tables TEXT NOT NULL, privacy_unit TEXT NOT NULL,  -- tables: JSON list
+    registered_by TEXT NOT NULL, registered_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS budget_limits (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     dataset TEXT NOT NULL, period TEXT NOT NULL, measure TEXT NOT NULL,
@@ -51,8 +70,51 @@ CREATE TABLE IF NOT EXISTS budget_charges (
     epsilon REAL NOT NULL, delta REAL NOT NULL, rho REAL NOT NULL, half_width_95 REAL,
     features TEXT NOT NULL, charged_at TEXT NOT NULL, released_at TEXT
 );
-CREATE INDEX IF NOT EXISTS budget_charges_by_dataset ON budget_charges (dataset, period);
+CREATE TABLE IF NOT EXISTS budget_releases (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    release_id TEXT NOT NULL, released_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS budget_releases_by_release ON budget_releases (release_id);
+DROP INDEX IF EXISTS budget_charges_by_dataset;
+CREATE INDEX IF NOT EXISTS budget_charges_by_budget ON budget_charges (dataset, period, id);
+CREATE INDEX IF NOT EXISTS budget_limits_by_budget ON budget_limits (dataset, period, id);
 """
+# Columns added to ledgers made before budgets kept their history and running totals.
+_ADDED_COLUMNS = {
+    "budget_limits": {"previous": "TEXT"},     # JSON of the budget replaced (null: the first one)
+    "budget_charges": {"total_epsilon": "TEXT", "total_delta": "TEXT", "total_rho": "TEXT"},  # exact, after this row
+}
+_COLUMNS = {
+    "budget_datasets": ["id", "dataset", "tables", "privacy_unit", "registered_by", "registered_at"],
+    "budget_limits": ["id", "dataset", "period", "measure", "epsilon", "delta", "rho", "cap_epsilon", "cap_rho",
+                      "set_by", "set_at", "note", "previous"],
+    "budget_charges": ["id", "release_id", "dataset", "period", "analyst", "purpose", "query", "aggregate",
+                       "mechanism", "sensitivity", "noise_scale", "epsilon", "delta", "rho", "half_width_95",
+                       "features", "charged_at", "released_at", "total_epsilon", "total_delta", "total_rho"],
+    "budget_releases": ["id", "release_id", "released_at"],
+}
+_MEASURES = ("epsilon", "delta", "rho")
+
+
+class UnregisteredDatasetError(PrivacyParameterError):
+    """A budget or release names a dataset that is not registered (not an analytics-zone table)."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A registered dataset: the analytics-zone table(s) its budget covers and its privacy unit."""
+
+    name: str
+    tables: tuple[str, ...]
+    privacy_unit: str
+    registered_by: str
+    registered_at: str
+
+
+def _built_in_datasets() -> list[tuple[str, tuple[str, ...]]]:
+    """One dataset per analytics-zone table that holds persons' rows (the catalogue holds none)."""
+    return [(name, (name,)) for name, table in TABLES.items()
+            if any(f.name in ("account_id", "device_id") for f in table.fields)]
 
 
 def _now() -> str:
@@ -85,6 +147,40 @@ class Budget:
 
 
 @dataclass(frozen=True)
+class BudgetChange:
+    """One setting of a budget, as the ledger records it: who, when, the budget replaced, the new one, why."""
+
+    dataset: str
+    period: str
+    set_by: str
+    set_at: str
+    reason: str
+    old: dict | None        # {"measure", "epsilon", "delta", "rho", "cap_epsilon", "cap_rho"}; None: the first
+    new: dict
+
+    @property
+    def raised(self) -> bool:
+        """More budget than before: a larger total in any unit, a changed measure, or a larger or removed cap."""
+        if self.old is None:
+            return False
+        if self.old["measure"] != self.new["measure"]:
+            return True
+        larger = any((self.new[n] or 0.0) > (self.old[n] or 0.0) for n in _MEASURES)
+        caps = any(self.old[c] is not None and (self.new[c] is None or self.new[c] > self.old[c])
+                   for c in ("cap_epsilon", "cap_rho"))
+        return larger or caps
+
+    def describe(self) -> str:
+        def show(budget: dict) -> str:
+            names = ("rho",) if budget["measure"] == ZCDP else ("epsilon", "delta")
+            return ", ".join(f"{n} {budget[n]:g}" for n in names)
+
+        old = "none" if self.old is None else show(self.old)
+        return (f"{self.dataset}/{self.period}: {old} -> {show(self.new)} by {self.set_by} at {self.set_at} "
+                f"({self.reason or 'no reason given'})")
+
+
+@dataclass(frozen=True)
 class ChargeLine:
     """One measurement of a release, as the ledger records it (units of the released value)."""
 
@@ -106,13 +202,34 @@ class BudgetLedger:
     >>> _ = ledger.set_budget("orders", epsilon=1.0, delta=1e-6, set_by="reviewer")
     >>> ledger.remaining("orders")
     {'epsilon': 1.0, 'delta': 1e-06, 'rho': None}
+    >>> ledger.dataset_of_table("orders").privacy_unit
+    'person_id'
+
+    A ledger made before the tables were chained is migrated in place when first opened: the
+    missing columns are added (running totals computed over the existing charges, each limit
+    row given the budget it replaced), then the chains are built over the rows as they are
+    (``ledger_chains.migrated_rows`` says how many rows predate the chain).
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
+        restrict_to_owner()  # the ledger names analysts and datasets: owner-only files
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._datasets: dict[str, Dataset] | None = None
         with self._connect() as connection:
-            connection.executescript(_SCHEMA)
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        connection.execute(statement)
+                self._migrate(connection)
+                for table, columns in _COLUMNS.items():
+                    register_table(connection, table, key="id", columns=columns)
+                self._register_built_in(connection)
+                connection.execute("COMMIT")
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
 
     def __repr__(self) -> str:
         return f"BudgetLedger({str(self.path)!r})"
@@ -129,17 +246,97 @@ class BudgetLedger:
         finally:
             connection.close()
 
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._connect() as connection:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield connection
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+
+    @staticmethod
+    def _migrate(connection: sqlite3.Connection) -> None:
+        """Add the columns older ledgers lack, and fill them, before the chains are built over the rows."""
+        chained = {row[0] for row in connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'ledger_chains'")}
+        for table, added in _ADDED_COLUMNS.items():
+            present = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
+            for column, ddl in added.items():
+                if column not in present:
+                    if chained and connection.execute("SELECT 1 FROM ledger_chains WHERE chain_table = ?",
+                                                      (table,)).fetchone():
+                        raise ChainBrokenError(f"the ledger's {table} is chained but lacks column {column}; "
+                                               f"it was edited outside Portrait")
+                    connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
+        totals: dict[tuple[str, str], dict[str, Fraction]] = {}
+        for row in connection.execute("SELECT id, dataset, period, epsilon, delta, rho FROM budget_charges "
+                                      "WHERE total_epsilon IS NULL ORDER BY id").fetchall():
+            running = totals.setdefault((row["dataset"], row["period"]), _spent_before(connection, row))
+            for name in _MEASURES:
+                running[name] += Fraction(row[name])
+            connection.execute("UPDATE budget_charges SET total_epsilon = ?, total_delta = ?, total_rho = ? "
+                               "WHERE id = ?", (*(str(running[n]) for n in _MEASURES), row["id"]))
+        previous: dict[tuple[str, str], str] = {}
+        for row in connection.execute("SELECT * FROM budget_limits ORDER BY id").fetchall():
+            pair = (row["dataset"], row["period"])
+            if row["previous"] is None and pair in previous:
+                connection.execute("UPDATE budget_limits SET previous = ? WHERE id = ?", (previous[pair], row["id"]))
+            previous[pair] = json.dumps(_limit_values(row), sort_keys=True)
+
+    def _register_built_in(self, connection: sqlite3.Connection) -> None:
+        known = {row["dataset"] for row in connection.execute("SELECT dataset FROM budget_datasets")}
+        missing = [(name, tables) for name, tables in _built_in_datasets() if name not in known]
+        if missing:
+            append_rows(connection, "budget_datasets", [
+                (name, json.dumps(list(tables)), PRIVACY_UNIT, "portrait (built-in)", _now())
+                for name, tables in missing])
+
+    # datasets --------------------------------------------------------------------------------
+
+    def datasets(self) -> list[Dataset]:
+        """Every registered dataset, by name."""
+        if self._datasets is None:
+            with self._connect() as connection:
+                rows = connection.execute("SELECT * FROM budget_datasets ORDER BY id").fetchall()
+            self._datasets = {r["dataset"]: Dataset(r["dataset"], tuple(json.loads(r["tables"])), r["privacy_unit"],
+                                                    r["registered_by"], r["registered_at"]) for r in rows}
+        return sorted(self._datasets.values(), key=lambda d: d.name)
+
+    def dataset(self, name: str) -> Dataset:
+        """The registered dataset ``name``; ``UnregisteredDatasetError`` lists the registered ones otherwise."""
+        found = {d.name: d for d in self.datasets()}.get(name)
+        if found is None:
+            raise UnregisteredDatasetError(
+                f"dataset {name!r} is not registered in {self.path}; budgets belong to the analytics-zone "
+                f"tables' datasets: {', '.join(d.name for d in self.datasets())}")
+        return found
+
+    def dataset_of_table(self, table: str) -> Dataset:
+        """The dataset whose budget pays for releases on analytics-zone ``table``."""
+        for dataset in self.datasets():
+            if table in dataset.tables:
+                return dataset
+        raise UnregisteredDatasetError(
+            f"analytics-zone table {table!r} belongs to no registered dataset; the tables are "
+            f"{', '.join(t for d in self.datasets() for t in d.tables)}")
+
     # budgets ---------------------------------------------------------------------------------
 
     def set_budget(self, dataset: str, period: str = DEFAULT_PERIOD, *, epsilon: float | None = None,
                    delta: float = 0.0, rho: float | None = None, cap_epsilon: float | None = None,
                    cap_rho: float | None = None, set_by: str | None = None, note: str = "") -> Budget:
-        """Set (or replace) the total budget of ``dataset`` in ``period``: pass epsilon (and delta) or rho.
+        """Set (or replace) the total budget of registered ``dataset`` in ``period``: pass epsilon (and delta) or rho.
 
-        Earlier settings stay in the ledger's history; the latest one applies.
+        Every setting is a ledger row: who, when, the budget it replaces, the new one and ``note``
+        (the reason; required when a budget is replaced). The latest one applies; the privacy
+        review flags every raise.
         """
         if not dataset or not period:
             raise PrivacyParameterError("a budget needs a non-empty dataset name and period label")
+        self.dataset(dataset)
         where = f"the budget of {dataset!r} for period {period!r}"
         if (epsilon is None) == (rho is None):
             raise PrivacyParameterError(f"{where}: pass either epsilon (with delta) or rho, not both or neither")
@@ -155,11 +352,15 @@ class BudgetLedger:
                 raise PrivacyParameterError(f"{where} is in epsilon; give the per-release cap as cap_epsilon")
             cap_epsilon = None if cap_epsilon is None else check_epsilon(cap_epsilon, "cap_epsilon", where)
         who = set_by or getpass.getuser()
-        with self._connect() as connection:
-            connection.execute(
-                "INSERT INTO budget_limits (dataset, period, measure, epsilon, delta, rho, cap_epsilon, cap_rho,"
-                " set_by, set_at, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (dataset, period, measure, epsilon_value, delta_value, rho, cap_epsilon, cap_rho, who, _now(), note))
+        with self._transaction() as connection:
+            current = self._limit_row(connection, dataset, period)
+            if current is not None and not note.strip():
+                raise PrivacyParameterError(f"{where} is already set (by {current['set_by']}); say why it changes "
+                                            f"with a note (`portrait budget set ... --note REASON`)")
+            previous = None if current is None else json.dumps(_limit_values(current), sort_keys=True)
+            append_rows(connection, "budget_limits", [
+                (dataset, period, measure, epsilon_value, delta_value, rho, cap_epsilon, cap_rho, who, _now(), note,
+                 previous)])
         return self.budget(dataset, period)
 
     def budget(self, dataset: str, period: str = DEFAULT_PERIOD) -> Budget:
@@ -167,10 +368,13 @@ class BudgetLedger:
         with self._connect() as connection:
             return self._budget(connection, dataset, period)
 
+    @staticmethod
+    def _limit_row(connection: sqlite3.Connection, dataset: str, period: str) -> sqlite3.Row | None:
+        return connection.execute("SELECT * FROM budget_limits WHERE dataset = ? AND period = ? ORDER BY id DESC "
+                                  "LIMIT 1", (dataset, period)).fetchone()
+
     def _budget(self, connection: sqlite3.Connection, dataset: str, period: str) -> Budget:
-        row = connection.execute(
-            "SELECT * FROM budget_limits WHERE dataset = ? AND period = ? ORDER BY id DESC LIMIT 1",
-            (dataset, period)).fetchone()
+        row = self._limit_row(connection, dataset, period)
         if row is None:
             raise BudgetNotSetError(
                 f"no privacy budget is set for dataset {dataset!r}, period {period!r} in {self.path}; a reviewer "
@@ -185,66 +389,91 @@ class BudgetLedger:
                 "SELECT DISTINCT dataset, period FROM budget_limits ORDER BY dataset, period").fetchall()
             return [self._budget(connection, r["dataset"], r["period"]) for r in pairs]
 
+    def changes(self) -> list[BudgetChange]:
+        """Every budget setting, oldest first, with the budget it replaced (``BudgetChange.raised`` flags raises)."""
+        with self._connect() as connection:
+            rows = connection.execute("SELECT * FROM budget_limits ORDER BY id").fetchall()
+        return [BudgetChange(r["dataset"], r["period"], r["set_by"], r["set_at"], r["note"],
+                             None if r["previous"] is None else json.loads(r["previous"]), _limit_values(r))
+                for r in rows]
+
     # spending --------------------------------------------------------------------------------
 
     @staticmethod
-    def _spent(connection: sqlite3.Connection, dataset: str, period: str) -> dict[str, float]:
-        rows = connection.execute("SELECT epsilon, delta, rho FROM budget_charges WHERE dataset = ? AND period = ?",
-                                  (dataset, period)).fetchall()
-        return {name: math.fsum(r[name] for r in rows) for name in ("epsilon", "delta", "rho")}
+    def _totals(connection: sqlite3.Connection, dataset: str, period: str) -> dict[str, Fraction]:
+        """Exact running totals after the last charge of (dataset, period): one indexed row."""
+        row = connection.execute("SELECT total_epsilon, total_delta, total_rho FROM budget_charges WHERE dataset = ? "
+                                 "AND period = ? ORDER BY id DESC LIMIT 1", (dataset, period)).fetchone()
+        return {name: Fraction(row[f"total_{name}"]) if row else Fraction(0) for name in _MEASURES}
 
     def spent(self, dataset: str, period: str = DEFAULT_PERIOD) -> dict[str, float]:
         with self._connect() as connection:
-            return self._spent(connection, dataset, period)
+            return {n: float(v) for n, v in self._totals(connection, dataset, period).items()}
 
     def remaining(self, dataset: str, period: str = DEFAULT_PERIOD) -> dict[str, float | None]:
         """What is left: epsilon and delta for an (epsilon, delta) budget, rho for a zCDP one (others None)."""
         with self._connect() as connection:
             budget = self._budget(connection, dataset, period)
-            spent = self._spent(connection, dataset, period)
+            spent = {n: float(v) for n, v in self._totals(connection, dataset, period).items()}
         return _remaining(budget, spent)
 
     def charge(self, dataset: str, period: str, lines: Sequence[ChargeLine], *, analyst: str, purpose: str,
                query: str, features: Sequence[str]) -> str:
-        """Charge one release (all its measurements) atomically; returns its release id.
+        """Charge one release (all its measurements) atomically to registered ``dataset``; returns its release id.
 
         Raises ``BudgetExceededError`` (showing what remains and what was asked) and charges
-        nothing if the release does not fit.
+        nothing if the release does not fit. Reads one row for what was spent (the running
+        totals of the last charge) and appends one row per measurement, in one transaction.
         """
-        asked = {name: math.fsum(getattr(line, name) for line in lines) for name in ("epsilon", "delta", "rho")}
+        self.dataset(dataset)
+        asked = {name: math.fsum(getattr(line, name) for line in lines) for name in _MEASURES}
         release_id = uuid.uuid4().hex
-        with self._connect() as connection:
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                budget = self._budget(connection, dataset, period)
-                spent = self._spent(connection, dataset, period)
-                _check_fits(budget, spent, asked)
-                stamp = _now()
-                connection.executemany(
-                    "INSERT INTO budget_charges (release_id, dataset, period, analyst, purpose, query, aggregate,"
-                    " mechanism, sensitivity, noise_scale, epsilon, delta, rho, half_width_95, features, charged_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(release_id, dataset, period, analyst, purpose, query, line.aggregate, line.mechanism,
-                      line.sensitivity, line.noise_scale, line.epsilon, line.delta, line.rho, line.half_width_95,
-                      ",".join(features), stamp) for line in lines])
-                connection.execute("COMMIT")
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
+        with self._transaction() as connection:
+            budget = self._budget(connection, dataset, period)
+            totals = self._totals(connection, dataset, period)
+            _check_fits(budget, {n: float(v) for n, v in totals.items()}, asked)
+            stamp, rows = _now(), []
+            for line in lines:
+                for name in _MEASURES:
+                    totals[name] += Fraction(getattr(line, name))
+                rows.append((release_id, dataset, period, analyst, purpose, query, line.aggregate, line.mechanism,
+                             line.sensitivity, float(line.noise_scale), float(line.epsilon), float(line.delta),
+                             float(line.rho), None if line.half_width_95 is None else float(line.half_width_95),
+                             ",".join(features), stamp, None, *(str(totals[n]) for n in _MEASURES)))
+            append_rows(connection, "budget_charges", rows)
         return release_id
 
     def mark_released(self, release_id: str) -> None:
-        """Record that the noisy values of a charged release were handed out."""
-        with self._connect() as connection:
-            connection.execute("UPDATE budget_charges SET released_at = ? WHERE release_id = ?", (_now(), release_id))
+        """Record that the noisy values of a charged release were handed out (an appended row)."""
+        with self._transaction() as connection:
+            append_rows(connection, "budget_releases", [(release_id, _now())])
 
     def charges(self, dataset: str | None = None) -> list[dict]:
-        """Every charge row, oldest first (optionally of one dataset)."""
+        """Every charge row, oldest first (optionally of one dataset), with when it was released (None: never)."""
+        columns = ", ".join(f"c.{name}" for name in _COLUMNS["budget_charges"] if name != "released_at")
         with self._connect() as connection:
-            sql, args = "SELECT * FROM budget_charges", ()
+            sql = (f"SELECT {columns}, COALESCE(c.released_at, (SELECT MIN(r.released_at) FROM budget_releases r "
+                   f"WHERE r.release_id = c.release_id)) AS released_at FROM budget_charges c")
+            args: tuple = ()
             if dataset is not None:
-                sql, args = sql + " WHERE dataset = ?", (dataset,)
-            return [dict(r) for r in connection.execute(sql + " ORDER BY id", args).fetchall()]
+                sql, args = sql + " WHERE c.dataset = ?", (dataset,)
+            return [dict(r) for r in connection.execute(sql + " ORDER BY c.id", args).fetchall()]
+
+    def verify(self) -> list[ChainReport]:
+        """The chain reports of the budget tables (``profiling.ledger_chain.verify``)."""
+        with self._connect() as connection:
+            return [verify(connection, table) for table in _COLUMNS]
+
+
+def _spent_before(connection: sqlite3.Connection, row: sqlite3.Row) -> dict[str, Fraction]:
+    previous = connection.execute("SELECT total_epsilon, total_delta, total_rho FROM budget_charges WHERE dataset = ? "
+                                  "AND period = ? AND id < ? AND total_epsilon IS NOT NULL ORDER BY id DESC LIMIT 1",
+                                  (row["dataset"], row["period"], row["id"])).fetchone()
+    return {name: Fraction(previous[f"total_{name}"]) if previous else Fraction(0) for name in _MEASURES}
+
+
+def _limit_values(row: sqlite3.Row) -> dict:
+    return {name: row[name] for name in ("measure", "epsilon", "delta", "rho", "cap_epsilon", "cap_rho")}
 
 
 def _remaining(budget: Budget, spent: dict[str, float]) -> dict[str, float | None]:

@@ -46,13 +46,13 @@ def test_delta_and_rho_budgets_are_enforced(tmp_path):
     ledger.set_budget("orders", epsilon=5.0, delta=1e-6)
     with pytest.raises(BudgetExceededError, match="delta"):
         _charge(ledger, epsilon=0.1, delta=2e-6)
-    ledger.set_budget("events", rho=0.5)
-    _charge(ledger, rho=0.3, dataset="events")
+    ledger.set_budget("device_events", rho=0.5)
+    _charge(ledger, rho=0.3, dataset="device_events")
     with pytest.raises(BudgetExceededError, match=r"rho 0.2 remaining"):
-        _charge(ledger, rho=0.3, dataset="events")
+        _charge(ledger, rho=0.3, dataset="device_events")
     with pytest.raises(BudgetExceededError):
-        _charge(ledger, epsilon=0.1, dataset="events")   # wrong measure for this budget
-    assert ledger.remaining("events") == {"epsilon": None, "delta": None, "rho": pytest.approx(0.2)}
+        _charge(ledger, epsilon=0.1, dataset="device_events")   # wrong measure for this budget
+    assert ledger.remaining("device_events") == {"epsilon": None, "delta": None, "rho": pytest.approx(0.2)}
 
 
 def test_periods_are_separate_and_an_unset_budget_says_how_to_set_it(tmp_path):

@@ -2,8 +2,12 @@
 
 Tables (prefix ``consent_`` for the history, ``audit_`` for gate decisions) live in the workspace's
 ``ledger.sqlite`` next to other areas' tables. Times are stored as int64 microseconds since
-1970-01-01 UTC. ``secure_delete`` overwrites erased rows on disk, and erasure checkpoints the WAL,
-so an erased account's id does not linger in free pages.
+1970-01-01 UTC. ``consent_events`` and ``audit_gate_decisions`` are hash-chained and append-only
+(``profiling.ledger_chain``): erasure replaces an account's events by redacted placeholders that
+keep the chain whole. ``secure_delete`` overwrites the replaced content on disk, and erasure
+checkpoints the WAL, so an erased account's id does not linger in free pages. A ledger made
+before chaining is migrated in place on first open (the chain is built over its rows as they
+are; ``ledger_chains.migrated_rows`` records how many).
 """
 
 from __future__ import annotations
@@ -21,9 +25,19 @@ import pyarrow as pa
 from profiling.consent.as_of import EVENT_COLUMNS, to_micros
 from profiling.consent.events import ConsentError, ConsentEvent
 from profiling.consent.store import AuditRecord, LoadReport
+from profiling.ledger_chain import (
+    REDACTED_ID,
+    ChainReport,
+    append_rows,
+    appending,
+    redact,
+    register_table,
+    verify,
+)
+from profiling.errors import WorkspaceError
 from profiling.schema import TIMESTAMP
 
-__all__ = ["SqliteConsentStore", "ledger_connection"]
+__all__ = ["CHAINED_TABLES", "SqliteConsentStore", "ledger_connection"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS consent_events (
@@ -39,8 +53,6 @@ CREATE TABLE IF NOT EXISTS consent_events (
     recorded_at    INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS consent_events_by_account ON consent_events (account_id, event_at, seq);
-CREATE TRIGGER IF NOT EXISTS consent_events_append_only BEFORE UPDATE ON consent_events
-BEGIN SELECT RAISE(ABORT, 'consent events are append-only: record a new event instead'); END;
 CREATE TABLE IF NOT EXISTS consent_loads (               -- data sets whose every event is recorded
     fingerprint TEXT PRIMARY KEY,                      -- SHA-256 of the files the events came from
     source      TEXT NOT NULL,
@@ -63,6 +75,15 @@ CREATE TABLE IF NOT EXISTS audit_gate_decisions (
     events           INTEGER NOT NULL
 );
 """
+_EVENT_COLUMNS = ["seq", "event_id", "account_id", "event_at", "event_type", "purpose", "policy_version", "channel",
+                  "source", "recorded_at"]
+# An erased account's events keep their place (and hash) in the chain; nothing of them stays readable.
+_EVENT_PLACEHOLDERS = {"event_id": REDACTED_ID, "account_id": REDACTED_ID, "event_at": 0, "event_type": "redacted",
+                       "purpose": None, "policy_version": "redacted", "channel": "redacted", "source": "redacted",
+                       "recorded_at": 0}
+_AUDIT_COLUMNS = ["id", "recorded_at", "job", "purpose", "as_of", "sensitive", "eligible", "excluded",
+                  "excluded_reasons", "dnd", "non_personalized", "snapshot_hash", "events"]
+CHAINED_TABLES = ("consent_events", "audit_gate_decisions")
 
 
 def ledger_connection(path: str | os.PathLike) -> sqlite3.Connection:
@@ -72,12 +93,39 @@ def ledger_connection(path: str | os.PathLike) -> sqlite3.Connection:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _refuse_truncated(path)
     connection = sqlite3.connect(path, timeout=30.0, isolation_level=None)
-    connection.execute("PRAGMA journal_mode=WAL")
+    try:
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as error:
+        connection.close()
+        if type(error) is sqlite3.OperationalError:  # locked, read-only: not damage
+            raise
+        raise WorkspaceError(f"ledger {path} is not a readable SQLite database ({error}); move it aside and "
+                             f"restore it from a backup") from None
     connection.execute("PRAGMA synchronous=FULL")
     connection.execute("PRAGMA secure_delete=ON")
     connection.execute("PRAGMA busy_timeout=30000")
     return connection
+
+
+def _refuse_truncated(path: Path) -> None:
+    """``WorkspaceError`` when the file is shorter than the page count its header vouches for (100 bytes read)."""
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(100)
+            size = os.fstat(handle.fileno()).st_size
+    except FileNotFoundError:
+        return
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\x00"):
+        return  # empty (new) or not SQLite at all: opening it says so
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages, counter, valid_for = (int.from_bytes(header[at:at + 4], "big") for at in (28, 24, 92))
+    if counter == valid_for and size < pages * page_size:
+        raise WorkspaceError(f"ledger {path} is truncated: {size} bytes where its header counts {pages} pages of "
+                             f"{page_size}; move it aside and restore it from a backup")
 
 
 class SqliteConsentStore:
@@ -96,7 +144,16 @@ class SqliteConsentStore:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self._connection = ledger_connection(self.path)
-        self._connection.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+        self._connection.executescript("BEGIN IMMEDIATE;" + _SCHEMA)
+        try:
+            register_table(self._connection, "consent_events", key="seq", columns=_EVENT_COLUMNS,
+                           placeholders=_EVENT_PLACEHOLDERS, replaces_triggers=["consent_events_append_only"])
+            register_table(self._connection, "audit_gate_decisions", key="id", columns=_AUDIT_COLUMNS)
+        except BaseException:
+            self._connection.execute("ROLLBACK")
+            self._connection.close()
+            raise
+        self._connection.execute("COMMIT")
 
     def __repr__(self) -> str:
         return f"SqliteConsentStore({str(self.path)!r})"
@@ -123,7 +180,7 @@ class SqliteConsentStore:
     def append(self, events: Iterable[ConsentEvent], *, source: str) -> int:
         checked = [event.checked() for event in events]
         now = to_micros(dt.datetime.now(dt.timezone.utc))
-        with self._transaction() as db:
+        with self._transaction() as db, appending(db, "consent_events"):
             # Events are checked in time order so a cancellation earlier in the same batch also counts.
             for event in sorted(checked, key=lambda e: e.event_at):
                 cancelled = db.execute("SELECT MIN(event_at) FROM consent_events WHERE account_id = ? AND "
@@ -155,23 +212,36 @@ class SqliteConsentStore:
             at = at.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
         events = events.select(columns).set_column(columns.index("event_at"), "event_at", at)
         now = to_micros(dt.datetime.now(dt.timezone.utc))
+        source = _sql_text(source)
         with self._transaction() as db:
-            before = db.total_changes
-            for batch in events.to_batches(max_chunksize=100_000):
-                rows = zip(*(batch.column(c).to_pylist() for c in columns))
-                db.executemany("INSERT OR IGNORE INTO consent_events (event_id, account_id, event_at, event_type, "
-                               f"purpose, policy_version, channel, source, recorded_at) "
-                               f"VALUES (?, ?, ?, ?, ?, ?, ?, '{_sql_text(source)}', {now})", rows)
-            recorded = db.total_changes - before
+            recorded = append_rows(db, "consent_events", self._new_events(db, events, columns, source, now))
             if fingerprint is not None:
                 db.execute("INSERT OR REPLACE INTO consent_loads (fingerprint, source, events, loaded_at) "
                            "VALUES (?, ?, ?, ?)", (fingerprint, source, events.num_rows, now))
         return LoadReport(offered=events.num_rows, recorded=recorded, already_present=events.num_rows - recorded)
 
+    @staticmethod
+    def _new_events(db: sqlite3.Connection, events: pa.Table, columns: list[str], source: str,
+                    now: int) -> Iterator[tuple]:
+        """Rows (``_EVENT_COLUMNS`` without seq) of the events whose id is neither in the ledger nor earlier in ``events``."""
+        seen: set[str] = set()
+        for batch in events.to_batches(max_chunksize=100_000):
+            rows = list(zip(*(batch.column(c).to_pylist() for c in columns)))
+            ids = sorted({row[0] for row in rows})
+            for start in range(0, len(ids), 900):
+                chunk = ids[start:start + 900]
+                seen.update(found for (found,) in db.execute(
+                    f"SELECT event_id FROM consent_events WHERE event_id IN ({', '.join('?' * len(chunk))})", chunk))
+            for row in rows:
+                if row[0] not in seen:
+                    seen.add(row[0])
+                    yield (*row, source, now)
+
     def history(self, account_id: str) -> list[dict]:
         cursor = self._connection.execute(
             "SELECT seq, event_id, account_id, event_at, event_type, purpose, policy_version, channel, source, "
-            "recorded_at FROM consent_events WHERE account_id = ? ORDER BY event_at, seq", (account_id,))
+            "recorded_at FROM consent_events WHERE account_id = ? AND chain_redacted = 0 ORDER BY event_at, seq",
+            (account_id,))
         names = [d[0] for d in cursor.description]
         rows = [dict(zip(names, row)) for row in cursor]
         for row in rows:
@@ -182,7 +252,8 @@ class SqliteConsentStore:
     def events(self, account_ids: Sequence[str] | None = None) -> pa.Table:
         query = "SELECT account_id, event_at, event_type, purpose, policy_version FROM consent_events"
         if account_ids is None:
-            rows = self._connection.execute(query + " ORDER BY account_id, event_at, seq").fetchall()
+            rows = self._connection.execute(query + " WHERE chain_redacted = 0 "
+                                            "ORDER BY account_id, event_at, seq").fetchall()
         else:
             rows = []
             with self._transaction() as db:  # one consistent read over several chunks
@@ -201,7 +272,7 @@ class SqliteConsentStore:
         })
 
     def record_audit(self, record: AuditRecord) -> int:
-        with self._transaction() as db:
+        with self._transaction() as db, appending(db, "audit_gate_decisions"):
             cursor = db.execute(
                 "INSERT INTO audit_gate_decisions (recorded_at, job, purpose, as_of, sensitive, eligible, excluded, "
                 "excluded_reasons, dnd, non_personalized, snapshot_hash, events) "
@@ -213,7 +284,7 @@ class SqliteConsentStore:
             return int(cursor.lastrowid)
 
     def audit_records(self) -> list[dict]:
-        cursor = self._connection.execute("SELECT * FROM audit_gate_decisions ORDER BY id")
+        cursor = self._connection.execute(f"SELECT {', '.join(_AUDIT_COLUMNS)} FROM audit_gate_decisions ORDER BY id")
         names = [d[0] for d in cursor.description]
         rows = [dict(zip(names, row)) for row in cursor]
         for row in rows:
@@ -222,11 +293,16 @@ class SqliteConsentStore:
         return rows
 
     def erase_account(self, account_id: str) -> int:
+        """Redact every event of ``account_id`` (content replaced, hashes kept); returns how many."""
         with self._transaction() as db:
-            removed = db.execute("DELETE FROM consent_events WHERE account_id = ?", (account_id,)).rowcount
+            removed = redact(db, "consent_events", "account_id = ?", (account_id,), reason="erasure request")
             db.execute("DELETE FROM consent_loads")  # a reload must offer every event again
         self.checkpoint()
         return removed
+
+    def verify(self) -> list[ChainReport]:
+        """The chain reports of the consent tables (``profiling.ledger_chain.verify``)."""
+        return [verify(self._connection, table) for table in CHAINED_TABLES]
 
     def checkpoint(self) -> None:
         """Move the WAL into the database file and truncate it, so erased rows leave no copy behind."""
