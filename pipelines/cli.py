@@ -40,7 +40,7 @@ def _ingest_rows(reports) -> list[dict]:
 
 def _cmd_synth(args: argparse.Namespace) -> None:
     started = time.perf_counter()
-    counts = generate(args.out, accounts=args.accounts, seed=args.seed, progress=_progress(args))
+    counts = generate(args.out, accounts=args.accounts, seed=args.seed, truth_dir=args.truth, progress=_progress(args))
     print(format_table([{"table": name, "rows": rows} for name, rows in counts.items()]))
     print(f"wrote {sum(counts.values())} rows to {args.out} in {time.perf_counter() - started:.1f} s")
 
@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.set_defaults(handler=_cmd_synth)
 
     ingest_cmd = commands.add_parser("ingest", help="validate raw Parquet/CSV tables into a workspace")
+    synth.add_argument("--truth", help="new folder, apart from --out, for the ground truth of which accounts and "
+                       "devices belong to one human (for benchmarks; ingest never reads it)")
     ingest_cmd.add_argument("--raw", required=True, help="folder with <table>.parquet, <table>.csv or <table>/ per table")
     ingest_cmd.add_argument("--workspace", default=DEFAULT_WORKSPACE, help=f"workspace folder (default {DEFAULT_WORKSPACE})")
     ingest_cmd.add_argument("--key-file", help="master key file (default: PORTRAIT_MASTER_KEY); needed once persons "

@@ -31,7 +31,12 @@ def data_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def generated(data_root) -> tuple[Path, dict[str, int]]:
     out = data_root / "raw"
-    return out, generate(out, **PARAMS)
+    return out, generate(out, truth_dir=data_root / "raw-truth", **PARAMS)
+
+
+@pytest.fixture(scope="module")
+def truth(generated, data_root) -> dict[str, pd.DataFrame]:
+    return {name: pq.read_table(data_root / "raw-truth" / name).to_pandas() for name in ("accounts", "devices")}
 
 
 @pytest.fixture(scope="module")
@@ -311,8 +316,12 @@ def test_a_cancellation_is_the_last_thing_an_account_says(frames):
 def test_the_same_seed_gives_byte_identical_files(generated, data_root):
     out, _ = generated
     again = data_root / "again"
-    generate(again, **PARAMS)
+    generate(again, truth_dir=data_root / "again-truth", **PARAMS)
     assert _files(again) == _files(out)
+    assert _files(data_root / "again-truth") == _files(data_root / "raw-truth")
+    untold = data_root / "untold"
+    generate(untold, **PARAMS)  # asking for the truth changes nothing in the raw data set
+    assert _files(untold) == _files(out)
 
 
 def test_another_seed_gives_other_data(tables, data_root):
@@ -321,6 +330,54 @@ def test_another_seed_gives_other_data(tables, data_root):
     ours = tables["accounts"].slice(0, 600).column("phone")
     theirs = pq.read_table(other / "accounts").column("phone")
     assert not ours.equals(theirs)
+
+
+# --- Ground truth ---------------------------------------------------------------------------------
+
+def test_the_truth_names_the_human_of_every_account_and_device(truth, frames, data_root):
+    accounts, devices = truth["accounts"], truth["devices"]
+    assert sorted(p.name for p in (data_root / "raw-truth").iterdir()) == ["accounts", "devices"]
+    assert accounts["account_id"].tolist() == frames["accounts"]["account_id"].tolist()
+    assert sorted(devices["device_id"]) == sorted(frames["devices"]["device_id"])
+    assert devices["human_id"].isna().tolist() == (devices["use"] != "personal").tolist()
+    assert set(devices["use"]) == {"personal", "household", "public"}
+    humans = accounts["human_id"].value_counts()
+    assert 0.015 <= (humans >= 2).sum() / len(accounts) <= 0.05  # people with a second account
+    assert humans.max() <= 4
+
+
+def test_signed_in_use_matches_the_truth(truth, frames):
+    human_of_account = truth["accounts"].set_index("account_id")["human_id"]
+    signed = frames["device_events"].dropna(subset=["account_id"]).drop_duplicates(["device_id", "account_id"])
+    signed = signed.merge(truth["devices"], on="device_id")
+    personal = signed[signed["use"] == "personal"]
+    assert (personal["account_id"].map(human_of_account) == personal["human_id"]).all()  # only its human signs in
+    households = signed[signed["use"] == "household"].groupby("device_id")["account_id"].nunique()
+    assert len(households) >= 5 and (households >= 2).all()  # every member signs in on the family device
+    # Second accounts show on their human's own devices: one human, two accounts, one device.
+    per_device = personal.groupby("device_id")["account_id"].nunique()
+    assert (per_device >= 2).sum() >= 5
+
+
+@pytest.mark.parametrize("where", ["inside", "holding", "same"])
+def test_the_truth_must_lie_apart_from_the_raw_data(tmp_path, where):
+    out = tmp_path / "raw"
+    truth_dir = {"inside": out / "truth", "holding": tmp_path, "same": out}[where]
+    with pytest.raises(ValueError, match="the ground truth must lie apart from the raw data set"):
+        generate(out, accounts=20, seed=1, catalogue_items=100, truth_dir=truth_dir, progress=False)
+    assert not out.exists() and not (out / "truth").exists()
+
+
+def test_the_command_line_writes_the_truth_and_refuses_an_overlap(tmp_path, capsys):
+    from pipelines.cli import main
+
+    assert main(["-q", "synth", "--out", str(tmp_path / "raw"), "--accounts", "30", "--truth",
+                 str(tmp_path / "raw" / "truth")]) == 2
+    assert "portrait: error: truth_dir" in capsys.readouterr().err
+    assert main(["-q", "synth", "--out", str(tmp_path / "raw"), "--accounts", "30", "--truth",
+                 str(tmp_path / "truth")]) == 0
+    assert pq.read_table(tmp_path / "truth" / "accounts").num_rows == 30
+    assert not (tmp_path / "raw" / "truth").exists()
 
 
 # --- Refusals and atomicity ----------------------------------------------------------------------

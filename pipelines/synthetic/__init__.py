@@ -1,7 +1,7 @@
 """Seeded synthetic raw data set: the seven tables of ``profiling.schema``, realistic and consistent.
 
 ``generate`` writes ``<out_dir>/<table>/part-NNNNN.parquet`` with exactly the data model's Arrow
-schemas. Accounts are made in batches; each batch draws from its own stream
+schemas, and on request the ground truth of who is who (``_truth``) to a folder of its own. Accounts are made in batches; each batch draws from its own stream
 ``np.random.default_rng([seed, batch_index])`` and writes one part file per table, so memory is
 bounded by the batch and the output is byte-identical for the same parameters. The catalogue, the
 merchants and a pool of shared devices come from a separate stream common to all batches.
@@ -17,6 +17,7 @@ privacy mechanisms downstream can be exercised on it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -26,8 +27,9 @@ from multiprocessing import get_context
 from tqdm import tqdm
 
 from pipelines.synthetic._batches import _write_batch, _write_catalogue
-from pipelines.synthetic._output import _checked_out_dir, _partial_folder
+from pipelines.synthetic._output import _checked_out_dir, _checked_truth_dir, _partial_folder
 from pipelines.synthetic._run import _checked_run, _workers
+from pipelines.synthetic._truth import TRUTH_TABLES
 from profiling.schema import TABLE_NAMES
 
 __all__ = ["generate"]
@@ -35,7 +37,7 @@ __all__ = ["generate"]
 
 def generate(out_dir: str | os.PathLike, accounts: int, seed: int, *, catalogue_items: int = 20_000,
              batch_accounts: int = 100_000, until: datetime = datetime(2026, 11, 1, tzinfo=UTC),
-             progress: bool = True) -> dict[str, int]:
+             truth_dir: str | os.PathLike | None = None, progress: bool = True) -> dict[str, int]:
     """Write a synthetic raw data set of ``accounts`` accounts to the new folder ``out_dir``; return rows per table.
 
     Writes ``out_dir/<table>/part-NNNNN.parquet`` for every table of ``profiling.schema`` (one
@@ -46,7 +48,14 @@ def generate(out_dir: str | os.PathLike, accounts: int, seed: int, *, catalogue_
     it is written to a hidden sibling folder and renamed. A batch of 100,000 accounts takes about
     1 GB of memory per worker process.
 
-    Raises ``ValueError`` for a bad parameter or an ``out_dir`` that exists and is not empty.
+    About 3% of holders keep a second account, about 5% share a family device with their household
+    (2 to 4 holders, each signing in on it), 1.5% use public devices of a shared pool. With
+    ``truth_dir``, which of these accounts and devices belong to one human is written there
+    (``accounts/`` and ``devices/`` part files, see ``pipelines.synthetic._truth``), as
+    deterministically as the rest and as atomically; it must lie apart from ``out_dir``.
+
+    Raises ``ValueError`` for a bad parameter, an ``out_dir`` or ``truth_dir`` that exists and is
+    not empty, or a ``truth_dir`` inside ``out_dir`` (or holding it).
 
     >>> import tempfile
     >>> from pathlib import Path
@@ -57,7 +66,10 @@ def generate(out_dir: str | os.PathLike, accounts: int, seed: int, *, catalogue_
     """
     run = _checked_run(accounts, seed, catalogue_items, batch_accounts, until)
     out = _checked_out_dir(out_dir)
-    with _partial_folder(out) as partial:
+    truth = _checked_truth_dir(truth_dir, out) if truth_dir is not None else None
+    with contextlib.ExitStack() as folders:
+        partial = folders.enter_context(_partial_folder(out))
+        truth_partial = str(folders.enter_context(_partial_folder(truth, TRUTH_TABLES))) if truth else None
         rows = dict.fromkeys(TABLE_NAMES, 0)
         rows["catalogue"] = _write_catalogue(run, partial)
         # ``_write_batch`` is looked up in this package's namespace, where tests replace it.
@@ -65,12 +77,13 @@ def generate(out_dir: str | os.PathLike, accounts: int, seed: int, *, catalogue_
             workers = _workers(run.batches)
             if workers == 1:
                 for batch_index in range(run.batches):
-                    for name, count in _write_batch(run, batch_index, str(partial)).items():
+                    for name, count in _write_batch(run, batch_index, str(partial), truth_partial).items():
                         rows[name] += count
                     bar.update()
             else:
                 with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-                    futures = [pool.submit(_write_batch, run, b, str(partial)) for b in range(run.batches)]
+                    futures = [pool.submit(_write_batch, run, b, str(partial), truth_partial)
+                               for b in range(run.batches)]
                     try:
                         for future in futures:
                             for name, count in future.result().items():

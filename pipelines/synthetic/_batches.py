@@ -10,13 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from pipelines.synthetic._accounts import _accounts
 from pipelines.synthetic._consent import _consent_events, _consent_plan
 from pipelines.synthetic._device_events import _devices_and_events
+from pipelines.synthetic._households import _households
 from pipelines.synthetic._orders import _orders, _waybills
 from pipelines.synthetic._output import _write
 from pipelines.synthetic._run import _Run
+from pipelines.synthetic._truth import _write_truth
 from pipelines.synthetic._world import _world
 
 
@@ -25,8 +28,11 @@ def _write_catalogue(run: _Run, directory: Path) -> int:
     return _write(directory, "catalogue", 0, _world(run).catalogue)
 
 
-def _write_batch(run: _Run, batch_index: int, directory: str) -> dict[str, int]:
-    """Generate and write batch ``batch_index``: one part file per table except the catalogue."""
+def _write_batch(run: _Run, batch_index: int, directory: str, truth_directory: str | None = None) -> dict[str, int]:
+    """Generate and write batch ``batch_index``: one part file per table except the catalogue.
+
+    With ``truth_directory``, also the batch's ground truth there (``pipelines.synthetic._truth``).
+    """
     out = Path(directory)
     world = _world(run)
     rng = np.random.default_rng([run.seed, batch_index])
@@ -43,8 +49,17 @@ def _write_batch(run: _Run, batch_index: int, directory: str) -> dict[str, int]:
     del order_columns
     rows["waybills"] = _write(out, "waybills", batch_index, waybills)
     del waybills
-    devices, events, signed_holder, signed_at = _devices_and_events(
+    devices, events, signed_holder, signed_at, ownership = _devices_and_events(
         rng, run, world, holders, plan["location"], batch_index)
+    households = _households(run, world, holders, batch_index, first_event=len(events["event_id"]))
+    devices = pa.concat_tables([devices, households.devices])
+    events = {name: pa.concat_arrays([column, households.events[name]]) for name, column in events.items()}
+    signed_holder = np.concatenate([signed_holder, households.signed_holder])
+    signed_at = np.concatenate([signed_at, households.signed_at])
+    if truth_directory is not None:
+        _write_truth(Path(truth_directory), batch_index, first, holders.account_id, ownership.second_account,
+                     ownership.device_id, ownership.owner, households.device_id,
+                     world.shared_device_id if batch_index == 0 else None)
     rows["devices"] = _write(out, "devices", batch_index, devices)
     rows["device_events"] = _write(out, "device_events", batch_index, events)
     del devices, events

@@ -4,6 +4,8 @@ searches and item views, with IP address, coarse region and, while permitted, pr
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pyarrow as pa
 
@@ -38,11 +40,21 @@ _ANONYMOUS_EVENTS = (("app_open", 45), ("search", 20), ("view_item", 35))
 _CHINA_LAT, _CHINA_LON = (18.0, 53.5), (73.5, 135.0)
 
 
+@dataclass(frozen=True)
+class _Ownership:
+    """Who the batch's own devices belong to, and who keeps a second account."""
+
+    device_id: pa.Array        # the holders' own devices (not the shared pool)
+    owner: np.ndarray          # holder index of each
+    second_account: np.ndarray  # bool per holder: the holder's owner also holds the next holder's account
+
+
 def _devices_and_events(rng: np.random.Generator, run: _Run, world: _World, holders: _Holders, location: _Grants,
-                        batch_index: int) -> tuple[pa.Table, dict[str, pa.Array], np.ndarray, np.ndarray]:
+                        batch_index: int) -> tuple[pa.Table, dict[str, pa.Array], np.ndarray, np.ndarray, _Ownership]:
     """Devices of the batch's holders (plus the shared pool in batch 0) and their events.
 
-    Returns the devices table, the device_events columns and ``(holder, time)`` of signed-in events.
+    Returns the devices table, the device_events columns, ``(holder, time)`` of signed-in events and
+    who owns the holders' devices.
     """
     vocabulary = _vocabulary()
     n_holders = len(holders.created)
@@ -74,7 +86,8 @@ def _devices_and_events(rng: np.random.Generator, run: _Run, world: _World, hold
     # Some people keep a second account (the next holder) and sign in to it on their own devices too;
     # drawn from a separate stream so that every other draw stays as it was.
     second = np.random.default_rng([run.seed, batch_index, 7])
-    switch = (second.random(n_holders) < _SECOND_ACCOUNT_HOLDERS)[own_holder] & (second.random(len(own_holder)) < 0.3)
+    second_account = second.random(n_holders) < _SECOND_ACCOUNT_HOLDERS
+    switch = second_account[own_holder] & (second.random(len(own_holder)) < 0.3)
     own_holder = np.where(switch, (own_holder + 1) % n_holders, own_holder)
     # Events on shared devices by the holders who use one.
     users = np.flatnonzero(rng.random(n_holders) < _SHARED_DEVICE_USERS)
@@ -127,4 +140,4 @@ def _devices_and_events(rng: np.random.Generator, run: _Run, world: _World, hold
         "precise_lon": _floats(np.round(longitude, 6), precise),
         "item_id": _taken(world.item_id, _popular_items(rng, world, n), viewing),
     }
-    return devices, events, holder[signed_in], at[signed_in]
+    return devices, events, holder[signed_in], at[signed_in], _Ownership(device_id, owner, second_account)

@@ -1,5 +1,5 @@
-"""The output folder: refusing to overwrite data, writing into a hidden sibling renamed when complete,
-and one Parquet part file per table and batch.
+"""The output folders: refusing to overwrite data, writing into a hidden sibling renamed when complete,
+one Parquet part file per table and batch, and the ground truth kept apart from the raw data set.
 """
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -55,8 +55,18 @@ def _checked_out_dir(out_dir: str | os.PathLike) -> Path:
     return out
 
 
+def _checked_truth_dir(truth_dir: str | os.PathLike, out: Path) -> Path:
+    """The ground-truth folder: new or empty, and neither inside the raw data set nor holding it."""
+    truth = _checked_out_dir(truth_dir)
+    raw, kept = out.resolve(), truth.resolve()
+    if kept == raw or raw in kept.parents or kept in raw.parents:
+        raise ValueError(f"truth_dir {truth} and out_dir {out} overlap; the ground truth must lie apart from the raw "
+                         f"data set (ingest reads all of out_dir): use a sibling such as {out.parent / (out.name + '-truth')}")
+    return truth
+
+
 @contextmanager
-def _partial_folder(out: Path) -> Iterator[Path]:
+def _partial_folder(out: Path, tables: Iterable[str] = TABLE_NAMES) -> Iterator[Path]:
     """A new hidden sibling of ``out`` with one empty folder per table, renamed to ``out`` when the block ends.
 
     The data set appears at ``out`` only when complete: on any exception (an interruption
@@ -68,7 +78,7 @@ def _partial_folder(out: Path) -> Iterator[Path]:
         umask = os.umask(0)
         os.umask(umask)
         partial.chmod(0o777 & ~umask)
-        for name in TABLE_NAMES:
+        for name in tables:
             (partial / name).mkdir()
         yield partial
         _checked_out_dir(out)
