@@ -191,3 +191,15 @@ def test_matches_a_plain_reference(pairs, persons, linking):
     assert graph.report["largest_identity"] == {"persons": int(bool(expected_persons)),
                                                 "devices": max(per_identity, default=0)}
     assert graph.report["shared_devices"] == shared
+
+
+def test_a_configuration_still_setting_max_accounts_per_device_is_refused(tmp_path, capsys):
+    from pipelines.cli import main
+
+    config = tmp_path / "job.toml"
+    config.write_text('workspace = "ws"\nas_of = "2026-11-01T00:00:00Z"\n[identity]\nmax_accounts_per_device = 5\n')
+    assert main(["-q", "run", "--config", str(config)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"portrait: error: [identity] in {config} is no longer read")
+    assert "remove the [identity] section" in error and len(error.strip().splitlines()) == 1
+    assert not (tmp_path / "ws").exists()
