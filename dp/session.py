@@ -143,8 +143,8 @@ class Query:
         return self._add(self._numeric("mean", column, bounds, resolution))
 
     def quantile(self, column: str, q: float, *, bounds, candidates: int = 128) -> Query:
-        """The ``q``-quantile among ``candidates`` evenly spaced points of ``bounds`` (OpenDP's exponential
-        mechanism). Its ``_ci95`` half-width is in ranks (rows), not units: with 95% probability the
+        """The ``q``-quantile among ``candidates`` evenly spaced points of ``bounds`` (OpenDP's private
+        quantile, permute-and-flip). Its ``_ci95`` half-width is in ranks (rows), not units: with 95% probability the
         released point's rank misses the best grid point's by fewer rows (see ``plan_quantile``)."""
         aggregate = self._numeric("quantile", column, bounds, 0.01)
         where = f"quantile of {column!r}"
@@ -319,8 +319,9 @@ class PrivateSession:
 
     ``data`` is a pandas frame or Arrow table with one row per record and the privacy unit in
     ``privacy_unit`` (pseudonymous ``person_id``; use ``dp.join_devices`` first for rows that
-    are keyed by device). ``ledger`` is a ``BudgetLedger`` or its path; the budget of
-    (``dataset``, ``period``) must have been set by a reviewer. A person over the bounds
+    are keyed by device). ``ledger`` is a ``BudgetLedger`` or its path; ``dataset`` must be
+    registered there (``BudgetLedger.datasets()``: the analytics-zone table the data comes
+    from) and its budget for ``period`` set by a reviewer. A person over the bounds
     contributes their first rows in stored order (see ``dp._bounding``).
     """
 
@@ -333,6 +334,10 @@ class PrivateSession:
             raise PortraitError(f"data must be a pandas DataFrame or an Arrow table, got {type(data).__name__}")
         self.dataset, self.period, self.purpose = dataset, period, purpose
         self.ledger = ledger if isinstance(ledger, BudgetLedger) else BudgetLedger(ledger)
+        registered = self.ledger.dataset(dataset)   # only a registered dataset has a budget to charge
+        if privacy_unit != registered.privacy_unit:
+            raise PrivacyParameterError(f"dataset {dataset!r} is registered with privacy unit "
+                                        f"{registered.privacy_unit!r}, not {privacy_unit!r}")
         self.privacy_unit = privacy_unit
         self.analyst = analyst or getpass.getuser()
         self._require_column(privacy_unit)

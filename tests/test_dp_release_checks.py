@@ -90,8 +90,8 @@ def session(tmp_path):
 
 
 def _zcdp(session):
-    session.ledger.set_budget("orders_zcdp", rho=1.0)
-    return PrivateSession(session.data, dataset="orders_zcdp", ledger=session.ledger, purpose="test")
+    session.ledger.set_budget("waybills", rho=1.0)
+    return PrivateSession(session.data, dataset="waybills", ledger=session.ledger, purpose="test")
 
 
 CASES = {
