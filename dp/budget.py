@@ -260,31 +260,33 @@ class BudgetLedger:
     @staticmethod
     def _migrate(connection: sqlite3.Connection) -> None:
         """Add the columns older ledgers lack, and fill them, before the chains are built over the rows."""
-        chained = {row[0] for row in connection.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'ledger_chains'")}
+        chained = {row[0] for row in connection.execute("SELECT chain_table FROM ledger_chains")} if connection.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'ledger_chains'").fetchone() else set()
         for table, added in _ADDED_COLUMNS.items():
             present = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
-            for column, ddl in added.items():
-                if column not in present:
-                    if chained and connection.execute("SELECT 1 FROM ledger_chains WHERE chain_table = ?",
-                                                      (table,)).fetchone():
-                        raise ChainBrokenError(f"the ledger's {table} is chained but lacks column {column}; "
-                                               f"it was edited outside Portrait")
-                    connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
-        totals: dict[tuple[str, str], dict[str, Fraction]] = {}
-        for row in connection.execute("SELECT id, dataset, period, epsilon, delta, rho FROM budget_charges "
-                                      "WHERE total_epsilon IS NULL ORDER BY id").fetchall():
-            running = totals.setdefault((row["dataset"], row["period"]), _spent_before(connection, row))
-            for name in _MEASURES:
-                running[name] += Fraction(row[name])
-            connection.execute("UPDATE budget_charges SET total_epsilon = ?, total_delta = ?, total_rho = ? "
-                               "WHERE id = ?", (*(str(running[n]) for n in _MEASURES), row["id"]))
-        previous: dict[tuple[str, str], str] = {}
-        for row in connection.execute("SELECT * FROM budget_limits ORDER BY id").fetchall():
-            pair = (row["dataset"], row["period"])
-            if row["previous"] is None and pair in previous:
-                connection.execute("UPDATE budget_limits SET previous = ? WHERE id = ?", (previous[pair], row["id"]))
-            previous[pair] = json.dumps(_limit_values(row), sort_keys=True)
+            missing = [column for column in added if column not in present]
+            if table in chained and missing:
+                raise ChainBrokenError(f"the ledger's {table} is chained but lacks column(s) {', '.join(missing)}; "
+                                       f"it was edited outside Portrait")
+            for column in missing:
+                connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {added[column]}")
+        if "budget_charges" not in chained:
+            totals: dict[tuple[str, str], dict[str, Fraction]] = {}
+            for row in connection.execute("SELECT id, dataset, period, epsilon, delta, rho FROM budget_charges "
+                                          "ORDER BY id").fetchall():
+                running = totals.setdefault((row["dataset"], row["period"]), dict.fromkeys(_MEASURES, Fraction(0)))
+                for name in _MEASURES:
+                    running[name] += Fraction(row[name])
+                connection.execute("UPDATE budget_charges SET total_epsilon = ?, total_delta = ?, total_rho = ? "
+                                   "WHERE id = ?", (*(str(running[n]) for n in _MEASURES), row["id"]))
+        if "budget_limits" not in chained:
+            previous: dict[tuple[str, str], str] = {}
+            for row in connection.execute("SELECT * FROM budget_limits ORDER BY id").fetchall():
+                pair = (row["dataset"], row["period"])
+                if pair in previous:
+                    connection.execute("UPDATE budget_limits SET previous = ? WHERE id = ?",
+                                       (previous[pair], row["id"]))
+                previous[pair] = json.dumps(_limit_values(row), sort_keys=True)
 
     def _register_built_in(self, connection: sqlite3.Connection) -> None:
         known = {row["dataset"] for row in connection.execute("SELECT dataset FROM budget_datasets")}
@@ -463,13 +465,6 @@ class BudgetLedger:
         """The chain reports of the budget tables (``profiling.ledger_chain.verify``)."""
         with self._connect() as connection:
             return [verify(connection, table) for table in _COLUMNS]
-
-
-def _spent_before(connection: sqlite3.Connection, row: sqlite3.Row) -> dict[str, Fraction]:
-    previous = connection.execute("SELECT total_epsilon, total_delta, total_rho FROM budget_charges WHERE dataset = ? "
-                                  "AND period = ? AND id < ? AND total_epsilon IS NOT NULL ORDER BY id DESC LIMIT 1",
-                                  (row["dataset"], row["period"], row["id"])).fetchone()
-    return {name: Fraction(previous[f"total_{name}"]) if previous else Fraction(0) for name in _MEASURES}
 
 
 def _limit_values(row: sqlite3.Row) -> dict:

@@ -27,6 +27,7 @@ from profiling.consent.events import ConsentError, ConsentEvent
 from profiling.consent.store import AuditRecord, LoadReport
 from profiling.ledger_chain import (
     REDACTED_ID,
+    ChainBrokenError,
     ChainReport,
     append_rows,
     appending,
@@ -303,6 +304,14 @@ class SqliteConsentStore:
     def verify(self) -> list[ChainReport]:
         """The chain reports of the consent tables (``profiling.ledger_chain.verify``)."""
         return [verify(self._connection, table) for table in CHAINED_TABLES]
+
+    def require_intact(self) -> None:
+        """Raise ``ChainBrokenError`` (one line) unless every consent chain verifies."""
+        for report in self.verify():
+            if not report.ok:
+                raise ChainBrokenError(f"consent ledger {self.path} is broken: {report.table} at row "
+                                       f"{report.broken_at} ({report.problem}); no job runs on it: run `portrait "
+                                       f"ledger verify` and restore the ledger from a copy")
 
     def checkpoint(self) -> None:
         """Move the WAL into the database file and truncate it, so erased rows leave no copy behind."""
