@@ -1,13 +1,15 @@
 """The ``portrait`` command line.
 
 Every command exits 0 on success; on a mistake in the input it prints one line,
-``portrait: error: <what was wrong and how to fix it>``, and exits 2; an internal error exits 70.
+``portrait: error: <what was wrong and how to fix it>``, and exits 2 (a damaged ledger file too);
+an internal error exits 70. Everything a command writes is owner-only: it runs with umask 077.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import sys
 import tempfile
 import time
@@ -25,6 +27,7 @@ from pipelines.run import parse_as_of, run_pipeline
 from pipelines.synthetic import generate
 from pipelines.workspace import Workspace
 from profiling.errors import InternalError, PortraitError
+from profiling.file_modes import restrict_to_owner
 from profiling.keys import ENV_VAR, create_key_file, load_master_key
 
 __all__ = ["build_parser", "job_config", "main"]
@@ -144,11 +147,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _ledger_of(args: argparse.Namespace) -> Path:
+    """The ledger file the command worked on (for an error message): its workspace's, or the config's."""
+    workspace = getattr(args, "workspace", None)
+    if workspace is None and getattr(args, "config", None):
+        try:
+            workspace = load_config(args.config).workspace
+        except (PortraitError, ValueError, OSError):
+            pass
+    return Workspace(workspace or DEFAULT_WORKSPACE).ledger
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous_umask = restrict_to_owner()
     try:
         args.handler(args)
+    except sqlite3.DatabaseError as error:
+        if type(error) is sqlite3.OperationalError:  # locked, read-only, disk full: what SQLite says is enough
+            print(f"portrait: error: ledger {_ledger_of(args)}: {error}", file=sys.stderr)
+        elif type(error) is sqlite3.DatabaseError:
+            print(f"portrait: error: ledger {_ledger_of(args)} is not a readable SQLite database ({error}); "
+                  f"move it aside and restore it from a backup", file=sys.stderr)
+        else:
+            raise  # a constraint or programming error: a bug, with its traceback
+        return 2
     except InternalError as error:
         print(f"portrait: {error}", file=sys.stderr)
         return 70
@@ -159,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("portrait: interrupted; outputs of the unfinished step were not published", file=sys.stderr)
         return 130
+    finally:
+        os.umask(previous_umask)  # for callers of main() in the same process
     return 0
 
 

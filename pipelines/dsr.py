@@ -21,7 +21,6 @@ correction, with their PERSON pseudonym for the analytics zone) and ``dsr_tombst
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import json
 import os
@@ -40,6 +39,7 @@ import pyarrow.parquet as pq
 
 from pipelines.workspace import Workspace
 from profiling.consent.sqlite_store import SqliteConsentStore, ledger_connection
+from profiling.csv_cells import write_csv_rows
 from profiling.errors import PortraitError
 from profiling.keys import MasterKey
 from profiling.pseudonyms import DEVICE, MARKETING, ORDER, PERSON, TOMBSTONE, WAYBILL, normalize, pseudonymize
@@ -354,10 +354,7 @@ def export_account(workspace: Workspace, account_id: str, key: MasterKey, out_di
     sections.update({"consent_history": history, "requests": requests})
     for name, rows in sections.items():
         if rows:
-            with open(out / f"{name}.csv", "w", newline="", encoding="utf-8") as handle:
-                writer = csv.DictWriter(handle, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
-                writer.writeheader()
-                writer.writerows(rows)
+            write_csv_rows(out / f"{name}.csv", rows)  # formula-looking text escaped; bundle.json keeps it exact
     return bundle
 
 

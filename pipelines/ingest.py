@@ -3,7 +3,8 @@
 For each table of the data model, in parent-before-child order, the raw rows are read in batches,
 coerced to the model's Arrow types and checked against every rule (``profiling.validation``).
 Accepted rows go to ``WS/ingested/<table>/``; every other row goes to ``WS/rejects/<table>/`` with
-its source file, row number, first failing column, reason and all problems found. For every table
+its source file, row number, first failing column, reason and all problems found, and its values
+except sensitive ones (ID numbers, precise locations: null there). For every table
 ``rows in = rows accepted + rows rejected``; a violation is a bug and raises ``InternalError``.
 
 A missing file or column, or a column of the wrong type, raises ``SchemaError`` before anything in
@@ -40,7 +41,7 @@ from pipelines.workspace import Workspace, write_json_atomic
 from profiling.errors import InternalError, SchemaError, WorkspaceError
 from profiling.keys import MasterKey
 from profiling.pseudonyms import normalize
-from profiling.schema import INGEST_ORDER, TABLES, Table
+from profiling.schema import INGEST_ORDER, TABLES, PrivacyClass, Table
 from profiling.validation import (
     CheckContext,
     Reason,
@@ -320,11 +321,24 @@ def _rejects_schema(table: Table) -> pa.Schema:
     return pa.schema(list(_REJECT_HEAD) + [pa.field(name, pa.string()) for name in table.column_names])
 
 
+def _withheld(table: Table) -> set[str]:
+    """Columns whose values never reach a rejects file (null there): sensitive data, ID numbers, precise places.
+
+    The rest of a rejected row stays, so rows in = accepted + rejected still holds and the row can be fixed.
+    """
+    return {f.name for f in table.fields
+            if f.privacy is PrivacyClass.SENSITIVE or f.identifier in {"id_card", "precise_location"}}
+
+
 def _malformed_rejects(table: Table, source: str, malformed: list[tuple[int, str]]) -> pa.RecordBatch:
     n = len(malformed)
+    withheld = _withheld(table)
+    # A line that did not split into fields cannot have its sensitive values picked out: none of it is kept.
+    not_kept = f"(line not kept: {table.name} holds {', '.join(sorted(withheld))})"
     columns = [pa.array([source] * n), pa.array([number for number, _ in malformed], pa.int64()),
                pa.nulls(n, pa.string()), pa.array([Reason.MALFORMED_ROW.value] * n),
-               pa.array([f"wrong number of fields: {text}" for _, text in malformed], pa.string())]
+               pa.array([f"wrong number of fields: {not_kept if withheld else text}" for _, text in malformed],
+                        pa.string())]
     columns += [pa.nulls(n, pa.string()) for _ in table.column_names]
     return pa.RecordBatch.from_arrays(columns, schema=_rejects_schema(table))
 
@@ -373,7 +387,8 @@ def _ingest_table(table: Table, sources: list[Path], stage: Path, context: Check
                         numbers = _record_numbers(numbers, csv_reader.malformed)
                     columns = [pa.array([str(path)] * len(rejected_rows), pa.string()), pa.array(numbers, pa.int64()),
                                verdict.column.take(take), verdict.reason.take(take), verdict.detail.take(take)]
-                    columns += [_as_text(raw.column(name)).take(take) for name in table.column_names]
+                    columns += [pa.nulls(len(rejected_rows), pa.string()) if name in _withheld(table)
+                                else _as_text(raw.column(name)).take(take) for name in table.column_names]
                     rejects_out.write_batch(pa.RecordBatch.from_arrays(columns, schema=_rejects_schema(table)))
                     reasons.update(verdict.reason.take(take).to_pylist())
                 report.rows_in += n

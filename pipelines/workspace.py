@@ -9,6 +9,10 @@ Layout (kept by every stage)::
     WS/ingest-report.json     rows in / accepted / rejected per table of the last ingest
     WS/ledger.sqlite          consent and privacy-budget ledgers, audit log
 
+Owner-only: opening a workspace tightens the process umask to 077 (``profiling.file_modes``), so
+every folder a stage creates is 0700 and every file 0600 (the ledger's ``-wal``/``-shm`` take the
+ledger's mode); each stage also takes group and other permissions off the root and the ledger.
+
 Folders are replaced whole: a stage writes into a staging folder inside the workspace and
 ``publish`` renames the results into place, so a failed or interrupted stage leaves the
 previous contents as they were. Hidden entries (``.staging-*``, ``.retired-*``, ``.lock``) are the
@@ -31,6 +35,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from profiling.errors import WorkspaceError
+from profiling.file_modes import make_owner_only, restrict_to_owner
 from profiling.schema import TABLE_NAMES, arrow_schema
 
 __all__ = ["Workspace", "write_json_atomic"]
@@ -53,10 +58,14 @@ def write_json_atomic(path: Path, payload: object) -> None:
 
 
 class Workspace:
-    """Paths of one workspace folder (default ``./portrait-workspace``)."""
+    """Paths of one workspace folder (default ``./portrait-workspace``).
+
+    Creating one tightens the process umask to 077, so what is written from then on is owner-only.
+    """
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
+        restrict_to_owner()
 
     def __repr__(self) -> str:
         return f"Workspace({str(self.root)!r})"
@@ -82,6 +91,11 @@ class Workspace:
     def ledger(self) -> Path:
         return self.root / "ledger.sqlite"
 
+    def holds(self, path: str | os.PathLike) -> bool:
+        """True when ``path``, symlinks resolved (also where it does not exist yet), is the workspace or inside it."""
+        root, target = self.root.resolve(), Path(path).resolve()
+        return target == root or root in target.parents
+
     def require_ingested(self) -> None:
         """Raise ``WorkspaceError`` unless every raw table has been ingested."""
         missing = [t for t in TABLE_NAMES if not self.ingested(t).is_dir()]
@@ -106,6 +120,7 @@ class Workspace:
         Also clears what killed jobs left behind (see ``sweep``) before the new work starts.
         """
         self.root.mkdir(parents=True, exist_ok=True)
+        make_owner_only(self.root, *(self.ledger.with_name(self.ledger.name + end) for end in ("", "-wal", "-shm")))
         self.sweep()
         folder = self.root / f".staging-{os.getpid()}-{uuid.uuid4().hex}"
         folder.mkdir()

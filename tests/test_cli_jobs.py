@@ -72,7 +72,8 @@ def test_dp_explains_without_charging_then_releases_with_a_charge(demo, capsys):
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["run", "--workspace", "nowhere"], "no as-of moment"),
-    (["dp", "--table", "nosuch", "--as-of", "2026-11-01", "--epsilon", "1", "--count"], "does not exist"),
+    (["dp", "--table", "nosuch", "--as-of", "2026-11-01", "--epsilon", "1", "--count"],
+     "is not a table of the analytics zone; use one of catalogue, accounts"),
     (["dp", "--table", "orders", "--as-of", "2026-11-01", "--epsilon", "1", "--sum", "amount:0"], "expected 3 parts"),
 ])
 def test_mistakes_are_one_line_and_exit_2(demo, capsys, argv, message):

@@ -57,6 +57,7 @@ def test_unknown_purpose_lists_the_known_ones(tmp_path, capsys):
 
 
 def test_show_of_unknown_account_and_bad_time(tmp_path, capsys):
+    _run(capsys, "consent", "accept-policy", "--account", "A1", "--workspace", str(tmp_path / "ws"))  # a ledger
     code, out, _ = _run(capsys, "consent", "show", "--account", "A404", "--workspace", str(tmp_path / "ws"))
     assert code == 0 and "no consent events" in out and "no_consent_record" in out
     code, _, err = _run(capsys, "consent", "grant", "--account", "A1", "--purpose", "personalization",

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-__all__ = ["DEFAULT_WORKSPACE", "add_workspace_argument", "format_stages", "format_table", "show_progress"]
+from pipelines.workspace import Workspace
+from profiling.errors import WorkspaceError
+
+__all__ = ["DEFAULT_WORKSPACE", "add_workspace_argument", "existing_ledger", "existing_workspace", "format_stages",
+           "format_table", "outside_workspace", "show_progress"]
 
 DEFAULT_WORKSPACE = "portrait-workspace"
 
@@ -14,6 +20,35 @@ DEFAULT_WORKSPACE = "portrait-workspace"
 def add_workspace_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workspace", default=DEFAULT_WORKSPACE,
                         help=f"workspace folder (default {DEFAULT_WORKSPACE})")
+
+
+def existing_workspace(path: str | os.PathLike) -> Workspace:
+    """The workspace at ``path``, for a command that must not create one (a mistyped path creates nothing)."""
+    workspace = Workspace(path)
+    if not workspace.root.is_dir():
+        raise WorkspaceError(f"workspace {workspace.root} does not exist (check --workspace); a workspace is "
+                             f"created by `portrait ingest --raw DIR --workspace {workspace.root}`")
+    return workspace
+
+
+def existing_ledger(workspace: Workspace) -> Path:
+    """The workspace's ledger file, for a command that only reads it (it is not created)."""
+    if not workspace.ledger.is_file():
+        raise WorkspaceError(f"workspace {workspace.root} has no ledger yet ({workspace.ledger.name}): nothing has "
+                             f"been recorded there; `portrait run --workspace {workspace.root} ...` creates it")
+    return workspace.ledger
+
+
+def outside_workspace(path: str | os.PathLike, workspace: Workspace, option: str = "--out") -> Path:
+    """``path`` for files written for people, refused (before anything is written) when it lies in the workspace.
+
+    Stages replace the workspace's folders whole, and its zones must hold only what the stages wrote:
+    an export there would be lost or would break the next run. Symlinks are resolved first.
+    """
+    if workspace.holds(path):
+        raise WorkspaceError(f"{option} {path} lies inside the workspace {workspace.root}; "
+                             f"write to a folder outside the workspace")
+    return Path(path)
 
 
 def show_progress(args: argparse.Namespace) -> bool:

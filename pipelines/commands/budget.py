@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from dp import BudgetLedger, build_review, write_review
 from dp.budget import DEFAULT_PERIOD
-from pipelines.commands._shared import add_workspace_argument, format_table
+from pipelines.commands._shared import (
+    add_workspace_argument,
+    existing_ledger,
+    existing_workspace,
+    format_table,
+    outside_workspace,
+)
 from pipelines.workspace import Workspace
 
 __all__ = ["register"]
@@ -15,6 +20,11 @@ __all__ = ["register"]
 
 def _ledger(args: argparse.Namespace) -> BudgetLedger:
     return BudgetLedger(Workspace(args.workspace).ledger)
+
+
+def _existing_ledger(args: argparse.Namespace) -> BudgetLedger:
+    """The ledger of an existing workspace, for the commands that only read it (nothing is created)."""
+    return BudgetLedger(existing_ledger(existing_workspace(args.workspace)))
 
 
 def _show_value(value) -> str:
@@ -30,7 +40,7 @@ def _set(args: argparse.Namespace) -> None:
 
 
 def _show(args: argparse.Namespace) -> None:
-    review = build_review(_ledger(args))
+    review = build_review(_existing_ledger(args))
     rows = [{"dataset": d["dataset"], "period": d["period"], "measure": d["measure"],
              **{f"{n} budget": _show_value(d["budget"][n]) for n in ("epsilon", "delta", "rho")},
              **{f"{n} spent": _show_value(d["spent"][n]) for n in ("epsilon", "delta", "rho")},
@@ -42,7 +52,8 @@ def _show(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    paths = write_review(_ledger(args), Path(args.out))
+    out = outside_workspace(args.out, Workspace(args.workspace))
+    paths = write_review(_existing_ledger(args), out)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 
-from pipelines.commands._shared import add_workspace_argument, format_table
+from pipelines.commands._shared import add_workspace_argument, existing_ledger, existing_workspace, format_table
 from pipelines.run import load_consent_events, parse_as_of
 from pipelines.workspace import Workspace
 from profiling.consent import (
@@ -69,6 +69,7 @@ def consent_rows(store: SqliteConsentStore, account_id: str, as_of: dt.datetime)
 def _show(args: argparse.Namespace) -> None:
     as_of = _moment(args.as_of)
     account = args.account.strip()
+    existing_ledger(existing_workspace(args.workspace))  # showing creates nothing
     with _store(args) as store:
         rows = consent_rows(store, account, as_of)
         history = store.history(account)

@@ -12,12 +12,11 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from dp import BudgetLedger, PrivateSession
-from pipelines.commands._shared import add_workspace_argument, format_table
+from pipelines.commands._shared import add_workspace_argument, existing_workspace, format_table
 from pipelines.run import parse_as_of
-from pipelines.workspace import Workspace
 from profiling.consent import ConsentGate, SqliteConsentStore
 from profiling.keys import load_master_key
-from profiling.schema import TABLES
+from profiling.schema import TABLE_NAMES, TABLES
 
 __all__ = ["register"]
 
@@ -43,11 +42,13 @@ def _public_keys(table: str, column: str) -> list | None:
 
 
 def _query(args: argparse.Namespace) -> None:
-    workspace = Workspace(args.workspace)
+    if args.table not in TABLE_NAMES:
+        raise ValueError(f"--table {args.table!r} is not a table of the analytics zone; use one of "
+                         f"{', '.join(TABLE_NAMES)}")
+    workspace = existing_workspace(args.workspace)
     folder = workspace.pseudonymized(args.table)
     if not folder.is_dir():
-        raise ValueError(f"{folder} does not exist; run `portrait run` first, or pick one of "
-                         f"{', '.join(sorted(p.name for p in folder.parent.glob('*')))}")
+        raise ValueError(f"{folder} does not exist; run `portrait run --workspace {workspace.root} ...` first")
     key = load_master_key(args.key_file)
     with SqliteConsentStore(workspace.ledger) as store:
         decision = ConsentGate(store).decide(args.purpose, parse_as_of(args.as_of), job="portrait dp")
@@ -91,7 +92,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                     "`portrait dp --table orders --by category --count --sum amount:0:2000 --epsilon 0.2 "
                     "--key-file K --as-of 2026-11-01`.")
     add_workspace_argument(parser)
-    parser.add_argument("--table", required=True, help="analytics-zone table, e.g. orders or waybills")
+    parser.add_argument("--table", required=True, help=f"analytics-zone table: {', '.join(TABLE_NAMES)}")
     parser.add_argument("--dataset", default="orders", help="budget the release is charged to (default orders)")
     parser.add_argument("--key-file", help="master key file (default: the PORTRAIT_MASTER_KEY variable)")
     parser.add_argument("--as-of", required=True, help="moment the consent gate answers for, ISO 8601")

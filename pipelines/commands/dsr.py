@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.commands._shared import add_workspace_argument, format_table
+from pipelines.commands._shared import add_workspace_argument, existing_workspace, format_table, outside_workspace
 from pipelines.dsr import correct_account, erase_account, export_account
 from pipelines.workspace import Workspace
 from profiling.keys import load_master_key
@@ -13,7 +13,9 @@ __all__ = ["register"]
 
 
 def _export(args: argparse.Namespace) -> None:
-    bundle = export_account(Workspace(args.workspace), args.account, load_master_key(args.key_file), args.out)
+    workspace = existing_workspace(args.workspace)
+    out = outside_workspace(args.out, workspace)
+    bundle = export_account(workspace, args.account, load_master_key(args.key_file), out)
     rows = [{"section": name, "rows": len(rows)} for name, rows in sorted(bundle["tables"].items())]
     rows += [{"section": "consent_history", "rows": len(bundle["consent_history"])},
              {"section": "requests", "rows": len(bundle["requests"])}]
@@ -50,7 +52,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         return parser
 
     export = request("export", "write everything held about the account (JSON bundle + CSV per table)", _export)
-    export.add_argument("--out", required=True, help="new folder for the bundle")
+    export.add_argument("--out", required=True, help="new folder, outside the workspace, for the bundle")
     correct = request("correct", "correct one field of the account's ingested row", _correct)
     correct.add_argument("--field", required=True, help="column of accounts, e.g. email")
     correct.add_argument("--value", required=True, help="new value, written as in a CSV file")

@@ -7,7 +7,7 @@ import argparse
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from pipelines.commands._shared import format_stages, format_table
+from pipelines.commands._shared import existing_workspace, format_stages, format_table
 from pipelines.commands._shared import show_progress as _progress
 from pipelines.config import ConfigError, JobConfig, load_config
 from pipelines.run import parse_as_of, run_pipeline
@@ -39,6 +39,8 @@ def _recommend(args: argparse.Namespace) -> None:
 
 
 def _show(workspace: Workspace, account: str, config: JobConfig) -> None:
+    if not existing_workspace(workspace.root).outputs("recommendations").is_dir():
+        raise ConfigError(f"workspace {workspace.root} has no recommendation lists yet; run `portrait run` first")
     person = pseudonymize_one(account, load_master_key(config.key_file), PERSON, identifier="account_id")
     lists = ds.dataset(workspace.outputs("recommendations"), format="parquet").to_table(
         filter=pc.field("person_id") == person)
