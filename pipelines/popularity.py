@@ -41,7 +41,7 @@ def read_popularity(workspace: Workspace) -> pd.Series | None:
     folder = workspace.outputs("popularity")
     if not folder.is_dir():
         return None
-    table = ds.dataset(folder, format="parquet").to_table()
+    table = ds.dataset(workspace.verified(folder), format="parquet").to_table()
     return pd.Series(table.column("buyers").to_numpy(), index=table.column("item_id").to_pylist(), name="buyers")
 
 

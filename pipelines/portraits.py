@@ -60,7 +60,7 @@ def write_identity(workspace: Workspace, eligible: pa.Table, linking_persons: pa
     Links are all the analytics zone's device events with a person signed in, whatever their time:
     a device joins an identity only when one account ever signed in on it (``build_identity_graph``).
     """
-    links = ds.dataset(workspace.pseudonymized("device_events"), format="parquet").to_table(
+    links = ds.dataset(workspace.verified(workspace.pseudonymized("device_events")), format="parquet").to_table(
         columns=["device_id", "person_id"], filter=pc.field("person_id").is_valid())
     graph = build_identity_graph(links, eligible.column("person_id"), linking_persons)
     # rows: (person_id, identity_id, cross_device_sync)
@@ -78,7 +78,7 @@ def write_identity(workspace: Workspace, eligible: pa.Table, linking_persons: pa
 def read_identity(workspace: Workspace) -> tuple[pa.Table, pa.Table]:
     """``(persons, devices)`` of the last identity stage: ``person_id, identity_id, cross_device_sync``
     and ``device_id, identity_id``."""
-    folder = workspace.outputs(IDENTITY)
+    folder = workspace.verified(workspace.outputs(IDENTITY))
     return (ds.dataset(folder / "persons", format="parquet").to_table(),
             ds.dataset(folder / "devices", format="parquet").to_table())
 
@@ -105,10 +105,10 @@ def write_portraits(workspace: Workspace, eligible: pa.Table, *, as_of, progress
         raise ValueError(f"{missing} eligible persons are not in {workspace.outputs(IDENTITY)}; "
                          "run the identity stage at the same as-of moment first")
     persons = _eligible_persons(eligible, identity_persons)
-    device_types = ds.dataset(workspace.pseudonymized("devices"), format="parquet").to_table(
+    device_types = ds.dataset(workspace.verified(workspace.pseudonymized("devices")), format="parquet").to_table(
         columns=["device_id", "device_type"])
     devices = identity_devices.join(device_types, "device_id", join_type="inner")
-    sources = {name: ds.dataset(workspace.pseudonymized(name), format="parquet")
+    sources = {name: ds.dataset(workspace.verified(workspace.pseudonymized(name)), format="parquet")
                for name in ("orders", "waybills", "device_events")}
     partitions = max(1, math.ceil(sources["orders"].count_rows() / rows_per_partition))
     if engine is not None and engine.name == "spark":

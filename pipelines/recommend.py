@@ -75,7 +75,8 @@ def _analytics_table(workspace: Workspace, table: str) -> ds.Dataset:
     if not Path(folder).is_dir():
         raise WorkspaceError(f"{folder} is missing: the recommendation stage reads the pseudonymized {table}; "
                              f"run the pseudonymization stage first")
-    return ds.dataset(folder, format="parquet")
+    verified = getattr(workspace, "verified", None)
+    return ds.dataset(verified(folder) if verified else folder, format="parquet")
 
 
 def _columns(dataset: ds.Dataset, table: str, needed: list[str]) -> None:

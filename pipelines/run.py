@@ -121,7 +121,7 @@ def _verify_ingested(context: RunContext) -> list[dict]:
     report = json.loads(workspace.ingest_report.read_text(encoding="utf-8"))["tables"]
     rows = []
     for name in TABLE_NAMES:
-        files = sorted(workspace.ingested(name).glob("*.parquet"))
+        files = sorted(workspace.verified(workspace.ingested(name)).glob("*.parquet"))
         count = 0
         for path in files:
             metadata = pq.read_metadata(path)
@@ -142,7 +142,7 @@ def load_consent_events(workspace: Workspace) -> LoadReport:
     Files already loaded whole (same content, nothing erased since) are not read again.
     """
     workspace.require_ingested()
-    files = sorted(workspace.ingested("consent_events").glob("*.parquet"))
+    files = sorted(workspace.verified(workspace.ingested("consent_events")).glob("*.parquet"))
     fingerprint = _fingerprint(files)
     with SqliteConsentStore(workspace.ledger) as store:
         if store.has_loaded(fingerprint):
@@ -187,16 +187,14 @@ def _k_anonymity(context: RunContext) -> list[dict]:
     attributes would face, and is written to ``WS/k-anonymity-report.json``.
     """
     workspace = context.workspace
-    dataset = ds.dataset(workspace.pseudonymized("accounts"), format="parquet")
+    dataset = ds.dataset(workspace.verified(workspace.pseudonymized("accounts")), format="parquet")
     quasi_identifiers = default_quasi_identifiers(dataset.schema.names)
     result = enforce_k_anonymity(dataset.to_table(columns=quasi_identifiers), quasi_identifiers, k=DEFAULT_K)
-    report = {"table": "pseudonymized/accounts", "k": result.k, "quasi_identifiers": list(result.quasi_identifiers),
-              "rows": result.rows_kept + result.rows_suppressed, "classes": result.classes,
-              "smallest_class": result.smallest_class, "rows_in_classes_below_k": result.rows_suppressed,
-              "class_sizes": [{"size": size, "classes": count} for size, count in sorted(result.class_sizes.items())]}
+    report = {"table": "pseudonymized/accounts", **result.report(), "rows_in_classes_below_k": result.rows_suppressed}
     write_json_atomic(workspace.root / "k-anonymity-report.json", report)
-    return [{"stage": "k-anonymity", "table": "accounts", "rows": report["rows"], "classes": result.classes,
-             "smallest_class": result.smallest_class, f"rows_below_k{result.k}": result.rows_suppressed}]
+    return [{"stage": "k-anonymity", "table": "accounts", "quasi_identifiers": "+".join(result.quasi_identifiers),
+             "rows": report["rows"], "classes": result.classes, "smallest_class": result.smallest_class,
+             f"rows_below_k{result.k}": result.rows_suppressed}]
 
 
 def _population(context: RunContext) -> pa.ChunkedArray:

@@ -16,7 +16,9 @@ ledger's mode); each stage also takes group and other permissions off the root a
 Folders are replaced whole: a stage writes into a staging folder inside the workspace and
 ``publish`` renames the results into place, so a failed or interrupted stage leaves the
 previous contents as they were. Hidden entries (``.staging-*``, ``.retired-*``, ``.lock``) are the
-machinery of that and are cleared by the next stage that runs.
+machinery of that and are cleared by the next stage that runs. ``publish`` also writes a
+``_manifest.json`` (each file's size and SHA-256) into every folder it publishes, and readers
+check it through ``verified`` (``pipelines.manifest``): a damaged file stops the stage, named.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from pipelines.manifest import verify_folder, write_manifests
 from profiling.errors import WorkspaceError
 from profiling.file_modes import make_owner_only, restrict_to_owner
 from profiling.schema import TABLE_NAMES, arrow_schema
@@ -105,10 +108,17 @@ class Workspace:
                 f"run `portrait ingest --raw DIR --workspace {self.root}` first"
             )
 
+    def verified(self, folder: Path) -> Path:
+        """``folder`` (published by this workspace), after checking it against its manifests; a
+        ``DamagedFolderError`` names a damaged, missing or unlisted file and the command that rebuilds it."""
+        zone = Path(folder).relative_to(self.root).parts[0]
+        command = "ingest --raw DIR" if zone == "ingested" else "run"
+        return verify_folder(Path(folder), rebuild=f"rerun `portrait {command} --workspace {self.root}` to rebuild it")
+
     def dataset(self, table: str) -> ds.Dataset:
-        """The ingested rows of ``table`` as a pyarrow dataset (read lazily, in batches)."""
+        """The ingested rows of ``table`` as a pyarrow dataset (read lazily, in batches), checked first."""
         self.require_ingested()
-        return ds.dataset(self.ingested(table), format="parquet", schema=arrow_schema(table))
+        return ds.dataset(self.verified(self.ingested(table)), format="parquet", schema=arrow_schema(table))
 
     def read(self, table: str, columns: list[str] | None = None) -> pa.Table:
         return self.dataset(table).to_table(columns=columns)
@@ -135,11 +145,12 @@ class Workspace:
         All old folders are moved aside first, then all new ones moved in, then the old ones
         deleted, under an exclusive lock on the workspace. A reader never sees a half-written
         folder; a job killed midway leaves the old folders aside, and ``sweep`` puts back any
-        whose replacement never arrived.
+        whose replacement never arrived. Each staged folder gets its manifests first.
         """
         for destination, staged in replacements.items():
             if not staged.is_dir():
                 raise WorkspaceError(f"nothing staged for {destination}")
+            write_manifests(staged)
         with self._lock():
             retired = []
             for destination in replacements:

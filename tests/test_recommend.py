@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
 
+from pipelines.manifest import write_manifests
 from pipelines.recommend import (
     CATALOGUE_RANKING,
     MARKETING_AUDIENCE_SCHEMA,
@@ -78,6 +79,7 @@ def build_zone(root, orders_of=None, province_of=None):
         folder = root / "pseudonymized" / name
         folder.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, folder / "part-0.parquet")
+        write_manifests(folder)  # as Workspace.publish does
     return Workspace(root)
 
 

@@ -53,7 +53,7 @@ def _query(args: argparse.Namespace) -> None:
     with SqliteConsentStore(workspace.ledger) as store:
         decision = ConsentGate(store).decide(args.purpose, parse_as_of(args.as_of), job="portrait dp")
     # rows: (person_id, the aggregated columns) of persons whose consent holds
-    table = ds.dataset(folder, format="parquet").to_table(
+    table = ds.dataset(workspace.verified(folder), format="parquet").to_table(
         filter=pc.field("person_id").isin(decision.person_ids(key)))
     session = PrivateSession(table, dataset=args.dataset, ledger=BudgetLedger(workspace.ledger),
                              analyst=args.analyst, purpose=args.purpose)

@@ -42,7 +42,7 @@ def _show(workspace: Workspace, account: str, config: JobConfig) -> None:
     if not existing_workspace(workspace.root).outputs("recommendations").is_dir():
         raise ConfigError(f"workspace {workspace.root} has no recommendation lists yet; run `portrait run` first")
     person = pseudonymize_one(account, load_master_key(config.key_file), PERSON, identifier="account_id")
-    lists = ds.dataset(workspace.outputs("recommendations"), format="parquet").to_table(
+    lists = ds.dataset(workspace.verified(workspace.outputs("recommendations")), format="parquet").to_table(
         filter=pc.field("person_id") == person)
     if not lists.num_rows:
         print(f"account {account} has no list: no consent to be served as of the last run, or not in the workspace")

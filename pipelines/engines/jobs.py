@@ -153,9 +153,9 @@ def release_item_buyers(engine: Engine, workspace: Workspace, persons: pa.Array,
     """
     if isinstance(persons, pa.ChunkedArray):
         persons = persons.combine_chunks()
-    catalogue = ds.dataset(workspace.pseudonymized("catalogue"), format="parquet").to_table(columns=["item_id"])
+    catalogue = ds.dataset(workspace.verified(workspace.pseudonymized("catalogue")), format="parquet").to_table(columns=["item_id"])
     keys = catalogue.column("item_id").to_pylist()
-    orders = engine.read(workspace.pseudonymized("orders"), columns=["order_id", "placed_at", "items"],
+    orders = engine.read(workspace.verified(workspace.pseudonymized("orders")), columns=["order_id", "placed_at", "items"],
                          key="person_id", partitions=partitions)
     # rows: (person_id, order_id, placed_at, items), partitioned by person
     bought = engine.map(orders, purchases_kernel(persons=engine.broadcast(persons), before=as_of))
