@@ -36,7 +36,6 @@ from profiling.ledger_chain import (
     verify,
 )
 from profiling.errors import WorkspaceError
-from profiling.errors import WorkspaceError
 from profiling.schema import TIMESTAMP
 
 __all__ = ["CHAINED_TABLES", "SqliteConsentStore", "ledger_connection"]
