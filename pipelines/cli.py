@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipelines.commands import budget, consent, dp_query, dsr, export, keys, recommend
+from pipelines.commands import budget, consent, dp_query, dsr, export, keys, ledger, recommend
 from pipelines.commands._shared import DEFAULT_WORKSPACE, format_stages, format_table
 from pipelines.commands._shared import show_progress as _progress
 from dp import BudgetLedger, write_review
@@ -33,7 +33,7 @@ from profiling.keys import ENV_VAR, create_key_file, load_master_key
 __all__ = ["build_parser", "job_config", "main"]
 
 # Modules whose ``register(commands)`` adds their subcommands, in the order help lists them.
-COMMAND_MODULES = (recommend, dp_query, budget, consent, dsr, export, keys)
+COMMAND_MODULES = (recommend, dp_query, budget, ledger, consent, dsr, export, keys)
 
 
 def _ingest_rows(reports) -> list[dict]:

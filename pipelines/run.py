@@ -323,6 +323,8 @@ def run_pipeline(workspace: Workspace, key_file: str | Path | None, as_of: dt.da
                                "keep keys apart from data")
         key_file = key_path
     key = load_master_key(key_file)
+    with SqliteConsentStore(workspace.ledger) as store:
+        store.require_intact()   # no stage runs on a consent history edited outside Portrait
     summary: list[dict] = apply_budgets(workspace, config)
     with contextlib.ExitStack() as stack:
         options = config.engine_options() if config.engine == "spark" else {"workspace": workspace,

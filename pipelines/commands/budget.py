@@ -63,7 +63,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     set_cmd = actions.add_parser("set", help="set (or replace) the budget of a dataset for a period")
     add_workspace_argument(set_cmd)
-    set_cmd.add_argument("--dataset", required=True, help="dataset name the releases are charged to, e.g. orders")
+    set_cmd.add_argument("--dataset", required=True, help="registered dataset: the analytics-zone table whose "
+                         "releases are charged to it, e.g. orders")
     set_cmd.add_argument("--period", default=DEFAULT_PERIOD, help=f"period label, e.g. 2026-11 (default {DEFAULT_PERIOD})")
     set_cmd.add_argument("--epsilon", type=float, help="total epsilon (basic composition)")
     set_cmd.add_argument("--delta", type=float, default=0.0, help="total delta with --epsilon (default 0)")
@@ -71,7 +72,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     set_cmd.add_argument("--cap-epsilon", type=float, help="per-release epsilon the review flags when exceeded")
     set_cmd.add_argument("--cap-rho", type=float, help="per-release rho the review flags when exceeded")
     set_cmd.add_argument("--set-by", help="reviewer's name (default: the login name)")
-    set_cmd.add_argument("--note", default="", help="why, for the audit trail")
+    set_cmd.add_argument("--note", default="", help="why, for the audit trail (required to replace a budget in "
+                         "force; the review flags every raise)")
     set_cmd.set_defaults(handler=_set)
 
     show = actions.add_parser("show", help="budget, spent and remaining per dataset and period, and the flags")

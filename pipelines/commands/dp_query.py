@@ -1,7 +1,8 @@
 """``portrait dp``: a differentially private aggregate of an analytics-zone table, from the command line.
 
 Only persons whose consent holds for ``--purpose`` at ``--as-of`` contribute; the release is
-charged to the ``--dataset`` budget before it is computed (``portrait budget show`` shows the spend).
+charged to the budget of the table's registered dataset before it is computed (``portrait budget
+show`` shows the spend).
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ def _query(args: argparse.Namespace) -> None:
         raise ValueError(f"--table {args.table!r} is not a table of the analytics zone; use one of "
                          f"{', '.join(TABLE_NAMES)}")
     workspace = existing_workspace(args.workspace)
+    ledger = BudgetLedger(workspace.ledger)
+    dataset = ledger.dataset_of_table(args.table).name   # the table's dataset pays, whatever the caller names
+    if args.dataset is not None and args.dataset != dataset:
+        raise ValueError(f"--dataset {args.dataset!r}: releases on table {args.table!r} are charged to dataset "
+                         f"{dataset!r}; drop --dataset or name {dataset!r}")
     folder = workspace.pseudonymized(args.table)
     if not folder.is_dir():
         raise ValueError(f"{folder} does not exist; run `portrait run --workspace {workspace.root} ...` first")
@@ -55,7 +61,7 @@ def _query(args: argparse.Namespace) -> None:
     # rows: (person_id, the aggregated columns) of persons whose consent holds
     table = ds.dataset(workspace.verified(folder), format="parquet").to_table(
         filter=pc.field("person_id").isin(decision.person_ids(key)))
-    session = PrivateSession(table, dataset=args.dataset, ledger=BudgetLedger(workspace.ledger),
+    session = PrivateSession(table, dataset=dataset, ledger=ledger,
                              analyst=args.analyst, purpose=args.purpose)
     query = session.query(epsilon=args.epsilon, delta=args.delta)
     if args.by:
@@ -80,7 +86,7 @@ def _query(args: argparse.Namespace) -> None:
     release = query.release()
     print(format_table(release.to_dict("records")))
     print(f"{decision.eligible} persons contributed; charged epsilon {args.epsilon:g}, delta {args.delta:g} to "
-          f"{args.dataset!r}; left: {session.remaining()}")
+          f"{dataset!r}; left: {session.remaining()}")
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -88,12 +94,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         "dp", help="release a differentially private count/sum/mean/quantile of an analytics-zone table",
         description="Release DP aggregates of WS/pseudonymized/<table>. Every person contributes to at most "
                     "--max-partitions groups and --max-rows rows in each; the release is epsilon-DP per person "
-                    "and charged to the --dataset budget first. Examples: "
+                    "and charged first to the budget of the table's dataset. Examples: "
                     "`portrait dp --table orders --by category --count --sum amount:0:2000 --epsilon 0.2 "
                     "--key-file K --as-of 2026-11-01`.")
     add_workspace_argument(parser)
     parser.add_argument("--table", required=True, help=f"analytics-zone table: {', '.join(TABLE_NAMES)}")
-    parser.add_argument("--dataset", default="orders", help="budget the release is charged to (default orders)")
+    parser.add_argument("--dataset", help="optional check: the dataset the table's releases are charged to "
+                        "(the table's registered dataset; anything else is refused)")
     parser.add_argument("--key-file", help="master key file (default: the PORTRAIT_MASTER_KEY variable)")
     parser.add_argument("--as-of", required=True, help="moment the consent gate answers for, ISO 8601")
     parser.add_argument("--purpose", default="product_improvement",
