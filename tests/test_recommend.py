@@ -158,11 +158,15 @@ def test_refusers_get_one_nationwide_list_ranked_by_listing_date(result):
     assert [row["ranking"] for row in summary if row["kind"] == "non-personalized"] == [CATALOGUE_RANKING]
 
 
-def test_a_refusers_province_changes_nothing(result, tmp_path):
-    _, _, before = result
-    workspace = build_zone(tmp_path, province_of=lambda p: "11" if p == "p31" else None)
-    _, after = run(workspace, marketing=MARKETING)
-    pd.testing.assert_frame_equal(before, after)
+def test_a_refusers_province_changes_nothing(tmp_path):
+    popularity = pd.Series({"i23": 90.0, "i22": 80.0, "i05": 10.0})  # i22 only in 11, i23 only in 44
+    lists = {}
+    for name, moved in (("stays", None), ("moves", lambda p: "11" if p == "p31" else None)):
+        workspace = build_zone(tmp_path / name, province_of=moved)
+        _, frame = run(workspace, marketing=MARKETING, popularity=popularity, popularity_release="r1")
+        lists[name] = frame
+    pd.testing.assert_frame_equal(lists["stays"], lists["moves"])
+    assert lists["stays"].query("person_id == 'p31'")["item_id"].tolist() == ["i05"]  # nationwide only
 
 
 def test_marketing_audience_leaves_out_dnd_and_ineligible_persons(result):
