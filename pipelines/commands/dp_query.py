@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
@@ -42,6 +43,20 @@ def _public_keys(table: str, column: str) -> list | None:
     return list(allowed) if allowed else None
 
 
+def _typed_keys(texts: list[str], table: pa.Table, column: str) -> list:
+    """``--keys`` read as the numbers a numeric column holds (text keys never match them)."""
+    if column not in table.column_names:
+        return texts
+    kind = table.schema.field(column).type
+    parse = int if pa.types.is_integer(kind) else float if pa.types.is_floating(kind) else None
+    if parse is None:
+        return texts
+    try:
+        return [parse(text) for text in texts]
+    except ValueError:
+        raise ValueError(f"--keys {','.join(texts)!r}: column {column!r} holds numbers; list numbers") from None
+
+
 def _query(args: argparse.Namespace) -> None:
     if args.table not in TABLE_NAMES:
         raise ValueError(f"--table {args.table!r} is not a table of the analytics zone; use one of "
@@ -65,7 +80,7 @@ def _query(args: argparse.Namespace) -> None:
                              analyst=args.analyst, purpose=args.purpose)
     query = session.query(epsilon=args.epsilon, delta=args.delta)
     if args.by:
-        keys = args.keys.split(",") if args.keys else _public_keys(args.table, args.by)
+        keys = _typed_keys(args.keys.split(","), table, args.by) if args.keys else _public_keys(args.table, args.by)
         query = query.group_by(args.by, keys=keys)
     query = query.bound(max_partitions=args.max_partitions, max_rows_per_partition=args.max_rows)
     if args.count:
@@ -85,8 +100,8 @@ def _query(args: argparse.Namespace) -> None:
         return
     release = query.release()
     print(format_table(release.to_dict("records")))
-    print(f"{decision.eligible} persons contributed; charged epsilon {args.epsilon:g}, delta {args.delta:g} to "
-          f"{dataset!r}; left: {session.remaining()}")
+    # no count of contributing persons: an exact count beside a release would undo its noise
+    print(f"charged epsilon {args.epsilon:g}, delta {args.delta:g} to {dataset!r}; left: {session.remaining()}")
 
 
 def register(commands: argparse._SubParsersAction) -> None:
