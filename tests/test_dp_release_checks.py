@@ -137,3 +137,30 @@ def test_valid_queries_on_the_same_columns_still_release(session):
     assert session.query(epsilon=1e-3).count().release()["count"].notna().all()
     assert len(session.ledger.charges()) == 4
     assert "rows=" not in repr(session)
+
+
+def test_the_popularity_summary_holds_only_public_figures(demo):
+    """Beside the popularity release: the catalogue's size, the epsilon and the budget left, no count of persons."""
+    import datetime as dt
+
+    import pyarrow.parquet as pq
+
+    from pipelines.engines import LocalEngine
+    from pipelines.engines.jobs import release_item_buyers
+    from pipelines.workspace import Workspace
+    from profiling.keys import load_master_key
+
+    ws, key_file = demo
+    workspace, as_of = Workspace(ws), dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+    with SqliteConsentStore(ws / "ledger.sqlite") as store:
+        persons = ConsentGate(store).decide("product_improvement", as_of, job="test").person_ids(
+            load_master_key(key_file))
+    engine = LocalEngine(workspace=workspace)
+    try:
+        summary = release_item_buyers(engine, workspace, persons, as_of, epsilon=0.1)
+    finally:
+        engine.close()
+    catalogue = pq.read_table(workspace.pseudonymized("catalogue")).num_rows
+    assert set(summary) == {"stage", "table", "rows", "epsilon", "engine", "note"}
+    assert summary["rows"] == catalogue and summary["epsilon"] == 0.1
+    assert summary["note"].startswith("budget left:") and str(len(persons)) not in summary["note"]

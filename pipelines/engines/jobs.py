@@ -145,6 +145,8 @@ def release_item_buyers(engine: Engine, workspace: Workspace, persons: pa.Array,
                         epsilon: float = EPSILON, analyst: str = "portrait run", partitions: int | None = None) -> dict:
     """Release buyers per catalogue item among ``persons`` (PERSON pseudonyms); return a summary row.
 
+    The summary holds nothing computed from persons: the catalogue's size, the epsilon, the budget left.
+
     The release of ``pipelines.popularity`` (``orders`` budget, purpose ``product_improvement``: epsilon-DP
     per person, each person counting once per item for at most ``ITEMS_PER_PERSON`` items), written to
     ``WS/outputs/popularity/``. A person's items are taken in purchase order (placed_at, order_id,
@@ -177,7 +179,8 @@ def release_item_buyers(engine: Engine, workspace: Workspace, persons: pa.Array,
         pq.write_table(released, folder / "part-0.parquet")
         workspace.publish({workspace.outputs("popularity"): folder})
     left = BudgetLedger(workspace.ledger).remaining(DATASET)
-    return {"stage": "popularity", "table": "popularity", "rows": released.num_rows, "epsilon": epsilon,
+    # public figures only: one row per catalogue item, the epsilon asked, the budget left (no count of persons)
+    return {"stage": "popularity", "table": "popularity", "rows": len(keys), "epsilon": epsilon,
             "engine": engine.name,
             "note": "budget left: " + ", ".join(f"{k} {v:.3g}" for k, v in left.items() if v is not None)}
 
