@@ -148,12 +148,13 @@ def _moment(text: str) -> datetime:
     return datetime.fromisoformat(text).astimezone(UTC).replace(tzinfo=None)
 
 
-def _plot(review: dict, path: Path) -> None:
+def _plot(review: dict, path: Path) -> tuple[datetime, datetime] | None:
     """Cumulative spend of each dataset and period as a step line, one panel each, over the span of the releases.
 
     The shared time axis covers the first to the last release (padded by a twentieth, at least
-    an hour). The dashed line is the budget in force: changes before the span set its level at the
-    left edge, changes inside it are marked (red triangle: a raise).
+    an hour: releases seconds apart do not get matplotlib's default years-wide axis). The dashed
+    line is the budget in force: changes before the span set its level at the left edge, changes
+    inside it are marked (red triangle: a raise). Returns the time axis' limits (None: no release).
     """
     import matplotlib
 
@@ -205,7 +206,9 @@ def _plot(review: dict, path: Path) -> None:
     figure.suptitle("Cumulative privacy spend (solid) and the budget in force (dashed)")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
+    limits = axes[-1].get_xlim() if released else None
     plt.close(figure)
+    return None if limits is None else tuple(mdates.num2date(x).replace(tzinfo=None) for x in limits)
 
 
 def _budget_text(budget: dict | None) -> str:

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pytest
 
 from profiling.consent import ConsentError, ConsentEvent, ConsentStore, SqliteConsentStore
+from profiling.ledger_chain import ChainBrokenError
 from profiling.schema import TIMESTAMP
 
 UTC = dt.timezone.utc
@@ -125,3 +126,49 @@ def test_cancellation_earlier_in_the_same_batch_is_final_too(path):
         assert store.events().num_rows == 0
         store.append([event(days=1), event(kind="cancel", purpose=None, days=2)], source="api")
         assert [h["event_type"] for h in store.history("A1")] == ["grant", "cancel"]
+
+
+def test_events_cannot_be_deleted_and_erasure_keeps_the_chain_whole(path):
+    with SqliteConsentStore(path) as store:
+        store.append([event("A1"), event("A2"), event("A1", days=1, kind="revoke"), event("A3")], source="api")
+        with pytest.raises(sqlite3.IntegrityError, match="never deleted"):
+            store._connection.execute("DELETE FROM consent_events WHERE event_type = 'revoke'")
+        head = store.verify()[0].head
+        assert store.erase_account("A1") == 2
+        report = store.verify()[0]
+        assert report.ok and report.rows == 4 and report.head == head   # the erased rows keep their hashes
+        assert store.events().column("account_id").to_pylist() == ["A2", "A3"]
+        kept = store._connection.execute("SELECT event_type, account_id FROM consent_events ORDER BY seq").fetchall()
+        assert [kind for kind, _ in kept] == ["redacted", "grant", "grant", "redacted"]
+        assert all(account.startswith("redacted:") for kind, account in kept if kind == "redacted")
+        store.require_intact()
+
+
+def test_a_ledger_made_before_chaining_is_migrated_once(path):
+    with sqlite3.connect(path) as db:   # the consent table as earlier versions made it, with two events
+        db.executescript("""
+            CREATE TABLE consent_events (seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE,
+                account_id TEXT NOT NULL, event_at INTEGER NOT NULL, event_type TEXT NOT NULL, purpose TEXT,
+                policy_version TEXT NOT NULL, channel TEXT NOT NULL, source TEXT NOT NULL,
+                recorded_at INTEGER NOT NULL);
+            CREATE TRIGGER consent_events_append_only BEFORE UPDATE ON consent_events
+            BEGIN SELECT RAISE(ABORT, 'consent events are append-only: record a new event instead'); END;
+            INSERT INTO consent_events (event_id, account_id, event_at, event_type, purpose, policy_version, channel,
+                source, recorded_at) VALUES ('e1', 'A1', 1, 'grant', 'personalization', 'v1', 'web', 'api', 5),
+                ('e2', 'A1', 2, 'revoke', 'personalization', 'v1', 'web', 'api', 6);
+        """)
+    with SqliteConsentStore(path) as store:
+        store.append([event("A2")], source="api")
+        report = store.verify()[0]
+        assert report.ok and report.rows == 3 and report.migrated_rows == 2
+        assert store.erase_account("A1") == 2 and store.verify()[0].ok   # the old trigger no longer blocks it
+
+
+def test_an_event_inserted_outside_the_application_breaks_the_chain(path):
+    with SqliteConsentStore(path) as store:
+        store.append([event("A1", kind="revoke")], source="api")
+        store._connection.execute("INSERT INTO consent_events (event_id, account_id, event_at, event_type, purpose, "
+                                  "policy_version, channel, source, recorded_at) VALUES ('x', 'A1', 9, 'grant', "
+                                  "'personalization', 'v1', 'web', 'api', 9)")
+        with pytest.raises(ChainBrokenError, match="not sealed"):
+            store.require_intact()
