@@ -1,22 +1,22 @@
 """Data-subject requests: export everything held about one account, correct it, or erase it for good.
 
-What belongs to a person is found through the field registry (``profiling.schema``), never through
-column-name lists: their account id (every field whose ``identifier`` is ``"account_id"``), the
-devices they signed in on, their orders, and the waybills of their account or orders or that name
-their phone (as shipper or receiver: the customs ID number on them is theirs). Those raw ids
-and their pseudonyms (every key version, every domain the door and the stages use) are matched
-against every string column of every Parquet file under the workspace, so zones added later (the
-ID-number vault, new outputs) are covered without changes here.
+What belongs to a person, what names them among others and what is others' is decided by
+``pipelines.dsr_scope``: an export holds their own rows (and, of a waybill someone else sent that
+names them, only their party's columns), never another person's account id, pseudonym or events;
+an erasure removes their own rows, blanks their party on others' waybills, and leaves rows about
+several persons (listed in the report) for the next run to rebuild.
 
-Erasure writes a tombstone first (``dsr_tombstones``: the TOMBSTONE pseudonym of the account id and
-the moment, nothing else), then rewrites every affected folder in staging and publishes them
-together, then removes the account's consent events and requests from the ledger. Ingest reads
-the tombstones (with the master key) and drops the person's rows, so replaying the raw source does
-not bring them back.
+Erasure writes tombstones first (``pipelines.dsr_overlay``: the TOMBSTONE pseudonyms, keyed by the
+key file's tombstone secret, of their account id, phones and own devices; nothing else), then
+rewrites every affected folder in staging and publishes them together, then removes the account's
+consent events, requests and corrections from the ledger. Ingest drops every row the tombstones
+lead to, whatever key versions were rotated or destroyed since, so replaying the raw source does
+not bring them back. Corrections are recorded as an overlay every later ingest applies.
 
 Ledger tables (``WS/ledger.sqlite``, identifiable zone): ``dsr_requests`` (one row per request:
 account, kind, field, when), ``dsr_stale`` (persons whose derived data must be recomputed after a
-correction, with their PERSON pseudonym for the analytics zone) and ``dsr_tombstones``.
+correction, with their PERSON pseudonym for the analytics zone), and those of ``pipelines.dsr_overlay``
+(``dsr_erased_ids``, ``dsr_corrections``).
 """
 
 from __future__ import annotations
@@ -34,15 +34,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from pipelines.dsr_overlay import REDACTED, create_overlay_tables, load_tombstones, record_tombstones
+from pipelines.dsr_scope import LINK_KINDS, DsrError, LinkedIdentifiers, linked_identifiers, subject_rows
 from pipelines.workspace import Workspace
 from profiling.consent.sqlite_store import SqliteConsentStore, ledger_connection
 from profiling.csv_cells import write_csv_rows
-from profiling.errors import PortraitError
 from profiling.keys import MasterKey
-from profiling.pseudonyms import DEVICE, MARKETING, ORDER, PERSON, TOMBSTONE, WAYBILL, normalize, pseudonymize
+from profiling.pseudonyms import PERSON, pseudonymize
 from profiling.schema import TABLES
 from profiling.validation import CheckContext, check_batch, coerce_column
 
@@ -54,14 +54,10 @@ __all__ = [
     "export_account",
     "correct_account",
     "erase_account",
-    "tombstone_ids",
-    "erased_accounts",
+    "LINK_KINDS",
     "stale_persons",
     "clear_stale",
 ]
-
-# Kinds of identifier that link rows to a person, and the pseudonym domain of each in the analytics zone.
-LINK_KINDS: dict[str, str] = {"account_id": PERSON, "device_id": DEVICE, "order_id": ORDER, "waybill_id": WAYBILL}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dsr_requests (
@@ -77,38 +73,7 @@ CREATE TABLE IF NOT EXISTS dsr_stale (
     field      TEXT NOT NULL,
     since      TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS dsr_tombstones (
-    tombstone_id TEXT PRIMARY KEY, -- TOMBSTONE pseudonym of the erased account id (one per key version)
-    erased_at    TEXT NOT NULL
-);
 """
-
-
-class DsrError(PortraitError):
-    """A data-subject request that cannot be carried out as asked (unknown account, bad correction ...)."""
-
-
-@dataclass(frozen=True)
-class LinkedIdentifiers:
-    """Raw ids that lead to one person's rows, by identifier kind (``LINK_KINDS``, plus ``phone`` and ``email``)."""
-
-    account_id: str
-    ids: dict[str, frozenset[str]]
-
-    def raw_values(self) -> set[str]:
-        return {value for values in self.ids.values() for value in values}
-
-    def pseudonyms(self, key: MasterKey) -> set[str]:
-        """Every pseudonym of these ids: each key version, each kind's domain (and MARKETING for the account)."""
-        found: set[str] = set()
-        for version in key.versions:
-            for kind, domain in LINK_KINDS.items():
-                values = sorted(self.ids.get(kind, ()))
-                if values:
-                    found.update(pseudonymize(values, key, domain, identifier=kind, version=version).to_pylist())
-            found.update(pseudonymize([self.account_id], key, MARKETING, identifier="account_id",
-                                      version=version).to_pylist())
-        return found
 
 
 @dataclass
@@ -120,124 +85,25 @@ class ErasureReport:
     consent_events_removed: int = 0
     requests_removed: int = 0
     tombstones: int = 0
+    # Rows of others' waybills naming the person, whose party (name, phone, address) was blanked.
+    rows_redacted: dict[str, int] = field(default_factory=dict)
+    # Rows about the person and others together (a portrait over several persons): neither exported
+    # nor deleted; the next run rebuilds them from inputs that no longer hold the person.
+    rows_shared: dict[str, int] = field(default_factory=dict)
     # Files other than Parquet and SQLite (reports, exports) that still name the person: erase cannot
     # rewrite formats it does not know, so it lists them for a person to remove.
     other_files_naming_them: list[str] = field(default_factory=list)
 
 
-# --- finding a person's rows -------------------------------------------------------------------------
-
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-def _read_ingested(workspace: Workspace, table: str, columns: list[str]) -> pa.Table | None:
-    folder = workspace.ingested(table)
-    if not folder.is_dir():
-        return None
-    return ds.dataset(folder, format="parquet").to_table(columns=columns)
-
-
-def _values_where(rows: pa.Table | None, column: str, conditions: dict[str, Iterable[str]]) -> set[str]:
-    """Values of ``column`` on the rows where any ``conditions`` column holds one of its values.
-
-    Phone columns are compared in their normalized form (``profiling.pseudonyms.normalize``).
-    """
-    if rows is None or rows.num_rows == 0:
-        return set()
-    mask = np.zeros(rows.num_rows, dtype=bool)
-    for name, values in conditions.items():
-        values = sorted(values)
-        if values:
-            column_values = rows.column(name).combine_chunks()
-            if name in _PHONE_FIELDS:
-                column_values = normalize(column_values, "phone")
-            hit = pc.is_in(column_values, value_set=pa.array(values, pa.string()))
-            mask |= np.asarray(pc.fill_null(hit, False).to_numpy(zero_copy_only=False), dtype=bool)
-    return {v for v in rows.column(column).filter(pa.array(mask)).to_pylist() if v is not None}
-
-
-_PHONE_FIELDS = frozenset(f.name for f in TABLES["waybills"].fields if f.identifier == "phone")
-
-
-def linked_identifiers(workspace: Workspace, account_id: str) -> LinkedIdentifiers:
-    """The account's raw ids and those of its devices, orders and waybills, from the ingested zone.
-
-    Links follow the registry: fields whose ``identifier`` is ``account_id`` lead to orders,
-    waybills and device events; a device is the person's if any of its events was signed in to
-    the account; a waybill is the person's if it names the account or one of the person's orders,
-    or has the account's phone as shipper's or receiver's phone. ``ids`` also holds the account's
-    raw ``phone`` and ``email`` values, so rows naming them (rejects too) are found.
-    """
-    if not isinstance(account_id, str) or not account_id.strip():
-        raise DsrError(f"account id {account_id!r} is empty; give the raw account id (e.g. A0000000001)")
-    account_id = account_id.strip()
-    account = {account_id}
-    contacts = _read_ingested(workspace, "accounts", ["account_id", "phone", "email"])
-    phones = _values_where(contacts, "phone", {"account_id": account})
-    emails = _values_where(contacts, "email", {"account_id": account})
-    normalized_phones = {v for v in normalize(pa.array(sorted(phones), pa.string()), "phone").to_pylist() if v}
-    # rows: (order_id, account_id) -> the person's order ids
-    orders = _values_where(_read_ingested(workspace, "orders", ["order_id", "account_id"]), "order_id",
-                           {"account_id": account})
-    waybills = _values_where(_read_ingested(workspace, "waybills", ["waybill_id", "order_id", "account_id",
-                                                                *sorted(_PHONE_FIELDS)]),
-                             "waybill_id", {"account_id": account, "order_id": orders,
-                                            **{name: normalized_phones for name in _PHONE_FIELDS}})
-    devices = _values_where(_read_ingested(workspace, "device_events", ["device_id", "account_id"]), "device_id",
-                            {"account_id": account})
-    return LinkedIdentifiers(account_id, {"account_id": frozenset(account), "device_id": frozenset(devices),
-                                          "order_id": frozenset(orders), "waybill_id": frozenset(waybills),
-                                          "phone": frozenset(phones), "email": frozenset(emails)})
-
-
-def _parquet_files(workspace: Workspace) -> list[Path]:
-    """Every Parquet file under the workspace except the machinery of staging and publishing."""
-    if not workspace.root.is_dir():
-        return []
-    return sorted(p for p in workspace.root.rglob("*.parquet")
-                  if not any(part.startswith(".") for part in p.relative_to(workspace.root).parts))
-
-
-def _is_text(type_: pa.DataType) -> bool:
-    return pa.types.is_string(type_) or pa.types.is_large_string(type_)
-
-
-def _text_columns(schema: pa.Schema) -> list[str]:
-    """Columns of strings or of lists of strings (a portrait's linked accounts and devices)."""
-    return [f.name for f in schema
-            if _is_text(f.type) or (pa.types.is_list(f.type) and _is_text(f.type.value_type))]
-
-
-def _matching_rows(rows: pa.Table, targets: pa.Array) -> np.ndarray:
-    """True on rows where any text column, trimmed, is one of ``targets`` (or any element of a list column is)."""
-    mask = np.zeros(rows.num_rows, dtype=bool)
-    for name in _text_columns(rows.schema):
-        column = rows.column(name).combine_chunks()
-        if pa.types.is_list(column.type):
-            hit = pc.is_in(pc.utf8_trim_whitespace(pc.list_flatten(column)), value_set=targets)
-            owners = pc.list_parent_indices(column).to_numpy(zero_copy_only=False)
-            mask[owners[pc.fill_null(hit, False).to_numpy(zero_copy_only=False)]] = True
-            continue
-        hit = pc.is_in(pc.utf8_trim_whitespace(column), value_set=targets)
-        mask |= np.asarray(pc.fill_null(hit, False).to_numpy(zero_copy_only=False), dtype=bool)
-    return mask
-
-
-def _targets(workspace: Workspace, account_id: str, key: MasterKey) -> tuple[LinkedIdentifiers, pa.Array]:
+def _scoped(workspace: Workspace, account_id: str, key: MasterKey) -> tuple[LinkedIdentifiers, list]:
     if not isinstance(key, MasterKey):
         raise TypeError(f"data-subject requests need a MasterKey (from load_key_file), not {type(key).__name__}")
     linked = linked_identifiers(workspace, account_id)
-    return linked, pa.array(sorted(linked.raw_values() | linked.pseudonyms(key)), pa.string())
-
-
-def _person_rows(workspace: Workspace, targets: pa.Array) -> Iterator[tuple[Path, pa.Table, np.ndarray]]:
-    """``(file, its rows, mask of the person's rows)`` for every Parquet file holding any of them."""
-    for path in _parquet_files(workspace):
-        rows = pq.read_table(path)
-        mask = _matching_rows(rows, targets)
-        if mask.any():
-            yield path, rows, mask
+    return linked, list(subject_rows(workspace, linked, key))
 
 
 # --- the ledger's request tables ------------------------------------------------------------------------
@@ -246,7 +112,9 @@ def _person_rows(workspace: Workspace, targets: pa.Array) -> Iterator[tuple[Path
 def _ledger(workspace: Workspace) -> Iterator[sqlite3.Connection]:
     connection = ledger_connection(workspace.ledger)
     try:
-        connection.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+        connection.executescript("BEGIN IMMEDIATE;" + _SCHEMA)
+        create_overlay_tables(connection)
+        connection.execute("COMMIT")
         yield connection
     finally:
         connection.close()
@@ -260,30 +128,6 @@ def _record_request(db: sqlite3.Connection, account_id: str, kind: str, field_na
 def _rows_as_dicts(cursor: sqlite3.Cursor) -> list[dict]:
     names = [d[0] for d in cursor.description]
     return [dict(zip(names, row)) for row in cursor]
-
-
-def tombstone_ids(workspace: Workspace) -> set[str]:
-    """TOMBSTONE pseudonyms of every erased account (empty when nothing was erased or no ledger exists)."""
-    if not workspace.ledger.is_file():
-        return set()
-    with _ledger(workspace) as db:
-        return {row[0] for row in db.execute("SELECT tombstone_id FROM dsr_tombstones")}
-
-
-def erased_accounts(account_ids: pa.Array | pa.ChunkedArray, key: MasterKey, tombstones: set[str]) -> np.ndarray:
-    """True for each raw account id (trimmed) whose TOMBSTONE pseudonym, at any key version, is tombstoned."""
-    if isinstance(account_ids, pa.ChunkedArray):
-        account_ids = account_ids.combine_chunks()
-    erased = np.zeros(len(account_ids), dtype=bool)
-    if not tombstones or len(account_ids) == 0:
-        return erased
-    values = pc.utf8_trim_whitespace(account_ids.cast(pa.string()))
-    stones = pa.array(sorted(tombstones), pa.string())
-    for version in key.versions:
-        pseudonyms = pseudonymize(values, key, TOMBSTONE, identifier="account_id", version=version)
-        erased |= np.asarray(pc.fill_null(pc.is_in(pseudonyms, value_set=stones), False)
-                             .to_numpy(zero_copy_only=False), dtype=bool)
-    return erased
 
 
 def stale_persons(workspace: Workspace) -> list[dict]:
@@ -319,18 +163,26 @@ def export_account(workspace: Workspace, account_id: str, key: MasterKey, out_di
     """Write everything held about the account to ``out_dir`` (a new folder); returns the bundle.
 
     ``out_dir/bundle.json`` holds every section; ``out_dir/<zone>__<table>.csv`` one table each, and
-    ``consent_history.csv``, ``requests.csv``. Sections: rows of every Parquet file under the
-    workspace holding the person's raw ids or pseudonyms (ingested, rejects, analytics zone,
-    outputs, vault ...), the consent history, and the data-subject requests recorded for them
-    (the gate's audit log holds counts only, never a person). The request is recorded too.
+    ``consent_history.csv``, ``requests.csv``, ``corrections.csv``. Sections: their own rows of
+    every Parquet file under the workspace (ingested, rejects, analytics zone, outputs, vault ...;
+    see ``pipelines.dsr_scope``), others' waybills naming them with only their party's columns, the
+    consent history, the corrections and data-subject requests recorded for them (the gate's audit
+    log holds counts only, never a person). ``left_out`` counts, per file, rows about them and
+    others together, which are not theirs to receive. The request is recorded too.
     """
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DsrError(f"export folder {out} is not empty; pass a new folder with --out")
-    linked, targets = _targets(workspace, account_id, key)
+    linked, scopes = _scoped(workspace, account_id, key)
     tables: dict[str, list[dict]] = {}
-    for path, rows, mask in _person_rows(workspace, targets):
-        tables.setdefault(_relative_name(workspace, path), []).extend(rows.filter(pa.array(mask)).to_pylist())
+    left_out: dict[str, int] = {}
+    for scope in scopes:
+        name = _relative_name(workspace, scope.path)
+        rows = scope.rows.filter(pa.array(scope.own)).to_pylist() + scope.named_view()
+        if rows:
+            tables.setdefault(name, []).extend(rows)
+        if scope.shared.any():
+            left_out[name] = left_out.get(name, 0) + int(scope.shared.sum())
     history = []
     if workspace.ledger.is_file():
         with SqliteConsentStore(workspace.ledger) as store:
@@ -344,14 +196,17 @@ def export_account(workspace: Workspace, account_id: str, key: MasterKey, out_di
         db.execute("COMMIT")
         requests = _rows_as_dicts(db.execute("SELECT * FROM dsr_requests WHERE account_id = ? ORDER BY id",
                                              (linked.account_id,)))
+        corrections = _rows_as_dicts(db.execute("SELECT * FROM dsr_corrections WHERE account_id = ? ORDER BY id",
+                                                (linked.account_id,)))
     bundle = {"account_id": linked.account_id, "exported_at": _now().isoformat(),
               "linked_ids": {kind: sorted(values) for kind, values in linked.ids.items()},
-              "tables": tables, "consent_history": history, "requests": requests}
+              "tables": tables, "consent_history": history, "requests": requests, "corrections": corrections,
+              "left_out": left_out}
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "bundle.json", "w", encoding="utf-8") as handle:
         json.dump(bundle, handle, indent=2, sort_keys=True, default=str)
     sections = {name.replace("/", "__"): rows for name, rows in tables.items()}
-    sections.update({"consent_history": history, "requests": requests})
+    sections.update({"consent_history": history, "requests": requests, "corrections": corrections})
     for name, rows in sections.items():
         if rows:
             write_csv_rows(out / f"{name}.csv", rows)  # formula-looking text escaped; bundle.json keeps it exact
@@ -365,9 +220,10 @@ def correct_account(workspace: Workspace, account_id: str, field_name: str, valu
     """Set ``field_name`` of the account's row in ``WS/ingested/accounts/`` to ``value`` (text, as in a CSV).
 
     The value is checked by the registry's rules for that column; a bad value raises ``DsrError``
-    and nothing changes. The request is recorded in ``dsr_requests`` (without the value) and the
-    person is listed in ``dsr_stale`` so the next run recomputes their derived data. Returns the
-    corrected row.
+    and nothing changes. The request is recorded in ``dsr_requests`` (without the value), the
+    value in ``dsr_corrections`` (an overlay every later ingest applies, so re-ingesting the old
+    source does not restore the old value), and the person is listed in ``dsr_stale`` so the next
+    run recomputes their derived data. Returns the corrected row.
     """
     accounts = TABLES["accounts"]
     correctable = [f.name for f in accounts.fields if f.name != accounts.primary_key]
@@ -413,6 +269,8 @@ def correct_account(workspace: Workspace, account_id: str, field_name: str, valu
             db.execute("BEGIN IMMEDIATE")
             try:
                 _record_request(db, account_id, "correct", field_name)
+                db.execute("INSERT INTO dsr_corrections (account_id, field, value, corrected_at) VALUES (?, ?, ?, ?)",
+                           (account_id, field_name, value, _now().isoformat()))
                 db.execute("INSERT INTO dsr_stale (account_id, person_id, field, since) VALUES (?, ?, ?, ?)",
                            (account_id, person_id, field_name, _now().isoformat()))
                 workspace.publish({folder: staged})
@@ -426,35 +284,43 @@ def correct_account(workspace: Workspace, account_id: str, field_name: str, valu
 # --- erasure ----------------------------------------------------------------------------------------
 
 def erase_account(workspace: Workspace, account_id: str, key: MasterKey) -> ErasureReport:
-    """Remove the account and every row linked to it from the whole workspace, and tombstone it.
+    """Remove the subject's own rows from the whole workspace, blank them on others' rows, and tombstone them.
 
-    Order: tombstone (durable) -> every affected folder rewritten in staging and published
-    together -> the account's consent events and requests deleted from the ledger (secure delete,
-    WAL checkpointed). A failure before publishing leaves every folder as it was; the tombstone
-    alone keeps ingest from re-admitting the person, and rerunning the erasure finishes the job.
+    What is theirs is decided by ``pipelines.dsr_scope``: rows about them and others together are
+    left (``ErasureReport.rows_shared``) and nothing of anyone else is removed. Order: tombstones of
+    their account id, phones and own devices (durable; keyed by the tombstone secret, so no key
+    rotation or destruction undoes them) -> every affected folder rewritten in staging and
+    published together -> the account's consent events, requests and corrections deleted from the
+    ledger (secure delete, WAL checkpointed). A failure before publishing leaves every folder as it
+    was; the tombstones alone keep ingest from re-admitting the person, and rerunning the erasure
+    finishes the job.
     """
-    linked, targets = _targets(workspace, account_id, key)
-    found = list(_person_rows(workspace, targets))
+    if isinstance(key, MasterKey) and not key.has_tombstone_secret:
+        raise DsrError("erasure needs a key with a tombstone secret (tombstones no key rotation can undo); run "
+                       "`portrait keys rotate --key-file PATH` to add one to an older key file")
+    linked, scopes = _scoped(workspace, account_id, key)
     history = 0
     if workspace.ledger.is_file():
         with SqliteConsentStore(workspace.ledger) as store:
             history = len(store.history(linked.account_id))
-    stones = {pseudonymize([linked.account_id], key, TOMBSTONE, identifier="account_id", version=v)[0].as_py()
-              for v in key.versions}
-    if not found and not history and not tombstone_ids(workspace) & stones:
+    tombstones = load_tombstones(workspace)
+    tombstones.check_key(key)
+    already = bool(tombstones) and bool(tombstones.erased([linked.account_id], key, "account_id")[0])
+    found = [scope for scope in scopes if scope.own.any() or scope.named_rows().any()]
+    if not found and not history and not already:
         raise DsrError(f"account {linked.account_id!r} is not in workspace {workspace.root}: no rows and no "
                        f"consent history hold it; check the id")
     report = ErasureReport(linked.account_id)
-    erased_at = _now().isoformat()
     with _ledger(workspace) as db:
         db.execute("BEGIN IMMEDIATE")
-        db.executemany("INSERT OR IGNORE INTO dsr_tombstones (tombstone_id, erased_at) VALUES (?, ?)",
-                       [(stone, erased_at) for stone in sorted(stones)])
+        report.tombstones = record_tombstones(db, key, {"account_id": [linked.account_id], "phone": linked.phones,
+                                                        "device_id": linked.ids["device_id"]}, _now())
         db.execute("COMMIT")
-    report.tombstones = len(stones)
-    by_folder: dict[Path, list[tuple[Path, pa.Table, np.ndarray]]] = {}
-    for path, rows, mask in found:
-        by_folder.setdefault(path.parent, []).append((path, rows, mask))
+    report.rows_shared = {str(scope.path.relative_to(workspace.root)): int(scope.shared.sum())
+                          for scope in scopes if scope.shared.any()}
+    by_folder: dict[Path, list] = {}
+    for scope in found:
+        by_folder.setdefault(scope.path.parent, []).append(scope)
     with workspace.staging() as stage:
         replacements: dict[Path, Path] = {}
         for number, (folder, files) in enumerate(sorted(by_folder.items())):
@@ -463,10 +329,13 @@ def erase_account(workspace: Workspace, account_id: str, key: MasterKey) -> Eras
                                f"folders (WS/<zone>/<table>/)")
             staged = stage / f"{number:04d}-{folder.name}"
             shutil.copytree(folder, staged)
-            for path, rows, mask in files:
-                kept = rows.filter(pa.array(~mask))
-                pq.write_table(kept, staged / path.name)
-                report.rows_removed[str(path.relative_to(workspace.root))] = int(mask.sum())
+            for scope in files:
+                pq.write_table(scope.redacted(REDACTED), staged / scope.path.name)
+                name = str(scope.path.relative_to(workspace.root))
+                if scope.own.any():
+                    report.rows_removed[name] = int(scope.own.sum())
+                if scope.named_rows().any():
+                    report.rows_redacted[name] = int(scope.named_rows().sum())
             replacements[folder] = staged
         if replacements:
             workspace.publish(replacements)
@@ -477,9 +346,10 @@ def erase_account(workspace: Workspace, account_id: str, key: MasterKey) -> Eras
         report.requests_removed = db.execute("DELETE FROM dsr_requests WHERE account_id = ?",
                                              (linked.account_id,)).rowcount
         db.execute("DELETE FROM dsr_stale WHERE account_id = ?", (linked.account_id,))
+        db.execute("DELETE FROM dsr_corrections WHERE account_id = ?", (linked.account_id,))
         db.execute("COMMIT")
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    needles = [value.encode() for value in targets.to_pylist()]
+    needles = [value.encode() for value in sorted(linked.raw_values() | linked.pseudonyms(key))]
     for path in sorted(workspace.root.rglob("*")):
         relative = path.relative_to(workspace.root)
         if (path.is_file() and path.suffix != ".parquet" and not path.name.startswith(workspace.ledger.name)

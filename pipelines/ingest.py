@@ -10,10 +10,14 @@ except sensitive ones (ID numbers, precise locations: null there). For every tab
 A missing file or column, or a column of the wrong type, raises ``SchemaError`` before anything in
 the workspace changes: results are staged and published only when every table has been read.
 
-Erased persons stay erased: when the workspace's ledger holds tombstones (``pipelines.dsr``), ingest
-needs the master key, finds every raw account id whose TOMBSTONE pseudonym is tombstoned, and drops
-before any check the rows linked to them (their accounts, orders, waybills, devices and events).
-Dropped rows are counted as ``erased``, apart from ``rows in``; they reach neither zone.
+Erased persons stay erased: when the workspace's ledger holds tombstones (``pipelines.dsr_overlay``),
+ingest needs the master key (its tombstone secret), finds every raw account id, phone and device id
+whose TOMBSTONE pseudonym is tombstoned, and drops before any check the rows they lead to: the
+accounts, their orders, waybills of their account or orders or naming their phone with no other
+owner, device events signed in to them, and unsigned events and rows of devices no living account
+signed in on. On a waybill someone else sent, an erased person's name, phone and address become
+``[erased]``. Dropped rows are counted as ``erased``, apart from ``rows in``; they reach neither
+zone. Corrections made by ``portrait dsr correct`` are applied to the raw rows before the checks.
 """
 
 from __future__ import annotations
@@ -36,7 +40,14 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from pipelines.dsr import erased_accounts, tombstone_ids
+from pipelines.dsr_overlay import (
+    REDACTED,
+    Tombstones,
+    load_corrections,
+    load_tombstones,
+    phone_sides,
+    remember_erasures,
+)
 from pipelines.workspace import Workspace, write_json_atomic
 from profiling.errors import InternalError, SchemaError, WorkspaceError
 from profiling.keys import MasterKey
@@ -168,8 +179,7 @@ def _record_numbers(valid_ordinals: np.ndarray, malformed: list[tuple[int, str]]
 
 # Identifier kinds that link a row to a person, for dropping erased persons' rows.
 _LINKS = ("account_id", "device_id", "order_id", "waybill_id")
-# The waybill id and the phone columns of waybills (a waybill naming an erased person's phone is theirs).
-_WAYBILL_PHONES = ["waybill_id", *(f.name for f in TABLES["waybills"].fields if f.identifier == "phone")]
+_PHONES = {t.name: [f.name for f in t.fields if f.identifier == "phone"] for t in TABLES.values()}
 
 
 def _trimmed_text(values: pa.Array) -> pa.Array:
@@ -177,7 +187,7 @@ def _trimmed_text(values: pa.Array) -> pa.Array:
 
 
 def _column_batches(table: Table, sources: list[Path], names: list[str],
-                    erased: dict[str, pa.Array] | None = None) -> Iterator[tuple[Path, pa.RecordBatch]]:
+                    erased: _Overlay | None = None) -> Iterator[tuple[Path, pa.RecordBatch]]:
     """``(path, batch)`` of the raw values of ``names`` over the well-formed rows of ``sources``,
     without the rows linked to ``erased`` persons when given."""
     for path in sources:
@@ -203,53 +213,147 @@ def _members(values: pa.Array, value_set: pa.Array) -> np.ndarray:
                       dtype=bool)
 
 
-def _erased_ids(sources: dict[str, list[Path]], key: MasterKey, tombstones: set[str]) -> dict[str, pa.Array]:
-    """Raw ids (by identifier kind) of erased persons and of their orders, waybills and devices.
+def _distinct(*arrays: pa.Array) -> pa.Array:
+    return pc.unique(pa.concat_arrays([a.cast(pa.string()) for a in arrays]).drop_null()) if arrays else \
+        pa.array([], pa.string())
 
-    The links are those ``pipelines.dsr.linked_identifiers`` follows, read here from the raw source.
+
+@dataclass
+class _Overlay:
+    """What data-subject requests change in this ingest (``pipelines.dsr_overlay``).
+
+    ``erased``: raw ids by identifier kind whose rows are dropped before any check. ``phones``:
+    erased persons' phones (normalized); on rows that stay (someone else's waybill) that party's
+    columns become ``REDACTED`` after the checks. ``corrections``: accounts column -> (raw account
+    ids, corrected values as text), applied to the raw rows before the checks.
     """
-    def ids_of(table_name: str, column: str, where: dict[str, pa.Array]) -> pa.Array:
-        table = TABLES[table_name]
-        rows = _raw_columns(table, sources[table_name], [column, *where])
-        mask = np.zeros(len(rows[column]), dtype=bool)
-        for name, values in where.items():
-            mask |= _members(rows[name], values)
-        return pc.unique(rows[column].filter(pa.array(mask)).drop_null())
 
-    account_ids = [_raw_columns(t, sources[t.name], [f.name])[f.name]
-                   for t in TABLES.values() for f in t.fields if f.identifier == "account_id"]
-    accounts = pc.unique(pa.chunked_array(account_ids, type=pa.string()).combine_chunks().drop_null())
-    accounts = accounts.filter(pa.array(erased_accounts(accounts, key, tombstones)))
-    orders = ids_of("orders", "order_id", {"account_id": accounts})
-    phones = normalize(ids_of("accounts", "phone", {"account_id": accounts}), "phone").drop_null()
-    waybill_rows = _raw_columns(TABLES["waybills"], sources["waybills"], _WAYBILL_PHONES)
-    phone_waybills = np.zeros(len(waybill_rows[_WAYBILL_PHONES[0]]), dtype=bool)
-    for name in _WAYBILL_PHONES[1:]:
-        phone_waybills |= _members(normalize(waybill_rows[name], "phone"), phones)
-    waybills = pc.unique(pa.concat_arrays([
-        ids_of("waybills", "waybill_id", {"account_id": accounts, "order_id": orders}),
-        waybill_rows["waybill_id"].filter(pa.array(phone_waybills)).drop_null()]))
-    return {"account_id": accounts, "order_id": orders, "waybill_id": waybills,
-            "device_id": ids_of("device_events", "device_id", {"account_id": accounts})}
+    erased: dict[str, pa.Array] = field(default_factory=dict)
+    phones: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))
+    corrections: dict[str, tuple[pa.Array, pa.Array]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return any(len(ids) for ids in self.erased.values()) or len(self.phones) > 0 or bool(self.corrections)
+
+    def kept_rows(self, table: Table, batch: pa.RecordBatch) -> np.ndarray | None:
+        """False on rows linked to an erased person; None when no row of the batch is."""
+        dropped = np.zeros(batch.num_rows, dtype=bool)
+        for f in table.fields:
+            if f.identifier in _LINKS and len(self.erased.get(f.identifier, ())) and f.name in batch.schema.names:
+                dropped |= _members(_trimmed_text(batch.column(f.name)), self.erased[f.identifier])
+        return ~dropped if dropped.any() else None
+
+    def corrected(self, table: Table, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """``batch`` with the latest correction of each (account, column) in place of the raw value."""
+        if not self.corrections or table.primary_key not in batch.schema.names:
+            return batch
+        accounts = _trimmed_text(batch.column(table.primary_key))
+        for name, (ids, values) in self.corrections.items():
+            if name not in batch.schema.names:
+                continue
+            position = pc.index_in(accounts, value_set=ids)
+            if position.null_count == len(position):
+                continue
+            column = batch.column(name)
+            if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+                values = coerce_column(table[name], values, f"correction of accounts.{name}")[0]
+            index = batch.schema.get_field_index(name)
+            batch = batch.set_column(index, batch.schema.field(index),
+                                     pc.if_else(pc.is_valid(position), values.cast(column.type).take(position),
+                                                column))
+        return batch
+
+    def redacted(self, table: Table, *batches: pa.RecordBatch) -> list[pa.RecordBatch]:
+        """``batches`` (the same rows: typed, raw) with an erased person's party blanked on others' rows."""
+        if not len(self.phones):
+            return list(batches)
+        sides = phone_sides(table)
+        named = {phone: _members(normalize(_trimmed_text(batches[-1].column(phone)), "phone"), self.phones)
+                 for phone in sides}
+        out = []
+        for batch in batches:
+            for phone, mask in named.items():
+                if not mask.any():
+                    continue
+                for name in sides[phone]:
+                    index = batch.schema.get_field_index(name)
+                    column = batch.column(index).cast(pa.string())
+                    blanked = pc.if_else(pa.array(mask), pa.scalar(REDACTED, pa.string()), column)
+                    batch = batch.set_column(index, pa.field(name, pa.string(), batch.schema.field(index).nullable,
+                                                             batch.schema.field(index).metadata), blanked)
+            out.append(batch)
+        return out
 
 
-def _kept_rows(table: Table, batch: pa.RecordBatch, erased: dict[str, pa.Array]) -> np.ndarray | None:
-    """False on rows linked to an erased person; None when no row of the batch is."""
-    dropped = np.zeros(batch.num_rows, dtype=bool)
-    for f in table.fields:
-        if f.identifier in _LINKS and len(erased.get(f.identifier, ())):
-            dropped |= _members(_trimmed_text(batch.column(f.name)), erased[f.identifier])
-    return ~dropped if dropped.any() else None
+def _erasures(sources: dict[str, list[Path]], key: MasterKey, tombstones: Tombstones
+              ) -> tuple[_Overlay, dict[str, pa.Array], set[str]]:
+    """The rows the tombstones lead to, read from the raw source.
+
+    Returns the overlay (ids by kind, phones), the ids to tombstone (erased accounts, their phones
+    and the devices only they signed in on, as found in this source) and the pre-secret tombstones
+    they match. A phone another living account registered, and a device a living account signed in
+    on, are that person's too: never dropped, never tombstoned.
+    """
+    def raw(table_name: str, names: list[str]) -> dict[str, pa.Array]:
+        return _raw_columns(TABLES[table_name], sources[table_name], names)
+
+    account_ids = [raw(t.name, [f.name])[f.name] for t in TABLES.values() for f in t.fields
+                   if f.identifier == "account_id"]
+    accounts = _distinct(*account_ids)
+    erased_mask = tombstones.erased(accounts, key, "account_id")
+    legacy = tombstones.legacy_erased(accounts, key)[1]
+    erased = accounts.filter(pa.array(erased_mask))
+    # rows: (order_id, account_id) -> orders of erased accounts
+    orders = raw("orders", ["order_id", "account_id"])
+    erased_orders = _distinct(orders["order_id"].filter(pa.array(_members(orders["account_id"], erased))))
+    # rows: (account_id, phone) -> phones: tombstoned or of an erased account, less those of living accounts
+    holders = raw("accounts", ["account_id", "phone"])
+    holder_phone = normalize(holders["phone"], "phone")
+    of_erased = _members(holders["account_id"], erased)
+    waybills = raw("waybills", ["waybill_id", "order_id", "account_id", *_PHONES["waybills"]])
+    named_phones = [normalize(waybills[name], "phone") for name in _PHONES["waybills"]]
+    every_phone = _distinct(holder_phone, *named_phones)
+    phones = _distinct(every_phone.filter(pa.array(tombstones.erased(every_phone, key, "phone"))),
+                       holder_phone.filter(pa.array(of_erased)))
+    phones = phones.filter(pa.array(~_members(phones, _distinct(holder_phone.filter(pa.array(~of_erased))))))
+    # rows: (waybill) -> of an erased account or order, or naming an erased phone with no living owner
+    valid = [np.asarray(pc.is_valid(waybills[c]).to_numpy(zero_copy_only=False), dtype=bool)
+             for c in ("account_id", "order_id")]
+    of_erased_owner = _members(waybills["account_id"], erased) | _members(waybills["order_id"], erased_orders)
+    living_owner = (valid[0] | valid[1]) & ~of_erased_owner
+    names_erased = np.zeros(len(of_erased_owner), dtype=bool)
+    for values in named_phones:
+        names_erased |= _members(values, phones)
+    erased_waybills = _distinct(waybills["waybill_id"].filter(pa.array(of_erased_owner | (names_erased & ~living_owner))))
+    # rows: (device_id, account_id) -> devices tombstoned or signed in by erased accounts, none by living ones
+    events = raw("device_events", ["device_id", "account_id"])
+    signed = np.asarray(pc.is_valid(events["account_id"]).to_numpy(zero_copy_only=False), dtype=bool)
+    by_erased = _members(events["account_id"], erased)
+    devices = _distinct(raw("devices", ["device_id"])["device_id"], events["device_id"])
+    erased_devices = _distinct(devices.filter(pa.array(tombstones.erased(devices, key, "device_id"))),
+                               events["device_id"].filter(pa.array(by_erased)))
+    erased_devices = erased_devices.filter(pa.array(~_members(
+        erased_devices, _distinct(events["device_id"].filter(pa.array(signed & ~by_erased))))))
+    overlay = _Overlay({"account_id": erased, "order_id": erased_orders, "waybill_id": erased_waybills,
+                        "device_id": erased_devices}, phones)
+    stones = {"account_id": erased, "phone": phones, "device_id": erased_devices}
+    return overlay, stones, legacy
 
 
-def _without_erased(table: Table, batches, erased: dict[str, pa.Array], counter: list[int] | None = None):
+def _corrections(workspace: Workspace) -> dict[str, tuple[pa.Array, pa.Array]]:
+    """The correction overlay by column: (raw account ids, corrected values as text)."""
+    return {name: (pa.array(list(by_account), pa.string()), pa.array(list(by_account.values()), pa.string()))
+            for name, by_account in load_corrections(workspace).items() if name in TABLES["accounts"].column_names}
+
+
+def _without_erased(table: Table, batches, erased: _Overlay, counter: list[int] | None = None):
     for batch in batches:
-        kept = _kept_rows(table, batch, erased) if erased else None
+        kept = erased.kept_rows(table, batch) if erased else None
         if kept is not None:
             if counter is not None:
                 counter[0] += int((~kept).sum())
             batch = batch.filter(pa.array(kept))
-        yield batch
+        yield erased.corrected(table, batch) if erased else batch
 
 
 def _key_columns(table: Table, sources: list[Path],
@@ -344,7 +448,7 @@ def _malformed_rejects(table: Table, source: str, malformed: list[tuple[int, str
 
 
 def _ingest_table(table: Table, sources: list[Path], stage: Path, context: CheckContext, batch_rows: int,
-                  report: TableReport, progress: bool, erased: dict[str, pa.Array]) -> dict[str, pa.Array]:
+                  report: TableReport, progress: bool, erased: _Overlay) -> dict[str, pa.Array]:
     """Validate one table into ``stage``; return its accepted values of columns other tables reference."""
     keys = _key_columns(table, sources, erased)
     duplicates = _duplicate_keys(keys[table.primary_key])
@@ -375,6 +479,7 @@ def _ingest_table(table: Table, sources: list[Path], stage: Path, context: Check
                 verdict = check_batch(table, typed, context, bad_cells=bad_cells,
                                       duplicate_keys=duplicates[offset:offset + n],
                                       unknown_references={c: m[offset:offset + n] for c, m in unknown_references.items()})
+                typed, raw = erased.redacted(table, typed, raw)  # an erased person named on someone else's row
                 accepted = typed.filter(pa.array(verdict.accepted))
                 accepted_out.write_batch(accepted)
                 for name in referenced:
@@ -428,17 +533,24 @@ def ingest(raw_dir: str | os.PathLike, workspace: Workspace, *, now: dt.datetime
     now = now or dt.datetime.now(dt.timezone.utc)
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware (for example datetime.now(timezone.utc))")
-    tombstones = tombstone_ids(workspace)
+    tombstones = load_tombstones(workspace)
     if tombstones and not isinstance(key, MasterKey):
-        raise WorkspaceError(f"workspace {workspace.root} holds {len(tombstones)} tombstone(s) of erased persons; "
+        raise WorkspaceError(f"workspace {workspace.root} holds tombstones of erased persons; "
                              f"ingest needs the master key to keep them erased (--key-file PATH, or key=)")
+    if tombstones:
+        tombstones.check_key(key)
     sources = {name: find_sources(raw, name) for name in INGEST_ORDER}
     reports = {name: TableReport(name, [str(p) for p in paths]) for name, paths in sources.items()}
     for name, paths in sources.items():
         for path in paths:
             reports[name].ignored_columns += [c for c in _check_columns(TABLES[name], path)
                                               if c not in reports[name].ignored_columns]
-    erased = _erased_ids(sources, key, tombstones) if tombstones else {}
+    erased = _Overlay()
+    if tombstones:
+        erased, stones, legacy = _erasures(sources, key, tombstones)
+        if key.has_tombstone_secret:  # what this source adds to the erased persons' tombstones, made durable first
+            remember_erasures(workspace, key, stones, legacy)
+    erased.corrections = _corrections(workspace)
     created = not workspace.root.exists()
     try:
         with workspace.staging() as stage:

@@ -23,8 +23,8 @@ from pipelines.dsr import (
     export_account,
     linked_identifiers,
     stale_persons,
-    tombstone_ids,
 )
+from pipelines.dsr_overlay import load_tombstones
 from pipelines.ingest import ingest
 from pipelines.synthetic import generate
 from pipelines.workspace import Workspace
@@ -33,7 +33,7 @@ from profiling.errors import WorkspaceError
 from profiling.keys import MasterKey
 from profiling.pseudonyms import DEVICE, ORDER, PERSON, TOMBSTONE, WAYBILL, pseudonymize
 
-KEY = MasterKey({1: bytes(range(32)), 2: bytes(range(5, 37))})
+KEY = MasterKey({1: bytes(range(32)), 2: bytes(range(5, 37))}, tombstone_secret=bytes(range(9, 41)))
 AS_OF = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
 
 
@@ -123,15 +123,15 @@ def test_erase_leaves_only_the_tombstone_and_reingest_does_not_resurrect(workspa
     person = pseudonymize([account], KEY, PERSON, identifier="account_id")[0].as_py()
     assert account in before and person in before  # the scan does see them while they are there
     report = erase_account(workspace, account, KEY)
-    assert report.consent_events_removed > 0 and report.tombstones == 2
+    assert report.consent_events_removed > 0 and report.tombstones >= 2  # the account id and its phone at least
     assert report.other_files_naming_them == []
     assert any(path.startswith("vault/") for path in report.rows_removed)
     assert any(path.startswith("pseudonymized/") for path in report.rows_removed)
     assert any(path.startswith("outputs/portraits") for path in report.rows_removed)
     _assert_gone(workspace, raw, pseudonyms)
-    stones = {pseudonymize([account], KEY, TOMBSTONE, identifier="account_id", version=v)[0].as_py()
-              for v in KEY.versions}
-    assert tombstone_ids(workspace) == stones
+    stones = load_tombstones(workspace)
+    assert stones.by_kind["account_id"] == {pseudonymize([account], KEY, TOMBSTONE, identifier="account_id")[0].as_py()}
+    assert len(stones.by_kind["phone"]) == 1 and stones.legacy == frozenset()
     # Others are untouched: another account still has its rows.
     assert workspace.read("accounts").num_rows == 59
 
@@ -148,7 +148,7 @@ def test_erase_leaves_only_the_tombstone_and_reingest_does_not_resurrect(workspa
 def test_erase_unknown_account_changes_nothing(workspace):
     with pytest.raises(DsrError, match="not in workspace"):
         erase_account(workspace, "A9999999999", KEY)
-    assert tombstone_ids(workspace) == set()
+    assert not load_tombstones(workspace)
 
 
 def test_export_bundles_every_zone_and_the_consent_history(workspace, tmp_path):
@@ -219,22 +219,36 @@ def test_correct_unknown_account(workspace):
 
 
 def _reference_removed(workspace: Workspace, account: str) -> dict[str, int]:
-    """Rows of each ingested table that belong to the account, by plain loops over the rows."""
+    """Rows of each ingested table that are the account's alone, by plain loops over the rows.
+
+    A waybill naming their phone is theirs only when no account or order owns it; a device is theirs
+    only when nobody else signed in on it, and then so are its unsigned events.
+    """
     rows = {name: workspace.read(name).to_pylist() for name in
             ("accounts", "orders", "waybills", "device_events", "devices", "consent_events")}
-    phone = next(r["phone"] for r in rows["accounts"] if r["account_id"] == account)
-    digits = "".join(c for c in phone if c.isdigit())[-11:]
+
+    def digits(phone: str) -> str:
+        return "".join(c for c in phone if c.isdigit())[-11:]
+
+    phone = digits(next(r["phone"] for r in rows["accounts"] if r["account_id"] == account))
+    if any(digits(r["phone"]) == phone for r in rows["accounts"] if r["account_id"] != account):
+        phone = "shared with another account"
     orders = {r["order_id"] for r in rows["orders"] if r["account_id"] == account}
     waybills = {r["waybill_id"] for r in rows["waybills"]
                 if r["account_id"] == account or r["order_id"] in orders
-                or digits in ("".join(c for c in r["shipper_phone"] if c.isdigit())[-11:],
-                              "".join(c for c in r["receiver_phone"] if c.isdigit())[-11:])}
-    devices = {r["device_id"] for r in rows["device_events"] if r["account_id"] == account}
+                or (r["account_id"] is None and r["order_id"] is None
+                    and phone in (digits(r["shipper_phone"]), digits(r["receiver_phone"])))}
+    users: dict[str, set] = {}
+    for r in rows["device_events"]:
+        if r["account_id"] is not None:
+            users.setdefault(r["device_id"], set()).add(r["account_id"])
+    devices = {device for device, who in users.items() if who == {account}}
     return {
         "accounts": sum(r["account_id"] == account for r in rows["accounts"]),
         "orders": len(orders),
         "waybills": len(waybills),
-        "device_events": sum(r["account_id"] == account or r["device_id"] in devices for r in rows["device_events"]),
+        "device_events": sum(r["account_id"] == account or (r["account_id"] is None and r["device_id"] in devices)
+                             for r in rows["device_events"]),
         "devices": sum(r["device_id"] in devices for r in rows["devices"]),
         "consent_events": sum(r["account_id"] == account for r in rows["consent_events"]),
     }

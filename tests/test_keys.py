@@ -11,9 +11,12 @@ import pytest
 
 from pipelines.cli import main
 from profiling.errors import KeyFileError
+from profiling.pseudonyms import TOMBSTONE
 from profiling.keys import (
     ENV_VAR,
+    TOMBSTONE_DOMAIN,
     MasterKey,
+    add_tombstone_secret,
     create_key_file,
     derive_key,
     destroy_key_version,
@@ -197,3 +200,79 @@ def test_cli_show_versions_from_the_environment(monkeypatch, capsys):
     monkeypatch.delenv(ENV_VAR)
     assert main(["--quiet", "keys", "show-versions"]) == 2
     assert "portrait keys init" in capsys.readouterr().err
+
+
+# --- the tombstone secret: outlives every version -------------------------------------------------
+
+
+def test_tombstone_secret_is_created_kept_and_added_to_older_files(tmp_path):
+    path = tmp_path / "k"
+    key = create_key_file(path)
+    assert key.has_tombstone_secret and path.read_text().count("portrait-tombstone-key ") == 1
+    rotate_key_file(path)
+    destroy_key_version(path, 1)
+    after = load_key_file(path)
+    assert after.versions == (2,) and after.tombstone_fingerprint == key.tombstone_fingerprint
+    assert derive_key(after, TOMBSTONE_DOMAIN) == derive_key(key, TOMBSTONE_DOMAIN)
+    # A file made before tombstone secrets gains one, once, and keeps its versions.
+    old = tmp_path / "old"
+    old.write_text("portrait-master-key v1 " + "ab" * 32 + "\n")
+    os.chmod(old, 0o600)
+    assert not load_key_file(old).has_tombstone_secret
+    assert add_tombstone_secret(old) is True and add_tombstone_secret(old) is False
+    gained = load_key_file(old)
+    assert gained.has_tombstone_secret and gained.secret_bytes(1) == bytes.fromhex("ab" * 32)
+    assert stat.S_IMODE(old.stat().st_mode) == 0o600
+    _assert_no_secret(repr(gained), gained)
+    assert gained._tombstone_secret().hex() not in repr(gained)
+
+
+def test_tombstone_key_needs_the_secret_and_ignores_versions():
+    bare = MasterKey({1: bytes(32), 2: bytes(range(32))})
+    with pytest.raises(KeyFileError, match=r"no tombstone secret; run `portrait keys rotate"):
+        derive_key(bare, TOMBSTONE_DOMAIN)
+    one = MasterKey({1: bytes(32)}, tombstone_secret=bytes(range(1, 33)))
+    other = MasterKey({7: bytes(range(32))}, tombstone_secret=bytes(range(1, 33)))
+    assert derive_key(one, TOMBSTONE_DOMAIN) == derive_key(other, TOMBSTONE_DOMAIN)
+    assert derive_key(one, TOMBSTONE_DOMAIN, 1) != derive_key(one, TOMBSTONE_DOMAIN)  # the pre-secret key
+    assert TOMBSTONE == TOMBSTONE_DOMAIN  # pseudonymize(..., TOMBSTONE) is keyed by the tombstone secret
+    with pytest.raises(KeyFileError, match="exactly 32 bytes"):
+        MasterKey({1: bytes(32)}, tombstone_secret=b"short")
+
+
+@pytest.mark.parametrize("content", [
+    "portrait-tombstone-key " + "ab" * 32 + "\n",
+    "portrait-master-key v1 " + "ab" * 32 + "\nportrait-tombstone-key " + "cd" * 32
+    + "\nportrait-tombstone-key " + "ef" * 32 + "\n",
+])
+def test_malformed_tombstone_lines(tmp_path, content):
+    path = tmp_path / "k"
+    path.write_text(content)
+    os.chmod(path, 0o600)
+    with pytest.raises(KeyFileError, match="is not a Portrait key file"):
+        load_key_file(path)
+
+
+def test_tombstone_secret_from_the_environment(monkeypatch):
+    monkeypatch.setenv(ENV_VAR, f"1:{'00' * 32},tombstone:{'11' * 32}")
+    key = load_master_key()
+    assert key.versions == (1,) and key.has_tombstone_secret
+    monkeypatch.setenv(ENV_VAR, f"tombstone:{'11' * 32}")
+    with pytest.raises(KeyFileError, match="only the tombstone secret"):
+        load_master_key()
+
+
+def test_cli_shows_the_tombstone_fingerprint_and_rotate_adds_it(tmp_path, capsys):
+    path = tmp_path / "k"
+    path.write_text("portrait-master-key v1 " + "ab" * 32 + "\n")
+    os.chmod(path, 0o600)
+    assert main(["--quiet", "keys", "show-versions", "--key-file", str(path)]) == 0
+    assert "tombstone  none: `portrait keys rotate` adds one" in capsys.readouterr().out
+    assert main(["--quiet", "keys", "rotate", "--key-file", str(path)]) == 0
+    assert "added a tombstone secret" in capsys.readouterr().out
+    key = load_key_file(path)
+    assert main(["--quiet", "keys", "show-versions", "--key-file", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"tombstone  fingerprint {key.tombstone_fingerprint}  (never destroyed)" in out
+    _assert_no_secret(out, key)
+    assert key._tombstone_secret().hex() not in out

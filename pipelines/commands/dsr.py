@@ -7,7 +7,7 @@ import argparse
 from pipelines.commands._shared import add_workspace_argument, existing_workspace, format_table, outside_workspace
 from pipelines.dsr import correct_account, erase_account, export_account
 from pipelines.workspace import Workspace
-from profiling.keys import load_master_key
+from profiling.keys import add_tombstone_secret, load_master_key
 
 __all__ = ["register"]
 
@@ -21,20 +21,33 @@ def _export(args: argparse.Namespace) -> None:
              {"section": "requests", "rows": len(bundle["requests"])}]
     print(format_table(rows))
     print(f"wrote {args.out}/bundle.json and one CSV per section")
+    if bundle["left_out"]:
+        print(f"left out {sum(bundle['left_out'].values())} rows about this person and others together "
+              f"({', '.join(sorted(bundle['left_out']))}): they are not theirs alone; bundle.json counts them")
 
 
 def _correct(args: argparse.Namespace) -> None:
     correct_account(Workspace(args.workspace), args.account, args.field, args.value, load_master_key(args.key_file))
-    print(f"corrected accounts.{args.field} of account {args.account.strip()}; its derived data is marked stale "
-          f"until the next run")
+    print(f"corrected accounts.{args.field} of account {args.account.strip()}; every later ingest applies the "
+          f"correction, and its derived data is marked stale until the next run")
 
 
 def _erase(args: argparse.Namespace) -> None:
+    if args.key_file and add_tombstone_secret(args.key_file):
+        print(f"added a tombstone secret to {args.key_file} (an older key file): tombstones are keyed by it, and "
+              f"no key version destroyed later can undo them")
     report = erase_account(Workspace(args.workspace), args.account, load_master_key(args.key_file))
-    print(format_table([{"file": path, "rows removed": n} for path, n in sorted(report.rows_removed.items())]))
+    files = sorted(set(report.rows_removed) | set(report.rows_redacted) | set(report.rows_shared))
+    print(format_table([{"file": path, "rows removed": report.rows_removed.get(path, 0),
+                         "rows blanked": report.rows_redacted.get(path, 0),
+                         "rows kept (others too)": report.rows_shared.get(path, 0)} for path in files]))
     print(f"erased account {report.account_id}: {sum(report.rows_removed.values())} rows, "
-          f"{report.consent_events_removed} consent events, {report.requests_removed} requests; "
-          f"tombstoned (ingest needs --key-file from now on)")
+          f"{report.consent_events_removed} consent events, {report.requests_removed} requests; its name, phone and "
+          f"address blanked on {sum(report.rows_redacted.values())} waybills of others; {report.tombstones} "
+          f"tombstones (ingest needs --key-file from now on)")
+    if report.rows_shared:
+        print(f"kept {sum(report.rows_shared.values())} rows about this person and others together; the next "
+              f"`portrait run` rebuilds them without this person")
     for path in report.other_files_naming_them:
         print(f"warning: {path} still names the person and is not a table erase can rewrite; remove it by hand")
 

@@ -1,0 +1,284 @@
+"""Which rows of a workspace are one data subject's, which name them among others, which are others'.
+
+A row is the subject's own when it describes them alone: their account row, their orders, the
+waybills of their account or orders and those naming their phone that no other account sent or
+ordered, device events signed in to their account, unsigned events and device rows of devices
+only they signed in on, and analytics-zone and derived rows holding their pseudonyms. Links follow
+the field registry (``profiling.schema``: fields whose ``identifier`` is ``account_id``,
+``device_id``, ``order_id``, ``waybill_id``, ``phone``), and raw ids and pseudonyms (every key
+version, every domain the door and the stages use) are matched against every string column of
+every Parquet file under the workspace, so zones added later are covered without changes here.
+
+A row that also holds another person's account id, order id or pseudonym is not the subject's:
+
+* a waybill another account sent or ordered that names the subject's phone as one party
+  (shipper or receiver) *names* them: an access export shows only that party's columns and the
+  non-personal ones, and erasure replaces that party's name, phone and address by ``REDACTED``;
+* any other such row (a portrait or identity row over several persons) is *shared*: neither
+  exported nor deleted, only counted, so the subject learns it exists and the next run rebuilds it.
+
+Devices that the subject and someone else signed in on, and phones that another account also
+registered, belong to nobody alone: they lead to no row and are never tombstoned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from pipelines.dsr_overlay import phone_sides
+from pipelines.workspace import Workspace
+from profiling.errors import PortraitError
+from profiling.keys import MasterKey
+from profiling.pseudonyms import DEVICE, MARKETING, ORDER, PERSON, WAYBILL, normalize, pseudonymize
+from profiling.schema import TABLES, PrivacyClass
+
+__all__ = ["DsrError", "LINK_KINDS", "LinkedIdentifiers", "FileScope", "linked_identifiers", "subject_rows", "parquet_files"]
+
+# Kinds of identifier that link rows to a person, and the pseudonym domain of each in the analytics zone.
+LINK_KINDS: dict[str, str] = {"account_id": PERSON, "device_id": DEVICE, "order_id": ORDER, "waybill_id": WAYBILL}
+_ACCOUNT_FIELDS = {t.name: [f.name for f in t.fields if f.identifier == "account_id"] for t in TABLES.values()}
+
+
+class DsrError(PortraitError):
+    """A data-subject request that cannot be carried out as asked (unknown account, bad correction ...)."""
+
+
+@dataclass(frozen=True)
+class LinkedIdentifiers:
+    """One subject's raw ids by kind (``LINK_KINDS`` plus ``phone`` and ``email``), and everybody else's.
+
+    ``ids["device_id"]`` holds the devices only they signed in on; ``shared_devices`` those others
+    signed in on too. ``phones`` are their phones normalized, less any another account registered.
+    ``other_accounts`` and ``other_orders`` are the raw ids of every other person in the workspace.
+    """
+
+    account_id: str
+    ids: dict[str, frozenset[str]]
+    phones: frozenset[str]
+    shared_devices: frozenset[str]
+    other_accounts: frozenset[str]
+    other_orders: frozenset[str]
+
+    def raw_values(self) -> set[str]:
+        return {value for values in self.ids.values() for value in values}
+
+    def pseudonyms(self, key: MasterKey) -> set[str]:
+        """Every pseudonym of their ids: each key version, each kind's domain (and MARKETING for the account)."""
+        found: set[str] = set()
+        for version in key.versions:
+            for kind, domain in LINK_KINDS.items():
+                values = sorted(self.ids.get(kind, ()))
+                if values:
+                    found.update(pseudonymize(values, key, domain, identifier=kind, version=version).to_pylist())
+            found.update(pseudonymize([self.account_id], key, MARKETING, identifier="account_id",
+                                      version=version).to_pylist())
+        return found
+
+    def other_pseudonyms(self, key: MasterKey) -> set[str]:
+        """PERSON and MARKETING pseudonyms (every version) of every other account: rows holding one are not theirs."""
+        accounts = sorted(self.other_accounts)
+        found: set[str] = set()
+        if accounts:
+            for version in key.versions:
+                for domain in (PERSON, MARKETING):
+                    found.update(pseudonymize(accounts, key, domain, identifier="account_id",
+                                              version=version).to_pylist())
+        return found
+
+
+def _read_ingested(workspace: Workspace, table: str, columns: list[str]) -> pa.Table | None:
+    folder = workspace.ingested(table)
+    if not folder.is_dir():
+        return None
+    return ds.dataset(folder, format="parquet").to_table(columns=columns)
+
+
+def _trimmed(rows: pa.Table | None, column: str) -> pa.Array:
+    if rows is None:
+        return pa.array([], pa.string())
+    return pc.utf8_trim_whitespace(rows.column(column).combine_chunks().cast(pa.string()))
+
+
+def _in(values: pa.Array, members: Iterable[str]) -> np.ndarray:
+    members = sorted(set(members))
+    if not members or len(values) == 0:
+        return np.zeros(len(values), dtype=bool)
+    hit = pc.is_in(values, value_set=pa.array(members, pa.string()))
+    return np.asarray(pc.fill_null(hit, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _valid(values: pa.Array) -> np.ndarray:
+    return np.asarray(pc.is_valid(values).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _picked(values: pa.Array, mask: np.ndarray) -> set[str]:
+    return {v for v in values.filter(pa.array(mask)).to_pylist() if v is not None}
+
+
+_PHONE_FIELDS = {t.name: [f.name for f in t.fields if f.identifier == "phone"] for t in TABLES.values()}
+
+
+def linked_identifiers(workspace: Workspace, account_id: str) -> LinkedIdentifiers:
+    """The subject's own ids and everybody else's, from the ingested zone (see the module docstring)."""
+    if not isinstance(account_id, str) or not account_id.strip():
+        raise DsrError(f"account id {account_id!r} is empty; give the raw account id (e.g. A0000000001)")
+    account_id = account_id.strip()
+    everyone: set[str] = set()
+    for table, names in _ACCOUNT_FIELDS.items():
+        for name in names:
+            everyone |= set(_trimmed(_read_ingested(workspace, table, [name]), name).drop_null().to_pylist())
+    # rows: (account_id, phone, email)
+    accounts = _read_ingested(workspace, "accounts", ["account_id", "phone", "email"])
+    holder = _trimmed(accounts, "account_id")
+    mine = _in(holder, [account_id])
+    phones = _picked(_trimmed(accounts, "phone"), mine)
+    emails = _picked(_trimmed(accounts, "email"), mine)
+    normalized = normalize(_trimmed(accounts, "phone"), "phone")
+    own_phones = _picked(normalized, mine) - _picked(normalized, ~mine)
+    # rows: (order_id, account_id)
+    orders = _read_ingested(workspace, "orders", ["order_id", "account_id"])
+    order_ids, order_holder = _trimmed(orders, "order_id"), _trimmed(orders, "account_id")
+    own_orders = _picked(order_ids, _in(order_holder, [account_id]))
+    other_orders = _picked(order_ids, ~_in(order_holder, [account_id]))
+    # rows: (waybill_id, order_id, account_id, shipper_phone, receiver_phone)
+    waybills = _read_ingested(workspace, "waybills", ["waybill_id", "order_id", "account_id",
+                                                      *_PHONE_FIELDS["waybills"]])
+    waybill_account, waybill_order = _trimmed(waybills, "account_id"), _trimmed(waybills, "order_id")
+    names_phone = np.zeros(len(waybill_account), dtype=bool)
+    for name in _PHONE_FIELDS["waybills"]:
+        names_phone |= _in(normalize(_trimmed(waybills, name), "phone"), own_phones)
+    unowned = ~_valid(waybill_account) & ~_valid(waybill_order)
+    own_waybills = _picked(_trimmed(waybills, "waybill_id"),
+                           _in(waybill_account, [account_id]) | _in(waybill_order, own_orders)
+                           | (names_phone & unowned))
+    # rows: (device_id, account_id) of signed-in events
+    events = _read_ingested(workspace, "device_events", ["device_id", "account_id"])
+    device, signed = _trimmed(events, "device_id"), _trimmed(events, "account_id")
+    by_them = _in(signed, [account_id])
+    their_devices = _picked(device, by_them)
+    others_devices = _picked(device, _valid(signed) & ~by_them)
+    return LinkedIdentifiers(
+        account_id,
+        {"account_id": frozenset({account_id}), "device_id": frozenset(their_devices - others_devices),
+         "order_id": frozenset(own_orders), "waybill_id": frozenset(own_waybills),
+         "phone": frozenset(phones), "email": frozenset(emails)},
+        phones=frozenset(own_phones), shared_devices=frozenset(their_devices & others_devices),
+        other_accounts=frozenset(everyone - {account_id}), other_orders=frozenset(other_orders))
+
+
+def parquet_files(workspace: Workspace) -> list[Path]:
+    """Every Parquet file under the workspace except the machinery of staging and publishing."""
+    if not workspace.root.is_dir():
+        return []
+    return sorted(p for p in workspace.root.rglob("*.parquet")
+                  if not any(part.startswith(".") for part in p.relative_to(workspace.root).parts))
+
+
+def _is_text(type_: pa.DataType) -> bool:
+    return pa.types.is_string(type_) or pa.types.is_large_string(type_)
+
+
+def _text_columns(schema: pa.Schema) -> list[str]:
+    """Columns of strings or of lists of strings (a portrait's linked persons and devices)."""
+    return [f.name for f in schema
+            if _is_text(f.type) or (pa.types.is_list(f.type) and _is_text(f.type.value_type))]
+
+
+def _matching_rows(rows: pa.Table, columns: list[str], targets: pa.Array) -> np.ndarray:
+    """True on rows where any of ``columns``, trimmed, is one of ``targets`` (or any element of a list column is)."""
+    mask = np.zeros(rows.num_rows, dtype=bool)
+    if len(targets) == 0:
+        return mask
+    for name in columns:
+        column = rows.column(name).combine_chunks()
+        if pa.types.is_list(column.type):
+            hit = pc.is_in(pc.utf8_trim_whitespace(pc.list_flatten(column)), value_set=targets)
+            owners = pc.list_parent_indices(column).to_numpy(zero_copy_only=False)
+            mask[owners[pc.fill_null(hit, False).to_numpy(zero_copy_only=False)]] = True
+            continue
+        hit = pc.is_in(pc.utf8_trim_whitespace(column), value_set=targets)
+        mask |= np.asarray(pc.fill_null(hit, False).to_numpy(zero_copy_only=False), dtype=bool)
+    return mask
+
+
+@dataclass
+class FileScope:
+    """One Parquet file's rows as they concern the subject (masks over ``rows``).
+
+    ``named`` maps a phone column to the rows naming the subject as that party on a row that is
+    someone else's; ``party`` maps it to that party's columns.
+    """
+
+    path: Path
+    rows: pa.Table
+    own: np.ndarray
+    named: dict[str, np.ndarray]
+    party: dict[str, list[str]]
+    shared: np.ndarray
+
+    def named_rows(self) -> np.ndarray:
+        mask = np.zeros(self.rows.num_rows, dtype=bool)
+        for rows in self.named.values():
+            mask |= rows
+        return mask
+
+    def named_view(self) -> list[dict]:
+        """The rows naming the subject, with only their party's columns and the non-personal ones filled."""
+        table = TABLES.get(self.path.parent.name)
+        public = {f.name for f in table.fields if f.privacy is PrivacyClass.NON_PERSONAL} if table else set()
+        view = []
+        for index in np.flatnonzero(self.named_rows()):
+            shown = set(public)
+            for phone, rows in self.named.items():
+                if rows[index]:
+                    shown |= set(self.party[phone])
+            row = self.rows.slice(int(index), 1).to_pylist()[0]
+            view.append({name: (value if name in shown else None) for name, value in row.items()})
+        return view
+
+    def redacted(self, marker: str) -> pa.Table:
+        """The file's rows without the subject's own rows, their party's columns replaced by ``marker`` where named."""
+        rows = self.rows
+        for phone, mask in self.named.items():
+            for name in self.party[phone]:
+                if name in rows.column_names and mask.any():
+                    index = rows.schema.get_field_index(name)
+                    column = pc.if_else(pa.array(mask), pa.scalar(marker, rows.schema.field(name).type),
+                                        rows.column(name).combine_chunks())
+                    rows = rows.set_column(index, rows.schema.field(name), column)
+        return rows.filter(pa.array(~self.own))
+
+
+def subject_rows(workspace: Workspace, linked: LinkedIdentifiers, key: MasterKey) -> Iterator[FileScope]:
+    """The scope of every Parquet file holding any of the subject's ids, pseudonyms or phones."""
+    own_targets = pa.array(sorted((linked.raw_values() - linked.ids["phone"]) | linked.pseudonyms(key)), pa.string())
+    other_targets = pa.array(sorted(linked.other_accounts | linked.other_orders | linked.other_pseudonyms(key)),
+                             pa.string())
+    for path in parquet_files(workspace):
+        rows = pq.read_table(path)
+        table = TABLES.get(path.parent.name)
+        phones = [name for name in _PHONE_FIELDS.get(table.name, []) if name in rows.column_names] if table else []
+        text = [name for name in _text_columns(rows.schema) if name not in phones]
+        own_hit = _matching_rows(rows, text, own_targets)
+        phone_hit = {name: _in(normalize(pc.utf8_trim_whitespace(rows.column(name).combine_chunks()
+                                                                  .cast(pa.string())), "phone"), linked.phones)
+                     for name in phones}
+        any_phone = np.zeros(rows.num_rows, dtype=bool)
+        for hit in phone_hit.values():
+            any_phone |= hit
+        if not (own_hit | any_phone).any():
+            continue
+        foreign = _matching_rows(rows, text, other_targets)
+        party = {name: columns for name, columns in phone_sides(table).items() if name in phone_hit} if table else {}
+        named = {name: phone_hit[name] & foreign & ~own_hit for name in party}
+        scope = FileScope(path, rows, (own_hit | any_phone) & ~foreign, named, party, np.zeros(0, dtype=bool))
+        scope.shared = (own_hit | any_phone) & foreign & ~scope.named_rows()
+        yield scope
