@@ -18,7 +18,8 @@ least ``ALPHA``: the audit fails when it exceeds the claimed epsilon.
 
 For discrete Laplace counts and sums these tail events have likelihood ratio exactly
 e^(eps / K) per kept group, so a correct release meets the bound with equality: false alarm
-at most ``ALPHA`` = 1e-4 per audit (under 1e-3 for the file), and the control released at
+at most ``ALPHA`` = 1e-4 per check (the file makes 13 such checks: one false alarm in about
+750 runs of it, since OpenDP's noise is not seeded), and the control released at
 1.25 epsilon but audited at epsilon is flagged with probability above 99.9% (about 2,400
 guesses: 91% right under the null at most, 92.4% expected for the control). Means and
 quantiles are post-processed, so their guesses are weaker (valid, less power).
@@ -45,7 +46,7 @@ import pyarrow as pa
 import pytest
 from scipy.stats import binom, binomtest
 
-from dp import BudgetLedger, PrivateSession
+from dp import BudgetLedger, PrivateSession, join_devices
 from pipelines.engines import LocalEngine
 from pipelines.engines.jobs import purchases_kernel, release_group_counts
 from pipelines.popularity import ITEMS_PER_PERSON
@@ -284,6 +285,31 @@ def test_the_popularity_job_on_the_engine_keeps_epsilon(ledger, tmp_path):
     finally:
         engine.close()
     assert guessed > 100 and _epsilon_lower_bound(correct, guessed) <= EPSILON, (correct, guessed)
+
+
+def test_a_person_with_forty_devices_moves_a_device_count_by_at_most_epsilon(ledger):
+    """Canaries own 40 devices each; ``join_devices`` keeps 2 per person, the count 2 rows per person."""
+    m, kept_devices = 600, 2
+    groups = [f"g{i:05d}" for i in range(m)]
+
+    def run(included):
+        base = pd.DataFrame({"device_id": [f"d{b}_{g}" for b in range(BASE) for g in groups],
+                             "person_id": [f"p{b}_{g}" for b in range(BASE) for g in groups],
+                             "group": np.tile(groups, BASE)})
+        chosen = np.repeat(np.flatnonzero(included), 40)
+        canary = pd.DataFrame({"device_id": [f"z{i}_{n}" for i, n in zip(chosen, np.tile(np.arange(40), len(chosen)))],
+                               "person_id": [f"z{i}" for i in chosen], "group": [groups[i] for i in chosen]})
+        devices = pd.concat([base, canary], ignore_index=True)
+        joined = join_devices(devices[["device_id", "group"]], devices[["device_id", "person_id"]],
+                              max_devices_per_person=kept_devices, seed=3)
+        released = (_session(joined, ledger).query(epsilon=EPSILON).group_by("group", keys=groups)
+                    .bound(max_partitions=1, max_rows_per_partition=kept_devices).count().release())
+        counts = released["count"].to_numpy(dtype=np.float64)
+        return np.where(counts >= BASE + kept_devices, 1, np.where(counts <= BASE, -1, 0))
+
+    correct, guessed = _audit(run, runs=3, canaries=m, seed=7)
+    assert guessed > 1000
+    assert _epsilon_lower_bound(correct, guessed) <= EPSILON, (correct, guessed)
 
 
 # half-widths: the stated 95% must hold, and not by a wide margin ------------------------------------------
