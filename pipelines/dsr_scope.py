@@ -276,7 +276,9 @@ def subject_rows(workspace: Workspace, linked: LinkedIdentifiers, key: MasterKey
             any_phone |= hit
         if not (own_hit | any_phone).any():
             continue
-        foreign = _matching_rows(rows, text, other_targets)
+        foreign = np.zeros(rows.num_rows, dtype=bool)  # others' ids, looked for on the rows that concern them only
+        candidates = np.flatnonzero(own_hit | any_phone)
+        foreign[candidates] = _matching_rows(rows.take(pa.array(candidates)), text, other_targets)
         party = {name: columns for name, columns in phone_sides(table).items() if name in phone_hit} if table else {}
         named = {name: phone_hit[name] & foreign & ~own_hit for name in party}
         scope = FileScope(path, rows, (own_hit | any_phone) & ~foreign, named, party, np.zeros(0, dtype=bool))
