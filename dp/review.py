@@ -47,7 +47,7 @@ def _chains(ledger: BudgetLedger) -> list[ChainReport]:
 
 
 def _ranking(ledger: BudgetLedger, release_ids: set[str]) -> tuple[dict, dict | None]:
-    """How the non-personalized lists of the ledger's workspace were ranked, and a flag if that is not clearly private."""
+    """How the non-personalized lists of the ledger's workspace were ranked; a flag unless clearly private."""
     from pipelines.recommend import CATALOGUE_RANKING, non_personalized_ranking
 
     folder = ledger.path.parent / "outputs" / "recommendations"

@@ -45,7 +45,8 @@ rebuilt chain's head differs from the published one unless nothing before it was
 >>> import sqlite3
 >>> db = sqlite3.connect(":memory:", isolation_level=None)
 >>> _ = db.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY AUTOINCREMENT, who TEXT NOT NULL, body TEXT)")
->>> register_table(db, "notes", key="id", columns=["id", "who", "body"], placeholders={"who": REDACTED_ID, "body": None})
+>>> register_table(db, "notes", key="id", columns=["id", "who", "body"],
+...                placeholders={"who": REDACTED_ID, "body": None})
 >>> with appending(db, "notes"):
 ...     _ = db.executemany("INSERT INTO notes (who, body) VALUES (?, ?)", [("ana", "hello"), ("bo", "hi")])
 >>> verify(db, "notes").ok, verify(db, "notes").rows
@@ -66,7 +67,7 @@ import hashlib
 import itertools
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -153,14 +154,23 @@ def _genesis(table: str) -> str:
 _CANONICAL = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=True).encode
 
 
+def _row_hasher(table: str) -> Callable[[Sequence[object]], str]:
+    """``content_hash`` of ``table``, with the table's prefix computed once (for loops over many rows)."""
+    prefix, sha256, canonical = b"portrait.ledger.row.v1\x00" + table.encode() + b"\x00", hashlib.sha256, _CANONICAL
+
+    def hash_row(values: Sequence[object]) -> str:
+        return sha256(prefix + canonical(list(values)).encode()).hexdigest()
+
+    return hash_row
+
+
 def content_hash(table: str, values: Sequence[object]) -> str:
     """SHA-256 (hex) of one row's canonical content: the table name and the JSON list of its values.
 
     JSON keeps the types SQLite returns apart (``1``, ``1.0``, ``"1"``, ``null``); floats are written
     in their shortest round-trip form.
     """
-    return hashlib.sha256(b"portrait.ledger.row.v1\x00%b\x00%b" % (
-        table.encode(), _CANONICAL(list(values)).encode())).hexdigest()
+    return _row_hasher(table)(values)
 
 
 _PLAIN = {"integer": {int, type(None)}, "real": {float, type(None)}, "text": {str, type(None)},
@@ -333,8 +343,8 @@ def _now() -> str:
 
 def _seal(db: sqlite3.Connection, chain: _Chain) -> int:
     """Hash every unsealed row in key order and record the new head; returns how many were sealed."""
-    rows_before, previous, last_key = _execute(db, 
-        "SELECT rows, head, last_key FROM ledger_chains WHERE chain_table = ?", (chain.table,)).fetchone()
+    rows_before, previous, last_key = _execute(
+        db, "SELECT rows, head, last_key FROM ledger_chains WHERE chain_table = ?", (chain.table,)).fetchone()
     select = ", ".join(_quote(c) for c in chain.columns)
     key_index = chain.columns.index(chain.key)
     rows = _execute(db, f"SELECT {select} FROM {_quote(chain.table)} WHERE chain_hash IS NULL "
@@ -344,9 +354,9 @@ def _seal(db: sqlite3.Connection, chain: _Chain) -> int:
     if last_key is not None and rows[0][key_index] < last_key:
         raise ChainBrokenError(f"{chain.table}: an unsealed row (key {rows[0][key_index]}) sits before sealed rows; "
                                f"the table was edited outside the application")
-    chained = []   # rows: (content hash, previous chain hash, chain hash, key)
+    chained, hash_row = [], _row_hasher(chain.table)   # rows: (content hash, previous chain hash, chain hash, key)
     for values in rows:
-        content = content_hash(chain.table, values)
+        content = hash_row(values)
         hashed = link_hash(previous, content)
         chained.append((content, previous, hashed, values[key_index]))
         previous = hashed
@@ -390,11 +400,11 @@ def append_rows(db: sqlite3.Connection, table: str, rows: Iterable[Sequence[obje
     """
     chain = _chain(db, table)
     _require_appendable(db, chain)
-    rows_before, previous, last_key = _execute(db, 
-        "SELECT rows, head, last_key FROM ledger_chains WHERE chain_table = ?", (table,)).fetchone()
+    rows_before, previous, last_key = _execute(
+        db, "SELECT rows, head, last_key FROM ledger_chains WHERE chain_table = ?", (table,)).fetchone()
     largest = _execute(db, f"SELECT MAX({_quote(chain.key)}) FROM {_quote(table)}").fetchone()[0]
-    used = _execute(db, "SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchone() if _execute(db, 
-        "SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchone() else None
+    used = _execute(db, "SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchone() if _execute(
+        db, "SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchone() else None
     next_key = max(last_key or 0, largest or 0, used[0] if used else 0) + 1
     key_index = chain.columns.index(chain.key)
     declared = {row[1]: row[2] for row in _execute(db, f"PRAGMA table_info({_quote(table)})")}
@@ -402,7 +412,7 @@ def append_rows(db: sqlite3.Connection, table: str, rows: Iterable[Sequence[obje
     names = ", ".join([_quote(c) for c in chain.columns] + ["chain_content", "chain_prev", "chain_hash"])
     insert = (f"INSERT INTO {_quote(table)} ({names}) VALUES "
               f"({', '.join('?' * (len(chain.columns) + 3))})")
-    appended = 0
+    appended, hash_row = 0, _row_hasher(table)
     iterator = iter(rows)
     while batch := list(itertools.islice(iterator, batch_rows)):
         sealed = []   # rows: (content columns..., content hash, previous chain hash, chain hash)
@@ -413,7 +423,7 @@ def append_rows(db: sqlite3.Connection, table: str, rows: Iterable[Sequence[obje
                                     f"{len(chain.columns) - 1} (the content columns without {chain.key})")
             if any(type(v) not in _PLAIN[a] for v, a in zip(full, affinities)):
                 full = tuple(_stored(v, a, f"{table}.{c}") for v, a, c in zip(full, affinities, chain.columns))
-            content = content_hash(table, full)
+            content = hash_row(full)
             hashed = link_hash(previous, content)
             sealed.append((*full, content, previous, hashed))
             previous = hashed
@@ -442,8 +452,8 @@ def redact(db: sqlite3.Connection, table: str, where: str, params: Sequence[obje
     with appending(db, REDACTIONS_TABLE):
         db.executemany(f"INSERT INTO {REDACTIONS_TABLE} (chain_table, row_key, content, reason, redacted_at) "
                        "VALUES (?, ?, ?, ?, ?)", [(table, key, content, reason, stamp) for key, content in targets])
-    assignments = ", ".join([f"{_quote(c)} = {_placeholder_sql(v, _quote(table))}" for c, v in chain.placeholders.items()]
-                            + ["chain_redacted = 1"])
+    assignments = ", ".join([f"{_quote(c)} = {_placeholder_sql(v, _quote(table))}"
+                             for c, v in chain.placeholders.items()] + ["chain_redacted = 1"])
     db.executemany(f"UPDATE {_quote(table)} SET {assignments} WHERE {_quote(chain.key)} = ?",
                    [(key,) for key, _ in targets])
     return len(targets)
@@ -465,8 +475,8 @@ def verify(db: sqlite3.Connection, table: str) -> ChainReport:
     append-only triggers are in place.
     """
     chain = _chain(db, table)
-    recorded_rows, recorded_head, migrated = _execute(db, 
-        "SELECT rows, head, migrated_rows FROM ledger_chains WHERE chain_table = ?", (table,)).fetchone()
+    recorded_rows, recorded_head, migrated = _execute(
+        db, "SELECT rows, head, migrated_rows FROM ledger_chains WHERE chain_table = ?", (table,)).fetchone()
     redactions: dict[int, str] = {}
     if table != REDACTIONS_TABLE:
         redactions = dict(_execute(db, f"SELECT row_key, content FROM {REDACTIONS_TABLE} WHERE chain_table = ?",
@@ -480,28 +490,28 @@ def verify(db: sqlite3.Connection, table: str) -> ChainReport:
         return ChainReport(table, position, previous, False, at, problem, migrated)
 
     cursor = _execute(db, f"SELECT {select} FROM {_quote(table)} ORDER BY {_quote(chain.key)}")
-    width = len(chain.columns)
+    width, hash_row = len(chain.columns), _row_hasher(table)
     for row in cursor:
         values, (content, prev, hashed, redacted) = row[:width], row[width:]
         position += 1
-        key_value = values[key_index]
-        where = f"{chain.key} {key_value}"
         if hashed is None:
-            return report(f"{where} is not sealed (inserted outside the application)", position)
+            return report(f"{chain.key} {values[key_index]} is not sealed (inserted outside the application)",
+                          position)
         if prev != previous:
-            return report(f"{where} does not link to the row before it (a row was deleted, inserted or reordered)",
-                          position)
+            return report(f"{chain.key} {values[key_index]} does not link to the row before it (a row was deleted, "
+                          f"inserted or reordered)", position)
         if redacted:
-            expected = [(_redacted_value(v, content) if c in chain.placeholders else values[i])
-                        for i, (c, v) in enumerate((c, chain.placeholders.get(c)) for c in chain.columns)]
-            if list(values) != expected or redactions.get(key_value) != content:
-                return report(f"{where} is marked redacted without a matching redaction entry or placeholder content",
-                              position)
-        elif content_hash(table, values) != content:
-            return report(f"{where} was changed after it was recorded (its content no longer matches its hash)",
-                          position)
+            expected = [(_redacted_value(chain.placeholders[c], content) if c in chain.placeholders else values[i])
+                        for i, c in enumerate(chain.columns)]
+            if list(values) != expected or redactions.get(values[key_index]) != content:
+                return report(f"{chain.key} {values[key_index]} is marked redacted without a matching redaction "
+                              f"entry or placeholder content", position)
+        elif hash_row(values) != content:
+            return report(f"{chain.key} {values[key_index]} was changed after it was recorded (its content no "
+                          f"longer matches its hash)", position)
         if link_hash(prev, content) != hashed:
-            return report(f"{where} has a chain hash that does not match its content and link", position)
+            return report(f"{chain.key} {values[key_index]} has a chain hash that does not match its content and "
+                          f"link", position)
         previous = hashed
     if position < recorded_rows:
         return report(f"{recorded_rows - position} row(s) missing at the end (recorded head {recorded_head[:16]}...)",

@@ -112,7 +112,8 @@ def test_only_registered_datasets_have_budgets(copy, capsys):
     assert "dataset 'race' is not registered" in capsys.readouterr().err
     frame = pd.DataFrame({"person_id": ["a", "b"], "amount": [1.0, 2.0]})
     with pytest.raises(UnregisteredDatasetError, match="not registered"):
-        PrivateSession(frame, dataset="race", ledger=copy / "workspace" / "ledger.sqlite", purpose="product_improvement")
+        PrivateSession(frame, dataset="race", ledger=copy / "workspace" / "ledger.sqlite",
+                       purpose="product_improvement")
 
 
 def test_a_budget_raise_needs_a_reason_and_is_flagged(copy, capsys):

@@ -224,7 +224,7 @@ class SqliteConsentStore:
     @staticmethod
     def _new_events(db: sqlite3.Connection, events: pa.Table, columns: list[str], source: str,
                     now: int) -> Iterator[tuple]:
-        """Rows (``_EVENT_COLUMNS`` without seq) of the events whose id is neither in the ledger nor earlier in ``events``."""
+        """Rows (``_EVENT_COLUMNS`` without seq) of the events whose id is in neither the ledger nor earlier rows."""
         seen: set[str] = set()
         for batch in events.to_batches(max_chunksize=100_000):
             rows = list(zip(*(batch.column(c).to_pylist() for c in columns)))
