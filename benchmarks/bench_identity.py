@@ -18,8 +18,8 @@ pairs the truth holds / pairs the truth holds. ``recall_consenting`` counts only
 accounts all allow ``cross_device_sync`` (the others may not be linked by policy, whatever the
 evidence); ``signed_in_ceiling`` is the share of those whose device saw a sign-in by some account
 of the same human at all: no rule reading sign-ins can reach more (devices nobody signed in on
-carry no evidence, and account pairs none that tells a second account from a household). Last line: one JSON object with ``precision``, ``recall``, the
-CPU model and the timings in seconds.
+carry no evidence, and account pairs none that tells a second account from a household). Last
+line: one JSON object with ``precision``, ``recall``, the CPU model and the timings in seconds.
 """
 
 from __future__ import annotations

@@ -117,7 +117,8 @@ def _item_ranking(popularity: pd.Series | None, popularity_release: str | None, 
     if popularity is None:
         if popularity_release is not None:
             raise ValueError("popularity_release names a release but no popularity was given; pass both or neither")
-        days = listed_at.cast(pa.int64()).to_numpy(zero_copy_only=False).astype(np.float64) / 1e6 / _SECONDS_PER_DAY
+        micros = listed_at.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
+        days = micros.to_numpy(zero_copy_only=False).astype(np.float64) / 1e6 / _SECONDS_PER_DAY
         return days, CATALOGUE_RANKING
     if not isinstance(popularity_release, str) or not popularity_release:
         raise ValueError("popularity needs popularity_release, the id of the DP release it comes from (the "
@@ -127,8 +128,8 @@ def _item_ranking(popularity: pd.Series | None, popularity_release: str | None, 
     values = pd.to_numeric(popularity, errors="coerce")
     if values.isna().any() or not np.all(np.isfinite(values.to_numpy(dtype=np.float64))):
         raise ValueError("popularity holds non-numeric, NaN or infinite values; pass finite scores per item_id")
-    return values.groupby(level=0).max().reindex(item_ids).to_numpy(dtype=np.float64), \
-        f"dp_popularity:{popularity_release}"
+    scores = values.groupby(level=0).max().reindex(item_ids).to_numpy(dtype=np.float64)
+    return scores, f"dp_popularity:{popularity_release}"
 
 
 def non_personalized_ranking(folder: str | Path) -> str | None:
@@ -142,8 +143,8 @@ def non_personalized_ranking(folder: str | Path) -> str | None:
 
 def write_recommendations(workspace: Workspace, eligible: pd.DataFrame, *, as_of: dt.datetime, k: int = 10,
                           marketing: pd.DataFrame | None = None, popularity: pd.Series | None = None,
-                          popularity_release: str | None = None, factors: int = 64, iterations: int = 15, half_life_days: float = 90.0,
-                          random_state: int = 0, engine: Engine | None = None,
+                          popularity_release: str | None = None, factors: int = 64, iterations: int = 15,
+                          half_life_days: float = 90.0, random_state: int = 0, engine: Engine | None = None,
                           progress: bool = False) -> list[dict]:
     """Write each eligible person's top-``k`` items and the marketing audience; return summary rows.
 

@@ -159,8 +159,8 @@ def test_a_device_another_account_signed_in_on_belongs_to_no_identity(job):
     events = ds.dataset(workspace.pseudonymized("device_events")).to_table(columns=["device_id", "person_id"])
     signed = events.filter(pc.is_valid(events.column("person_id"))).group_by("device_id").aggregate(
         [("person_id", "count_distinct")])
-    accounts_on = dict(zip(signed.column("device_id").to_pylist(), signed.column("person_id_count_distinct").to_pylist(),
-                           strict=True))
+    accounts_on = dict(zip(signed.column("device_id").to_pylist(),
+                           signed.column("person_id_count_distinct").to_pylist(), strict=True))
     assert max(accounts_on.values()) >= 3  # the data holds shared devices: the rule is exercised
     devices = ds.dataset(workspace.outputs("identity") / "devices").to_table()
     assert devices.num_rows > 0

@@ -1,7 +1,8 @@
 """Seeded synthetic raw data set: the seven tables of ``profiling.schema``, realistic and consistent.
 
 ``generate`` writes ``<out_dir>/<table>/part-NNNNN.parquet`` with exactly the data model's Arrow
-schemas, and on request the ground truth of who is who (``_truth``) to a folder of its own. Accounts are made in batches; each batch draws from its own stream
+schemas, and on request the ground truth of who is who (``_truth``) to a folder of its own.
+Accounts are made in batches; each batch draws from its own stream
 ``np.random.default_rng([seed, batch_index])`` and writes one part file per table, so memory is
 bounded by the batch and the output is byte-identical for the same parameters. The catalogue, the
 merchants and a pool of shared devices come from a separate stream common to all batches.

@@ -60,8 +60,9 @@ def _checked_truth_dir(truth_dir: str | os.PathLike, out: Path) -> Path:
     truth = _checked_out_dir(truth_dir)
     raw, kept = out.resolve(), truth.resolve()
     if kept == raw or raw in kept.parents or kept in raw.parents:
+        sibling = out.parent / f"{out.name}-truth"
         raise ValueError(f"truth_dir {truth} and out_dir {out} overlap; the ground truth must lie apart from the raw "
-                         f"data set (ingest reads all of out_dir): use a sibling such as {out.parent / (out.name + '-truth')}")
+                         f"data set (ingest reads all of out_dir): use a sibling such as {sibling}")
     return truth
 
 
