@@ -61,6 +61,7 @@ def test_a_release_prints_no_exact_count_of_persons(demo, capsys):
     (["--sum", "currency:0:10", "--epsilon", "1"], "needs a numeric column"),
     (["--quantile", "payment_institution:0.5:0:10", "--epsilon", "1"], "needs a numeric column"),
     (["--by", "amount", "--keys", "alipay,unionpay", "--count", "--epsilon", "1"], "holds numbers"),
+    (["--by", "amount", "--keys", "yes,no", "--count", "--epsilon", "1"], "holds numbers"),
     (["--sum", "amount:0:0.001", "--epsilon", "1"], "resolution"),
     (["--quantile", "amount:1.5:0:10", "--epsilon", "1"], "strictly between 0 and 1"),
 ])

@@ -43,18 +43,26 @@ def _public_keys(table: str, column: str) -> list | None:
     return list(allowed) if allowed else None
 
 
+def _boolean(text: str) -> bool:
+    if text.strip().lower() not in ("true", "false"):
+        raise ValueError(text)
+    return text.strip().lower() == "true"
+
+
 def _typed_keys(texts: list[str], table: pa.Table, column: str) -> list:
-    """``--keys`` read as the numbers a numeric column holds (text keys never match them)."""
+    """``--keys`` read as the numbers or booleans a numeric or boolean column holds (text never matches them)."""
     if column not in table.column_names:
         return texts
     kind = table.schema.field(column).type
-    parse = int if pa.types.is_integer(kind) else float if pa.types.is_floating(kind) else None
+    parse, what = ((int, "whole numbers") if pa.types.is_integer(kind) else (float, "numbers")
+                   if pa.types.is_floating(kind) else (_boolean, "true or false") if pa.types.is_boolean(kind)
+                   else (None, ""))
     if parse is None:
         return texts
     try:
         return [parse(text) for text in texts]
     except ValueError:
-        raise ValueError(f"--keys {','.join(texts)!r}: column {column!r} holds numbers; list numbers") from None
+        raise ValueError(f"--keys {','.join(texts)!r}: column {column!r} holds {what}; list {what}") from None
 
 
 def _query(args: argparse.Namespace) -> None:
