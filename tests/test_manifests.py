@@ -10,9 +10,11 @@ import shutil
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipelines import cli
-from pipelines.manifest import MANIFEST, DamagedFolderError
+from pipelines.manifest import MANIFEST, DamagedFolderError, verify_folder, write_manifests
 from pipelines.run import run_pipeline
 from pipelines.synthetic import generate
 from pipelines.workspace import Workspace
@@ -150,3 +152,26 @@ def test_a_damaged_ledger_is_one_line_naming_the_file(copy, capsys, damage):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"portrait: error: ledger {ledger} is ")
     assert ("truncated" if damage == "truncate" else "not a readable SQLite database") in err
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                     max_leaves=10)
+
+
+@settings(max_examples=80, deadline=None)
+@given(content=st.one_of(st.binary(max_size=64), _JSON.map(lambda value: json.dumps(value).encode()),
+                         st.fixed_dictionaries({"format": st.just("portrait-manifest-1"), "files": _JSON}).map(
+                             lambda value: json.dumps(value).encode())))
+def test_any_damaged_manifest_is_a_named_error(tmp_path_factory, content):
+    folder = tmp_path_factory.mktemp("folder")
+    (folder / "part-0.parquet").write_bytes(b"PAR1")
+    write_manifests(folder)
+    (folder / MANIFEST).write_bytes(content)
+    try:
+        verify_folder(folder, rebuild="rerun it")
+    except DamagedFolderError as error:
+        assert str(folder) in str(error) and str(error).endswith("rerun it") and "\n" not in str(error)
+    else:  # only a manifest that still lists the one file exactly passes
+        listed = json.loads(content)["files"]
+        assert list(listed) == ["part-0.parquet"]
