@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 from pipelines.dsr_overlay import REDACTED, create_overlay_tables, load_tombstones, record_tombstones
 from pipelines.dsr_scope import LINK_KINDS, DsrError, LinkedIdentifiers, linked_identifiers, subject_rows
-from pipelines.workspace import Workspace
+from pipelines.workspace import Workspace, holding_job_lock
 from profiling.consent.sqlite_store import SqliteConsentStore, ledger_connection
 from profiling.csv_cells import write_csv_rows
 from profiling.keys import MasterKey
@@ -215,6 +215,7 @@ def export_account(workspace: Workspace, account_id: str, key: MasterKey, out_di
 
 # --- correction -------------------------------------------------------------------------------------
 
+@holding_job_lock("portrait dsr correct")
 def correct_account(workspace: Workspace, account_id: str, field_name: str, value: str, key: MasterKey, *,
                     now: dt.datetime | None = None) -> dict:
     """Set ``field_name`` of the account's row in ``WS/ingested/accounts/`` to ``value`` (text, as in a CSV).
@@ -283,6 +284,7 @@ def correct_account(workspace: Workspace, account_id: str, field_name: str, valu
 
 # --- erasure ----------------------------------------------------------------------------------------
 
+@holding_job_lock("portrait dsr erase")
 def erase_account(workspace: Workspace, account_id: str, key: MasterKey) -> ErasureReport:
     """Remove the subject's own rows from the whole workspace, blank them on others' rows, and tombstone them.
 

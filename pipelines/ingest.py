@@ -48,7 +48,7 @@ from pipelines.dsr_overlay import (
     phone_sides,
     remember_erasures,
 )
-from pipelines.workspace import Workspace, write_json_atomic
+from pipelines.workspace import Workspace, holding_job_lock, write_json_atomic
 from profiling.errors import InternalError, SchemaError, WorkspaceError
 from profiling.keys import MasterKey
 from profiling.pseudonyms import normalize
@@ -517,6 +517,7 @@ def _ingest_table(table: Table, sources: list[Path], stage: Path, context: Check
             for name, chunks in kept.items()}
 
 
+@holding_job_lock("portrait ingest", create=True)
 def ingest(raw_dir: str | os.PathLike, workspace: Workspace, *, now: dt.datetime | None = None,
            batch_rows: int = 500_000, progress: bool = True, key: MasterKey | None = None) -> dict[str, TableReport]:
     """Ingest every table of ``raw_dir`` into ``workspace``, replacing what an earlier ingest wrote.

@@ -53,7 +53,7 @@ from pipelines.engines.jobs import release_item_buyers
 from pipelines.popularity import popularity_release_id, read_popularity
 from pipelines.portraits import write_identity, write_portraits
 from pipelines.recommend import write_recommendations
-from pipelines.workspace import Workspace, write_json_atomic
+from pipelines.workspace import Workspace, holding_job_lock, write_json_atomic
 from profiling.consent import (
     ConsentGate,
     ConsentSnapshot,
@@ -298,6 +298,7 @@ def apply_budgets(workspace: Workspace, config: JobConfig) -> list[dict]:
     return rows
 
 
+@holding_job_lock("portrait run")
 def run_pipeline(workspace: Workspace, key_file: str | Path | None, as_of: dt.datetime, *,
                  progress: bool = True, config: JobConfig | None = None,
                  stages: Sequence[str] | None = None,
@@ -309,6 +310,8 @@ def run_pipeline(workspace: Workspace, key_file: str | Path | None, as_of: dt.da
     the purposes, K, identity and partition settings and budgets (``JobConfig()`` by default).
     ``stages`` runs only the named stages, in ``STAGES`` order (each reads what earlier runs wrote).
     ``on_stage(name, seconds)`` is called after each stage with its wall-clock time.
+    The whole run holds the workspace's job lock (``Workspace.job_lock``): an erasure, correction or
+    consent change asked for meanwhile waits for the run to end, so the run never republishes it.
     """
     config = config or JobConfig()
     names = [stage.name for stage in STAGES]

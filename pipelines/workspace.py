@@ -19,19 +19,30 @@ previous contents as they were. Hidden entries (``.staging-*``, ``.retired-*``, 
 machinery of that and are cleared by the next stage that runs. ``publish`` also writes a
 ``_manifest.json`` (each file's size and SHA-256) into every folder it publishes, and readers
 check it through ``verified`` (``pipelines.manifest``): a damaged file stops the stage, named.
+
+One job at a time changes the workspace: ``Workspace.job_lock`` (an ``flock`` on ``WS/.job-lock``)
+is held by ``portrait run`` and ``portrait ingest`` for their whole duration and taken by every
+request that changes what a job reads (erasure, correction, consent changes), so such a request
+waits for a running job instead of racing with it.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import fcntl
+import functools
+import inspect
 import json
 import os
 import shutil
+import sys
 import tempfile
+import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, ParamSpec, TypeVar
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -41,7 +52,9 @@ from profiling.errors import WorkspaceError
 from profiling.file_modes import make_owner_only, restrict_to_owner
 from profiling.schema import TABLE_NAMES, arrow_schema
 
-__all__ = ["Workspace", "write_json_atomic"]
+__all__ = ["JOB_LOCK", "Workspace", "holding_job_lock", "write_json_atomic"]
+
+JOB_LOCK = ".job-lock"  # the file whose flock is the workspace's job lock
 
 
 def write_json_atomic(path: Path, payload: object) -> None:
@@ -188,6 +201,121 @@ class Workspace:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    @contextmanager
+    def job_lock(self, holder: str, *, create: bool = False) -> Iterator[None]:
+        """Hold the workspace's exclusive job lock while the block runs (waiting for it if need be).
+
+        ``holder`` names what holds it (``"portrait run"``); a process that has to wait prints one
+        line to stderr naming the holder, its pid and start time, then waits as long as that job
+        runs. The lock is an ``flock`` on ``WS/.job-lock``: the operating system releases it when
+        its process ends, however it ends, so a killed job never leaves the workspace locked.
+        Re-entrant within one thread (a locked operation calling another does not wait for
+        itself). A missing workspace folder is a ``WorkspaceError`` unless ``create`` (ingest):
+        then it is made, and removed again on exit if it still holds nothing but lock files.
+        """
+        held = _held_job_locks()
+        identity = str(self.root.resolve())
+        if identity in held:
+            yield
+            return
+        created = create and not self.root.exists()
+        handle = self._acquire_job_lock(holder, create=create)
+        held.add(identity)
+        try:
+            yield
+        finally:
+            held.discard(identity)
+            try:
+                if created and {p.name for p in self.root.iterdir()} <= {JOB_LOCK, ".lock"}:
+                    for name in (".lock", JOB_LOCK):  # still holding the lock: see _acquire_job_lock
+                        (self.root / name).unlink(missing_ok=True)
+                    self.root.rmdir()
+            except OSError:
+                pass  # something else appeared in the new folder meanwhile: it stays
+            finally:
+                handle.truncate(0)  # who held it is told only while it is held
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                handle.close()
+
+    def _acquire_job_lock(self, holder: str, *, create: bool) -> IO[str]:
+        """The open, locked ``WS/.job-lock`` with ``holder`` written into it."""
+        path = self.root / JOB_LOCK
+        announced = False
+        while True:
+            if not self.root.is_dir():
+                if not create:
+                    raise WorkspaceError(f"workspace {self.root} does not exist; run "
+                                         f"`portrait ingest --raw DIR --workspace {self.root}` first")
+                self.root.mkdir(parents=True, exist_ok=True)
+            handle = open(path, "a+", encoding="utf-8")
+            try:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if not announced:
+                        handle.seek(0)
+                        print(f"portrait: waiting for the job holding workspace {self.root} "
+                              f"({_describe_holder(handle.read())}) to finish", file=sys.stderr, flush=True)
+                        announced = True
+                    fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    current = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+                except FileNotFoundError:
+                    current = False
+                if current:
+                    handle.seek(0)
+                    handle.truncate()
+                    handle.write(json.dumps({"holder": holder, "pid": os.getpid(),
+                                             "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}))
+                    handle.flush()
+                    return handle
+            except BaseException:
+                handle.close()
+                raise
+            # The holder removed the folder it had created (and this file with it): lock the new one.
+            handle.close()
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def holding_job_lock(holder: str, *, create: bool = False) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """Run the decorated function under ``workspace.job_lock(holder)``; its ``workspace`` argument names the workspace."""
+    def decorate(function: Callable[_P, _R]) -> Callable[_P, _R]:
+        signature = inspect.signature(function)
+
+        @functools.wraps(function)
+        def locked(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            workspace = signature.bind_partial(*args, **kwargs).arguments.get("workspace")
+            if not isinstance(workspace, Workspace):
+                return function(*args, **kwargs)  # the function's own check says what is wrong
+            with workspace.job_lock(holder, create=create):
+                return function(*args, **kwargs)
+
+        return locked
+
+    return decorate
+
+
+_thread_state = threading.local()
+
+
+def _held_job_locks() -> set[str]:
+    """Workspaces (resolved roots) whose job lock this thread holds."""
+    if not hasattr(_thread_state, "job_locks"):
+        _thread_state.job_locks = set()
+    return _thread_state.job_locks
+
+
+def _describe_holder(text: str) -> str:
+    try:
+        facts = json.loads(text)
+        return f"{facts['holder']}, pid {facts['pid']}, started {facts['started_at']}"
+    except (ValueError, KeyError, TypeError):
+        return "a job that is just starting"
+
 
 
 _RETIRED = ".retired-"
