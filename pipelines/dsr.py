@@ -8,8 +8,9 @@ several persons (listed in the report) for the next run to rebuild.
 
 Erasure writes tombstones first (``pipelines.dsr_overlay``: the TOMBSTONE pseudonyms, keyed by the
 key file's tombstone secret, of their account id, phones and own devices; nothing else), then
-rewrites every affected folder in staging and publishes them together, then removes the account's
-consent events, requests and corrections from the ledger. Ingest drops every row the tombstones
+rewrites every affected folder in staging and publishes them together, then redacts the account's
+consent events, requests and corrections in the ledger (hash-chained, append-only tables:
+``profiling.ledger_chain``; the raw id and values are replaced, each row's place and hash kept). Ingest drops every row the tombstones
 lead to, whatever key versions were rotated or destroyed since, so replaying the raw source does
 not bring them back. Corrections are recorded as an overlay every later ingest applies.
 
@@ -36,12 +37,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.dsr_overlay import REDACTED, create_overlay_tables, load_tombstones, record_tombstones
+from pipelines.dsr_overlay import (
+    REDACTED,
+    create_overlay_tables,
+    forget_corrections,
+    load_tombstones,
+    record_correction,
+    record_tombstones,
+)
 from pipelines.dsr_scope import LINK_KINDS, DsrError, LinkedIdentifiers, linked_identifiers, subject_rows
 from pipelines.workspace import Workspace, holding_job_lock
 from profiling.consent.sqlite_store import SqliteConsentStore, ledger_connection
 from profiling.csv_cells import write_csv_rows
 from profiling.keys import MasterKey
+from profiling.ledger_chain import REDACTED_ID, appending, redact, register_table
 from profiling.pseudonyms import PERSON, pseudonymize
 from profiling.schema import TABLES
 from profiling.validation import CheckContext, check_batch, coerce_column
@@ -62,7 +71,7 @@ __all__ = [
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dsr_requests (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
-    account_id   TEXT NOT NULL,   -- raw account id (identifiable zone); removed on erasure
+    account_id   TEXT NOT NULL,   -- raw account id (identifiable zone); redacted on erasure
     kind         TEXT NOT NULL,   -- export, correct
     field        TEXT,            -- corrected column (the value itself is not kept here)
     requested_at TEXT NOT NULL
@@ -113,16 +122,27 @@ def _ledger(workspace: Workspace) -> Iterator[sqlite3.Connection]:
     connection = ledger_connection(workspace.ledger)
     try:
         connection.executescript("BEGIN IMMEDIATE;" + _SCHEMA)
-        create_overlay_tables(connection)
+        try:
+            register_table(connection, "dsr_requests", key="id", columns=list(_REQUEST_COLUMNS),
+                           placeholders={"account_id": REDACTED_ID})
+            create_overlay_tables(connection)
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
         connection.execute("COMMIT")
         yield connection
     finally:
         connection.close()
 
 
+# dsr_requests is hash-chained and append-only (``profiling.ledger_chain``): erasure redacts the account id.
+_REQUEST_COLUMNS = ("id", "account_id", "kind", "field", "requested_at")
+
+
 def _record_request(db: sqlite3.Connection, account_id: str, kind: str, field_name: str | None = None) -> None:
-    db.execute("INSERT INTO dsr_requests (account_id, kind, field, requested_at) VALUES (?, ?, ?, ?)",
-               (account_id, kind, field_name, _now().isoformat()))
+    with appending(db, "dsr_requests"):
+        db.execute("INSERT INTO dsr_requests (account_id, kind, field, requested_at) VALUES (?, ?, ?, ?)",
+                   (account_id, kind, field_name, _now().isoformat()))
 
 
 def _rows_as_dicts(cursor: sqlite3.Cursor) -> list[dict]:
@@ -194,10 +214,10 @@ def export_account(workspace: Workspace, account_id: str, key: MasterKey, out_di
         db.execute("BEGIN IMMEDIATE")
         _record_request(db, linked.account_id, "export")
         db.execute("COMMIT")
-        requests = _rows_as_dicts(db.execute("SELECT * FROM dsr_requests WHERE account_id = ? ORDER BY id",
-                                             (linked.account_id,)))
-        corrections = _rows_as_dicts(db.execute("SELECT * FROM dsr_corrections WHERE account_id = ? ORDER BY id",
-                                                (linked.account_id,)))
+        requests = _rows_as_dicts(db.execute(f"SELECT {', '.join(_REQUEST_COLUMNS)} FROM dsr_requests "
+                                             f"WHERE account_id = ? ORDER BY id", (linked.account_id,)))
+        corrections = _rows_as_dicts(db.execute("SELECT account_id, field, value, corrected_at FROM dsr_corrections "
+                                                "WHERE account_id = ? ORDER BY id", (linked.account_id,)))
     bundle = {"account_id": linked.account_id, "exported_at": _now().isoformat(),
               "linked_ids": {kind: sorted(values) for kind, values in linked.ids.items()},
               "tables": tables, "consent_history": history, "requests": requests, "corrections": corrections,
@@ -270,8 +290,7 @@ def correct_account(workspace: Workspace, account_id: str, field_name: str, valu
             db.execute("BEGIN IMMEDIATE")
             try:
                 _record_request(db, account_id, "correct", field_name)
-                db.execute("INSERT INTO dsr_corrections (account_id, field, value, corrected_at) VALUES (?, ?, ?, ?)",
-                           (account_id, field_name, value, _now().isoformat()))
+                record_correction(db, account_id, field_name, value, _now())
                 db.execute("INSERT INTO dsr_stale (account_id, person_id, field, since) VALUES (?, ?, ?, ?)",
                            (account_id, person_id, field_name, _now().isoformat()))
                 workspace.publish({folder: staged})
@@ -292,7 +311,7 @@ def erase_account(workspace: Workspace, account_id: str, key: MasterKey) -> Eras
     left (``ErasureReport.rows_shared``) and nothing of anyone else is removed. Order: tombstones of
     their account id, phones and own devices (durable; keyed by the tombstone secret, so no key
     rotation or destruction undoes them) -> every affected folder rewritten in staging and
-    published together -> the account's consent events, requests and corrections deleted from the
+    published together -> the account's consent events, requests and corrections redacted in the
     ledger (secure delete, WAL checkpointed). A failure before publishing leaves every folder as it
     was; the tombstones alone keep ingest from re-admitting the person, and rerunning the erasure
     finishes the job.
@@ -345,10 +364,10 @@ def erase_account(workspace: Workspace, account_id: str, key: MasterKey) -> Eras
         report.consent_events_removed = store.erase_account(linked.account_id)
     with _ledger(workspace) as db:
         db.execute("BEGIN IMMEDIATE")
-        report.requests_removed = db.execute("DELETE FROM dsr_requests WHERE account_id = ?",
-                                             (linked.account_id,)).rowcount
+        report.requests_removed = redact(db, "dsr_requests", "account_id = ?", (linked.account_id,),
+                                         reason="erasure request")
         db.execute("DELETE FROM dsr_stale WHERE account_id = ?", (linked.account_id,))
-        db.execute("DELETE FROM dsr_corrections WHERE account_id = ?", (linked.account_id,))
+        forget_corrections(db, linked.account_id)
         db.execute("COMMIT")
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     needles = [value.encode() for value in sorted(linked.raw_values() | linked.pseudonyms(key))]

@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 from profiling.consent.sqlite_store import ledger_connection
 from profiling.errors import KeyFileError
 from profiling.keys import MasterKey
+from profiling.ledger_chain import REDACTED_ID, appending, redact, register_table
 from profiling.pseudonyms import TOMBSTONE, pseudonymize
 from profiling.schema import TABLES, PrivacyClass, Table
 
@@ -46,6 +47,8 @@ __all__ = [
     "remember_erasures",
     "legacy_tombstone_count",
     "load_corrections",
+    "record_correction",
+    "forget_corrections",
     "phone_sides",
     "create_overlay_tables",
 ]
@@ -72,12 +75,21 @@ CREATE TABLE IF NOT EXISTS dsr_corrections (
 );
 """
 _LEGACY_TABLE = "dsr_tombstones"
+# Both tables are hash-chained and append-only (``profiling.ledger_chain``): tombstones are never
+# removed; an erasure redacts a correction's account id and value, keeping its place in the chain.
+_CHAINS: dict[str, dict] = {
+    "dsr_erased_ids": {"key": "id", "columns": ["id", "tombstone_id", "kind", "key_fingerprint", "erased_at"]},
+    "dsr_corrections": {"key": "id", "columns": ["id", "account_id", "field", "value", "corrected_at"],
+                        "placeholders": {"account_id": REDACTED_ID, "value": None}},
+}
 
 def create_overlay_tables(db: sqlite3.Connection) -> None:
-    """Create the tombstone and correction tables (inside the caller's transaction)."""
+    """Create the tombstone and correction tables and chain them (inside the caller's transaction)."""
     for statement in _SCHEMA.split(";"):
         if statement.strip():
             db.execute(statement)
+    for table, chain in _CHAINS.items():
+        register_table(db, table, **chain)
 
 
 def _has_table(db: sqlite3.Connection, name: str) -> bool:
@@ -181,9 +193,23 @@ def record_tombstones(db: sqlite3.Connection, key: MasterKey, ids: Mapping[str, 
             stones = pseudonymize(values, key, TOMBSTONE, identifier=kind).to_pylist()
             rows += [(stone, kind, key.tombstone_fingerprint, erased_at.isoformat()) for stone in stones if stone]
     before = db.total_changes
-    db.executemany("INSERT OR IGNORE INTO dsr_erased_ids (tombstone_id, kind, key_fingerprint, erased_at) "
-                   "VALUES (?, ?, ?, ?)", rows)
+    with appending(db, "dsr_erased_ids"):
+        db.executemany("INSERT OR IGNORE INTO dsr_erased_ids (tombstone_id, kind, key_fingerprint, erased_at) "
+                       "VALUES (?, ?, ?, ?)", rows)
     return db.total_changes - before
+
+
+def record_correction(db: sqlite3.Connection, account_id: str, column: str, value: str | None,
+                      corrected_at: dt.datetime) -> None:
+    """Append one correction to the overlay (inside the caller's transaction)."""
+    with appending(db, "dsr_corrections"):
+        db.execute("INSERT INTO dsr_corrections (account_id, field, value, corrected_at) VALUES (?, ?, ?, ?)",
+                   (account_id, column, value, corrected_at.isoformat()))
+
+
+def forget_corrections(db: sqlite3.Connection, account_id: str) -> int:
+    """Redact the account's corrections (account id and value; the chain keeps their place); returns how many."""
+    return redact(db, "dsr_corrections", "account_id = ?", (account_id,), reason="erasure request")
 
 
 def forget_legacy_tombstones(db: sqlite3.Connection, stones: Iterable[str]) -> int:
@@ -238,7 +264,8 @@ def load_corrections(workspace) -> dict[str, dict[str, str | None]]:
     try:
         if _has_table(db, "dsr_corrections"):
             for account, column, value in db.execute(
-                    "SELECT account_id, field, value FROM dsr_corrections ORDER BY id"):
+                    "SELECT account_id, field, value FROM dsr_corrections "
+                    "WHERE account_id NOT LIKE 'redacted:%' ORDER BY id"):
                 latest.setdefault(column, {})[account] = value
     finally:
         db.close()

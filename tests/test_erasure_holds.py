@@ -229,6 +229,25 @@ def test_correction_survives_reingest_and_goes_with_an_erasure(site):
     assert "13900001234" not in text and "again@example.com" not in text and account not in text
 
 
+def test_request_tables_are_hash_chained_and_erasure_redacts_them(site, tmp_path, capsys):
+    account = "A0000000009"
+    site.dsr("correct", account, "--field", "email", "--value", "nine@example.com")
+    site.dsr("export", account, "--out", tmp_path / "export")
+    site.dsr("erase", account)
+    with sqlite3.connect(site.ws / "ledger.sqlite") as db:
+        chained = {row[0] for row in db.execute("SELECT chain_table FROM ledger_chains")}
+        assert {"dsr_requests", "dsr_corrections", "dsr_erased_ids"} <= chained
+        assert db.execute("SELECT COUNT(*), SUM(chain_redacted) FROM dsr_requests").fetchone() == (2, 2)
+        assert db.execute("SELECT value, chain_redacted FROM dsr_corrections").fetchall() == [(None, 1)]
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            db.execute("DELETE FROM dsr_erased_ids")
+    capsys.readouterr()
+    assert main(["--quiet", "ledger", "verify", "--workspace", str(site.ws)]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("dsr_")]
+    assert len(lines) == 3 and all(line.endswith("ok") for line in lines), out
+
+
 # --- finding 6: receiver-only waybills and unsigned events stay out when the account row is gone ---------
 
 def _feed_without(site: Site, account: str, folder: Path) -> None:
