@@ -213,8 +213,9 @@ def export_for_recipient(workspace, name: str, out_dir: str | os.PathLike, *, fi
         rows = rows.filter(pc.equal(rows[declared.filter_column], institution))
     persons = pc.unique(rows.column(declared.person_column).combine_chunks())
     with SqliteConsentStore(workspace.ledger) as store:
-        decision = ConsentGate(store).decide(declared.consent_purpose, as_of, job=f"export:{name}",
-                                             population=persons)
+        gate = ConsentGate(store)  # the history of these persons only, so the exclusions count them alone
+        decision = gate.decide(declared.consent_purpose, as_of, job=f"export:{name}", population=persons,
+                               snapshot=gate.snapshot(persons.to_pylist()))
     allowed = decision.keep(rows, declared.person_column)
     rows_left_out = rows.num_rows - allowed.num_rows
     left_out = dict(decision.excluded)

@@ -136,7 +136,7 @@ def test_publish_writes_a_manifest_into_every_folder_and_the_run_checks_the_anal
 
 @pytest.mark.parametrize("damage", ["garble", "truncate"])
 def test_a_damaged_ledger_is_one_line_naming_the_file(copy, capsys, damage):
-    workspace, _ = copy
+    workspace, key_file = copy
     assert cli.main(["consent", "load", "--workspace", str(workspace.root)]) == 0
     ledger = workspace.ledger
     for suffix in ("-wal", "-shm"):
@@ -152,6 +152,8 @@ def test_a_damaged_ledger_is_one_line_naming_the_file(copy, capsys, damage):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"portrait: error: ledger {ledger} is ")
     assert ("truncated" if damage == "truncate" else "not a readable SQLite database") in err
+    code, _, err = _run(capsys, workspace, key_file)  # the run opens the budget ledger first
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"portrait: error: ledger {ledger} ")
 
 
 _JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),

@@ -141,7 +141,10 @@ def test_cancelled_accounts_and_revoked_payment_settlement_are_left_out(own_work
     assert exported == {order_id for order_id, _ in expected}
     report = json.loads((tmp_path / "after" / "payment_institution-alipay.report.json").read_text())
     reasons = report["consent"]["persons_left_out_by_reason"]
-    assert reasons["cancelled"] >= 1 and reasons["revoked"] >= 1
+    population = {o["account_id"] for o in own_workspace.read("orders").to_pylist()
+                  if o["payment_institution"] == "alipay"}
+    refused = population - _allowed_accounts(own_workspace, dt.datetime(2026, 11, 3, tzinfo=dt.timezone.utc))
+    assert sum(reasons.values()) == len(refused) and reasons["cancelled"] >= 1 and reasons["revoked"] >= 1
     assert report["consent"]["rows_left_out"] >= len(order_ids(cancelled) | order_ids(revoked))
     assert "cancelled=" in printed and "revoked=" in printed
     # Before the events, as of the earlier moment, the same persons' orders are still settled.
