@@ -35,6 +35,7 @@ from pipelines.engines._protocol import (
     kept_key,
     wanted_columns,
 )
+from profiling.file_modes import make_owner_only
 
 __all__ = ["SESSION_DEFAULTS", "SparkEngine"]
 
@@ -165,6 +166,8 @@ class SparkEngine(Engine):
     def save(self, frame: Frame, folder: Path) -> None:
         self._check_frame(frame)
         _translated(lambda: frame.handle.write.parquet(str(folder)))
+        # Hadoop's file system applies its own umask (022 unless configured), not the process's.
+        make_owner_only(folder, *Path(folder).rglob("*"))
 
 
 def _local_defaults(master: str) -> dict[str, str]:
