@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 from dp import BudgetLedger, PrivateSession
 from engines._frames import person_ids
 from pipelines.engines.jobs import release_item_buyers
+from pipelines.manifest import write_manifests
 from pipelines.popularity import DATASET, ITEMS_PER_PERSON, read_popularity
 from pipelines.workspace import Workspace
 
@@ -38,6 +39,7 @@ def _workspace(root, seed: int) -> tuple[Workspace, pa.Array]:
         folder = workspace.pseudonymized(name)
         folder.mkdir(parents=True)
         pq.write_table(table, folder / "part-0.parquet", row_group_size=128)
+        write_manifests(folder)  # as Workspace.publish does
     BudgetLedger(workspace.ledger).set_budget("orders", epsilon=1e9, set_by="test")
     return workspace, pa.array(persons[:70], pa.string())      # 10 persons did not consent
 
