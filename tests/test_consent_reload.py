@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.ingest import ingest
+from pipelines.manifest import DamagedFolderError, write_manifests
 from pipelines.run import load_consent_events
 from pipelines.synthetic import generate
 from pipelines.workspace import Workspace
@@ -52,6 +53,9 @@ def test_new_files_are_loaded_and_only_their_new_events_recorded(workspace):
     column = row.schema.get_field_index("event_id")
     added = row.set_column(column, row.schema.field(column), pa.array(["evt-added-later"], pa.string()))
     pq.write_table(added, folder / "zz-added.parquet")
+    with pytest.raises(DamagedFolderError, match="zz-added.parquet is not listed in"):
+        load_consent_events(workspace)  # a file dropped into a published folder is refused
+    write_manifests(folder)  # as publishing a new ingest does
     report = load_consent_events(workspace)
     assert (report.offered, report.recorded) == (first.offered + 1, 1)
     assert _events(workspace) == first.offered + 1
