@@ -124,9 +124,12 @@ class Workspace:
     def verified(self, folder: Path) -> Path:
         """``folder`` (published by this workspace), after checking it against its manifests; a
         ``DamagedFolderError`` names a damaged, missing or unlisted file and the command that rebuilds it."""
-        zone = Path(folder).relative_to(self.root).parts[0]
+        zone, *inside = Path(folder).relative_to(self.root).parts
         command = "ingest --raw DIR" if zone == "ingested" else "run"
-        return verify_folder(Path(folder), rebuild=f"rerun `portrait {command} --workspace {self.root}` to rebuild it")
+        rebuild = f"rerun `portrait {command} --workspace {self.root}` to rebuild it"
+        if zone == "outputs":  # some outputs (a popularity release) are kept by a run that cannot redo them
+            rebuild = f"remove {self.root.joinpath(zone, *inside[:1])} and {rebuild}"
+        return verify_folder(Path(folder), rebuild=rebuild)
 
     def dataset(self, table: str) -> ds.Dataset:
         """The ingested rows of ``table`` as a pyarrow dataset (read lazily, in batches), checked first."""

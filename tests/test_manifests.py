@@ -132,6 +132,11 @@ def test_publish_writes_a_manifest_into_every_folder_and_the_run_checks_the_anal
         handle.write(b"\xff")
     with pytest.raises(DamagedFolderError, match=f"{damaged} is damaged.*rerun `portrait run --workspace"):
         run_pipeline(workspace, key_file, cli.parse_as_of(AS_OF), progress=False, stages=["k-anonymity"])
+    # an output is named with the folder to remove (a kept release is not redone by every run)
+    (workspace.outputs("identity") / "devices" / MANIFEST).unlink()
+    with pytest.raises(DamagedFolderError, match=f"devices has no {MANIFEST} .*; remove "
+                                                 f"{workspace.outputs('identity')} and rerun `portrait run"):
+        run_pipeline(workspace, key_file, cli.parse_as_of(AS_OF), progress=False, stages=["portraits"])
 
 
 @pytest.mark.parametrize("damage", ["garble", "truncate"])
