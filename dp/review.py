@@ -242,7 +242,8 @@ def _markdown(review: dict) -> str:
               "| table | rows | head (SHA-256) | state |", "|---|---|---|---|"]
     lines += [f"| {c['table']} | {c['rows']} | `{c['head']}` | " + (
         ("ok" + (f" ({c['migrated_rows']} rows predate the chain)" if c["migrated_rows"] else "")) if c["ok"] else
-        f"**BROKEN** at row {c['broken_at']}: {c['problem']}") + " |" for c in review["chains"]]
+        "**BROKEN**" + (f" at row {c['broken_at']}" if c["broken_at"] else "") + f": {c['problem']}") + " |"
+        for c in review["chains"]]
     lines += ["", "## Budget changes", "", "| set at | dataset | period | by | old | new | reason | raised |",
               "|---|---|---|---|---|---|---|---|"]
     for c in review["budget_changes"]:

@@ -127,8 +127,8 @@ class ChainReport:
     """The state of one chain: its rows, its head hash, and the first broken row if any."""
 
     table: str
-    rows: int
-    head: str
+    rows: int                      # rows verified; when broken, rows the table holds
+    head: str                      # head hash recomputed; when broken, the head recorded at the last append
     ok: bool
     broken_at: int | None = None   # 1-based position of the first bad row (rows + 1: rows missing at the end)
     problem: str = ""
@@ -136,7 +136,8 @@ class ChainReport:
 
     def line(self) -> str:
         """``table  rows N  head H  ok`` or ``... BROKEN at row N: why`` (one line, for the CLI and the review)."""
-        state = "ok" if self.ok else f"BROKEN at row {self.broken_at}: {self.problem}"
+        where = "" if self.broken_at is None else f" at row {self.broken_at}"
+        state = "ok" if self.ok else f"BROKEN{where}: {self.problem}"
         return f"{self.table}  rows {self.rows}  head {self.head}  {state}"
 
 
@@ -487,7 +488,9 @@ def verify(db: sqlite3.Connection, table: str) -> ChainReport:
     position = 0
 
     def report(problem: str, at: int) -> ChainReport:
-        return ChainReport(table, position, previous, False, at, problem, migrated)
+        """A broken chain: the rows the table holds, the head recorded at the last append, the first bad row."""
+        rows = _execute(db, f"SELECT COUNT(*) FROM {_quote(table)}").fetchone()[0]
+        return ChainReport(table, rows, recorded_head, False, at, problem, migrated)
 
     cursor = _execute(db, f"SELECT {select} FROM {_quote(table)} ORDER BY {_quote(chain.key)}")
     width, hash_row = len(chain.columns), _row_hasher(table)
