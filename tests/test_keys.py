@@ -8,6 +8,8 @@ import re
 import stat
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipelines.cli import main
 from profiling.errors import KeyFileError
@@ -276,3 +278,28 @@ def test_cli_shows_the_tombstone_fingerprint_and_rotate_adds_it(tmp_path, capsys
     assert f"tombstone  fingerprint {key.tombstone_fingerprint}  (never destroyed)" in out
     _assert_no_secret(out, key)
     assert key._tombstone_secret().hex() not in out
+
+
+@settings(max_examples=40, deadline=None)
+@given(versions=st.dictionaries(st.integers(1, 999_999), st.binary(min_size=32, max_size=32), min_size=1, max_size=4),
+       tombstone=st.one_of(st.none(), st.binary(min_size=32, max_size=32)), position=st.integers(0, 4),
+       separator=st.sampled_from(["\n", "\n\n", "\r\n", "\n  "]))
+def test_key_file_lines_in_any_order_load_and_survive_a_rotation(tmp_path_factory, versions, tombstone, position,
+                                                                   separator):
+    lines = [f"portrait-master-key v{v} {s.hex()}" for v, s in versions.items()]
+    if tombstone is not None:
+        lines.insert(min(position, len(lines)), f"portrait-tombstone-key {tombstone.hex()}")
+    path = tmp_path_factory.mktemp("keys") / "k"
+    path.write_text(separator.join(lines) + separator)
+    os.chmod(path, 0o600)
+    key = load_key_file(path)
+    assert key.versions == tuple(sorted(versions))
+    assert all(key.secret_bytes(v) == s for v, s in versions.items())
+    expected = MasterKey(versions, tombstone_secret=tombstone)
+    assert key.tombstone_fingerprint == expected.tombstone_fingerprint
+    if max(versions) < 999_999:
+        rotate_key_file(path)
+        rotated = load_key_file(path)
+        assert rotated.versions == (*sorted(versions), max(versions) + 1) and rotated.has_tombstone_secret
+        if tombstone is not None:
+            assert rotated.tombstone_fingerprint == expected.tombstone_fingerprint
