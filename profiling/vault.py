@@ -16,7 +16,7 @@ together, vault first. The vault holds one row per waybill that had a number:
 The associated data binds each ciphertext to its waybill id, account id and key version: a
 ciphertext copied to another row, or a row whose account or version was edited, fails to open.
 The only way back to plaintext is ``customs_id_numbers``, which first requires the separate
-sensitive-data consent of every requested waybill's account.
+sensitive-data consent of every requested waybill's account, as it holds at the moment of opening.
 
 Because sealing nulls the column, a cross-border waybill in ``WS/ingested/`` has no number after
 the ``seal`` stage (ingest's rule ``required_if cross_border`` holds for the raw rows, not for the
@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from profiling.consent import ConsentStore, sensitive_consent_holds
 from profiling.errors import PortraitError, WorkspaceError
 from profiling.keys import MasterKey, derive_key
+from profiling.pseudonyms import normalize
 from profiling.schema import arrow_schema
 
 __all__ = ["VAULT_DOMAIN", "VAULT_SCHEMA", "ConsentRefusedError", "VaultIntegrityError",
@@ -189,17 +190,21 @@ def _kept_entries(previous: list[Path], still_unsealed: list[pa.Array]) -> Itera
                                                                                    batch_size=_BATCH_ROWS)
 
 
-def customs_id_numbers(workspace, key: MasterKey, waybill_ids: Iterable[str], *, as_of: dt.datetime,
+def customs_id_numbers(workspace, key: MasterKey, waybill_ids: Iterable[str], *,
                        ledger: ConsentStore | str | os.PathLike) -> dict[str, str]:
     """The ID-card numbers of ``waybill_ids`` for a customs declaration, ``{waybill_id: number}``.
 
-    All or nothing: refused (``ConsentRefusedError``) unless every waybill's account holds the
-    separate sensitive-data consent for service provision at ``as_of`` (a waybill without an
-    account has none); refused (``PortraitError``) when a waybill has no sealed number; and a
-    ``VaultIntegrityError`` when any entry fails authentication. Each consent check is audited in
-    the ledger (counts only).
+    Opening is an act at the moment it happens: the consent checked is the one that holds at that
+    moment (the current UTC time), so there is no ``as_of`` to name; a moment before a revocation
+    would step around it. All or nothing: refused (``ConsentRefusedError``) unless every
+    waybill's account holds, now, the separate sensitive-data consent for service provision (a
+    waybill without an account has none); refused (``PortraitError``) when a waybill has no sealed
+    number; and a ``VaultIntegrityError`` when any entry fails authentication. Each consent check
+    is audited in the ledger (counts only, as of the opening). Waybill and account ids are taken
+    in the form ingest keys them (``profiling.pseudonyms.normalize``: spaces around them removed).
     """
-    wanted = list(dict.fromkeys(str(w) for w in ([waybill_ids] if isinstance(waybill_ids, str) else waybill_ids)))
+    requested_ids = [str(w) for w in ([waybill_ids] if isinstance(waybill_ids, str) else waybill_ids)]
+    wanted = list(dict.fromkeys(normalize(pa.array(requested_ids, pa.string()), "waybill_id").to_pylist()))
     folder = id_numbers_vault(workspace)
     if not folder.is_dir():
         raise WorkspaceError(f"workspace {workspace.root} has no ID-number vault; run the sealing step first")
@@ -210,14 +215,15 @@ def customs_id_numbers(workspace, key: MasterKey, waybill_ids: Iterable[str], *,
     if absent:
         raise PortraitError(f"{len(absent)} of {len(wanted)} waybills have no sealed ID number "
                             f"(e.g. {absent[0]!r}); nothing returned")
-    accounts = [entries[w]["account_id"] for w in wanted]
+    accounts = normalize(pa.array([entries[w]["account_id"] for w in wanted], pa.string()), "account_id").to_pylist()
     with_account = [a for a in accounts if a is not None]
-    holds = dict(zip(with_account, sensitive_consent_holds(ledger, with_account, as_of)))
+    opened_at = dt.datetime.now(dt.UTC)
+    holds = dict(zip(with_account, sensitive_consent_holds(ledger, with_account, opened_at)))
     lacking = sum(1 for a in accounts if a is None or not holds[a])
     if lacking:
         raise ConsentRefusedError(f"customs access refused: {lacking} of {len(wanted)} waybills belong to "
                                   "accounts without the separate sensitive-data consent for service_provision "
-                                  f"as of {as_of.isoformat()}; nothing returned")
+                                  f"now ({opened_at.isoformat(timespec='seconds')}); nothing returned")
     ciphers: dict[int, AESGCM] = {}
     numbers = {}
     for waybill in wanted:

@@ -141,7 +141,7 @@ def test_sealing_again_seals_nothing_and_keeps_the_vault(sealed, tmp_path):
     assert pq.read_table(id_numbers_vault(workspace)).equals(vault_before)
     assert workspace.read("waybills").equals(waybills_before)
     ledger = _ledger(tmp_path / "ledger.sqlite", {r["account_id"] for r in rows})
-    got = customs_id_numbers(workspace, KEY, [r["waybill_id"] for r in rows], as_of=AS_OF, ledger=ledger)
+    got = customs_id_numbers(workspace, KEY, [r["waybill_id"] for r in rows], ledger=ledger)
     assert got == {r["waybill_id"]: r["id_card_number"] for r in rows}
 
 
@@ -174,7 +174,7 @@ def test_entries_of_removed_waybills_are_dropped(sealed):
 def test_customs_reads_back_with_sensitive_consent(sealed, tmp_path):
     workspace, rows = sealed
     ledger = _ledger(tmp_path / "ledger.sqlite", {r["account_id"] for r in rows})
-    got = customs_id_numbers(workspace, KEY, [r["waybill_id"] for r in rows], as_of=AS_OF, ledger=ledger)
+    got = customs_id_numbers(workspace, KEY, [r["waybill_id"] for r in rows], ledger=ledger)
     assert got == {r["waybill_id"]: r["id_card_number"] for r in rows}
 
 
@@ -185,11 +185,37 @@ def test_customs_refuses_without_sensitive_consent(sealed, tmp_path):
     _ledger(ledger, [lacking], sensitive=False)
     refused = sum(r["account_id"] == lacking for r in rows)
     with pytest.raises(ConsentRefusedError, match=f"{refused} of {len(rows)} waybills .* nothing returned"):
-        customs_id_numbers(workspace, KEY, [r["waybill_id"] for r in rows], as_of=AS_OF, ledger=ledger)
-    # consent granted after the as-of moment does not count either
+        customs_id_numbers(workspace, KEY, [r["waybill_id"] for r in rows], ledger=ledger)
+    # a grant dated later than now does not hold now
+    future = tmp_path / "future.sqlite"
+    with SqliteConsentStore(future) as store:
+        store.append([ConsentEvent(lacking, dt.datetime(2025, 1, 1, tzinfo=UTC), "policy_accept"),
+                      ConsentEvent(lacking, dt.datetime.now(UTC) + dt.timedelta(days=30), "sensitive_grant",
+                                   "service_provision")], source="api")
+    with pytest.raises(ConsentRefusedError, match="consent for service_provision now"):
+        customs_id_numbers(workspace, KEY, [rows[0]["waybill_id"]], ledger=future)
+
+
+def test_the_vault_opens_on_the_consent_that_holds_now(sealed, tmp_path):
+    """After a sensitive-data revocation nothing opens, whatever earlier moment the caller names."""
+    workspace, rows = sealed
+    ledger = _ledger(tmp_path / "ledger.sqlite", {r["account_id"] for r in rows})
+    wanted = [rows[0]["waybill_id"]]
+    assert customs_id_numbers(workspace, KEY, wanted, ledger=ledger) == {wanted[0]: rows[0]["id_card_number"]}
+    revoked_at = dt.datetime.now(UTC)
+    with SqliteConsentStore(ledger) as store:
+        store.append([ConsentEvent(rows[0]["account_id"], revoked_at, "sensitive_revoke", "service_provision")],
+                     source="api")
+    with pytest.raises(ConsentRefusedError, match="1 of 1 waybills .* nothing returned"):
+        customs_id_numbers(workspace, KEY, wanted, ledger=ledger)
+    # naming a moment before the revocation is not a way in: the vault takes no such moment
+    with pytest.raises(TypeError, match="as_of"):
+        customs_id_numbers(workspace, KEY, wanted, as_of=revoked_at - dt.timedelta(days=1), ledger=ledger)
+    # the ids are taken as ingest keys them: padding reaches the same entry, and the same refusal
     with pytest.raises(ConsentRefusedError):
-        customs_id_numbers(workspace, KEY, [rows[0]["waybill_id"]], as_of=dt.datetime(2024, 1, 1, tzinfo=UTC),
-                           ledger=_ledger(tmp_path / "other.sqlite", [lacking]))
+        customs_id_numbers(workspace, KEY, [f"  {wanted[0]}\t"], ledger=ledger)
+    other = rows[1]["waybill_id"]
+    assert customs_id_numbers(workspace, KEY, [f" {other} "], ledger=ledger) == {other: rows[1]["id_card_number"]}
 
 
 def _rewrite(workspace, change):
@@ -214,10 +240,10 @@ def test_a_flipped_byte_or_a_moved_ciphertext_fails_to_open(sealed, tmp_path):
 
     _rewrite(workspace, flip)
     with pytest.raises(VaultIntegrityError, match=f"waybill '{target}' failed authentication"):
-        customs_id_numbers(workspace, KEY, [target], as_of=AS_OF, ledger=ledger)
+        customs_id_numbers(workspace, KEY, [target], ledger=ledger)
     assert seal_id_numbers(workspace, KEY) == 0  # sealing again keeps entries as they are, tampered or not
     with pytest.raises(VaultIntegrityError):
-        customs_id_numbers(workspace, KEY, [target], as_of=AS_OF, ledger=ledger)
+        customs_id_numbers(workspace, KEY, [target], ledger=ledger)
 
     def swap(table):
         ids = table["waybill_id"].to_pylist()
@@ -229,9 +255,9 @@ def test_a_flipped_byte_or_a_moved_ciphertext_fails_to_open(sealed, tmp_path):
         return pa.table(moved, schema=VAULT_SCHEMA)
 
     _rewrite(workspace, lambda _: swap(intact))
-    assert customs_id_numbers(workspace, KEY, [rows[2]["waybill_id"]], as_of=AS_OF, ledger=ledger)
+    assert customs_id_numbers(workspace, KEY, [rows[2]["waybill_id"]], ledger=ledger)
     with pytest.raises(VaultIntegrityError):
-        customs_id_numbers(workspace, KEY, [target, other], as_of=AS_OF, ledger=ledger)
+        customs_id_numbers(workspace, KEY, [target, other], ledger=ledger)
 
 
 def test_rotated_key_and_wrong_key(ingested, sealed, tmp_path):
@@ -242,25 +268,25 @@ def test_rotated_key_and_wrong_key(ingested, sealed, tmp_path):
     # a new key version seals only what is new: entries sealed under v1 stay v1 and open with the rotated key
     assert seal_id_numbers(workspace, ROTATED) == 0
     assert set(pq.read_table(id_numbers_vault(workspace))["key_version"].to_pylist()) == {1}
-    assert customs_id_numbers(workspace, ROTATED, wanted, as_of=AS_OF, ledger=ledger) == expected
+    assert customs_id_numbers(workspace, ROTATED, wanted, ledger=ledger) == expected
     ingest(ingested.root.parent / "raw", workspace, progress=False)
     assert seal_id_numbers(workspace, ROTATED) > 0
     assert set(pq.read_table(id_numbers_vault(workspace))["key_version"].to_pylist()) == {2}
-    assert customs_id_numbers(workspace, ROTATED, wanted, as_of=AS_OF, ledger=ledger) == expected
+    assert customs_id_numbers(workspace, ROTATED, wanted, ledger=ledger) == expected
     with pytest.raises(PortraitError, match="key version 2 is not held"):
-        customs_id_numbers(workspace, KEY, wanted, as_of=AS_OF, ledger=ledger)
+        customs_id_numbers(workspace, KEY, wanted, ledger=ledger)
     with pytest.raises(VaultIntegrityError):
-        customs_id_numbers(workspace, MasterKey({2: bytes(32)}), wanted, as_of=AS_OF, ledger=ledger)
+        customs_id_numbers(workspace, MasterKey({2: bytes(32)}), wanted, ledger=ledger)
 
 
 def test_unknown_waybills_and_a_missing_vault(sealed, tmp_path):
     workspace, rows = sealed
     ledger = _ledger(tmp_path / "ledger.sqlite", {r["account_id"] for r in rows})
     with pytest.raises(PortraitError, match="1 of 2 waybills have no sealed ID number .*'NOPE'"):
-        customs_id_numbers(workspace, KEY, [rows[0]["waybill_id"], "NOPE"], as_of=AS_OF, ledger=ledger)
-    assert customs_id_numbers(workspace, KEY, [], as_of=AS_OF, ledger=ledger) == {}
+        customs_id_numbers(workspace, KEY, [rows[0]["waybill_id"], "NOPE"], ledger=ledger)
+    assert customs_id_numbers(workspace, KEY, [], ledger=ledger) == {}
     with pytest.raises(WorkspaceError, match="no ID-number vault"):
-        customs_id_numbers(Workspace(tmp_path / "empty"), KEY, ["x"], as_of=AS_OF, ledger=ledger)
+        customs_id_numbers(Workspace(tmp_path / "empty"), KEY, ["x"], ledger=ledger)
     with pytest.raises(TypeError, match="needs a MasterKey"):
         seal_id_numbers(workspace, bytes(32))
     with pytest.raises(WorkspaceError, match="no ingested"):
@@ -379,5 +405,5 @@ def test_the_job_leaves_no_plaintext_number_and_runs_again(ingested, tmp_path):
     rows = workspace.read("waybills", ["waybill_id", "account_id"]).filter(pc.is_valid(pc.field("account_id")))
     wanted = {w: a for w, a in zip(rows["waybill_id"].to_pylist(), rows["account_id"].to_pylist()) if w in numbers}
     ledger = _ledger(tmp_path / "customs.sqlite", set(wanted.values()))
-    assert customs_id_numbers(workspace, key, sorted(wanted), as_of=AS_OF, ledger=ledger) == {
+    assert customs_id_numbers(workspace, key, sorted(wanted), ledger=ledger) == {
         w: numbers[w] for w in wanted}
