@@ -1,7 +1,10 @@
 """``portrait consent grant|revoke|sensitive-grant|sensitive-revoke|dnd|cancel|show|load``: the consent ledger.
 
 Every change appends an event through the store (``SqliteConsentStore``); nothing is ever edited.
-Accounts are raw account ids: the ledger is in the identifiable zone, for customer service.
+Accounts are raw account ids (the ledger is in the identifiable zone, for customer service), taken
+in the form ingest keys them (``pipelines.subjects.known_account``: spaces around them removed); a
+change for an account the workspace's ingested accounts do not hold is refused, nothing recorded.
+Changes take the workspace's job lock, so one asked for while a job runs waits for the job.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import datetime as dt
 
 from pipelines.commands._shared import add_workspace_argument, existing_ledger, existing_workspace, format_table
 from pipelines.run import load_consent_events, parse_as_of
+from pipelines.subjects import known_account
 from pipelines.workspace import Workspace
 from profiling.consent import (
     ConsentEvent,
@@ -18,7 +22,7 @@ from profiling.consent import (
     Exclusion,
     SqliteConsentStore,
 )
-from profiling.consent.events import CHANNELS
+from profiling.consent.events import CHANNELS, canonical_account_id
 from profiling.purposes import CATALOGUE, purpose
 
 __all__ = ["register", "consent_rows"]
@@ -35,11 +39,15 @@ def _moment(text: str | None) -> dt.datetime:
 def _append(args: argparse.Namespace, event_type: str, purpose_name: str | None = None) -> None:
     if purpose_name is not None:
         purpose(purpose_name)  # unknown purpose: the error lists the known ones
-    event = ConsentEvent(args.account, _moment(args.at), event_type, purpose_name, channel=args.channel)
-    with _store(args) as store:
-        store.append([event], source="cli")
+    said_at = _moment(args.at)  # when the person said it, not when a running job let it through
+    workspace = existing_workspace(args.workspace)
+    with workspace.job_lock(f"portrait consent {args.consent_command}"):
+        account = known_account(workspace, args.account)
+        event = ConsentEvent(account, said_at, event_type, purpose_name, channel=args.channel)
+        with SqliteConsentStore(workspace.ledger) as store:
+            store.append([event], source="cli")
     about = f" {purpose_name}" if purpose_name else ""
-    print(f"recorded {event_type}{about} for account {args.account.strip()} at {event.event_at.isoformat()}")
+    print(f"recorded {event_type}{about} for account {account} at {event.event_at.isoformat()}")
 
 
 def consent_rows(store: SqliteConsentStore, account_id: str, as_of: dt.datetime) -> list[dict]:
@@ -68,7 +76,7 @@ def consent_rows(store: SqliteConsentStore, account_id: str, as_of: dt.datetime)
 
 def _show(args: argparse.Namespace) -> None:
     as_of = _moment(args.as_of)
-    account = args.account.strip()
+    account = canonical_account_id(args.account)
     existing_ledger(existing_workspace(args.workspace))  # showing creates nothing
     with _store(args) as store:
         rows = consent_rows(store, account, as_of)
@@ -84,7 +92,9 @@ def _show(args: argparse.Namespace) -> None:
 
 
 def _load(args: argparse.Namespace) -> None:
-    report = load_consent_events(Workspace(args.workspace))
+    workspace = existing_workspace(args.workspace)
+    with workspace.job_lock("portrait consent load"):
+        report = load_consent_events(workspace)
     print(f"consent events: {report.offered} offered, {report.recorded} recorded, "
           f"{report.already_present} already in the ledger")
 

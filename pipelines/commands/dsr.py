@@ -1,4 +1,8 @@
-"""``portrait dsr export|correct|erase``: data-subject requests for one account (see ``pipelines.dsr``)."""
+"""``portrait dsr export|correct|erase``: data-subject requests for one account (see ``pipelines.dsr``).
+
+The account is taken in the form ingest keys it and must be one the workspace holds
+(``pipelines.subjects.known_account``); correct and erase wait for a running job (the job lock).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import argparse
 
 from pipelines.commands._shared import add_workspace_argument, existing_workspace, format_table, outside_workspace
 from pipelines.dsr import correct_account, erase_account, export_account
-from pipelines.workspace import Workspace
+from pipelines.subjects import known_account
 from profiling.keys import add_tombstone_secret, load_master_key
 
 __all__ = ["register"]
@@ -15,7 +19,8 @@ __all__ = ["register"]
 def _export(args: argparse.Namespace) -> None:
     workspace = existing_workspace(args.workspace)
     out = outside_workspace(args.out, workspace)
-    bundle = export_account(workspace, args.account, load_master_key(args.key_file), out)
+    bundle = export_account(workspace, known_account(workspace, args.account, or_in_ledger=True),
+                            load_master_key(args.key_file), out)
     rows = [{"section": name, "rows": len(rows)} for name, rows in sorted(bundle["tables"].items())]
     rows += [{"section": "consent_history", "rows": len(bundle["consent_history"])},
              {"section": "requests", "rows": len(bundle["requests"])}]
@@ -27,8 +32,11 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _correct(args: argparse.Namespace) -> None:
-    correct_account(Workspace(args.workspace), args.account, args.field, args.value, load_master_key(args.key_file))
-    print(f"corrected accounts.{args.field} of account {args.account.strip()}; every later ingest applies the "
+    workspace, key = existing_workspace(args.workspace), load_master_key(args.key_file)
+    with workspace.job_lock("portrait dsr correct"):
+        account = known_account(workspace, args.account)
+        correct_account(workspace, account, args.field, args.value, key)
+    print(f"corrected accounts.{args.field} of account {account}; every later ingest applies the "
           f"correction, and its derived data is marked stale until the next run")
 
 
@@ -36,7 +44,9 @@ def _erase(args: argparse.Namespace) -> None:
     if args.key_file and add_tombstone_secret(args.key_file):
         print(f"added a tombstone secret to {args.key_file} (an older key file): tombstones are keyed by it, and "
               f"no key version destroyed later can undo them")
-    report = erase_account(Workspace(args.workspace), args.account, load_master_key(args.key_file))
+    workspace, key = existing_workspace(args.workspace), load_master_key(args.key_file)
+    with workspace.job_lock("portrait dsr erase"):
+        report = erase_account(workspace, known_account(workspace, args.account, or_in_ledger=True), key)
     files = sorted(set(report.rows_removed) | set(report.rows_redacted) | set(report.rows_shared))
     print(format_table([{"file": path, "rows removed": report.rows_removed.get(path, 0),
                          "rows blanked": report.rows_redacted.get(path, 0),

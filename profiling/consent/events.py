@@ -1,4 +1,8 @@
-"""One consent event as the API and the command line record it, checked before it reaches the ledger."""
+"""One consent event as the API and the command line record it, checked before it reaches the ledger.
+
+The ledger keys persons by account id in the one form ingest and the door use
+(``canonical_account_id``), so an event typed with stray spaces lands on the same person.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,10 @@ import datetime as dt
 import uuid
 from dataclasses import dataclass, replace
 
+import pyarrow as pa
+
 from profiling.errors import PortraitError
+from profiling.pseudonyms import normalize
 from profiling.purposes import (
     CONSENT_EVENT_TYPES,
     POLICY_VERSIONS,
@@ -17,13 +24,25 @@ from profiling.purposes import (
 )
 from profiling.schema import table as schema_table
 
-__all__ = ["ConsentError", "ConsentEvent", "CHANNELS"]
+__all__ = ["ConsentError", "ConsentEvent", "CHANNELS", "canonical_account_id"]
 
 CHANNELS: tuple[str, ...] = schema_table("consent_events")["channel"].allowed
 
 
 class ConsentError(PortraitError):
     """A consent event or question the ledger cannot accept (unknown purpose, event after cancellation ...)."""
+
+
+def canonical_account_id(account_id: str) -> str:
+    """``account_id`` as ingest and the door key it (``normalize(..., "account_id")``: whitespace around
+    it removed, case kept).
+
+    >>> canonical_account_id(" A0000000270\u3000")
+    'A0000000270'
+    """
+    if not isinstance(account_id, str):
+        raise TypeError(f"an account id is text, not {type(account_id).__name__}")
+    return normalize(pa.array([account_id], pa.string()), "account_id")[0].as_py()
 
 
 @dataclass(frozen=True)
@@ -45,7 +64,7 @@ class ConsentEvent:
 
     def checked(self) -> ConsentEvent:
         """This event with defaults filled in; ``ConsentError`` says what is wrong otherwise."""
-        if not isinstance(self.account_id, str) or not self.account_id.strip():
+        if not isinstance(self.account_id, str) or not canonical_account_id(self.account_id):
             raise ConsentError(f"account id {self.account_id!r} is empty; give the raw account id (e.g. A0000000001)")
         if not isinstance(self.event_at, dt.datetime) or self.event_at.tzinfo is None:
             raise ConsentError(f"event time {self.event_at!r} must be a timezone-aware datetime (UTC)")
@@ -69,5 +88,6 @@ class ConsentEvent:
             raise ConsentError(f"policy version {version!r} is not one of {', '.join(POLICY_VERSIONS)}")
         if self.channel not in CHANNELS:
             raise ConsentError(f"channel {self.channel!r} is not one of {', '.join(CHANNELS)}")
-        return replace(self, event_at=self.event_at.astimezone(dt.timezone.utc), policy_version=version,
+        return replace(self, account_id=canonical_account_id(self.account_id),
+                       event_at=self.event_at.astimezone(dt.timezone.utc), policy_version=version,
                        event_id=self.event_id or f"api-{uuid.uuid4().hex}")
