@@ -285,7 +285,10 @@ _R = TypeVar("_R")
 
 
 def holding_job_lock(holder: str, *, create: bool = False) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
-    """Run the decorated function under ``workspace.job_lock(holder)``; its ``workspace`` argument names the workspace."""
+    """Run the decorated function under ``workspace.job_lock(holder, create=create)``.
+
+    The workspace is the function's ``workspace`` argument (given by position or by name).
+    """
     def decorate(function: Callable[_P, _R]) -> Callable[_P, _R]:
         signature = inspect.signature(function)
 
@@ -318,7 +321,6 @@ def _describe_holder(text: str) -> str:
         return f"{facts['holder']}, pid {facts['pid']}, started {facts['started_at']}"
     except (ValueError, KeyError, TypeError):
         return "a job that is just starting"
-
 
 
 _RETIRED = ".retired-"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+import pipelines.cli as cli
 from dp import BudgetLedger
 from pipelines.ingest import ingest
 from pipelines.popularity import DATASET as POPULARITY_DATASET
@@ -117,3 +119,49 @@ def test_an_erase_during_a_run_is_never_undone_by_the_run(served):
             f"round {round_}: the run republished erased account {account}"
     # the erase came while the run held the workspace in most rounds (it starts 2 s before it can act)
     assert waited > 0
+
+
+def _holder(workspace: Workspace, seconds: float) -> subprocess.Popen:
+    """A process holding the workspace's job lock for ``seconds`` (as a running job does); it says when it holds it."""
+    code = ("import sys, time; from pipelines.workspace import Workspace\n"
+            f"with Workspace({str(workspace.root)!r}).job_lock('portrait run'):\n"
+            "    print('held', flush=True); time.sleep(float(sys.argv[1]))")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    return holder
+
+
+def _bystander(workspace: Workspace, chosen) -> str:
+    """An ingested account no round erases."""
+    erased = {account for account, _, _ in chosen}
+    return next(a for a in workspace.read("accounts", ["account_id"])["account_id"].to_pylist() if a not in erased)
+
+
+def test_a_revocation_waits_for_the_job_holding_the_workspace_and_says_so(served, capsys):
+    workspace, _, _, _, chosen = served
+    account = _bystander(workspace, chosen)
+    holder = _holder(workspace, 1.5)
+    started = time.monotonic()
+    code = cli.main(["consent", "revoke", "--account", account, "--purpose", "marketing_messages",
+                     "--workspace", str(workspace.root)])
+    waited = time.monotonic() - started
+    captured = capsys.readouterr()
+    holder.communicate(timeout=60)
+    assert holder.returncode == 0
+    assert code == 0 and f"recorded revoke marketing_messages for account {account}" in captured.out
+    assert waited > 1.0  # it was recorded only once the job let go
+    (line,) = captured.err.splitlines()
+    assert line.startswith(f"portrait: waiting for the job holding workspace {workspace.root} (portrait run, "
+                           f"pid {holder.pid}, started 20")
+
+
+def test_a_killed_job_leaves_no_lock_behind(served, capsys):
+    workspace, _, _, _, chosen = served
+    holder = _holder(workspace, 600)
+    holder.send_signal(signal.SIGKILL)
+    holder.communicate(timeout=60)
+    started = time.monotonic()
+    code = cli.main(["consent", "dnd", "off", "--account", _bystander(workspace, chosen),
+                     "--workspace", str(workspace.root)])
+    assert code == 0 and time.monotonic() - started < 30
+    assert "waiting" not in capsys.readouterr().err
