@@ -231,9 +231,11 @@ class FileScope:
         return mask
 
     def named_view(self) -> list[dict]:
-        """The rows naming the subject, with only their party's columns and the non-personal ones filled."""
+        """The rows naming the subject, with only their party's columns, the row's own id (a waybill number) and
+        the non-personal ones filled."""
         table = TABLES.get(self.path.parent.name)
-        public = {f.name for f in table.fields if f.privacy is PrivacyClass.NON_PERSONAL} if table else set()
+        public = {f.name for f in table.fields if f.privacy is PrivacyClass.NON_PERSONAL} | {table.primary_key} \
+            if table else set()
         view = []
         for index in np.flatnonzero(self.named_rows()):
             shown = set(public)

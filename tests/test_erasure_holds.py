@@ -207,6 +207,48 @@ def test_erasing_an_account_on_a_shared_device_changes_nobody_elses_rows(site):
     assert phone not in {_digits(w[side]) for w in site.rows("waybills") for side in ("shipper_phone", "receiver_phone")}
 
 
+def test_waybills_of_others_naming_the_subject_show_and_lose_only_their_party(site, tmp_path):
+    phones = {a["account_id"]: a["phone"] for a in site.rows("accounts")}
+    by_digits = {_digits(p): a for a, p in phones.items()}
+    waybill, account = next((w, by_digits[_digits(w["receiver_phone"])]) for w in site.rows("waybills")
+                            if w["account_id"] is not None and by_digits.get(_digits(w["receiver_phone"]))
+                            not in (None, w["account_id"]))
+    site.dsr("export", account, "--out", tmp_path / "export")
+    bundle = json.loads((tmp_path / "export" / "bundle.json").read_text())
+    shown = next(r for r in bundle["tables"]["ingested/waybills"] if r["waybill_id"] == waybill["waybill_id"])
+    party = ("receiver_name", "receiver_phone", "receiver_address")
+    assert {k: shown[k] for k in party} == {k: waybill[k] for k in party}
+    assert [shown[k] for k in ("account_id", "order_id", "shipper_name", "shipper_phone", "shipper_address")] == \
+        [None] * 5
+    assert set(_ACCOUNT_ID.findall(_text_of(tmp_path / "export"))) == {account}
+    site.dsr("erase", account)
+    for _ in range(2):  # after the erasure, and after a re-ingest of the old source
+        kept = next(w for w in site.rows("waybills") if w["waybill_id"] == waybill["waybill_id"])
+        assert [kept[k] for k in party] == ["[erased]"] * 3
+        assert {k: v for k, v in kept.items() if k not in party} == {k: v for k, v in waybill.items() if k not in party}
+        site.ingest()
+
+
+def test_rows_about_the_subject_and_others_are_neither_exported_nor_erased(site, tmp_path, capsys):
+    key = load_key_file(site.key)
+    a, b = "A0000000011", "A0000000012"
+    person_a, person_b = pseudonymize([a, b], key, PERSON, identifier="account_id").to_pylist()
+    folder = site.ws / "outputs" / "households"
+    folder.mkdir()
+    rows = pa.table({"person_id": [person_a, person_a, person_b],
+                     "members": [[person_a], [person_a, person_b], [person_b]], "size": [1, 2, 1]})
+    pq.write_table(rows, folder / "part-00000.parquet")
+    site.dsr("export", a, "--out", tmp_path / "export")
+    bundle = json.loads((tmp_path / "export" / "bundle.json").read_text())
+    assert bundle["tables"]["outputs/households"] == [{"person_id": person_a, "members": [person_a], "size": 1}]
+    assert bundle["left_out"] == {"outputs/households": 1}
+    assert person_b not in _text_of(tmp_path / "export")
+    capsys.readouterr()
+    site.dsr("erase", a)
+    assert "kept 1 rows about this person and others together" in capsys.readouterr().out
+    assert pq.read_table(folder).to_pylist() == rows.slice(1).to_pylist()
+
+
 # --- finding 5: a correction survives a re-ingest of the old source ---------------------------------
 
 def test_correction_survives_reingest_and_goes_with_an_erasure(site):
