@@ -413,7 +413,7 @@ def append_rows(db: sqlite3.Connection, table: str, rows: Iterable[Sequence[obje
     names = ", ".join([_quote(c) for c in chain.columns] + ["chain_content", "chain_prev", "chain_hash"])
     insert = (f"INSERT INTO {_quote(table)} ({names}) VALUES "
               f"({', '.join('?' * (len(chain.columns) + 3))})")
-    appended, hash_row = 0, _row_hasher(table)
+    appended, hash_row, plain_kinds = 0, _row_hasher(table), set()
     iterator = iter(rows)
     while batch := list(itertools.islice(iterator, batch_rows)):
         sealed = []   # rows: (content columns..., content hash, previous chain hash, chain hash)
@@ -422,8 +422,12 @@ def append_rows(db: sqlite3.Connection, table: str, rows: Iterable[Sequence[obje
             if len(full) != len(chain.columns):
                 raise PortraitError(f"append_rows({table!r}): a row has {len(values)} values, expected "
                                     f"{len(chain.columns) - 1} (the content columns without {chain.key})")
-            if any(type(v) not in _PLAIN[a] for v, a in zip(full, affinities)):
-                full = tuple(_stored(v, a, f"{table}.{c}") for v, a, c in zip(full, affinities, chain.columns))
+            kinds = tuple(map(type, full))
+            if kinds not in plain_kinds:   # rows of one table share a few type patterns: each is checked once
+                if all(kind in _PLAIN[a] for kind, a in zip(kinds, affinities)):
+                    plain_kinds.add(kinds)
+                else:
+                    full = tuple(_stored(v, a, f"{table}.{c}") for v, a, c in zip(full, affinities, chain.columns))
             content = hash_row(full)
             hashed = link_hash(previous, content)
             sealed.append((*full, content, previous, hashed))

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from profiling.ledger_chain import (
     REDACTED_ID,
     ChainBrokenError,
+    append_rows,
     appending,
     head,
     redact,
@@ -137,3 +138,14 @@ def test_any_changed_cell_breaks_the_chain_at_its_row(rows, data):
     if stored == old and type(stored) is type(old):   # SQLite's column affinity stored the same value
         return
     assert not report.ok and report.broken_at == target
+
+
+def test_append_rows_hashes_values_as_sqlite_stores_them():
+    db = _ledger(rows=())
+    db.execute("BEGIN IMMEDIATE")
+    assert append_rows(db, "notes", [("ana", 2, None), ("bo", True, "x"), ("cy", 2.5, "y")]) == 3
+    db.execute("COMMIT")
+    assert db.execute("SELECT amount FROM notes ORDER BY id").fetchall() == [(2.0,), (1.0,), (2.5,)]
+    assert verify(db, "notes").ok and verify(db, "notes").rows == 3
+    with pytest.raises(TypeError, match="str value cannot be appended to a real column"):
+        append_rows(db, "notes", [("dee", "2", None)])
