@@ -317,8 +317,8 @@ def erase_account(workspace: Workspace, account_id: str, key: MasterKey) -> Eras
     finishes the job.
     """
     if isinstance(key, MasterKey) and not key.has_tombstone_secret:
-        raise DsrError("erasure needs a key with a tombstone secret (tombstones no key rotation can undo); run "
-                       "`portrait keys rotate --key-file PATH` to add one to an older key file")
+        raise DsrError("erasure needs a key with a tombstone secret (tombstones no key rotation can undo); pass "
+                       "--key-file (an older file gains one), or add 'tombstone:<64 hex digits>' to PORTRAIT_MASTER_KEY")
     linked, scopes = _scoped(workspace, account_id, key)
     history = 0
     if workspace.ledger.is_file():

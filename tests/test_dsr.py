@@ -145,6 +145,15 @@ def test_erase_leaves_only_the_tombstone_and_reingest_does_not_resurrect(workspa
     assert workspace.read("accounts").num_rows == 59
 
 
+def test_erase_refuses_a_key_without_a_tombstone_secret(workspace):
+    files = {p: p.read_bytes() for p in workspace.ingested("accounts").glob("*.parquet")}
+    versions_only = MasterKey({v: KEY.secret_bytes(v) for v in KEY.versions})
+    with pytest.raises(DsrError, match="needs a key with a tombstone secret"):
+        erase_account(workspace, "A0000000001", versions_only)
+    assert {p: p.read_bytes() for p in workspace.ingested("accounts").glob("*.parquet")} == files
+    assert not load_tombstones(workspace)
+
+
 def test_erase_unknown_account_changes_nothing(workspace):
     with pytest.raises(DsrError, match="not in workspace"):
         erase_account(workspace, "A9999999999", KEY)
