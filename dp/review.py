@@ -152,7 +152,7 @@ def _plot(review: dict, path: Path) -> tuple[datetime, datetime] | None:
     """Cumulative spend of each dataset and period as a step line, one panel each, over the span of the releases.
 
     The shared time axis covers the first to the last release (padded by a twentieth, at least
-    an hour: releases seconds apart do not get matplotlib's default years-wide axis). The dashed
+    a minute: releases seconds apart do not get matplotlib's default years-wide axis). The dashed
     line is the budget in force: changes before the span set its level at the left edge, changes
     inside it are marked (red triangle: a raise). Returns the time axis' limits (None: no release).
     """
@@ -171,7 +171,7 @@ def _plot(review: dict, path: Path) -> tuple[datetime, datetime] | None:
         axes[0].text(0.5, 0.5, "no releases charged yet", ha="center", va="center", transform=axes[0].transAxes)
         axes[0].set_axis_off()
     else:
-        pad = max((max(released) - min(released)) / 20, timedelta(hours=1))
+        pad = max((max(released) - min(released)) / 20, timedelta(minutes=1))
         start, end = min(released) - pad, max(released) + pad
         for axis, entry in zip(axes, entries):
             name = "rho" if entry["measure"] == ZCDP else "epsilon"
