@@ -24,7 +24,7 @@ How to use it (all calls take a connection in autocommit mode, as ``ledger_conne
 2. Append inside one ``BEGIN IMMEDIATE`` transaction: ``with appending(db, table): db.execute(
    "INSERT ...")``. Any SQL insert works (``executemany``, ``INSERT OR IGNORE``); the rows it
    added are sealed before the block ends. For many rows, ``append_rows(db, table, rows)``
-   inserts them already sealed (about 4x faster). A row that somebody inserted outside the
+   inserts them already sealed (no second write per row). A row that somebody inserted outside the
    application (unsealed when an append starts), or dropped triggers, make both raise
    ``ChainBrokenError``.
 3. Erase with ``redact(db, table, "account_id = ?", (account,), reason="erasure request")``
