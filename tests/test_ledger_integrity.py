@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from dp import BudgetLedger, PrivateSession
-from dp.budget import UnregisteredDatasetError
+from dp import UnregisteredDatasetError
 from pipelines.cli import main
 
 
