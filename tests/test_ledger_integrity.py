@@ -8,8 +8,7 @@ import sqlite3
 import pandas as pd
 import pytest
 
-from dp import BudgetLedger, PrivateSession
-from dp import UnregisteredDatasetError
+from dp import BudgetLedger, PrivateSession, UnregisteredDatasetError
 from pipelines.cli import main
 
 
