@@ -261,7 +261,11 @@ class FileScope:
 
 def subject_rows(workspace: Workspace, linked: LinkedIdentifiers, key: MasterKey) -> Iterator[FileScope]:
     """The scope of every Parquet file holding any of the subject's ids, pseudonyms or phones."""
-    own_targets = pa.array(sorted((linked.raw_values() - linked.ids["phone"]) | linked.pseudonyms(key)), pa.string())
+    own_ids = (linked.raw_values() - linked.ids["phone"]) | linked.pseudonyms(key)
+    own_targets = pa.array(sorted(own_ids), pa.string())
+    # A file of no registry table (a zone added later) has no known phone columns: their phones are
+    # looked for in every text column, as written and normalized.
+    anywhere = pa.array(sorted(own_ids | linked.ids["phone"] | linked.phones), pa.string())
     other_targets = pa.array(sorted(linked.other_accounts | linked.other_orders | linked.other_pseudonyms(key)),
                              pa.string())
     for path in parquet_files(workspace):
@@ -269,7 +273,7 @@ def subject_rows(workspace: Workspace, linked: LinkedIdentifiers, key: MasterKey
         table = TABLES.get(path.parent.name)
         phones = [name for name in _PHONE_FIELDS.get(table.name, []) if name in rows.column_names] if table else []
         text = [name for name in _text_columns(rows.schema) if name not in phones]
-        own_hit = _matching_rows(rows, text, own_targets)
+        own_hit = _matching_rows(rows, text, own_targets if table else anywhere)
         phone_hit = {name: _in(normalize(pc.utf8_trim_whitespace(rows.column(name).combine_chunks()
                                                                   .cast(pa.string())), "phone"), linked.phones)
                      for name in phones}
