@@ -245,7 +245,7 @@ class _Overlay:
 
     def corrected(self, table: Table, batch: pa.RecordBatch) -> pa.RecordBatch:
         """``batch`` with the latest correction of each (account, column) in place of the raw value."""
-        if not self.corrections or table.primary_key not in batch.schema.names:
+        if not self.corrections or table.name != "accounts" or table.primary_key not in batch.schema.names:
             return batch
         accounts = _trimmed_text(batch.column(table.primary_key))
         for name, (ids, values) in self.corrections.items():

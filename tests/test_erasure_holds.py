@@ -254,14 +254,17 @@ def test_rows_about_the_subject_and_others_are_neither_exported_nor_erased(site,
 def test_correction_survives_reingest_and_goes_with_an_erasure(site):
     account = "A0000000005"
     old = next(a for a in site.rows("accounts") if a["account_id"] == account)
+    others = [a for a in site.rows("accounts") if a["account_id"] != account]
     assert old["phone"] != "13900001234"
     site.dsr("correct", account, "--field", "phone", "--value", "13900001234")
     site.dsr("correct", account, "--field", "email", "--value", "fixed@example.com")
+    site.dsr("correct", account, "--field", "birthday", "--value", "1990-02-03")  # a typed column of the source
     site.ingest()  # the old source again
     row = next(a for a in site.rows("accounts") if a["account_id"] == account)
-    assert (row["phone"], row["email"]) == ("13900001234", "fixed@example.com")
-    assert {k: v for k, v in row.items() if k not in ("phone", "email")} == \
-        {k: v for k, v in old.items() if k not in ("phone", "email")}
+    assert (row["phone"], row["email"], str(row["birthday"])) == ("13900001234", "fixed@example.com", "1990-02-03")
+    corrected = ("phone", "email", "birthday")
+    assert {k: v for k, v in row.items() if k not in corrected} == {k: v for k, v in old.items() if k not in corrected}
+    assert [a for a in site.rows("accounts") if a["account_id"] != account] == others
     site.dsr("correct", account, "--field", "email", "--value", "again@example.com")  # the latest wins
     site.ingest()
     assert next(a["email"] for a in site.rows("accounts") if a["account_id"] == account) == "again@example.com"
