@@ -38,7 +38,8 @@ import json, sys, time
 from pathlib import Path
 from pipelines.manifest import verify_folder, write_manifests
 root = Path(sys.argv[1])
-folders = [root / zone for zone in ("ingested", "pseudonymized", "outputs", "vault")]
+folders = [folder for zone in ("ingested", "pseudonymized", "outputs", "vault")
+           for folder in sorted((root / zone).iterdir()) if folder.is_dir()]  # each as published
 size = sum(p.stat().st_size for folder in folders for p in folder.rglob("*") if p.is_file())
 started = time.perf_counter()
 for folder in folders:
