@@ -53,7 +53,7 @@ from dp._parameters import (
     check_release_privacy,
     check_resolution,
 )
-from dp.budget import DEFAULT_PERIOD, BudgetLedger, ChargeLine
+from dp.budget import DEFAULT_PERIOD, BudgetLedger, ChargeLine, UnregisteredDatasetError
 from profiling.errors import InternalError, PortraitError
 
 __all__ = ["PrivateSession", "Query"]
@@ -338,6 +338,10 @@ class PrivateSession:
         if privacy_unit != registered.privacy_unit:
             raise PrivacyParameterError(f"dataset {dataset!r} is registered with privacy unit "
                                         f"{registered.privacy_unit!r}, not {privacy_unit!r}")
+        source = (self._schema.metadata or {}).get(b"table", b"").decode() if self._schema is not None else ""
+        if source and source not in registered.tables:   # an analytics-zone table names itself
+            raise UnregisteredDatasetError(f"the data comes from table {source!r}, whose releases are charged to "
+                                           f"dataset {self.ledger.dataset_of_table(source).name!r}, not {dataset!r}")
         self.privacy_unit = privacy_unit
         self.analyst = analyst or getpass.getuser()
         self._require_column(privacy_unit)

@@ -6,6 +6,7 @@ import shutil
 import sqlite3
 
 import pandas as pd
+import pyarrow.dataset as ds
 import pytest
 
 from dp import BudgetLedger, PrivateSession, UnregisteredDatasetError
@@ -128,3 +129,12 @@ def test_a_budget_raise_needs_a_reason_and_is_flagged(copy, capsys):
     change = BudgetLedger(copy / "workspace" / "ledger.sqlite").changes()[-1]
     assert (change.old["epsilon"], change.new["epsilon"], change.reason, change.raised) == (
         1.0, 1000.0, "more dashboards", True)
+
+
+def test_a_session_on_an_analytics_zone_table_charges_only_that_tables_dataset(demo):
+    orders = ds.dataset(demo / "workspace" / "pseudonymized" / "orders", format="parquet").to_table()
+    ledger = BudgetLedger(demo / "workspace" / "ledger.sqlite")
+    with pytest.raises(UnregisteredDatasetError, match="from table 'orders', whose releases are charged to dataset "
+                                                       "'orders', not 'device_events'"):
+        PrivateSession(orders, dataset="device_events", ledger=ledger, purpose="product_improvement")
+    assert PrivateSession(orders, dataset="orders", ledger=ledger, purpose="product_improvement").dataset == "orders"
