@@ -40,7 +40,14 @@ from dp._errors import BudgetExceededError, BudgetNotSetError, PrivacyParameterE
 from dp._mechanisms import APPROXIMATE, ZCDP
 from dp._parameters import check_delta, check_epsilon, check_rho
 from profiling.file_modes import restrict_to_owner
-from profiling.ledger_chain import ChainBrokenError, ChainReport, append_rows, register_table, verify
+from profiling.ledger_chain import (
+    ChainBrokenError,
+    ChainReport,
+    append_rows,
+    register_table,
+    require_row_intact,
+    verify,
+)
 from profiling.schema import TABLES
 
 __all__ = ["DEFAULT_PERIOD", "Budget", "BudgetChange", "BudgetLedger", "ChargeLine", "Dataset",
@@ -403,9 +410,11 @@ class BudgetLedger:
 
     @staticmethod
     def _totals(connection: sqlite3.Connection, dataset: str, period: str) -> dict[str, Fraction]:
-        """Exact running totals after the last charge of (dataset, period): one indexed row."""
-        row = connection.execute("SELECT total_epsilon, total_delta, total_rho FROM budget_charges WHERE dataset = ? "
-                                 "AND period = ? ORDER BY id DESC LIMIT 1", (dataset, period)).fetchone()
+        """Exact running totals after the last charge of (dataset, period): one indexed row, checked by its hash."""
+        row = connection.execute("SELECT id, total_epsilon, total_delta, total_rho FROM budget_charges WHERE "
+                                 "dataset = ? AND period = ? ORDER BY id DESC LIMIT 1", (dataset, period)).fetchone()
+        if row is not None:
+            require_row_intact(connection, "budget_charges", row["id"])
         return {name: Fraction(row[f"total_{name}"]) if row else Fraction(0) for name in _MEASURES}
 
     def spent(self, dataset: str, period: str = DEFAULT_PERIOD) -> dict[str, float]:

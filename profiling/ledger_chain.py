@@ -84,6 +84,7 @@ __all__ = [
     "head",
     "redact",
     "register_table",
+    "require_row_intact",
     "verify",
     "verify_all",
 ]
@@ -377,6 +378,29 @@ def _require_appendable(db: sqlite3.Connection, chain: _Chain) -> None:
         raise ChainBrokenError(f"{chain.table}: row with {chain.key} {foreign[0]} was inserted outside the "
                                f"application (it is not sealed); run `portrait ledger verify` and restore the "
                                f"ledger from a copy")
+    recorded = _execute(db, "SELECT rows, head FROM ledger_chains WHERE chain_table = ?", (chain.table,)).fetchone()
+    last = _execute(db, f"SELECT chain_hash FROM {_quote(chain.table)} ORDER BY {_quote(chain.key)} DESC "
+                        f"LIMIT 1").fetchone()
+    if (last[0] if last else _genesis(chain.table)) != recorded[1]:
+        raise ChainBrokenError(f"{chain.table}: its last row is not the recorded head of {recorded[0]} rows (rows "
+                               f"were deleted or replaced); run `portrait ledger verify` and restore the ledger "
+                               f"from a copy")
+
+
+def require_row_intact(db: sqlite3.Connection, table: str, key: int) -> None:
+    """Raise ``ChainBrokenError`` unless row ``key`` of ``table`` still matches its hashes (one row, not the chain).
+
+    For a row the application is about to rely on, such as the running totals a charge reads.
+    """
+    chain = _chain(db, table)
+    select = ", ".join([_quote(c) for c in chain.columns] + list(_CHAIN_COLUMNS))
+    row = _execute(db, f"SELECT {select} FROM {_quote(table)} WHERE {_quote(chain.key)} = ?", (key,)).fetchone()
+    width = len(chain.columns)
+    content, prev, hashed, redacted = row[width:] if row else (None, None, None, 0)
+    if row is None or redacted or hashed is None or content_hash(table, row[:width]) != content or link_hash(
+            prev, content) != hashed:
+        raise ChainBrokenError(f"{table}: row with {chain.key} {key} no longer matches its hash (edited outside the "
+                               f"application); run `portrait ledger verify` and restore the ledger from a copy")
 
 
 @contextmanager

@@ -138,3 +138,18 @@ def test_a_session_on_an_analytics_zone_table_charges_only_that_tables_dataset(d
                                                        "'orders', not 'device_events'"):
         PrivateSession(orders, dataset="device_events", ledger=ledger, purpose="product_improvement")
     assert PrivateSession(orders, dataset="orders", ledger=ledger, purpose="product_improvement").dataset == "orders"
+
+
+@pytest.mark.parametrize(("statement", "message"), [
+    ("UPDATE budget_charges SET total_epsilon = '0' WHERE id = (SELECT MAX(id) FROM budget_charges)",
+     "no longer matches its hash"),
+    ("DELETE FROM budget_charges WHERE id = (SELECT MAX(id) FROM budget_charges)", "is not the recorded head"),
+])
+def test_budget_given_back_behind_the_triggers_is_refused_at_the_next_charge(copy, capsys, statement, message):
+    _sql(copy, "DROP TRIGGER budget_charges_chain_no_update", "DROP TRIGGER budget_charges_chain_no_delete",
+         statement,   # then triggers of the same names put back, so only the rows tell
+         "CREATE TRIGGER budget_charges_chain_no_update BEFORE UPDATE ON budget_charges BEGIN SELECT 1; END",
+         "CREATE TRIGGER budget_charges_chain_no_delete BEFORE DELETE ON budget_charges BEGIN SELECT 1; END")
+    assert _dp(copy, "--table", "orders") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "budget_charges" in err[0] and message in err[0]
