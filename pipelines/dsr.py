@@ -10,9 +10,10 @@ Erasure writes tombstones first (``pipelines.dsr_overlay``: the TOMBSTONE pseudo
 key file's tombstone secret, of their account id, phones and own devices; nothing else), then
 rewrites every affected folder in staging and publishes them together, then redacts the account's
 consent events, requests and corrections in the ledger (hash-chained, append-only tables:
-``profiling.ledger_chain``; the raw id and values are replaced, each row's place and hash kept). Ingest drops every row the tombstones
-lead to, whatever key versions were rotated or destroyed since, so replaying the raw source does
-not bring them back. Corrections are recorded as an overlay every later ingest applies.
+``profiling.ledger_chain``; the raw id and values are replaced, each row's place and hash kept).
+Ingest drops every row the tombstones lead to, whatever key versions were rotated or destroyed
+since, so replaying the raw source does not bring them back. Corrections are recorded as an
+overlay every later ingest applies.
 
 Ledger tables (``WS/ledger.sqlite``, identifiable zone): ``dsr_requests`` (one row per request:
 account, kind, field, when), ``dsr_stale`` (persons whose derived data must be recomputed after a
@@ -318,7 +319,8 @@ def erase_account(workspace: Workspace, account_id: str, key: MasterKey) -> Eras
     """
     if isinstance(key, MasterKey) and not key.has_tombstone_secret:
         raise DsrError("erasure needs a key with a tombstone secret (tombstones no key rotation can undo); pass "
-                       "--key-file (an older file gains one), or add 'tombstone:<64 hex digits>' to PORTRAIT_MASTER_KEY")
+                       "--key-file (an older file gains one), or add 'tombstone:<64 hex digits>' to "
+                       "PORTRAIT_MASTER_KEY")
     linked, scopes = _scoped(workspace, account_id, key)
     history = 0
     if workspace.ledger.is_file():

@@ -40,7 +40,8 @@ from profiling.keys import MasterKey
 from profiling.pseudonyms import DEVICE, MARKETING, ORDER, PERSON, WAYBILL, normalize, pseudonymize
 from profiling.schema import TABLES, PrivacyClass
 
-__all__ = ["DsrError", "LINK_KINDS", "LinkedIdentifiers", "FileScope", "linked_identifiers", "subject_rows", "parquet_files"]
+__all__ = ["DsrError", "LINK_KINDS", "LinkedIdentifiers", "FileScope", "linked_identifiers", "subject_rows",
+           "parquet_files"]
 
 # Kinds of identifier that link rows to a person, and the pseudonym domain of each in the analytics zone.
 LINK_KINDS: dict[str, str] = {"account_id": PERSON, "device_id": DEVICE, "order_id": ORDER, "waybill_id": WAYBILL}

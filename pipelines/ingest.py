@@ -324,7 +324,8 @@ def _erasures(sources: dict[str, list[Path]], key: MasterKey, tombstones: Tombst
     names_erased = np.zeros(len(of_erased_owner), dtype=bool)
     for values in named_phones:
         names_erased |= _members(values, phones)
-    erased_waybills = _distinct(waybills["waybill_id"].filter(pa.array(of_erased_owner | (names_erased & ~living_owner))))
+    theirs = of_erased_owner | (names_erased & ~living_owner)
+    erased_waybills = _distinct(waybills["waybill_id"].filter(pa.array(theirs)))
     # rows: (device_id, account_id) -> devices tombstoned or signed in by erased accounts, none by living ones
     events = raw("device_events", ["device_id", "account_id"])
     signed = np.asarray(pc.is_valid(events["account_id"]).to_numpy(zero_copy_only=False), dtype=bool)

@@ -204,7 +204,8 @@ def test_erasing_an_account_on_a_shared_device_changes_nobody_elses_rows(site):
     assert changed == {}
     assert not any(e["account_id"] == account for e in site.rows("device_events"))
     # Waybills of others that named them stay, with their party blanked; their phone is nowhere.
-    assert phone not in {_digits(w[side]) for w in site.rows("waybills") for side in ("shipper_phone", "receiver_phone")}
+    assert phone not in {_digits(w[side]) for w in site.rows("waybills") for side in ("shipper_phone",
+                                                                                      "receiver_phone")}
 
 
 def test_waybills_of_others_naming_the_subject_show_and_lose_only_their_party(site, tmp_path):
@@ -331,7 +332,8 @@ def test_receiver_only_waybills_and_unsigned_events_stay_out_once_the_account_le
     report = site.ingest(later)
     assert report["waybills"]["erased"] >= len(named) and report["device_events"]["erased"] >= len(quiet)
     phone = accounts[account]
-    assert phone not in {_digits(w[side]) for w in site.rows("waybills") for side in ("shipper_phone", "receiver_phone")}
+    assert phone not in {_digits(w[side]) for w in site.rows("waybills") for side in ("shipper_phone",
+                                                                                      "receiver_phone")}
     assert devices.isdisjoint(e["device_id"] for e in site.rows("device_events"))
     assert devices.isdisjoint(d["device_id"] for d in site.rows("devices"))
 
@@ -342,7 +344,8 @@ def test_ingest_refuses_a_key_that_cannot_recognise_the_tombstones(site, capsys)
     before = (site.ws / "ingested" / "accounts" / "part-00000.parquet").read_bytes()
     other = site.root / "keys" / "other.key"
     _cli("keys", "init", "--key-file", other)
-    assert main(["--quiet", "ingest", "--raw", str(site.raw), "--workspace", str(site.ws), "--key-file", str(other)]) == 2
+    assert main(["--quiet", "ingest", "--raw", str(site.raw), "--workspace", str(site.ws),
+                 "--key-file", str(other)]) == 2
     assert "tombstones were made with tombstone secret" in capsys.readouterr().err
     assert (site.ws / "ingested" / "accounts" / "part-00000.parquet").read_bytes() == before
 
