@@ -23,7 +23,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from profiling.consent.as_of import EVENT_COLUMNS, to_micros
-from profiling.consent.events import ConsentError, ConsentEvent
+from profiling.consent.events import ConsentError, ConsentEvent, canonical_account_id
 from profiling.consent.store import AuditRecord, LoadReport
 from profiling.ledger_chain import (
     REDACTED_ID,
@@ -36,6 +36,7 @@ from profiling.ledger_chain import (
     verify,
 )
 from profiling.errors import WorkspaceError
+from profiling.pseudonyms import normalize
 from profiling.schema import TIMESTAMP
 
 __all__ = ["CHAINED_TABLES", "SqliteConsentStore", "ledger_connection"]
@@ -212,6 +213,8 @@ class SqliteConsentStore:
         if pa.types.is_timestamp(at.type):
             at = at.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
         events = events.select(columns).set_column(columns.index("event_at"), "event_at", at)
+        accounts = normalize(events.column("account_id").cast(pa.string()), "account_id")  # as ingest keys them
+        events = events.set_column(columns.index("account_id"), "account_id", accounts)
         now = to_micros(dt.datetime.now(dt.timezone.utc))
         source = _sql_text(source)
         with self._transaction() as db:
@@ -242,7 +245,7 @@ class SqliteConsentStore:
         cursor = self._connection.execute(
             "SELECT seq, event_id, account_id, event_at, event_type, purpose, policy_version, channel, source, "
             "recorded_at FROM consent_events WHERE account_id = ? AND chain_redacted = 0 ORDER BY event_at, seq",
-            (account_id,))
+            (canonical_account_id(account_id),))
         names = [d[0] for d in cursor.description]
         rows = [dict(zip(names, row)) for row in cursor]
         for row in rows:
@@ -258,7 +261,7 @@ class SqliteConsentStore:
         else:
             rows = []
             with self._transaction() as db:  # one consistent read over several chunks
-                unique = sorted(set(account_ids))
+                unique = sorted(set(normalize(pa.array(list(account_ids), pa.string()), "account_id").to_pylist()))
                 for start in range(0, len(unique), 500):
                     chunk = unique[start:start + 500]
                     rows += db.execute(f"{query} WHERE account_id IN ({', '.join('?' * len(chunk))}) "
@@ -296,7 +299,8 @@ class SqliteConsentStore:
     def erase_account(self, account_id: str) -> int:
         """Redact every event of ``account_id`` (content replaced, hashes kept); returns how many."""
         with self._transaction() as db:
-            removed = redact(db, "consent_events", "account_id = ?", (account_id,), reason="erasure request")
+            removed = redact(db, "consent_events", "account_id = ?", (canonical_account_id(account_id),),
+                             reason="erasure request")
             db.execute("DELETE FROM consent_loads")  # a reload must offer every event again
         self.checkpoint()
         return removed
