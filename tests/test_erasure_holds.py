@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
@@ -292,6 +293,30 @@ def test_request_tables_are_hash_chained_and_erasure_redacts_them(site, tmp_path
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("dsr_")]
     assert len(lines) == 3 and all(line.endswith("ok") for line in lines), out
+
+
+def test_a_csv_feed_gets_the_same_corrections_and_erasures(site):
+    """The overlay on text cells (CSV) as on typed ones (Parquet)."""
+    phones = {a["account_id"]: a["phone"] for a in site.rows("accounts")}
+    by_digits = {_digits(p): a for a, p in phones.items()}
+    waybill, erased = next((w, by_digits[_digits(w["receiver_phone"])]) for w in site.rows("waybills")
+                           if w["account_id"] is not None and by_digits.get(_digits(w["receiver_phone"]))
+                           not in (None, w["account_id"]))
+    corrected = next(a for a in sorted(phones) if a not in (erased, waybill["account_id"]))
+    site.dsr("correct", corrected, "--field", "birthday", "--value", "1988-08-08")
+    site.dsr("erase", erased)
+    feed = site.root / "raw-csv"
+    shutil.copytree(site.raw, feed)
+    for table in ("accounts", "waybills"):
+        shutil.rmtree(feed / table)
+        pacsv.write_csv(pq.read_table(site.raw / table), feed / f"{table}.csv")
+    report = site.ingest(feed)
+    assert report["accounts"]["erased"] == 1 and report["accounts"]["rejected"] == 0
+    row = next(a for a in site.rows("accounts") if a["account_id"] == corrected)
+    assert str(row["birthday"]) == "1988-08-08"
+    kept = next(w for w in site.rows("waybills") if w["waybill_id"] == waybill["waybill_id"])
+    assert [kept[k] for k in ("receiver_name", "receiver_phone", "receiver_address")] == ["[erased]"] * 3
+    assert kept["account_id"] == waybill["account_id"]
 
 
 # --- finding 6: receiver-only waybills and unsigned events stay out when the account row is gone ---------
