@@ -16,11 +16,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pipelines.cli import main
 from pipelines.ingest import ingest
 from pipelines.workspace import Workspace
-from profiling.csv_cells import FORMULA_STARTS
+from profiling.csv_cells import FORMULA_STARTS, escape_formulas, write_csv_rows
 from profiling.schema import TABLE_NAMES
 from raw_rows import valid_rows, write_raw
 
@@ -270,3 +272,16 @@ def test_a_damaged_ledger_is_one_line_naming_the_file(tmp_path, capsys, command)
     assert f"ledger {ws / 'ledger.sqlite'} is not a readable SQLite database" in line
     with pytest.raises(sqlite3.DatabaseError):  # left as it was, for the user to restore
         sqlite3.connect(ws / "ledger.sqlite").execute("SELECT 1 FROM sqlite_master").fetchall()
+
+
+@given(st.lists(st.text(), min_size=1, max_size=6), st.integers())
+def test_escaped_csv_cells_never_start_a_formula_and_keep_their_text(tmp_path_factory, texts, number):
+    path = tmp_path_factory.mktemp("cells") / "cells.csv"
+    write_csv_rows(path, [{**{f"c{i}": text for i, text in enumerate(texts)}, "number": number}])
+    with open(path, newline="", encoding="utf-8") as handle:
+        written = list(csv.DictReader(handle))[0]
+    assert written.pop("number") == str(number)  # numbers are written as they are
+    arrow = escape_formulas(pa.table({"text": pa.array(texts, pa.string())}))["text"].to_pylist()
+    for cells in (list(written.values()), arrow):
+        assert [c for c in cells if c.startswith(FORMULA_STARTS)] == []
+        assert [c[1:] if t.startswith(FORMULA_STARTS) else c for c, t in zip(cells, texts)] == texts
