@@ -116,11 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", required=True, help="new folder for the raw tables")
     synth.add_argument("--accounts", type=int, required=True, help="number of accounts (orders are about 10 per account)")
     synth.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same data")
+    synth.add_argument("--truth", help="new folder, apart from --out, for the ground truth of which accounts and "
+                       "devices belong to one human (for benchmarks; ingest never reads it)")
     synth.set_defaults(handler=_cmd_synth)
 
     ingest_cmd = commands.add_parser("ingest", help="validate raw Parquet/CSV tables into a workspace")
-    synth.add_argument("--truth", help="new folder, apart from --out, for the ground truth of which accounts and "
-                       "devices belong to one human (for benchmarks; ingest never reads it)")
     ingest_cmd.add_argument("--raw", required=True, help="folder with <table>.parquet, <table>.csv or <table>/ per table")
     ingest_cmd.add_argument("--workspace", default=DEFAULT_WORKSPACE, help=f"workspace folder (default {DEFAULT_WORKSPACE})")
     ingest_cmd.add_argument("--key-file", help="master key file (default: PORTRAIT_MASTER_KEY); needed once persons "
