@@ -47,7 +47,7 @@ from pipelines.dsr_overlay import (
     record_tombstones,
 )
 from pipelines.dsr_scope import LINK_KINDS, DsrError, LinkedIdentifiers, linked_identifiers, subject_rows
-from pipelines.workspace import Workspace, holding_job_lock
+from pipelines.workspace import Workspace, holding_job_lock, write_json_atomic
 from profiling.consent.sqlite_store import SqliteConsentStore, ledger_connection
 from profiling.csv_cells import write_csv_rows
 from profiling.keys import MasterKey
@@ -304,6 +304,27 @@ def correct_account(workspace: Workspace, account_id: str, field_name: str, valu
 
 # --- erasure ----------------------------------------------------------------------------------------
 
+def _record_in_ingest_report(workspace: Workspace, rows_removed: dict[str, int]) -> None:
+    """Take the rows an erasure removed from the ingested zone off the ingest report's accepted counts.
+
+    ``portrait run`` checks every ingested table against ``accepted``; the removed rows are counted
+    as ``erased_after_ingest`` so ``rows_in == accepted + rejected + erased_after_ingest`` still holds.
+    """
+    if not workspace.ingest_report.is_file():
+        return
+    document = json.loads(workspace.ingest_report.read_text(encoding="utf-8"))
+    changed = False
+    for name, removed in rows_removed.items():
+        parts = Path(name).parts
+        if len(parts) >= 2 and parts[0] == "ingested" and parts[1] in document.get("tables", {}):
+            counts = document["tables"][parts[1]]
+            counts["accepted"] -= removed
+            counts["erased_after_ingest"] = counts.get("erased_after_ingest", 0) + removed
+            changed = True
+    if changed:
+        write_json_atomic(workspace.ingest_report, document)
+
+
 @holding_job_lock("portrait dsr erase")
 def erase_account(workspace: Workspace, account_id: str, key: MasterKey) -> ErasureReport:
     """Remove the subject's own rows from the whole workspace, blank them on others' rows, and tombstone them.
@@ -362,6 +383,7 @@ def erase_account(workspace: Workspace, account_id: str, key: MasterKey) -> Eras
             replacements[folder] = staged
         if replacements:
             workspace.publish(replacements)
+            _record_in_ingest_report(workspace, report.rows_removed)
     with SqliteConsentStore(workspace.ledger) as store:
         report.consent_events_removed = store.erase_account(linked.account_id)
     with _ledger(workspace) as db:

@@ -399,3 +399,21 @@ def test_an_older_key_file_and_older_tombstones(site, capsys):
     report = site.ingest()
     assert report["accounts"]["erased"] == 1
     assert account not in {a["account_id"] for a in site.rows("accounts")}
+
+
+def test_the_next_run_after_an_erasure_needs_no_new_ingest(site):
+    """An erasure takes the removed rows off the ingest report's accounting: the next run verifies and runs."""
+    account = site.rows("accounts")[5]["account_id"]
+    before = json.loads((site.ws / "ingest-report.json").read_text())["tables"]
+    site.dsr("erase", account)
+    after = json.loads((site.ws / "ingest-report.json").read_text())["tables"]
+    assert after["accounts"]["accepted"] == before["accounts"]["accepted"] - 1
+    for name, counts in after.items():
+        assert counts["rows_in"] == counts["accepted"] + counts["rejected"] + counts.get("erased_after_ingest", 0)
+        assert counts["accepted"] == pq.read_metadata(next((site.ws / "ingested" / name).glob("*.parquet"))).num_rows
+    site.run()
+    key = load_key_file(site.key)
+    person = pseudonymize([account], key, PERSON, identifier="account_id")[0].as_py()
+    for folder in ("portraits", "identity/persons", "recommendations"):
+        held = pq.read_table(site.ws / "outputs" / folder).column("person_id").to_pylist()
+        assert person not in held
