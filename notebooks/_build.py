@@ -146,7 +146,7 @@ plt.tight_layout()
 plt.show()"""),
     md("""## 5c. Recommendations
 
-`workspace/outputs/recommendations/` holds ten items per eligible person: `personalized` lists come from implicit-feedback factors and exact top-K scoring (the person's own purchases excluded, only items served in their province); persons who refused personalization, or bought nothing yet, get the non-personalized list ranked by the DP popularity release. Scores are unitless (inner products for personalized rows, noisy buyer counts for the others)."""),
+`workspace/outputs/recommendations/` holds ten items per eligible person: `personalized` lists come from implicit-feedback factors and exact top-K scoring (the person's own purchases excluded, only items served in their province); persons who may be served but refused personalization, or bought nothing yet, get the non-personalized list (nothing of their own history), ranked by the DP popularity release when a budget allows one, else by the catalogue's listing date (no personal data; the output's metadata says which). Scores are unitless (inner products for personalized rows, noisy buyer counts or listing days for the others)."""),
     code("""recommendations = pd.read_parquet(workspace.outputs("recommendations"))
 catalogue = pd.read_parquet(workspace.pseudonymized("catalogue"), columns=["item_id", "category", "price"])
 print(recommendations.groupby("personalized")["person_id"].nunique().rename("persons").to_string())
@@ -366,7 +366,7 @@ plt.show()
 by_payment"""),
     md("""## Query 3: quantiles of the order amount by payment institution
 
-Quantiles use OpenDP's exponential mechanism over a grid of `candidates` evenly spaced points in `bounds` (here every 25 CNY from 0 to 5,000). Their `_ci95` is in **ranks** (rows), not CNY: with 95% probability the released point's rank misses the best grid point's by fewer rows than that, so there are no error bars in CNY to draw. Each person counts with at most 4 orders at one institution: the more rows a person may move, the wider the interval in ranks."""),
+Quantiles use OpenDP's permute-and-flip selection over a grid of `candidates` evenly spaced points in `bounds` (here every 25 CNY from 0 to 5,000). Their `_ci95` is in **ranks** (rows), not CNY: with 95% probability the released point's rank misses the best grid point's by fewer rows than that, so there are no error bars in CNY to draw. Each person counts with at most 4 orders at one institution: the more rows a person may move, the wider the interval in ranks."""),
     code("""quantiles = (session.query(epsilon=0.4)
              .group_by("payment_institution", keys=PAYMENT_INSTITUTIONS)
              .bound(max_partitions=1, max_rows_per_partition=4)
