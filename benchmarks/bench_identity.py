@@ -28,7 +28,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -39,6 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from _machine import cpu_model
 from pipelines.ingest import ingest
 from pipelines.run import run_pipeline
 from pipelines.synthetic import generate
@@ -49,15 +49,6 @@ from profiling.pseudonyms import DEVICE, PERSON, pseudonymize
 AS_OF = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
 STAGES = ("consent-ledger", "pseudonymize", "identity")
 PRECISION_TARGET = 0.999
-
-
-def cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def raw_ids(workspace: Workspace, key: MasterKey, table: str, column: str, domain: str) -> pd.Series:

@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from _machine import cpu_model
 from dp import BudgetLedger, ChargeLine
 
 DATASETS = ("orders", "device_events", "waybills", "accounts")
@@ -32,15 +33,6 @@ LINE = ChargeLine("count", "discrete Laplace", "1", 10.0, 1e-3, 0.0, 0.0, 30.0)
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def new_ledger(path: Path) -> BudgetLedger:
