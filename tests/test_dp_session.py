@@ -164,6 +164,7 @@ def _cli(*argv):
 
 def test_budget_commands_set_show_and_report(orders, tmp_path, capsys):
     workspace = tmp_path / "ws"
+    workspace.mkdir()
     _cli("budget", "set", "--workspace", str(workspace), "--dataset", "orders", "--epsilon", "3", "--delta", "1e-6",
          "--cap-epsilon", "0.5", "--set-by", "rev")
     ledger = BudgetLedger(workspace / "ledger.sqlite")

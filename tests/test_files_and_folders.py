@@ -252,6 +252,12 @@ def test_a_mistyped_workspace_is_an_error_and_nothing_is_created(built, tmp_path
     assert not typo.exists() and not (tmp_path / "out").exists()
 
 
+def test_setting_a_budget_at_a_mistyped_workspace_creates_nothing(tmp_path, capsys):
+    typo = tmp_path / "portrait-workspce"
+    assert run_cli("budget", "set", "--workspace", typo, "--dataset", "orders", "--epsilon", "1") == 2
+    assert str(typo) in _error_line(capsys) and not typo.exists()
+
+
 @pytest.mark.parametrize("command", ["budget show", "budget report", "consent show"])
 def test_reading_a_ledger_that_is_not_there_creates_none(tmp_path, capsys, command):
     ws = tmp_path / "ws"

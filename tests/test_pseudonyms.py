@@ -25,7 +25,7 @@ from profiling.pseudonyms import (
     recipient_domain,
 )
 
-KEY = MasterKey({1: bytes(range(32)), 2: bytes(range(1, 33))})
+KEY = MasterKey({1: bytes(range(32)), 2: bytes(range(1, 33))}, tombstone_secret=bytes(range(2, 34)))
 
 
 def _reference(value: str, domain: str, version: int | None = None) -> str:

@@ -19,7 +19,8 @@ __all__ = ["register"]
 
 
 def _ledger(args: argparse.Namespace) -> BudgetLedger:
-    return BudgetLedger(Workspace(args.workspace).ledger)
+    """The ledger of an existing workspace (created on first use): a mistyped path creates nothing."""
+    return BudgetLedger(existing_workspace(args.workspace).ledger)
 
 
 def _existing_ledger(args: argparse.Namespace) -> BudgetLedger:
