@@ -110,7 +110,7 @@ def _workspace_text(site: Site) -> str:
     return "\n".join(parts)
 
 
-# --- finding 1: a key change does not undo an erasure ------------------------------------------------
+# --- a key change does not undo an erasure ------------------------------------------------
 
 def test_erasure_holds_through_key_rotation_destruction_and_reingest(site):
     orders = site.rows("orders")
@@ -131,7 +131,7 @@ def test_erasure_holds_through_key_rotation_destruction_and_reingest(site):
     assert pseudonymize([account], key, PERSON, identifier="account_id")[0].as_py() not in text
 
 
-# --- finding 4: an access export and an erasure concern the subject alone -----------------------------
+# --- an access export and an erasure concern the subject alone -----------------------------
 
 def test_export_of_an_account_on_a_shared_device_holds_nobody_else(site, tmp_path):
     account, sharing = _account_on_a_shared_device(site)
@@ -251,7 +251,7 @@ def test_rows_about_the_subject_and_others_are_neither_exported_nor_erased(site,
     assert pq.read_table(folder).to_pylist() == rows.slice(1).to_pylist()
 
 
-# --- finding 5: a correction survives a re-ingest of the old source ---------------------------------
+# --- a correction survives a re-ingest of the old source ---------------------------------
 
 def test_correction_survives_reingest_and_goes_with_an_erasure(site):
     account = "A0000000005"
@@ -319,7 +319,7 @@ def test_a_csv_feed_gets_the_same_corrections_and_erasures(site):
     assert kept["account_id"] == waybill["account_id"]
 
 
-# --- finding 6: receiver-only waybills and unsigned events stay out when the account row is gone ---------
+# --- receiver-only waybills and unsigned events stay out when the account row is gone ---------
 
 def _feed_without(site: Site, account: str, folder: Path) -> None:
     """A later raw feed: the same tables with every row naming the account id removed."""
