@@ -26,7 +26,6 @@ import csv
 import datetime as dt
 import difflib
 import os
-import shutil
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -553,21 +552,16 @@ def ingest(raw_dir: str | os.PathLike, workspace: Workspace, *, now: dt.datetime
         if key.has_tombstone_secret:  # what this source adds to the erased persons' tombstones, made durable first
             remember_erasures(workspace, key, stones, legacy)
     erased.corrections = _corrections(workspace)
-    created = not workspace.root.exists()
-    try:
-        with workspace.staging() as stage:
-            parent_keys: dict[str, pa.Array] = {}
-            for name in tqdm(INGEST_ORDER, desc="ingest", unit=" table", disable=not progress):
-                context = CheckContext(now=now, parent_keys=parent_keys)
-                parent_keys.update(_ingest_table(TABLES[name], sources[name], stage, context, batch_rows,
-                                                 reports[name], progress, erased))
-            # Ingest replaces every table, so both zones are swapped whole: two renames, not fourteen.
-            workspace.publish({workspace.ingested(INGEST_ORDER[0]).parent: stage / "ingested",
-                               workspace.rejects(INGEST_ORDER[0]).parent: stage / "rejects"})
-    except BaseException:
-        if created:
-            shutil.rmtree(workspace.root, ignore_errors=True)
-        raise
+    # A first ingest that fails leaves no workspace: the job lock removes the folder it created.
+    with workspace.staging() as stage:
+        parent_keys: dict[str, pa.Array] = {}
+        for name in tqdm(INGEST_ORDER, desc="ingest", unit=" table", disable=not progress):
+            context = CheckContext(now=now, parent_keys=parent_keys)
+            parent_keys.update(_ingest_table(TABLES[name], sources[name], stage, context, batch_rows,
+                                             reports[name], progress, erased))
+        # Ingest replaces every table, so both zones are swapped whole: two renames, not fourteen.
+        workspace.publish({workspace.ingested(INGEST_ORDER[0]).parent: stage / "ingested",
+                           workspace.rejects(INGEST_ORDER[0]).parent: stage / "rejects"})
     write_json_atomic(workspace.ingest_report, {
         "raw_dir": str(raw), "ingested_at": dt.datetime.now(dt.timezone.utc).isoformat(), "clock": now.isoformat(),
         "tables": {name: asdict(report) for name, report in reports.items()},

@@ -70,13 +70,11 @@ _SCORING_SLICE = 1 << 20  # persons per record batch of the scoring table
 
 
 def _analytics_table(workspace: Workspace, table: str) -> ds.Dataset:
-    pseudonymized = getattr(workspace, "pseudonymized", None)
-    folder = pseudonymized(table) if pseudonymized else workspace.root / "pseudonymized" / table
-    if not Path(folder).is_dir():
+    folder = workspace.pseudonymized(table)
+    if not folder.is_dir():
         raise WorkspaceError(f"{folder} is missing: the recommendation stage reads the pseudonymized {table}; "
                              f"run the pseudonymization stage first")
-    verified = getattr(workspace, "verified", None)
-    return ds.dataset(verified(folder) if verified else folder, format="parquet")
+    return ds.dataset(workspace.verified(folder), format="parquet")
 
 
 def _columns(dataset: ds.Dataset, table: str, needed: list[str]) -> None:

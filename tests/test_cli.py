@@ -8,12 +8,8 @@ import sys
 
 import pytest
 
-from pipelines.cli import main
+from portrait_cli import run_cli
 from raw_rows import valid_rows, write_raw
-
-
-def run_cli(*argv: str) -> int:
-    return main(["--quiet", *argv])
 
 
 @pytest.fixture

@@ -8,11 +8,7 @@ import textwrap
 import pytest
 
 from dp import BudgetLedger
-from pipelines.cli import main
-
-
-def run_cli(*argv: str) -> int:
-    return main(["--quiet", *argv])
+from portrait_cli import run_cli
 
 
 @pytest.fixture(scope="module")

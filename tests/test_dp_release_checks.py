@@ -10,13 +10,9 @@ import pyarrow as pa
 import pytest
 
 from dp import BudgetLedger, PrivacyParameterError, PrivateSession
-from pipelines.cli import main
+from portrait_cli import run_cli
 from profiling.consent import ConsentGate, SqliteConsentStore
 from profiling.errors import PortraitError
-
-
-def run_cli(*argv: str) -> int:
-    return main(["--quiet", *argv])
 
 
 @pytest.fixture(scope="module")

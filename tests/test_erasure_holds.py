@@ -21,7 +21,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.cli import main
+from portrait_cli import run_cli
 from profiling.keys import load_key_file
 from profiling.pseudonyms import DEVICE, MARKETING, PERSON, TOMBSTONE, WAYBILL, pseudonymize
 
@@ -31,7 +31,7 @@ _HEX32 = re.compile(r"(?<![0-9a-f])[0-9a-f]{32}(?![0-9a-f])")
 
 
 def _cli(*argv) -> None:
-    code = main(["--quiet", *map(str, argv)])
+    code = run_cli(*argv)
     assert code == 0, f"portrait {' '.join(map(str, argv))} exited {code}"
 
 
@@ -289,7 +289,7 @@ def test_request_tables_are_hash_chained_and_erasure_redacts_them(site, tmp_path
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
             db.execute("DELETE FROM dsr_erased_ids")
     capsys.readouterr()
-    assert main(["--quiet", "ledger", "verify", "--workspace", str(site.ws)]) == 0
+    assert run_cli("ledger", "verify", "--workspace", site.ws) == 0
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("dsr_")]
     assert len(lines) == 3 and all(line.endswith("ok") for line in lines), out
@@ -369,8 +369,7 @@ def test_ingest_refuses_a_key_that_cannot_recognise_the_tombstones(site, capsys)
     before = (site.ws / "ingested" / "accounts" / "part-00000.parquet").read_bytes()
     other = site.root / "keys" / "other.key"
     _cli("keys", "init", "--key-file", other)
-    assert main(["--quiet", "ingest", "--raw", str(site.raw), "--workspace", str(site.ws),
-                 "--key-file", str(other)]) == 2
+    assert run_cli("ingest", "--raw", site.raw, "--workspace", site.ws, "--key-file", other) == 2
     assert "tombstones were made with tombstone secret" in capsys.readouterr().err
     assert (site.ws / "ingested" / "accounts" / "part-00000.parquet").read_bytes() == before
 
@@ -390,8 +389,7 @@ def test_an_older_key_file_and_older_tombstones(site, capsys):
                    (pseudonymize([account], old_key, TOMBSTONE, identifier="account_id", version=1)[0].as_py(),))
     _cli("keys", "rotate", "--key-file", site.key)
     assert "added a tombstone secret" in capsys.readouterr().out
-    assert main(["--quiet", "keys", "destroy", "--key-file", str(site.key), "--version", "1",
-                 "--workspace", str(site.ws)]) == 2
+    assert run_cli("keys", "destroy", "--key-file", site.key, "--version", "1", "--workspace", site.ws) == 2
     assert "made with key versions" in capsys.readouterr().err
     report = site.ingest()  # honours the old tombstone and re-makes it with the tombstone secret
     assert report["accounts"]["erased"] == 1

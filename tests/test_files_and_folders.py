@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipelines.cli import main
+from portrait_cli import run_cli
 from pipelines.ingest import ingest
 from pipelines.workspace import Workspace
 from profiling.csv_cells import FORMULA_STARTS, escape_formulas, write_csv_rows
@@ -29,10 +29,6 @@ from raw_rows import valid_rows, write_raw
 AS_OF = "2026-11-01T00:00:00Z"
 FORMULA_NICKNAME = '=HYPERLINK("http://x","y")'
 FORMULA_ORDER = "=1+1"
-
-
-def run_cli(*argv: str | os.PathLike) -> int:
-    return main(["--quiet", *map(str, argv)])
 
 
 def _error_line(capsys) -> str:

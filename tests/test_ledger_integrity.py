@@ -10,11 +10,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from dp import BudgetLedger, PrivateSession, UnregisteredDatasetError
-from pipelines.cli import main
-
-
-def run_cli(*argv: str) -> int:
-    return main(["--quiet", *argv])
+from portrait_cli import run_cli
 
 
 @pytest.fixture(scope="module")
