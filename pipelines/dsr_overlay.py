@@ -49,9 +49,14 @@ __all__ = [
     "load_corrections",
     "record_correction",
     "forget_corrections",
+    "PHONE_FIELDS",
     "phone_sides",
     "create_overlay_tables",
 ]
+
+# Columns of each raw table holding a phone number (``Field.identifier`` "phone"): what names a person by phone.
+PHONE_FIELDS: dict[str, list[str]] = {t.name: [f.name for f in t.fields if f.identifier == "phone"]
+                                      for t in TABLES.values()}
 
 # Identifier kinds a tombstone covers (``profiling.schema.Field.identifier``).
 TOMBSTONE_KINDS: tuple[str, ...] = ("account_id", "phone", "device_id")

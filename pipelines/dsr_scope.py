@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pipelines.dsr_overlay import phone_sides
+from pipelines.dsr_overlay import PHONE_FIELDS, phone_sides
 from pipelines.workspace import Workspace
 from profiling.errors import PortraitError
 from profiling.keys import MasterKey
@@ -124,9 +124,6 @@ def _picked(values: pa.Array, mask: np.ndarray) -> set[str]:
     return {v for v in values.filter(pa.array(mask)).to_pylist() if v is not None}
 
 
-_PHONE_FIELDS = {t.name: [f.name for f in t.fields if f.identifier == "phone"] for t in TABLES.values()}
-
-
 def linked_identifiers(workspace: Workspace, account_id: str) -> LinkedIdentifiers:
     """The subject's own ids and everybody else's, from the ingested zone (see the module docstring)."""
     if not isinstance(account_id, str) or not account_id.strip():
@@ -151,10 +148,10 @@ def linked_identifiers(workspace: Workspace, account_id: str) -> LinkedIdentifie
     other_orders = _picked(order_ids, ~_in(order_holder, [account_id]))
     # rows: (waybill_id, order_id, account_id, shipper_phone, receiver_phone)
     waybills = _read_ingested(workspace, "waybills", ["waybill_id", "order_id", "account_id",
-                                                      *_PHONE_FIELDS["waybills"]])
+                                                      *PHONE_FIELDS["waybills"]])
     waybill_account, waybill_order = _trimmed(waybills, "account_id"), _trimmed(waybills, "order_id")
     names_phone = np.zeros(len(waybill_account), dtype=bool)
-    for name in _PHONE_FIELDS["waybills"]:
+    for name in PHONE_FIELDS["waybills"]:
         names_phone |= _in(normalize(_trimmed(waybills, name), "phone"), own_phones)
     unowned = ~_valid(waybill_account) & ~_valid(waybill_order)
     own_waybills = _picked(_trimmed(waybills, "waybill_id"),
@@ -272,7 +269,7 @@ def subject_rows(workspace: Workspace, linked: LinkedIdentifiers, key: MasterKey
     for path in parquet_files(workspace):
         rows = pq.read_table(path)
         table = TABLES.get(path.parent.name)
-        phones = [name for name in _PHONE_FIELDS.get(table.name, []) if name in rows.column_names] if table else []
+        phones = [name for name in PHONE_FIELDS.get(table.name, []) if name in rows.column_names] if table else []
         text = [name for name in _text_columns(rows.schema) if name not in phones]
         own_hit = _matching_rows(rows, text, own_targets if table else anywhere)
         phone_hit = {name: _in(normalize(pc.utf8_trim_whitespace(rows.column(name).combine_chunks()

@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from pipelines.dsr_overlay import (
+    PHONE_FIELDS,
     REDACTED,
     Tombstones,
     load_corrections,
@@ -178,7 +179,6 @@ def _record_numbers(valid_ordinals: np.ndarray, malformed: list[tuple[int, str]]
 
 # Identifier kinds that link a row to a person, for dropping erased persons' rows.
 _LINKS = ("account_id", "device_id", "order_id", "waybill_id")
-_PHONES = {t.name: [f.name for f in t.fields if f.identifier == "phone"] for t in TABLES.values()}
 
 
 def _trimmed_text(values: pa.Array) -> pa.Array:
@@ -309,8 +309,8 @@ def _erasures(sources: dict[str, list[Path]], key: MasterKey, tombstones: Tombst
     holders = raw("accounts", ["account_id", "phone"])
     holder_phone = normalize(holders["phone"], "phone")
     of_erased = _members(holders["account_id"], erased)
-    waybills = raw("waybills", ["waybill_id", "order_id", "account_id", *_PHONES["waybills"]])
-    named_phones = [normalize(waybills[name], "phone") for name in _PHONES["waybills"]]
+    waybills = raw("waybills", ["waybill_id", "order_id", "account_id", *PHONE_FIELDS["waybills"]])
+    named_phones = [normalize(waybills[name], "phone") for name in PHONE_FIELDS["waybills"]]
     every_phone = _distinct(holder_phone, *named_phones)
     phones = _distinct(every_phone.filter(pa.array(tombstones.erased(every_phone, key, "phone"))),
                        holder_phone.filter(pa.array(of_erased)))
