@@ -48,6 +48,7 @@ from pipelines.dsr_overlay import (
 )
 from pipelines.dsr_scope import LINK_KINDS, DsrError, LinkedIdentifiers, linked_identifiers, subject_rows
 from pipelines.workspace import Workspace, holding_job_lock, write_json_atomic
+from profiling.consent.events import canonical_account_id
 from profiling.consent.sqlite_store import SqliteConsentStore, ledger_connection
 from profiling.csv_cells import write_csv_rows
 from profiling.keys import MasterKey
@@ -254,7 +255,7 @@ def correct_account(workspace: Workspace, account_id: str, field_name: str, valu
                        f"{', '.join(correctable)}")
     if not isinstance(key, MasterKey):
         raise TypeError(f"correct_account needs a MasterKey (from load_key_file), not {type(key).__name__}")
-    account_id = account_id.strip()
+    account_id = canonical_account_id(account_id)
     folder = workspace.ingested("accounts")
     files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
     located = [(path, pq.read_table(path)) for path in files]

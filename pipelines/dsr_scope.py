@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 
 from pipelines.dsr_overlay import PHONE_FIELDS, phone_sides
 from pipelines.workspace import Workspace
+from profiling.consent.events import canonical_account_id
 from profiling.errors import PortraitError
 from profiling.keys import MasterKey
 from profiling.pseudonyms import DEVICE, MARKETING, ORDER, PERSON, WAYBILL, normalize, pseudonymize
@@ -126,9 +127,10 @@ def _picked(values: pa.Array, mask: np.ndarray) -> set[str]:
 
 def linked_identifiers(workspace: Workspace, account_id: str) -> LinkedIdentifiers:
     """The subject's own ids and everybody else's, from the ingested zone (see the module docstring)."""
-    if not isinstance(account_id, str) or not account_id.strip():
+    form = canonical_account_id(account_id) if isinstance(account_id, str) else None
+    if not form:
         raise DsrError(f"account id {account_id!r} is empty; give the raw account id (e.g. A0000000001)")
-    account_id = account_id.strip()
+    account_id = form
     everyone: set[str] = set()
     for table, names in _ACCOUNT_FIELDS.items():
         for name in names:
