@@ -5,7 +5,7 @@ any one person's history shapes what others are shown beyond what epsilon allows
 they are ranked by the catalogue's listing date, which uses no personal data. Reads only the analytics zone
 and only the orders of persons the consent gate lets through for ``product_improvement``, placed
 before the as-of moment; writes ``WS/outputs/popularity/`` (item_id, buyers, buyers_ci95). The
-release runs on an engine (``pipelines.engines.jobs.release_item_buyers``), locally or on Spark.
+release runs on an engine (``pipelines.engine_jobs.release_item_buyers``), locally or on Spark.
 
 Privacy: epsilon-DP per person (the bounding of ``dp.PrivateSession``: each person counts at most once
 per item and for at most ``ITEMS_PER_PERSON`` items, taken in purchase order; the catalogue's item ids are public keys, so no key is

@@ -41,7 +41,7 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from pipelines.engines import Engine, Kernel, LocalEngine
-from pipelines.engines.jobs import score_top_k
+from pipelines.engine_jobs import score_top_k
 from pipelines.workspace import Workspace
 from profiling.errors import WorkspaceError
 from profiling.factors import ImplicitALS, recency_weighted_counts

@@ -49,7 +49,7 @@ from pipelines.config import JobConfig
 from pipelines.door import pseudonymize_workspace
 from pipelines.dsr import clear_stale, stale_persons
 from pipelines.engines import Engine, get_engine
-from pipelines.engines.jobs import release_item_buyers
+from pipelines.engine_jobs import release_item_buyers
 from pipelines.popularity import popularity_release_id, read_popularity
 from pipelines.portraits import write_identity, write_portraits
 from pipelines.recommend import write_recommendations

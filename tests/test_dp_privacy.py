@@ -1,7 +1,7 @@
 """Privacy claims audited statistically through the real release paths.
 
 Every release here goes through ``PrivateSession.release()`` or the engine job
-(``pipelines.engines.jobs``: the popularity release's purchases kernel and bounded counts,
+(``pipelines.engine_jobs``: the popularity release's purchases kernel and bounded counts,
 run on the local engine), charged to a real ledger with a huge budget in a tmp folder.
 
 Method: one-run auditing (Steinke, Nasr & Jagielski 2023, "Privacy auditing with one (1)
@@ -48,7 +48,7 @@ from scipy.stats import binom, binomtest
 
 from dp import BudgetLedger, PrivateSession, join_devices
 from pipelines.engines import LocalEngine
-from pipelines.engines.jobs import purchases_kernel, release_group_counts
+from pipelines.engine_jobs import purchases_kernel, release_group_counts
 from pipelines.popularity import ITEMS_PER_PERSON
 
 ALPHA = 1e-4           # false alarm of each audit

@@ -143,7 +143,7 @@ def test_the_popularity_summary_holds_only_public_figures(demo):
     import pyarrow.parquet as pq
 
     from pipelines.engines import LocalEngine
-    from pipelines.engines.jobs import release_item_buyers
+    from pipelines.engine_jobs import release_item_buyers
     from pipelines.workspace import Workspace
     from profiling.keys import load_master_key
 

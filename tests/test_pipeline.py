@@ -24,7 +24,7 @@ from pipelines.ingest import ingest
 from pipelines.config import JobConfig
 from pipelines.dsr import export_account
 from pipelines.engines import LocalEngine
-from pipelines.engines.jobs import release_item_buyers
+from pipelines.engine_jobs import release_item_buyers
 from pipelines.popularity import read_popularity
 from pipelines.recommend import CATALOGUE_RANKING, RANKING_KEY, non_personalized_ranking
 from pipelines.run import run_pipeline

@@ -2,7 +2,7 @@
 
 A job reads a Parquet dataset partitioned by the pseudonymous person id, maps pure partition
 kernels over it (contribution bounding, features, scoring), collects the small per-partition
-results and, for DP releases, adds noise once on the driver (``pipelines.engines.jobs``).
+results and, for DP releases, adds noise once on the driver (``pipelines.engine_jobs``).
 Every per-person kernel checks that its partition really holds whole persons.
 
 >>> import pyarrow as pa

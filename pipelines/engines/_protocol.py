@@ -8,7 +8,7 @@ values to the kernels, and write a result folder atomically into a workspace.
 Each operation keeps the same privacy guarantee on every engine; an operation that could not
 (sampling, per-partition noise) is not in the protocol. DP noise is never drawn inside a
 kernel: kernels bound contributions and aggregate, the driver adds noise once to the reduced
-totals (see ``pipelines.engines.jobs``).
+totals (see ``pipelines.engine_jobs``).
 """
 
 from __future__ import annotations

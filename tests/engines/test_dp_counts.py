@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 
 from dp import BudgetExceededError, BudgetLedger, BudgetNotSetError, PrivacyParameterError, PrivateSession
 from engines._frames import person_ids
-from pipelines.engines import LocalEngine, jobs
-from pipelines.engines.jobs import _bounded_totals, release_group_counts
+from pipelines import engine_jobs
+from pipelines.engine_jobs import _bounded_totals, release_group_counts
+from pipelines.engines import LocalEngine
 
 KEYS = [f"item-{i}" for i in range(12)]
 ORDER = ["placed_at", "position"]
@@ -111,7 +112,7 @@ def test_a_refused_release_computes_and_charges_nothing(engine, ledger, tmp_path
     def computed(*args, **kwargs):
         raise AssertionError("bounded totals were computed for a release that is refused")
 
-    monkeypatch.setattr(jobs, "_bounded_totals", computed)
+    monkeypatch.setattr(engine_jobs, "_bounded_totals", computed)
     with pytest.raises(PrivacyParameterError, match="epsilon is NaN"):
         _release(engine, frame, ledger, epsilon=float("nan"))
     with pytest.raises(BudgetExceededError, match="nothing charged or released"):

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from dp import BudgetLedger, PrivateSession
 from engines._frames import person_ids
-from pipelines.engines.jobs import release_item_buyers
+from pipelines.engine_jobs import release_item_buyers
 from pipelines.manifest import write_manifests
 from pipelines.popularity import DATASET, ITEMS_PER_PERSON, read_popularity
 from pipelines.workspace import Workspace

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from engines._frames import person_ids
-from pipelines.engines.jobs import score_top_k
+from pipelines.engine_jobs import score_top_k
 from profiling.scoring import TOP_K_SCHEMA
 
 

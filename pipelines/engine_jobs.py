@@ -1,4 +1,5 @@
-"""Jobs written once on the engine protocol: DP counts per public key, and top-K scoring.
+"""Jobs written once on the engine protocol (``pipelines.engines``): DP counts per public key, the popularity
+release, and top-K scoring.
 
 A job is a few kernels and a reduce. Adding one (e.g. portrait features) is a function from a
 partition table to a table, wrapped in ``Kernel(function, schema, name=...)`` and mapped with
