@@ -37,11 +37,6 @@ def test_conjugate_gradient_reaches_the_exact_solution(seed, persons, items, dim
     expected = exact_row_solves(feedback, fixed, 0.5)
     got = _conjugate_gradient(feedback, fixed, start, 0.5, steps=4 * dims, threads=1 + seed % 3)
     np.testing.assert_allclose(got, expected, rtol=2e-3, atol=2e-3)
-    # the same solve reading the transposed matrix column by column (as the item side does)
-    transposed = sp.csr_array(feedback.T)
-    transposed.sort_indices()
-    got = _conjugate_gradient(transposed, fixed, start, 0.5, steps=4 * dims, threads=1 + seed % 3, by_column=True)
-    np.testing.assert_allclose(got, expected, rtol=2e-3, atol=2e-3)
 
 
 def two_communities(persons=60, items=40, seed=3):
@@ -81,15 +76,6 @@ def test_estimator_contract_determinism_and_dtype():
     assert first.get_params()["factors"] == 4 and first.n_iter_ == 3
     with pytest.raises(TypeError):
         ImplicitALS(4)  # keyword-only parameters
-
-
-def test_a_catalogue_too_big_for_column_buffers_gives_the_same_factors(monkeypatch):
-    feedback = two_communities()
-    by_column = ImplicitALS(factors=4, iterations=3, random_state=7).fit(feedback)
-    monkeypatch.setattr("profiling.factors._als._COLUMN_BUFFER_BYTES", 0)  # item side gathers rows instead
-    gathered = ImplicitALS(factors=4, iterations=3, random_state=7).fit(feedback)
-    np.testing.assert_allclose(gathered.item_factors_, by_column.item_factors_, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(gathered.person_factors_, by_column.person_factors_, rtol=1e-4, atol=1e-5)
 
 
 def test_save_and_load_round_trip_without_pickle(tmp_path):

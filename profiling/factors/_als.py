@@ -17,128 +17,120 @@ from tqdm.auto import tqdm
 __all__ = ["ImplicitALS"]
 
 
-@njit(nogil=True, cache=True, inline="always")
-def _inner(left: np.ndarray, row: int, right: np.ndarray, other: int) -> np.float32:
-    """left[row] · right[other] in float32, summed in eight interleaved lanes (a fixed order that the
-    compiler can keep in SIMD registers; one running sum would be a chain of dependent adds)."""
-    dims = left.shape[1]
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
-    whole = dims - dims % 8
-    for f in range(0, whole, 8):
-        s0 += left[row, f] * right[other, f]
-        s1 += left[row, f + 1] * right[other, f + 1]
-        s2 += left[row, f + 2] * right[other, f + 2]
-        s3 += left[row, f + 3] * right[other, f + 3]
-        s4 += left[row, f + 4] * right[other, f + 4]
-        s5 += left[row, f + 5] * right[other, f + 5]
-        s6 += left[row, f + 6] * right[other, f + 6]
-        s7 += left[row, f + 7] * right[other, f + 7]
-    for f in range(whole, dims):
-        s0 += left[row, f] * right[other, f]
-    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+# Reductions may be reordered so that they run in SIMD lanes: the order is fixed when the kernel is
+# compiled, so a fit stays deterministic on a machine whatever the thread count.
+_SIMD = {"reassoc", "contract"}
 
 
-@njit(nogil=True, cache=True, inline="always")
-def _weight(value: np.float32, weigh_by_inner: bool, left: np.ndarray, row: int, right: np.ndarray,
-            other: int) -> np.float32:
-    """value · (left[row] · right[other]) or, without ``weigh_by_inner``, value + 1 (the confidence)."""
-    if weigh_by_inner:
-        return value * _inner(left, row, right, other)
-    return value + np.float32(1.0)
+@njit(nogil=True, cache=True, fastmath=_SIMD, inline="always")
+def _dot(left: np.ndarray, right: np.ndarray) -> np.float32:
+    total = np.float32(0.0)
+    for f in range(left.shape[0]):
+        total += left[f] * right[f]
+    return total
 
 
-@njit(nogil=True, cache=True)
-def _sparse_rows_times(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, fixed: np.ndarray,
-                       solving: np.ndarray, weigh_by_inner: bool, out: np.ndarray, start: int, stop: int) -> None:
-    """For rows u in [start, stop): out[u] = sum over u's non-zeros j (column i) of w_j · fixed[i].
-
-    w_j = data[j] · (fixed[i] · solving[u]) when ``weigh_by_inner``, else data[j] + 1. Each row is
-    summed by one thread in stored order, so the result does not depend on the thread count.
-    """
-    dims = fixed.shape[1]
-    for u in range(start, stop):
+@njit(nogil=True, cache=True, fastmath=_SIMD, inline="always")
+def _gram_times(gram: np.ndarray, vector: np.ndarray, out: np.ndarray, sign: np.float32) -> None:
+    """out = sign · gram @ vector (``gram`` symmetric, so its rows are summed as columns)."""
+    dims = vector.shape[0]
+    for f in range(dims):
+        out[f] = 0.0
+    for g in range(dims):
+        weight = sign * vector[g]
         for f in range(dims):
-            out[u, f] = 0.0
-        for j in range(indptr[u], indptr[u + 1]):
-            i = indices[j]
-            weight = _weight(data[j], weigh_by_inner, fixed, i, solving, u)
-            for f in range(dims):
-                out[u, f] += weight * fixed[i, f]
+            out[f] += weight * gram[g, f]
 
 
-@njit(nogil=True, cache=True)
-def _sparse_columns_times(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, fixed: np.ndarray,
-                          solving: np.ndarray, weigh_by_inner: bool, out: np.ndarray, start: int, stop: int) -> None:
-    """For rows u in [start, stop), add w_j · fixed[u] to out[i] for each of u's non-zeros j (column i).
+@njit(nogil=True, cache=True, fastmath=_SIMD)
+def _solve_rows(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, fixed: np.ndarray, gram: np.ndarray,
+                solving: np.ndarray, steps: int, start: int, stop: int) -> None:
+    """Conjugate-gradient steps on the normal equations of rows [start, stop) of ``solving``, in place.
 
-    The transpose of ``_sparse_rows_times``: w_j = data[j] · (fixed[u] · solving[i]) or data[j] + 1.
-    Reads ``fixed`` (the big side) in order instead of gathering its rows.
+    Row u solves (G + Fᵀ(C_u − I)F) x = Fᵀ C_u p_u with G = FᵀF + λI (``gram``), F = ``fixed``,
+    C_u − I = ``data`` on u's non-zeros (alpha·r) and p_u = 1 there, starting from ``solving[u]``.
+    A row without non-zeros gets 0, its exact solution. Each row is solved by one thread alone.
     """
     dims = fixed.shape[1]
+    residual = np.empty(dims, dtype=np.float32)
+    direction = np.empty(dims, dtype=np.float32)
+    applied = np.empty(dims, dtype=np.float32)
     for u in range(start, stop):
-        for j in range(indptr[u], indptr[u + 1]):
-            i = indices[j]
-            weight = _weight(data[j], weigh_by_inner, fixed, u, solving, i)
+        x = solving[u]
+        begin, end = indptr[u], indptr[u + 1]
+        if begin == end:
+            x[:] = 0.0
+            continue
+        # residual = Fᵀ C_u p_u − (G + Fᵀ(C_u − I)F) x
+        _gram_times(gram, x, residual, np.float32(-1.0))
+        for j in range(begin, end):
+            item = fixed[indices[j]]
+            weight = (np.float32(1.0) + data[j]) - data[j] * _dot(item, x)
             for f in range(dims):
-                out[i, f] += weight * fixed[u, f]
+                residual[f] += weight * item[f]
+        direction[:] = residual
+        norm = _dot(residual, residual)
+        if norm < 1e-20:
+            continue
+        for _ in range(steps):
+            _gram_times(gram, direction, applied, np.float32(1.0))
+            for j in range(begin, end):
+                item = fixed[indices[j]]
+                weight = data[j] * _dot(item, direction)
+                for f in range(dims):
+                    applied[f] += weight * item[f]
+            curvature = _dot(direction, applied)
+            if not curvature > 0:
+                break
+            step = norm / curvature
+            for f in range(dims):
+                x[f] += step * direction[f]
+                residual[f] -= step * applied[f]
+            new_norm = _dot(residual, residual)
+            if new_norm < 1e-20:
+                break
+            ratio = new_norm / norm
+            for f in range(dims):
+                direction[f] = residual[f] + ratio * direction[f]
+            norm = new_norm
 
 
-# The transposed product sums fixed runs of rows into their own buffers, added in run order, so the
-# result does not depend on the thread count; it is used while those buffers stay this small.
-_COLUMN_RUNS = 8
-_COLUMN_BUFFER_BYTES = 256 << 20
-
-
-def _product(feedback: sp.csr_array, fixed: np.ndarray, solving: np.ndarray | None, threads: int, *,
-             by_column: bool) -> np.ndarray:
-    """Sum over non-zeros of w · fixed-row, per row of ``feedback`` or, ``by_column``, per column
-    (then ``feedback`` is fixed-rows x solving-rows); w as in ``_sparse_rows_times``."""
-    runs = _COLUMN_RUNS if by_column else threads
-    cuts = np.searchsorted(feedback.indptr, np.linspace(0, feedback.nnz, runs + 1)).clip(0, feedback.shape[0])
-    cuts[0], cuts[-1] = 0, feedback.shape[0]
-    rows = feedback.shape[1] if by_column else feedback.shape[0]
-    out = np.zeros((runs if by_column else 1, rows, fixed.shape[1]), dtype=np.float32)
-    kernel = _sparse_columns_times if by_column else _sparse_rows_times
-    arguments = (feedback.indptr, feedback.indices, feedback.data, fixed,
-                 fixed[:0] if solving is None else solving, solving is not None)
-
-    def run(part: int) -> None:
-        kernel(*arguments, out[part if by_column else 0], cuts[part], cuts[part + 1])
-
-    with ThreadPoolExecutor(threads) as workers:
-        list(workers.map(run, range(runs)))
-    return out.sum(axis=0) if by_column else out[0]
+# Rows are handed to the threads in this many chunks per thread, of about equal work each, so a
+# thread slowed by other load takes fewer of them.
+_CHUNKS_PER_THREAD = 8
 
 
 def _conjugate_gradient(feedback: sp.csr_array, fixed: np.ndarray, solving: np.ndarray, regularization: float,
-                        steps: int, threads: int = 1, *, by_column: bool = False) -> np.ndarray:
-    """A few conjugate-gradient steps on every row's normal equations at once, warm-started.
+                        steps: int, threads: int = 1) -> np.ndarray:
+    """A few conjugate-gradient steps on every row's normal equations, warm-started from ``solving``.
 
     Row u solves (FᵀF + Fᵀ(C_u − I)F + λI) x_u = Fᵀ C_u 1, with confidence C_u = 1 + alpha·r_u on its
-    non-zeros; ``feedback`` (float32 CSR, sorted) holds alpha·r (so C − I), one row per row of
-    ``solving`` (or, ``by_column``, one column per row of ``solving`` and one row per row of
-    ``fixed``), and F is ``fixed``.
+    non-zeros; ``feedback`` (float32 CSR, one row per row of ``solving``) holds alpha·r (so C − I),
+    and F is ``fixed``. Returns a new array; per row the same work as ``implicit``'s CG solver
+    (Takács et al., 2011), in one compiled pass per row on ``threads`` threads.
     """
-    gram = fixed.T @ fixed + np.float32(regularization) * np.eye(fixed.shape[1], dtype=np.float32)
-    target = _product(feedback, fixed, None, threads, by_column=by_column)
+    dims = fixed.shape[1]
+    gram = fixed.T @ fixed
+    gram[np.diag_indices(dims)] += np.float32(regularization)
+    x = np.array(solving, dtype=np.float32, order="C", copy=True)
+    rows = x.shape[0]
+    # the work of a row grows with its non-zeros (two passes over dims each) plus one Gram product
+    work = np.cumsum(np.diff(feedback.indptr) * 2 + dims, dtype=np.int64)
+    chunks = max(1, min(rows, threads * _CHUNKS_PER_THREAD))
+    cuts = np.searchsorted(work, np.linspace(0, work[-1] if rows else 0, chunks + 1)[1:-1])
+    bounds = np.r_[0, cuts, rows]
+    arguments = (feedback.indptr, feedback.indices, feedback.data, fixed, gram, x, steps)
 
-    def apply(x: np.ndarray) -> np.ndarray:
-        return x @ gram + _product(feedback, fixed, x, threads, by_column=by_column)
+    def run(part: int) -> None:
+        if bounds[part] < bounds[part + 1]:
+            _solve_rows(*arguments, bounds[part], bounds[part + 1])
 
-    x = solving.copy()
-    residual = target - apply(x)
-    direction = residual.copy()
-    residual_norm = np.einsum("ij,ij->i", residual, residual)
-    for _ in range(steps):
-        applied = apply(direction)
-        curvature = np.einsum("ij,ij->i", direction, applied)
-        step = np.divide(residual_norm, curvature, out=np.zeros_like(residual_norm), where=curvature > 0)
-        x += step[:, None] * direction
-        residual -= step[:, None] * applied
-        new_norm = np.einsum("ij,ij->i", residual, residual)
-        ratio = np.divide(new_norm, residual_norm, out=np.zeros_like(new_norm), where=residual_norm > 0)
-        direction = residual + ratio[:, None] * direction
-        residual_norm = new_norm
+    if threads == 1:
+        for part in range(chunks):
+            run(part)
+    else:
+        with ThreadPoolExecutor(threads) as workers:
+            list(workers.map(run, range(chunks)))
     return x
 
 
@@ -166,10 +158,12 @@ class ImplicitALS(BaseEstimator):
     Fit on a sparse persons x items matrix ``R`` of recency-weighted purchase counts (see
     ``recency_weighted_counts``). Each observed pair gets preference 1 and confidence
     ``1 + alpha * R[u, i]``; unobserved pairs preference 0 and confidence 1. Each sweep solves the
-    person factors with the item factors fixed and the other way round, a few conjugate-gradient
-    steps per sweep for all rows at once (Takács et al., 2011), in float32, the sparse products in a
-    compiled kernel on ``threads`` threads (default: the cores this process may use); ``verbose``
-    shows a progress bar over the sweeps.
+    person factors with the item factors fixed and the other way round: ``cg_steps`` conjugate-gradient
+    steps per row and sweep, warm-started from the previous factors (Takács et al., 2011; the work per
+    row of ``implicit``'s CPU solver), in float32, each row solved whole by a compiled kernel, rows
+    shared among ``threads`` threads in chunks of equal work (default: the cores this process may
+    use); a person or item without feedback gets zero factors. ``verbose`` shows a progress bar over
+    the sweeps.
 
     Deterministic for a given ``random_state`` (and BLAS thread count), whatever ``threads``. No privacy mechanism is
     applied: the factors are per person and stay in the analytics zone; fit them only on rows of
@@ -211,20 +205,20 @@ class ImplicitALS(BaseEstimator):
         if not np.all(np.isfinite(by_person.data)) or (by_person.nnz and by_person.data.min() < 0):
             raise ValueError("feedback must hold finite, non-negative weights (recency-weighted counts)")
         by_person.data *= np.float32(alpha)
-        # the item side reads the person-major matrix by column while its buffers stay small
-        by_column = _COLUMN_RUNS * by_person.shape[1] * factors * 4 <= _COLUMN_BUFFER_BYTES
-        item_major = by_person if by_column else sp.csr_array(by_person.T)
-        item_major.sort_indices()
+        # the item side solves rows of the transpose: both layouts are built once per fit
+        by_item = sp.csr_array(by_person.T)
+        by_item.sort_indices()
         threads = _positive_int("threads", self.threads) if self.threads is not None else _cores()
         rng = np.random.default_rng(self.random_state)
-        scale = np.float32(0.01)
-        person_factors = (rng.standard_normal((by_person.shape[0], factors)) * scale).astype(np.float32)
-        item_factors = (rng.standard_normal((by_person.shape[1], factors)) * scale).astype(np.float32)
+        # small positive starting factors: every score starts positive and alike, which the first
+        # sweeps then pull apart (faster to a low loss than signs drawn at random)
+        person_factors = rng.random((by_person.shape[0], factors), dtype=np.float32) * np.float32(0.01)
+        item_factors = rng.random((by_person.shape[1], factors), dtype=np.float32) * np.float32(0.01)
         for _ in tqdm(range(iterations), desc="ALS sweeps", unit=" sweep", disable=not self.verbose):
             person_factors = _conjugate_gradient(by_person, item_factors, person_factors, regularization, cg_steps,
                                                  threads)
-            item_factors = _conjugate_gradient(item_major, person_factors, item_factors, regularization, cg_steps,
-                                               threads, by_column=by_column)
+            item_factors = _conjugate_gradient(by_item, person_factors, item_factors, regularization, cg_steps,
+                                               threads)
         self.person_factors_ = person_factors
         self.item_factors_ = item_factors
         self.n_iter_ = iterations
