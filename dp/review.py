@@ -34,6 +34,7 @@ from dp._mechanisms import ZCDP, enabled_features
 from dp.budget import BudgetLedger
 from profiling.file_modes import restrict_to_owner
 from profiling.ledger_chain import ChainReport, verify_all
+from profiling.transfer_log import transfer_summary
 
 __all__ = ["build_review", "write_review"]
 
@@ -133,7 +134,8 @@ def build_review(ledger: BudgetLedger) -> dict:
             "privacy_unit": "person (all of a person's rows and devices)", "opendp_features": sorted(features),
             "chains": [{"table": c.table, "rows": c.rows, "head": c.head, "ok": c.ok, "broken_at": c.broken_at,
                         "problem": c.problem, "migrated_rows": c.migrated_rows} for c in chains],
-            "non_personalized_ranking": ranking, "budget_changes": changes, "datasets": datasets, "flags": flags}
+            "non_personalized_ranking": ranking, "budget_changes": changes, "datasets": datasets, "flags": flags,
+            "transfers": transfer_summary(ledger.path)}
 
 
 def _fmt(value) -> str:
@@ -253,6 +255,11 @@ def _markdown(review: dict) -> str:
     ranking = review["non_personalized_ranking"]
     lines += ["", "## Non-personalized lists", "",
               f"Ranked by: {ranking['ranking'] or '-'} ({ranking['detail']}); read from `{ranking['folder']}`."]
+    lines += ["", "## Cross-border transfers", "", "Per overseas receiver, from the transfer log (`portrait ledger "
+              "verify` checks its chain; persons are distinct pseudonyms).", "",
+              "| receiver | country | mechanism | transfers | rows | persons | refusals | last |", "|" + "---|" * 8]
+    lines += [f"| {t['receiver']} | {t['country']} | {t['mechanism']} | {t['transfers']} | {t['rows']} | "
+              f"{t['persons']} | {t['refusals']} | {t['last']} |" for t in review["transfers"]] or ["| none |" + " |" * 7]
     lines += ["", "## Releases", "",
               ("| charged at | dataset | analyst | purpose | query | aggregate | mechanism | sensitivity | noise scale | "
               "epsilon | delta | rho | 95% half-width | released |"), "|" + "---|" * 14]

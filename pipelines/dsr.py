@@ -55,6 +55,7 @@ from profiling.keys import MasterKey
 from profiling.ledger_chain import REDACTED_ID, appending, redact, register_table
 from profiling.pseudonyms import PERSON, pseudonymize
 from profiling.schema import TABLES
+from profiling.transfer_log import transfers_about
 from profiling.validation import CheckContext, check_batch, coerce_column
 
 __all__ = [
@@ -189,8 +190,10 @@ def export_account(workspace: Workspace, account_id: str, key: MasterKey, out_di
     every Parquet file under the workspace (ingested, rejects, analytics zone, outputs, vault ...;
     see ``pipelines.dsr_scope``), others' waybills naming them with only their party's columns, the
     consent history, the corrections and data-subject requests recorded for them (the gate's audit
-    log holds counts only, never a person). ``left_out`` counts, per file, rows about them and
-    others together, which are not theirs to receive. The request is recorded too.
+    log holds counts only, never a person), and the cross-border transfers that held their rows
+    (``transfers.csv``: when, receiver, country, legal mechanism, fields, rows; PIPL Art. 39).
+    ``left_out`` counts, per file, rows about them and others together, which are not theirs to
+    receive. The request is recorded too.
     """
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -222,13 +225,15 @@ def export_account(workspace: Workspace, account_id: str, key: MasterKey, out_di
                                                 "WHERE account_id = ? ORDER BY id", (linked.account_id,)))
     bundle = {"account_id": linked.account_id, "exported_at": _now().isoformat(),
               "linked_ids": {kind: sorted(values) for kind, values in linked.ids.items()},
+    transfers = transfers_about(workspace.ledger, linked.account_id, key)
               "tables": tables, "consent_history": history, "requests": requests, "corrections": corrections,
-              "left_out": left_out}
+              "transfers": transfers, "left_out": left_out}
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "bundle.json", "w", encoding="utf-8") as handle:
         json.dump(bundle, handle, indent=2, sort_keys=True, default=str)
     sections = {name.replace("/", "__"): rows for name, rows in tables.items()}
-    sections.update({"consent_history": history, "requests": requests, "corrections": corrections})
+    sections.update({"consent_history": history, "requests": requests, "corrections": corrections,
+                     "transfers": transfers})
     for name, rows in sections.items():
         if rows:
             write_csv_rows(out / f"{name}.csv", rows)  # formula-looking text escaped; bundle.json keeps it exact

@@ -142,6 +142,10 @@ class PolicyVersion:
     name: str
     in_force: dt.datetime
     reconsent: frozenset[str]
+    # PIPL Art. 39: a separate consent to send waybill data abroad; ID numbers need its sensitive grant.
+    _p("cross_border_transfer", PurposeGroup.THIRD_PARTY, "Send cross-border waybill data to declared overseas "
+       "receivers (profiling.overseas); ID numbers only under its sensitive grant.",
+       _DIRECT, _QUASI, _NON_PERSONAL, _SENSITIVE),
 
 
 POLICY_HISTORY: tuple[PolicyVersion, ...] = (

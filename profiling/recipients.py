@@ -16,6 +16,9 @@ Every export is person-level, so before a row is written:
 * k-anonymity is enforced over the recipient's declared quasi-identifiers: rows of classes smaller
   than k are suppressed. What was left out and suppressed goes to ``<file>.report.json`` beside
   the export (counts only).
+
+Receivers abroad are declared apart, in ``profiling.overseas`` (country, legal mechanism, separate
+consent, transfer log); ``portrait export`` sends to them through ``transfer_to_overseas``.
 """
 
 from __future__ import annotations
@@ -23,27 +26,23 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from profiling.consent import ConsentGate, SqliteConsentStore
-from profiling.csv_cells import escape_formulas
 from profiling.errors import PortraitError, WorkspaceError
+from profiling.export_files import EXPORT_FORMATS, write_atomically, write_rows
 from profiling.k_anonymity import DEFAULT_K, KAnonymityResult, amount_band, enforce_k_anonymity
+from profiling.overseas import OVERSEAS_RECEIVERS
 from profiling.purposes import purpose
 from profiling.schema import PAYMENT_INSTITUTIONS, TABLES
 
 __all__ = ["EXPORT_FORMATS", "RECIPIENTS", "ExportResult", "Recipient", "checked_request", "export_for_recipient",
            "recipient"]
-
-EXPORT_FORMATS = ("csv", "parquet")
 
 
 @dataclass(frozen=True)
@@ -142,8 +141,12 @@ def recipient(name: str) -> Recipient:
     try:
         return RECIPIENTS[name]
     except (KeyError, TypeError):
+        if isinstance(name, str) and name in OVERSEAS_RECEIVERS:
+            raise PortraitError(f"{name!r} is an overseas receiver: a cross-border transfer goes through "
+                                "profiling.overseas.transfer_to_overseas (it needs the master key)") from None
         raise PortraitError(f"unknown recipient {name!r}; the declared recipients are "
-                            f"{', '.join(sorted(RECIPIENTS))}") from None
+                            f"{', '.join(sorted(RECIPIENTS))}; overseas receivers (cross-border): "
+                            f"{', '.join(sorted(OVERSEAS_RECEIVERS))}") from None
 
 
 def _checked_fields(declared: Recipient, fields: Sequence[str] | None) -> tuple[str, ...]:
@@ -231,32 +234,9 @@ def export_for_recipient(workspace, name: str, out_dir: str | os.PathLike, *, fi
               "consent": {"purpose": declared.consent_purpose, "audit_id": decision.audit_id,
                           "rows_left_out": rows_left_out, "persons_left_out_by_reason": left_out},
               "k_anonymity": anonymity.report()}
-    _write_atomic({path: lambda target: _write_rows(kept, target, file_format),
-                   report_path: lambda target: Path(target).write_text(
-                       json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")})
+    write_atomically({path: lambda target: write_rows(kept, target, file_format),
+                      report_path: lambda target: Path(target).write_text(
+                          json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")})
     return ExportResult(path=path, recipient=name, fields=chosen, rows=kept.num_rows, report_path=report_path,
                         as_of=as_of, left_out=left_out, rows_left_out=rows_left_out, k_anonymity=anonymity)
 
-
-def _write_rows(rows: pa.Table, target: str, file_format: str) -> None:
-    if file_format == "csv":
-        pacsv.write_csv(escape_formulas(rows), target)
-    else:
-        pq.write_table(rows, target)
-
-
-def _write_atomic(writers: Mapping[Path, Callable[[str], object]]) -> None:
-    """Write every file beside its destination, then rename them all into place."""
-    staged: dict[Path, str] = {}
-    try:
-        for path, write in writers.items():
-            fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-            os.close(fd)
-            staged[path] = temporary
-            write(temporary)
-        for path, temporary in staged.items():
-            os.replace(temporary, path)
-    except BaseException:
-        for temporary in staged.values():
-            Path(temporary).unlink(missing_ok=True)
-        raise

@@ -191,14 +191,16 @@ def _kept_entries(previous: list[Path], still_unsealed: list[pa.Array]) -> Itera
 
 
 def customs_id_numbers(workspace, key: MasterKey, waybill_ids: Iterable[str], *,
-                       ledger: ConsentStore | str | os.PathLike) -> dict[str, str]:
+                       ledger: ConsentStore | str | os.PathLike,
+                       purpose_name: str = "service_provision") -> dict[str, str]:
     """The ID-card numbers of ``waybill_ids`` for a customs declaration, ``{waybill_id: number}``.
 
     Opening is an act at the moment it happens: the consent checked is the one that holds at that
     moment (the current UTC time), so there is no ``as_of`` to name; a moment before a revocation
     would step around it. All or nothing: refused (``ConsentRefusedError``) unless every
-    waybill's account holds, now, the separate sensitive-data consent for service provision (a
-    waybill without an account has none); refused (``PortraitError``) when a waybill has no sealed
+    waybill's account holds, now, the separate sensitive-data consent for ``purpose_name`` (customs
+    clearance under service provision by default; ``cross_border_transfer`` for a receiver abroad;
+    a waybill without an account has none); refused (``PortraitError``) when a waybill has no sealed
     number; and a ``VaultIntegrityError`` when any entry fails authentication. Each consent check
     is audited in the ledger (counts only, as of the opening). Waybill and account ids are taken
     in the form ingest keys them (``profiling.pseudonyms.normalize``: spaces around them removed).
@@ -218,11 +220,12 @@ def customs_id_numbers(workspace, key: MasterKey, waybill_ids: Iterable[str], *,
     accounts = normalize(pa.array([entries[w]["account_id"] for w in wanted], pa.string()), "account_id").to_pylist()
     with_account = [a for a in accounts if a is not None]
     opened_at = dt.datetime.now(dt.UTC)
-    holds = dict(zip(with_account, sensitive_consent_holds(ledger, with_account, opened_at)))
+    holds = dict(zip(with_account, sensitive_consent_holds(ledger, with_account, opened_at,
+                                                           purpose_name=purpose_name)))
     lacking = sum(1 for a in accounts if a is None or not holds[a])
     if lacking:
         raise ConsentRefusedError(f"customs access refused: {lacking} of {len(wanted)} waybills belong to "
-                                  "accounts without the separate sensitive-data consent for service_provision "
+                                  f"accounts without the separate sensitive-data consent for {purpose_name} "
                                   f"now ({opened_at.isoformat(timespec='seconds')}); nothing returned")
     ciphers: dict[int, AESGCM] = {}
     numbers = {}

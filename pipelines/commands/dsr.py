@@ -24,7 +24,8 @@ def _export(args: argparse.Namespace) -> None:
     rows = [{"section": name, "rows": len(rows)} for name, rows in sorted(bundle["tables"].items())]
     rows += [{"section": "consent_history", "rows": len(bundle["consent_history"])},
              {"section": "requests", "rows": len(bundle["requests"])},
-             {"section": "corrections", "rows": len(bundle["corrections"])}]
+             {"section": "corrections", "rows": len(bundle["corrections"])},
+             {"section": "transfers", "rows": len(bundle["transfers"])}]
     print(format_table(rows))
     print(f"wrote {args.out}/bundle.json and one CSV per section")
     if bundle["left_out"]:

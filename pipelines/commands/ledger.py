@@ -44,7 +44,8 @@ def _verify(args: argparse.Namespace) -> None:
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    ledger = commands.add_parser("ledger", help="check the ledger's hash chains (consent, budgets, requests)")
+    ledger = commands.add_parser("ledger", help="check the ledger's hash chains (consent, budgets, requests, "
+                                   "cross-border transfers)")
     actions = ledger.add_subparsers(dest="ledger_command", required=True, metavar="ACTION")
     verify = actions.add_parser("verify", help="recompute every chain: one line per table, exit 2 if one is broken")
     add_workspace_argument(verify)

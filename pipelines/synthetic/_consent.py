@@ -39,6 +39,11 @@ _NEW_POLICY_ACCEPTED = 0.75    # of accounts created before the 2019-06 policy
 _SENSITIVE_PURPOSE = "service_provision"  # ID numbers are processed to clear customs for the delivery
 _CHANNELS = schema_table("consent_events")["channel"].allowed
 _CANCEL_SHARE = 0.01
+# Separate consent to cross-border transfer (PIPL Art. 39), asked at a holder's first cross-border parcel:
+# (share granting, share of those also granting it for ID numbers, share revoking after the last parcel).
+# Drawn from a stream of its own, so the other events' draws are those of a generator without it.
+_CROSS_BORDER_CONSENT = (0.80, 0.85, 0.10)
+_CROSS_BORDER_STREAM = 39
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,16 @@ def _consent_events(rng: np.random.Generator, run: _Run, holders: _Holders, plan
         revoked_at = _after(rng, at[last], 0.1, 90, run.until)
         revoked = revoked_at != _NEVER
         add(holder[last][revoked], revoked_at[revoked], "sensitive_revoke", purposes.index(_SENSITIVE_PURPOSE), rank=3)
+        own = np.random.default_rng([run.seed, batch_index, _CROSS_BORDER_STREAM])
+        grant_share, sensitive_share, revoke_share = _CROSS_BORDER_CONSENT
+        transfer = purposes.index("cross_border_transfer")
+        granting = own.random(len(granted_at)) < grant_share
+        add(holder[first][granting], granted_at[granting], "grant", transfer, rank=1)
+        with_id = granting & (own.random(len(granted_at)) < sensitive_share)
+        add(holder[first][with_id], granted_at[with_id], "sensitive_grant", transfer, rank=1)
+        withdrawn = _after(own, np.where(granting, at[last], _NEVER), revoke_share, 90, run.until)
+        withdrawn_holder = np.flatnonzero(withdrawn != _NEVER)
+        add(holder[last][withdrawn_holder], withdrawn[withdrawn_holder], "revoke", transfer, rank=3)
     # Cancellation after everything else the account did.
     cancelled = rng.random(n) < _CANCEL_SHARE
     last_seen = holders.created.copy()
