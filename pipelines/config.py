@@ -14,6 +14,9 @@ Example (every key optional; relative paths are relative to the file)::
     [portraits]
     rows_per_partition = 20000000
 
+    [retention]
+    cancellation_grace_days = 14         # a cancelled account is erased by the first run this long after
+
     [budget.orders]                      # set before the run when it differs from the one in force
     epsilon = 1.0
     delta = 0.0
@@ -30,6 +33,13 @@ skipped (``product_improvement``: the popularity release; ``marketing_messages``
 audience; ``cross_device_sync``: linking, so every person is their own identity). The
 personalization purpose is what the job is for and cannot be left out. Unknown keys are errors,
 so a misspelt setting never goes unnoticed.
+
+``[retention] cancellation_grace_days`` (a whole number of days, at least 0; default
+``CANCELLATION_GRACE_DAYS`` = 14): an account cancelled at t is erased by the first run whose
+as-of moment is at or after t + this many days (``pipelines.retention``). Fourteen days cover the
+seven-day no-reason return (Consumer Rights Protection Law Art. 25) and a parcel still under way,
+and keep erasure within the fifteen working days Chinese regulators allow for completing a
+cancellation when the job runs daily.
 """
 
 from __future__ import annotations
@@ -43,11 +53,12 @@ from pathlib import Path
 
 from profiling.errors import PortraitError
 
-__all__ = ["ConfigError", "ENGINES", "JobConfig", "OPTIONAL_PURPOSES", "load_config"]
+__all__ = ["CANCELLATION_GRACE_DAYS", "ConfigError", "ENGINES", "JobConfig", "OPTIONAL_PURPOSES", "load_config"]
 
 ENGINES = ("local", "spark")
 OPTIONAL_PURPOSES = ("cross_device_sync", "marketing_messages", "product_improvement")
 _REQUIRED_PURPOSE = "personalization"
+CANCELLATION_GRACE_DAYS = 14  # days from a cancellation to the erasure of the account
 
 
 class ConfigError(PortraitError, ValueError):
@@ -67,6 +78,7 @@ class JobConfig:
     spark_master: str = "local[2]"
     spark_partitions: int | None = None  # None: spark.sql.shuffle.partitions
     spark_config: Mapping[str, str] = field(default_factory=dict)  # Spark settings for the session builder
+    cancellation_grace_days: int = CANCELLATION_GRACE_DAYS
     source: str = "defaults"
 
     def __post_init__(self) -> None:
@@ -80,7 +92,7 @@ class JobConfig:
         if _REQUIRED_PURPOSE not in self.purposes:
             raise ConfigError(f"purposes {where} must include {_REQUIRED_PURPOSE!r}: portraits and "
                               "recommendations are what the job is for")
-        for name, lowest in (("k", 1), ("rows_per_partition", 1000)):
+        for name, lowest in (("k", 1), ("rows_per_partition", 1000), ("cancellation_grace_days", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
                 raise ConfigError(f"{name} {where} must be a whole number of at least {lowest}, got {value!r}")
@@ -129,6 +141,7 @@ def _positive(value) -> bool:
 
 _SECTIONS = {"recommendations": {"k": "k"},
              "portraits": {"rows_per_partition": "rows_per_partition"},
+             "retention": {"cancellation_grace_days": "cancellation_grace_days"},
              "spark": {"master": "spark_master", "partitions": "spark_partitions", "config": "spark_config"}}
 _TOP_LEVEL = {"workspace", "key_file", "as_of", "engine", "purposes", "budget", *_SECTIONS}
 

@@ -66,6 +66,8 @@ __all__ = [
     "export_account",
     "correct_account",
     "erase_account",
+    "erase_held",
+    "record_removed_after_ingest",
     "LINK_KINDS",
     "stale_persons",
     "clear_stale",
@@ -310,11 +312,14 @@ def correct_account(workspace: Workspace, account_id: str, field_name: str, valu
 
 # --- erasure ----------------------------------------------------------------------------------------
 
-def _record_in_ingest_report(workspace: Workspace, rows_removed: dict[str, int]) -> None:
-    """Take the rows an erasure removed from the ingested zone off the ingest report's accepted counts.
+def record_removed_after_ingest(workspace: Workspace, rows_removed: dict[str, int],
+                                counter: str = "erased_after_ingest") -> None:
+    """Take the rows an erasure (or the retention stage) removed from the ingested zone off the ingest
+    report's accepted counts.
 
     ``portrait run`` checks every ingested table against ``accepted``; the removed rows are counted
-    as ``erased_after_ingest`` so ``rows_in == accepted + rejected + erased_after_ingest`` still holds.
+    as ``counter`` (``erased_after_ingest``, ``expired_after_ingest``) so ``rows_in == accepted +
+    rejected + erased_after_ingest + expired_after_ingest`` still holds.
     """
     if not workspace.ingest_report.is_file():
         return
@@ -325,7 +330,7 @@ def _record_in_ingest_report(workspace: Workspace, rows_removed: dict[str, int])
         if len(parts) >= 2 and parts[0] == "ingested" and parts[1] in document.get("tables", {}):
             counts = document["tables"][parts[1]]
             counts["accepted"] -= removed
-            counts["erased_after_ingest"] = counts.get("erased_after_ingest", 0) + removed
+            counts[counter] = counts.get(counter, 0) + removed
             changed = True
     if changed:
         write_json_atomic(workspace.ingest_report, document)
@@ -343,6 +348,16 @@ def erase_account(workspace: Workspace, account_id: str, key: MasterKey) -> Eras
     ledger (secure delete, WAL checkpointed). A failure before publishing leaves every folder as it
     was; the tombstones alone keep ingest from re-admitting the person, and rerunning the erasure
     finishes the job.
+    """
+    return erase_held(workspace, account_id, key)
+
+
+def erase_held(workspace: Workspace, account_id: str, key: MasterKey, *, cause: str | None = None) -> ErasureReport:
+    """``erase_account`` for a caller that already holds the workspace's job lock (the job's retention stage).
+
+    ``cause`` (a plain phrase such as ``"cancellation"``, never an identifier) is recorded as an
+    ``erase`` request whose account id is redacted at once: the ledger shows that and when the job
+    erased an account, not whose.
     """
     if isinstance(key, MasterKey) and not key.has_tombstone_secret:
         raise DsrError("erasure needs a key with a tombstone secret (tombstones no key rotation can undo); pass "
@@ -389,13 +404,16 @@ def erase_account(workspace: Workspace, account_id: str, key: MasterKey) -> Eras
             replacements[folder] = staged
         if replacements:
             workspace.publish(replacements)
-            _record_in_ingest_report(workspace, report.rows_removed)
+            record_removed_after_ingest(workspace, report.rows_removed)
     with SqliteConsentStore(workspace.ledger) as store:
         report.consent_events_removed = store.erase_account(linked.account_id)
     with _ledger(workspace) as db:
         db.execute("BEGIN IMMEDIATE")
         report.requests_removed = redact(db, "dsr_requests", "account_id = ?", (linked.account_id,),
                                          reason="erasure request")
+        if cause is not None:
+            _record_request(db, linked.account_id, "erase", cause)
+            redact(db, "dsr_requests", "account_id = ?", (linked.account_id,), reason=f"{cause} erasure")
         db.execute("DELETE FROM dsr_stale WHERE account_id = ?", (linked.account_id,))
         forget_corrections(db, linked.account_id)
         db.execute("COMMIT")

@@ -18,6 +18,9 @@ owner, device events signed in to them, and unsigned events and rows of devices 
 signed in on. On a waybill someone else sent, an erased person's name, phone and address become
 ``[erased]``. Dropped rows are counted as ``erased``, apart from ``rows in``; they reach neither
 zone. Corrections made by ``portrait dsr correct`` are applied to the raw rows before the checks.
+
+Expired rows stay expired: rows past their table's retention period at the latest as-of moment a
+run applied retention at (``pipelines.retention``) are dropped the same way, counted as ``expired``.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from pipelines.dsr_overlay import (
     phone_sides,
     remember_erasures,
 )
+from pipelines.retention import Expiry, retention_horizon
 from pipelines.workspace import Workspace, holding_job_lock, write_json_atomic
 from profiling.errors import InternalError, SchemaError, WorkspaceError
 from profiling.keys import MasterKey
@@ -73,7 +77,8 @@ _SUFFIXES = (".parquet", ".csv")
 
 @dataclass
 class TableReport:
-    """Row accounting of one table: ``rows_in == accepted + rejected``; ``erased`` rows were dropped before."""
+    """Row accounting of one table: ``rows_in == accepted + rejected``; ``erased`` rows (of erased persons) and
+    ``expired`` rows (past the table's retention period) were dropped before."""
 
     table: str
     sources: list[str]
@@ -83,6 +88,7 @@ class TableReport:
     reasons: dict[str, int] = field(default_factory=dict)
     ignored_columns: list[str] = field(default_factory=list)
     erased: int = 0
+    expired: int = 0
 
 
 def find_sources(raw_dir: Path, table: str) -> list[Path]:
@@ -224,15 +230,18 @@ class _Overlay:
     ``erased``: raw ids by identifier kind whose rows are dropped before any check. ``phones``:
     erased persons' phones (normalized); on rows that stay (someone else's waybill) that party's
     columns become ``REDACTED`` after the checks. ``corrections``: accounts column -> (raw account
-    ids, corrected values as text), applied to the raw rows before the checks.
+    ids, corrected values as text), applied to the raw rows before the checks. ``expiry``: rows past
+    retention, dropped before any check too.
     """
 
     erased: dict[str, pa.Array] = field(default_factory=dict)
     phones: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))
     corrections: dict[str, tuple[pa.Array, pa.Array]] = field(default_factory=dict)
+    expiry: Expiry | None = None
 
     def __bool__(self) -> bool:
-        return any(len(ids) for ids in self.erased.values()) or len(self.phones) > 0 or bool(self.corrections)
+        return any(len(ids) for ids in self.erased.values()) or len(self.phones) > 0 or bool(self.corrections) \
+            or self.expiry is not None
 
     def kept_rows(self, table: Table, batch: pa.RecordBatch) -> np.ndarray | None:
         """False on rows linked to an erased person; None when no row of the batch is."""
@@ -347,12 +356,19 @@ def _corrections(workspace: Workspace) -> dict[str, tuple[pa.Array, pa.Array]]:
 
 
 def _without_erased(table: Table, batches, erased: _Overlay, counter: list[int] | None = None):
+    """``batches`` without erased persons' and expired rows; ``counter`` counts them: [erased, expired]."""
     for batch in batches:
         kept = erased.kept_rows(table, batch) if erased else None
         if kept is not None:
             if counter is not None:
                 counter[0] += int((~kept).sum())
             batch = batch.filter(pa.array(kept))
+        if erased and erased.expiry is not None:
+            expired = erased.expiry.expired_rows(table, batch)
+            if expired.any():
+                if counter is not None:
+                    counter[1] += int(expired.sum())
+                batch = batch.filter(pa.array(~expired))
         yield erased.corrected(table, batch) if erased else batch
 
 
@@ -364,6 +380,8 @@ def _key_columns(table: Table, sources: list[Path],
     """
     names = [table.primary_key] + [f.name for f in table.fields if f.references]
     names += [f.name for f in table.fields if f.identifier in _LINKS and f.name not in names]
+    if erased and erased.expiry is not None:  # the rules of retention read these
+        names += [name for name in erased.expiry.columns(table) if name not in names]
     chunks: dict[str, list[pa.Array]] = {name: [] for name in names}
     for path, batch in _column_batches(table, sources, names, erased or {}):
         for name in names:
@@ -469,7 +487,7 @@ def _ingest_table(table: Table, sources: list[Path], stage: Path, context: Check
                  leave=False) as bar:
         for path in sources:
             batches, csv_reader = _read_batches(path, table, batch_rows)
-            erased_rows = [0]
+            erased_rows = [0, 0]
             batches = _without_erased(table, batches, erased, erased_rows)
             ordinal = 0  # well-formed rows read from this file so far
             for raw in batches:
@@ -503,7 +521,8 @@ def _ingest_table(table: Table, sources: list[Path], stage: Path, context: Check
                 offset += n
                 bar.update(n)
             report.erased += erased_rows[0]
-            bar.update(erased_rows[0])
+            report.expired += erased_rows[1]
+            bar.update(sum(erased_rows))
             unparsed.raise_if_whole_column(path)
             if csv_reader is not None and csv_reader.malformed:
                 rejects_out.write_batch(_malformed_rejects(table, str(path), csv_reader.malformed))
@@ -552,6 +571,10 @@ def ingest(raw_dir: str | os.PathLike, workspace: Workspace, *, now: dt.datetime
         if key.has_tombstone_secret:  # what this source adds to the erased persons' tombstones, made durable first
             remember_erasures(workspace, key, stones, legacy)
     erased.corrections = _corrections(workspace)
+    horizon = retention_horizon(workspace)
+    if horizon is not None:  # what a run already deleted stays out
+        erased.expiry = Expiry.build(horizon, lambda name, names: (
+            batch.select(names) for _, batch in _column_batches(TABLES[name], sources[name], names)))
     # A first ingest that fails leaves no workspace: the job lock removes the folder it created.
     with workspace.staging() as stage:
         parent_keys: dict[str, pa.Array] = {}

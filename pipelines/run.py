@@ -6,6 +6,9 @@ stage leaves the previous run's outputs in place. The order is the privacy order
 
 1. ``verify-ingested``: the identifiable zone matches the data model and the ingest report;
 2. ``consent-ledger``: ingested consent events are appended to ``WS/ledger.sqlite`` (idempotent);
+   then ``retention`` (``pipelines.retention``): accounts cancelled at least the grace period before
+   ``--as-of`` are erased, and rows past their table's retention period deleted, before anything
+   derived is built from them;
 3. ``pseudonymize``: the door writes the analytics zone ``WS/pseudonymized/`` (no direct identifier
    passes, sensitive columns never);
 4. ``seal``: ID-card numbers for customs move into the AES-GCM vault ``WS/vault/`` (the ingested
@@ -53,6 +56,10 @@ from pipelines.engine_jobs import release_item_buyers
 from pipelines.popularity import popularity_release_id, read_popularity
 from pipelines.portraits import write_identity, write_portraits
 from pipelines.recommend import write_recommendations
+from pipelines.risk import INPUTS as RISK_INPUTS
+from pipelines.risk import PURPOSE as RISK_PURPOSE
+from pipelines.risk import write_risk
+from pipelines.retention import enforce_retention
 from pipelines.workspace import Workspace, holding_job_lock, write_json_atomic
 from profiling.consent import (
     ConsentGate,
@@ -168,6 +175,11 @@ def _consent_ledger(context: RunContext) -> list[dict]:
              "already_present": report.already_present}]
 
 
+def _retention(context: RunContext) -> list[dict]:
+    return enforce_retention(context.workspace, context.key, context.as_of,
+                             grace_days=context.config.cancellation_grace_days)
+
+
 def _pseudonymize(context: RunContext) -> list[dict]:
     summary = pseudonymize_workspace(context.workspace, context.key, as_of=context.as_of.date(),
                                      progress=context.progress)
@@ -268,6 +280,8 @@ STAGES: list[Stage] = [
     Stage("verify-ingested", "check the ingested tables against the data model and the ingest report",
           _verify_ingested),
     Stage("consent-ledger", "append the ingested consent events to the consent ledger", _consent_ledger),
+    Stage("retention", "erase accounts cancelled longer ago than the grace period; delete rows past their "
+          "table's retention period", _retention),
     Stage("pseudonymize", "write the analytics zone: pseudonyms and generalized values only", _pseudonymize),
     Stage("seal", "move ID-card numbers for customs into the AES-GCM vault", _seal),
     Stage("k-anonymity", "report the class sizes of the person-level analytics table", _k_anonymity),

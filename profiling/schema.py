@@ -22,6 +22,8 @@ from profiling.purposes import CONSENT_EVENT_TYPES, POLICY_VERSIONS, PURPOSES
 __all__ = [
     "PrivacyClass",
     "Format",
+    "RETENTION",
+    "Retention",
     "Field",
     "Table",
     "TABLES",
@@ -125,6 +127,11 @@ class Table:
     @property
     def parents(self) -> set[str]:
         return {f.references.split(".")[0] for f in self.fields if f.references} - {self.name}
+
+    @property
+    def retention(self) -> Retention:
+        """How long this table's rows are kept (``RETENTION``)."""
+        return RETENTION[self.name]
 
 
 CATEGORIES: tuple[str, ...] = (
@@ -254,6 +261,45 @@ _TABLE_LIST = (
               allowed=("app", "web", "wechat", "customer_service", "sms")),
     )),
 )
+
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long rows of a table are kept, from which time column, and on what basis.
+
+    ``days``: a row whose ``column`` lies more than ``days`` days (86,400 s each) before the job's
+    as-of moment is deleted by the job's retention stage and dropped by every later ingest; ``None``
+    means no period runs on the rows themselves (``basis`` says what ends them). A row also goes with
+    any row it references that went (a waybill with its order); with ``while_referenced``, a row past
+    its period stays while a row within its own period references it (a device with recent events).
+    """
+
+    days: int | None
+    column: str | None
+    basis: str
+    while_referenced: bool = False
+
+
+_THIRTY_YEARS = 10_958  # days: 30 x 365.25, rounded up
+RETENTION: dict[str, Retention] = {
+    "catalogue": Retention(None, None, "non-personal: kept while the item is offered"),
+    "accounts": Retention(None, None, "the account's life: erased [retention] cancellation_grace_days after the "
+                          "account is cancelled (PIPL Art. 47; the policy's cancellation function)"),
+    "devices": Retention(184, "first_seen_at", "as device_events: kept while an event of the device is kept",
+                         while_referenced=True),
+    "orders": Retention(_THIRTY_YEARS, "placed_at",
+                        "30 years: accounting vouchers (Accounting Archives Management Measures 2015, Art. 14 and "
+                        "annex); E-commerce Law Art. 31 asks at least 3 years for transaction information"),
+    "waybills": Retention(_THIRTY_YEARS, "created_at",
+                          "30 years, as orders: the shipment record behind a freight charge (Accounting Archives "
+                          "Management Measures 2015); goes earlier with its order"),
+    "device_events": Retention(184, "event_at",
+                               "six months: network logs are kept at least six months (Cybersecurity Law Art. 21(3)); "
+                               "nothing asks longer, and PIPL Art. 19 asks the shortest period necessary"),
+    "consent_events": Retention(None, None, "the account's life: the evidence of consent for what is held; erased "
+                                "(redacted in the ledger) with the account"),
+}
 
 TABLES: dict[str, Table] = {t.name: t for t in _TABLE_LIST}
 TABLE_NAMES: tuple[str, ...] = tuple(TABLES)
