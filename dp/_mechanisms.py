@@ -10,7 +10,8 @@ feature flag is needed.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import opendp.prelude as dp
@@ -29,6 +30,7 @@ __all__ = [
     "plan_threshold",
     "plan_vector_noise",
     "release_quantile",
+    "scale_for_half_width",
     "release_threshold",
 ]
 
@@ -60,7 +62,10 @@ class NoisePlan:
     quantiles); ``scale`` in the same units. Exactly one of (epsilon, delta) or rho is the
     charged cost, as the budget's measure asks; ``half_width`` is the 95% confidence
     half-width of each noisy value in units of the integer aggregate (multiply by the
-    resolution for sums; in ranks, i.e. rows, for quantiles).
+    resolution for sums; in ranks, i.e. rows, for quantiles), the one the ledger records
+    (``half_width(plan, alpha)`` gives it at any level). ``loss`` is OpenDP's privacy map of
+    this measurement at the planned sensitivity, as a function of the scale (epsilon, or rho
+    under zCDP; the threshold's delta is fixed by its threshold).
     """
 
     mechanism: str
@@ -72,6 +77,8 @@ class NoisePlan:
     rho: float | None
     half_width: float
     threshold: int | None = None
+    candidates: int | None = None
+    loss: Callable[[float], float] | None = field(default=None, compare=False, repr=False)
 
     def cost(self) -> dict[str, float]:
         return {"epsilon": self.epsilon or 0.0, "delta": self.delta or 0.0, "rho": self.rho or 0.0}
@@ -124,36 +131,33 @@ def plan_vector_noise(*, mechanism: str, measure: str, l1_sensitivity: int, l2_s
     if mechanism == "laplace":
         d_in = int(l1_sensitivity)
         if measure == ZCDP:
-            target = rho
             loss = lambda s: dp.c.make_pureDP_to_zCDP(_laplace(s)).map(d_in)
-            start = d_in / math.sqrt(2.0 * rho)
+            target, start = rho, d_in / math.sqrt(2.0 * rho)
         else:
-            target = epsilon
             loss = lambda s: _laplace(s).map(d_in)
-            start = d_in / epsilon
-        scale = _search_scale(loss, target, start)
-        spent = loss(scale)
-        half = dp.discrete_laplacian_scale_to_accuracy(scale, _ALPHA)
-        if measure == ZCDP:
-            return NoisePlan("discrete Laplace", measure, d_in, scale, None, None, spent, half)
-        return NoisePlan("discrete Laplace", measure, d_in, scale, spent, 0.0, None, half)
-    if mechanism == "gaussian":
+            target, start = epsilon, d_in / epsilon
+        name = "discrete Laplace"
+    elif mechanism == "gaussian":
         d_in = float(l2_sensitivity)
-        if measure == ZCDP:
-            loss = lambda s: _gaussian(s).map(d_in)
-            scale = _search_scale(loss, rho, d_in / math.sqrt(2.0 * rho))
-            return NoisePlan("discrete Gaussian", measure, d_in, scale, None, None, loss(scale),
-                             dp.discrete_gaussian_scale_to_accuracy(scale, _ALPHA))
         if measure == PURE:
             raise InternalError("Gaussian noise under a pure-DP budget must be refused during validation")
-
-        def loss(s: float) -> float:
-            return dp.c.make_fix_delta(dp.c.make_zCDP_to_approxDP(_gaussian(s)), delta=delta).map(d_in)[0]
-
-        scale = _search_scale(loss, epsilon, d_in * math.sqrt(2.0 * math.log(1.25 / delta)) / epsilon)
-        return NoisePlan("discrete Gaussian", measure, d_in, scale, loss(scale), delta, None,
-                         dp.discrete_gaussian_scale_to_accuracy(scale, _ALPHA))
-    raise InternalError(f"unknown mechanism {mechanism!r} passed validation")
+        if measure == ZCDP:
+            loss = lambda s: _gaussian(s).map(d_in)
+            target, start = rho, d_in / math.sqrt(2.0 * rho)
+        else:
+            loss = lambda s: dp.c.make_fix_delta(dp.c.make_zCDP_to_approxDP(_gaussian(s)), delta=delta).map(d_in)[0]
+            target, start = epsilon, d_in * math.sqrt(2.0 * math.log(1.25 / delta)) / epsilon
+        name = "discrete Gaussian"
+    else:
+        raise InternalError(f"unknown mechanism {mechanism!r} passed validation")
+    scale = _search_scale(loss, target, start)
+    spent = loss(scale)
+    plan = NoisePlan(name, measure, d_in, scale, None, None, None, 0.0, loss=loss)
+    if measure == ZCDP:
+        plan = replace(plan, rho=spent)
+    else:
+        plan = replace(plan, epsilon=spent, delta=delta if mechanism == "gaussian" else 0.0)
+    return replace(plan, half_width=half_width(plan, _ALPHA))
 
 
 def add_vector_noise(plan: NoisePlan, exact: np.ndarray) -> np.ndarray:
@@ -177,8 +181,8 @@ def plan_threshold(*, max_partitions: int, max_rows_per_partition: int, epsilon:
     The threshold is the smallest whole count for which OpenDP certifies ``delta``.
     """
     d_in = (max_partitions, max_partitions * max_rows_per_partition, max_rows_per_partition)
-    scale = _search_scale(lambda s: _threshold_measurement(s, 2**30).map(d_in)[0], epsilon,
-                          d_in[1] / epsilon)
+    loss = lambda s: _threshold_measurement(s, 2**30).map(d_in)[0]
+    scale = _search_scale(loss, epsilon, d_in[1] / epsilon)
     low = high = max_rows_per_partition
     while _threshold_measurement(scale, high).map(d_in)[1] > delta:
         low, high = high, high * 2
@@ -192,7 +196,7 @@ def plan_threshold(*, max_partitions: int, max_rows_per_partition: int, epsilon:
             low = middle + 1
     spent_epsilon, spent_delta = _threshold_measurement(scale, high).map(d_in)
     return NoisePlan("Laplace threshold", APPROXIMATE, d_in, scale, spent_epsilon, spent_delta, None,
-                     dp.discrete_laplacian_scale_to_accuracy(scale, _ALPHA), threshold=high)
+                     dp.discrete_laplacian_scale_to_accuracy(scale, _ALPHA), threshold=high, loss=loss)
 
 
 def release_threshold(plan: NoisePlan, exact_counts: dict[str, int]) -> dict[str, int]:
@@ -221,17 +225,17 @@ def plan_quantile(*, measure: str, rows_per_person: int, candidates: list[float]
     row (its map at distance 1). The worst data puts every other candidate exactly ``h`` rows
     behind the best; then a miss has probability ``1 - (1 - (1 - x)**C) / (C * x)`` with
     ``x = exp(-h / b)`` for C candidates, and the half-width is the ``h`` that makes it 5%
-    (checked both ways, on that worst case, by the privacy tests).
+    (checked both ways, on that worst case, by the privacy tests). OpenDP's map is
+    ``2 * max(alpha, 1 - alpha) / b`` per row, so ``h = b * ln(1 / x)``.
     """
     target = rho if measure == ZCDP else epsilon
     loss = lambda s: _quantile_measurement(measure, candidates, alpha, s).map(rows_per_person)
     scale = _search_scale(loss, target, float(rows_per_person) / target)
     spent = loss(scale)
-    per_row = _quantile_measurement(PURE, candidates, alpha, scale).map(1)
-    half = 2.0 * max(alpha, 1.0 - alpha) / per_row * -math.log(_worst_acceptance(len(candidates), _ALPHA))
-    if measure == ZCDP:
-        return NoisePlan("permute-and-flip (quantile)", measure, rows_per_person, scale, None, None, spent, half)
-    return NoisePlan("permute-and-flip (quantile)", measure, rows_per_person, scale, spent, 0.0, None, half)
+    plan = NoisePlan("permute-and-flip (quantile)", measure, rows_per_person, scale, None, None, None, 0.0,
+                     candidates=len(candidates), loss=loss)
+    plan = replace(plan, rho=spent) if measure == ZCDP else replace(plan, epsilon=spent, delta=0.0)
+    return replace(plan, half_width=half_width(plan, _ALPHA))
 
 
 def _worst_acceptance(candidates: int, miss: float) -> float:
@@ -260,7 +264,39 @@ def release_quantile(plan: NoisePlan, values: np.ndarray, candidates: list[float
 
 
 def half_width(plan: NoisePlan, alpha: float) -> float:
-    """The (1 - alpha) confidence half-width of one value noised by ``plan`` (integer units)."""
+    """The (1 - alpha) confidence half-width of one value noised by ``plan`` (integer units; ranks for quantiles)."""
     if plan.mechanism == "discrete Gaussian":
         return dp.discrete_gaussian_scale_to_accuracy(plan.scale, alpha)
+    if plan.candidates is not None:
+        return plan.scale * -math.log(_worst_acceptance(plan.candidates, alpha))
     return dp.discrete_laplacian_scale_to_accuracy(plan.scale, alpha)
+
+
+def scale_for_half_width(plan: NoisePlan, target: float, alpha: float) -> float:
+    """The largest noise scale of ``plan``'s mechanism whose (1 - alpha) half-width is at most ``target``.
+
+    Inverts OpenDP's accuracy formulas (``accuracy_to_discrete_laplacian_scale``,
+    ``accuracy_to_discrete_gaussian_scale``; for quantiles ``h = b * ln(1 / x)``), then checks the
+    result with the forward formula and bisects where the inverse is not exact (the discrete
+    Gaussian's accuracy moves in whole steps).
+    """
+    if plan.mechanism == "discrete Gaussian":
+        start = dp.accuracy_to_discrete_gaussian_scale(target, alpha)
+    elif plan.candidates is not None:
+        start = target / -math.log(_worst_acceptance(plan.candidates, alpha))
+    else:
+        start = dp.accuracy_to_discrete_laplacian_scale(target, alpha)
+    fits = lambda s: half_width(replace(plan, scale=s), alpha) <= target
+    low = start
+    while not fits(low):
+        low /= 2.0
+    high = low * 2.0
+    while fits(high):
+        low, high = high, high * 2.0
+    while (high - low) > 1e-12 * high:
+        middle = (low + high) / 2.0
+        if fits(middle):
+            low = middle
+        else:
+            high = middle
+    return low

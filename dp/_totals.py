@@ -1,88 +1,141 @@
-"""Releasing counts per public key from totals that were bounded elsewhere (e.g. per partition on an engine).
+"""Exact bounded totals of a pandas frame under a ``QueryPlan`` (what ``PrivateSession`` hands to the release).
 
-``plan_counts`` builds and validates the release exactly as ``PrivateSession.query(...).group_by(by,
-keys).bound(...).count()`` does (same checks, same OpenDP calibration, same charge lines),
-before anything is computed; ``CountRelease.release`` then charges the ledger (durable) and
-draws the noise once, from the summed totals.
-
-Privacy: epsilon-DP (or as the budget is kept) per person, on the condition the caller is
-responsible for: ``totals[g]`` counts rows kept by person-level bounding (``dp._bounding``
-rule) with the planned ``max_partitions`` and ``max_rows_per_partition``, so adding or
-removing one person moves the vector by at most ``max_partitions * max_rows_per_partition``
-in L1. Totals computed per partition of data partitioned by person and then summed satisfy it.
+The plan's steps run first, row by row (public joins, filters, derived columns, in the order
+they were added), then each row gets its group code, then ``dp._bounding`` keeps each privacy
+unit's first rows under the bounds, and the kept rows are totalled per group. Nothing here is
+private: only ``CompiledRelease.release`` lets the totals out, noised.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 
-from dp import _mechanisms as mech
-from dp.budget import DEFAULT_PERIOD, BudgetLedger, ChargeLine, _check_fits
-from dp.session import PrivateSession, Query, _line
+from dp._bounding import GroupCodes, PersonCodes, SumColumn, bound_contributions, encode_persons
+from dp.plan import BoundedTotals, PublicJoin, QueryPlan, Where, WithColumn
 from profiling.errors import InternalError
 
-__all__ = ["CountRelease", "plan_counts"]
+__all__ = ["apply_steps", "bounded_totals"]
 
 
-@dataclass(frozen=True)
-class CountRelease:
-    """A validated, calibrated release of bounded counts per public key; nothing charged yet."""
-
-    query: Query
-    plan: mech.NoisePlan
-    lines: tuple[ChargeLine, ...]
-
-    @property
-    def keys(self) -> tuple:
-        return self.query.keys
-
-    def release(self, totals) -> pd.DataFrame:
-        """Charge the ledger, then noise ``totals`` (exact int64 counts, one per key) once.
-
-        Returns ``(by, count, count_ci95)`` per key, as ``PrivateSession`` does.
-        """
-        exact = np.asarray(totals)
-        if exact.shape != (len(self.keys),) or exact.dtype.kind not in "iu":
-            raise InternalError(f"bounded totals must be {len(self.keys)} integers, one per key; got shape "
-                                f"{exact.shape} of {exact.dtype}")
-        if len(exact) and exact.min() < 0:
-            raise InternalError("a bounded count is negative")
-        session = self.query.session
-        release_id = session.ledger.charge(
-            session.dataset, session.period, list(self.lines), analyst=session.analyst, purpose=session.purpose,
-            query=self.query.describe(), features=mech.enabled_features())
-        # charged and durable: from here on a failure loses budget, never privacy
-        noisy = mech.add_vector_noise(self.plan, exact.astype(np.int64)).astype(np.float64)
-        session.ledger.mark_released(release_id)
-        return pd.DataFrame({self.query.by: list(self.keys), "count": noisy,
-                             "count_ci95": np.full(len(noisy), self.plan.half_width)})
+def apply_steps(frame: pd.DataFrame, plan: QueryPlan) -> pd.DataFrame:
+    """The rows after the plan's joins, filters and derived columns, in their stored order."""
+    for step in plan.steps:
+        if isinstance(step, Where):
+            frame = frame[step.expression.evaluate(frame)]
+        elif isinstance(step, WithColumn):
+            frame = frame.assign(**{step.name: step.expression.evaluate(frame)})
+        elif isinstance(step, PublicJoin):
+            # the public table has one row per key, so each row stays one row; merge keeps the left order
+            frame = frame.merge(step.table, on=list(step.on), how=step.how, validate="many_to_one")
+        else:
+            raise InternalError(f"unknown step {step!r}; this is a bug")
+        # rows: the same persons' rows, filtered or widened row by row
+    return frame
 
 
-def plan_counts(*, by: str, keys, dataset: str, ledger: BudgetLedger, purpose: str, analyst: str | None = None,
-                period: str = DEFAULT_PERIOD, epsilon: float | None = None, delta: float = 0.0,
-                rho: float | None = None, mechanism: str = "laplace", max_partitions: int = 1,
-                max_rows_per_partition: int = 1) -> CountRelease:
-    """Validate and calibrate a count per public key of ``by``; raises before any charge on a bad parameter.
+def _numbers(frame: pd.DataFrame, column: str) -> np.ndarray:
+    """A column as float64 (NaN for missing or non-numeric values), without a copy when it already is one."""
+    series = frame[column]
+    if series.dtype == np.float64:
+        return series.to_numpy()
+    return pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
 
-    ``BudgetNotSetError`` is raised here too when ``dataset`` has no budget, and
-    ``BudgetExceededError`` when what is left already does not cover the release (so no totals
-    are computed in vain; ``release`` checks again atomically when it charges).
-    """
-    if keys is None:
-        raise InternalError("bounded totals are released only for public keys")
-    empty = pd.DataFrame({"person_id": pd.Series([], dtype=object), by: pd.Series([], dtype=object)})
-    session = PrivateSession(empty, dataset=dataset, ledger=ledger, purpose=purpose, period=period, analyst=analyst)
-    query = (session.query(epsilon=epsilon, delta=delta, rho=rho, mechanism=mechanism).group_by(by, keys=keys)
-             .bound(max_partitions=max_partitions, max_rows_per_partition=max_rows_per_partition).count())
-    measure = query._validate()
-    plans = query._plans(measure)
-    if [name for name, _ in plans] != ["count"]:
-        raise InternalError(f"a count release planned {[name for name, _ in plans]}")
-    lines = tuple(_line(name, plan, query, measure) for name, plan in plans)
-    asked = {name: math.fsum(getattr(line, name) for line in lines) for name in ("epsilon", "delta", "rho")}
-    _check_fits(session.ledger.budget(dataset, period), session.ledger.spent(dataset, period), asked)
-    return CountRelease(query, plans[0][1], lines)
+
+def _bin_codes(frame: pd.DataFrame, plan: QueryPlan) -> np.ndarray:
+    column, edges = plan.bins
+    values = _numbers(frame, column)
+    codes = np.searchsorted(np.asarray(edges), values, side="right") - 1
+    codes[values == edges[-1]] = len(edges) - 2
+    codes[(codes < 0) | (codes >= len(edges) - 1) | np.isnan(values)] = -1
+    return codes.astype(np.int64)
+
+
+def _public_groups(frame: pd.DataFrame, plan: QueryPlan) -> GroupCodes:
+    """Each row's index in the plan's public keys (negative: not counted)."""
+    n_groups = plan.group_count()
+    if not plan.group_columns:
+        return GroupCodes(np.zeros(len(frame), dtype=np.int8), np.zeros(1, dtype=np.int64), 1)
+    codes = np.zeros(len(frame), dtype=np.int64)
+    if len(plan.by) == 1:
+        column, labels = frame[plan.by[0]], pd.Index([row[0] for row in plan.keys.rows])
+        if isinstance(column.dtype, pd.CategoricalDtype):
+            # the categorical's own codes, mapped to keys through a table of its categories
+            table = labels.get_indexer(column.cat.categories).astype(np.int64)
+            if plan.bins is None:
+                return GroupCodes(column.cat.codes.to_numpy(), table, n_groups)
+            raw = column.cat.codes.to_numpy().astype(np.int64)
+            codes = np.where(raw >= 0, table[raw], -1)
+        else:
+            codes = labels.get_indexer(column).astype(np.int64)
+    elif plan.by:
+        index = pd.MultiIndex.from_tuples(plan.keys.rows, names=list(plan.by))
+        codes = index.get_indexer(pd.MultiIndex.from_arrays([frame[c] for c in plan.by])).astype(np.int64)
+    if plan.bins is not None:
+        bins = _bin_codes(frame, plan)
+        codes = np.where((codes >= 0) & (bins >= 0), codes * len(plan.bin_labels) + bins, -1)
+    return GroupCodes.of(codes, n_groups)
+
+
+def _selected_codes(frame: pd.DataFrame, plan: QueryPlan) -> tuple[np.ndarray, list[tuple]]:
+    """Each row's group among the groups present, numbered in the order of their values (never of the rows)."""
+    parts, uniques = [], []
+    for column in plan.by:
+        codes, values = pd.factorize(frame[column], sort=True, use_na_sentinel=True)
+        parts.append(codes.astype(np.int64))
+        uniques.append(list(values))
+    if plan.bins is not None:
+        parts.append(_bin_codes(frame, plan))
+        uniques.append(list(plan.bin_labels))
+    missing = np.zeros(len(frame), dtype=bool)
+    combined = np.zeros(len(frame), dtype=np.int64)
+    for codes, values in zip(parts, uniques):
+        missing |= codes < 0
+        combined = combined * max(len(values), 1) + np.maximum(codes, 0)
+    present, codes = np.unique(combined[~missing], return_inverse=True)
+    group = np.full(len(frame), -1, dtype=np.int64)
+    group[~missing] = codes
+    labels = []
+    for value in present:
+        label = []
+        for values in reversed(uniques):
+            value, digit = divmod(int(value), max(len(values), 1))
+            label.append(values[digit])
+        labels.append(tuple(reversed(label)))
+    return group, labels
+
+
+def bounded_totals(frame: pd.DataFrame, plan: QueryPlan, persons: PersonCodes | None = None) -> BoundedTotals:
+    """The plan's exact totals on ``frame`` (``persons``: the frame's privacy-unit codes, reused when no step
+    changed the rows)."""
+    if plan.steps:
+        frame, persons = apply_steps(frame, plan), None
+    if persons is None:
+        persons = encode_persons(frame[plan.privacy_unit])
+    # rows: (privacy unit, group columns, aggregated columns) in stored order
+    labels = None
+    if plan.selects_groups:
+        codes, labels = _selected_codes(frame, plan)
+        n_groups = len(labels)
+        groups = GroupCodes.of(codes, n_groups)
+    else:
+        groups = _public_groups(frame, plan)
+        n_groups = groups.count
+    K, R = plan._contributions()
+    sums = {a.name: SumColumn(_numbers(frame, a.column), a.resolution, *a.units)
+            for a in plan.aggregates if a.kind in ("sum", "mean")}
+    bounded = bound_contributions(persons, groups, max_partitions=K, max_rows_per_partition=R, sums=sums)
+    # rows: kept or not, at most K groups x R rows per person kept
+    values = {}
+    quantiles = [a for a in plan.aggregates if a.kind == "quantile"]
+    if quantiles:
+        kept_groups = bounded.kept_groups()
+        order = np.argsort(kept_groups, kind="stable")
+        starts = np.searchsorted(kept_groups[order], np.arange(n_groups))
+        ends = np.searchsorted(kept_groups[order], np.arange(n_groups), side="right")
+        for aggregate in quantiles:
+            kept = _numbers(frame, aggregate.column)[bounded.kept][order]
+            lower, upper = aggregate.bounds
+            values[aggregate.name] = [np.clip(chunk[~np.isnan(chunk)], lower, upper)
+                                      for chunk in (kept[s:e] for s, e in zip(starts, ends))]
+    return BoundedTotals(counts=bounded.counts, sums=bounded.sums, values=values, groups=labels)

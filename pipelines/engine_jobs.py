@@ -9,7 +9,8 @@ DP counts (``release_group_counts``): each partition bounds its persons' contrib
 ``dp._bounding`` (the rule ``PrivateSession`` applies: first rows in order, at most
 ``max_partitions`` groups and ``max_rows_per_partition`` rows per group per person) and emits
 its bounded counts per key; the driver sums them, charges the ledger once and draws the noise
-once (``dp._totals``). Bounding per partition equals bounding the whole table because every
+once (a ``dp.QueryPlan``, compiled before the job runs and charged after the reduce). Bounding
+per partition equals bounding the whole table because every
 person is in exactly one partition (checked by every call, see ``Kernel.by_person``) and the
 kept rows of a person depend only on that person's rows in (person, ``order_by``) order.
 """
@@ -30,8 +31,8 @@ import scipy.sparse as sp
 from dp._bounding import GroupCodes, bound_contributions, encode_persons
 from dp._errors import BudgetExceededError, BudgetNotSetError
 from dp._parameters import check_positive_int
-from dp._totals import plan_counts
 from dp.budget import DEFAULT_PERIOD, BudgetLedger
+from dp.plan import BoundedTotals, QueryPlan
 from pipelines.engines._protocol import Broadcast, Engine, Frame, Kernel
 from pipelines.popularity import DATASET, EPSILON, ITEMS_PER_PERSON, POPULARITY_SCHEMA
 from pipelines.workspace import Workspace
@@ -106,12 +107,15 @@ def release_group_counts(engine: Engine, frame: Frame, *, group: str, keys: Sequ
     """
     if frame.key is None:
         raise ValueError("release_group_counts needs a frame partitioned by the person key; read it with key=...")
-    plan = plan_counts(by=group, keys=keys, dataset=dataset, ledger=ledger, purpose=purpose, analyst=analyst,
-                       period=period, epsilon=epsilon, delta=delta, rho=rho, mechanism=mechanism,
-                       max_partitions=max_partitions, max_rows_per_partition=max_rows_per_partition)
-    totals = _bounded_totals(engine, frame, person=frame.key, group=group, keys=plan.keys, order_by=order_by,
-                             max_partitions=max_partitions, max_rows_per_partition=max_rows_per_partition)
-    return plan.release(totals)
+    plan = (QueryPlan.start(columns=frame.schema, privacy_unit=frame.key, source=f"dataset {dataset!r}",
+                            epsilon=epsilon, delta=delta, rho=rho, mechanism=mechanism)
+            .group_by(group, keys=keys).bound(max_partitions=max_partitions,
+                                              max_rows_per_partition=max_rows_per_partition).count())
+    compiled = plan.compile(ledger=ledger, dataset=dataset, purpose=purpose, analyst=analyst, period=period)
+    totals = _bounded_totals(engine, frame, person=frame.key, group=group, keys=[key for key, in plan.keys.rows],
+                             order_by=order_by, max_partitions=max_partitions,
+                             max_rows_per_partition=max_rows_per_partition)
+    return compiled.release(BoundedTotals(counts=totals))
 
 
 PURCHASES_SCHEMA = pa.schema([pa.field("person_id", pa.string()), pa.field("item_id", pa.string()),

@@ -10,7 +10,8 @@ import pytest
 
 import dp
 from dp import BudgetExceededError, BudgetLedger, PrivacyParameterError, PrivateSession
-from dp._bounding import SumColumn, bound_contributions
+from dp._bounding import SumColumn, bound_contributions, encode_persons
+from dp._totals import _public_groups, bounded_totals
 from pipelines.commands import budget as budget_commands
 
 CATEGORIES = list("abcdefgh")
@@ -64,9 +65,13 @@ def test_categorical_and_string_groups_bound_the_same_rows(orders, ledger):
         session = _session(frame, ledger)
         query = session.query(epsilon=1.0).group_by("category", keys=CATEGORIES[:6]).bound(
             max_partitions=2, max_rows_per_partition=3).count().sum("amount", bounds=(0, 100))
-        groups, _ = session._groups(query)
-        results.append(bound_contributions(session._person_codes(), groups, max_partitions=2, max_rows_per_partition=3,
-                                           sums={"s": SumColumn(session._numbers("amount"), 0.01, 0, 10_000)}))
+        groups = _public_groups(frame, query)
+        results.append(bound_contributions(encode_persons(frame["person_id"]), groups, max_partitions=2,
+                                           max_rows_per_partition=3,
+                                           sums={"s": SumColumn(frame["amount"].to_numpy(), 0.01, 0, 10_000)}))
+        totals = bounded_totals(frame, query)
+        assert totals.counts.tolist() == results[-1].counts.tolist()
+        assert totals.sums["amount_sum"].tolist() == results[-1].sums["s"].tolist()
     strings, categorical = results
     assert strings.kept.tolist() == categorical.kept.tolist() and strings.kept.sum() > 0
     assert strings.counts.tolist() == categorical.counts.tolist()
