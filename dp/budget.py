@@ -18,12 +18,16 @@ Budgets belong to registered datasets (``budget_datasets``): each analytics-zone
 holds persons is a dataset of its own name, with the person (``person_id``) as privacy unit;
 a release on a table is charged to that table's dataset. Every table here is hash-chained and
 append-only (``profiling.ledger_chain``): budget settings, with the budget they replaced and
-why; charges; release marks (``budget_releases``).
+why; charges; release marks (``budget_releases``); continual schedules (``budget_schedules``,
+charged once for their whole horizon), each day a schedule released (``budget_schedule_days``)
+and the noisy tree nodes a schedule drew (``budget_schedule_nodes``, one row per node, never
+redrawn: see ``dp.continual``).
 """
 
 from __future__ import annotations
 
 import getpass
+import hashlib
 import json
 import math
 import os
@@ -32,7 +36,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from pathlib import Path
 
@@ -50,7 +54,7 @@ from profiling.ledger_chain import (
 )
 from profiling.schema import TABLES
 
-__all__ = ["DEFAULT_PERIOD", "Budget", "BudgetChange", "BudgetLedger", "ChargeLine", "Dataset",
+__all__ = ["DEFAULT_PERIOD", "Budget", "BudgetChange", "BudgetLedger", "ChargeLine", "Dataset", "ScheduleError",
            "UnregisteredDatasetError"]
 
 DEFAULT_PERIOD = "all"
@@ -82,6 +86,27 @@ CREATE TABLE IF NOT EXISTS budget_releases (
     release_id TEXT NOT NULL, released_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS budget_releases_by_release ON budget_releases (release_id);
+CREATE TABLE IF NOT EXISTS budget_schedules (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    schedule_id TEXT NOT NULL, name TEXT NOT NULL, dataset TEXT NOT NULL, period TEXT NOT NULL,
+    purpose TEXT NOT NULL, query TEXT NOT NULL, by_column TEXT NOT NULL,
+    keys TEXT NOT NULL, keys_sha256 TEXT NOT NULL,  -- keys: JSON list of the by_column's public keys
+    start TEXT NOT NULL, horizon_days INTEGER NOT NULL, arity INTEGER NOT NULL, levels INTEGER NOT NULL,
+    max_keys_per_person INTEGER NOT NULL, max_count_per_key INTEGER NOT NULL, mechanism TEXT NOT NULL,
+    noise_scale REAL NOT NULL, release_id TEXT NOT NULL, created_by TEXT NOT NULL, created_at TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS budget_schedules_by_id ON budget_schedules (schedule_id);
+CREATE TABLE IF NOT EXISTS budget_schedule_nodes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    schedule_id TEXT NOT NULL, level INTEGER NOT NULL, position INTEGER NOT NULL,
+    noisy_sums TEXT NOT NULL, drawn_at TEXT NOT NULL      -- noisy_sums: dp.continual's encoding, one per key
+);
+CREATE UNIQUE INDEX IF NOT EXISTS budget_schedule_nodes_once ON budget_schedule_nodes (schedule_id, level, position);
+CREATE TABLE IF NOT EXISTS budget_schedule_days (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    schedule_id TEXT NOT NULL, day INTEGER NOT NULL, release_id TEXT NOT NULL, released_at TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS budget_schedule_days_once ON budget_schedule_days (schedule_id, day);
 DROP INDEX IF EXISTS budget_charges_by_dataset;
 CREATE INDEX IF NOT EXISTS budget_charges_by_budget ON budget_charges (dataset, period, id);
 CREATE INDEX IF NOT EXISTS budget_limits_by_budget ON budget_limits (dataset, period, id);
@@ -99,6 +124,12 @@ _COLUMNS = {
                        "mechanism", "sensitivity", "noise_scale", "epsilon", "delta", "rho", "half_width_95",
                        "features", "charged_at", "released_at", "total_epsilon", "total_delta", "total_rho"],
     "budget_releases": ["id", "release_id", "released_at"],
+    "budget_schedules": ["id", "schedule_id", "name", "dataset", "period", "purpose", "query", "by_column", "keys",
+                         "keys_sha256",
+                         "start", "horizon_days", "arity", "levels", "max_keys_per_person", "max_count_per_key",
+                         "mechanism", "noise_scale", "release_id", "created_by", "created_at"],
+    "budget_schedule_nodes": ["id", "schedule_id", "level", "position", "noisy_sums", "drawn_at"],
+    "budget_schedule_days": ["id", "schedule_id", "day", "release_id", "released_at"],
 }
 _MEASURES = ("epsilon", "delta", "rho")
 
@@ -437,21 +468,27 @@ class BudgetLedger:
         totals of the last charge) and appends one row per measurement, in one transaction.
         """
         self.dataset(dataset)
+        with self._transaction() as connection:
+            return self._charge(connection, dataset, period, lines, analyst=analyst, purpose=purpose, query=query,
+                                features=features)
+
+    def _charge(self, connection: sqlite3.Connection, dataset: str, period: str, lines: Sequence[ChargeLine], *,
+                analyst: str, purpose: str, query: str, features: Sequence[str]) -> str:
+        """Check the budget and append the charge rows, inside the caller's transaction; returns the release id."""
         asked = {name: math.fsum(getattr(line, name) for line in lines) for name in _MEASURES}
         release_id = uuid.uuid4().hex
-        with self._transaction() as connection:
-            budget = self._budget(connection, dataset, period)
-            totals = self._totals(connection, dataset, period)
-            _check_fits(budget, {n: float(v) for n, v in totals.items()}, asked)
-            stamp, rows = _now(), []
-            for line in lines:
-                for name in _MEASURES:
-                    totals[name] += Fraction(getattr(line, name))
-                rows.append((release_id, dataset, period, analyst, purpose, query, line.aggregate, line.mechanism,
-                             line.sensitivity, float(line.noise_scale), float(line.epsilon), float(line.delta),
-                             float(line.rho), None if line.half_width_95 is None else float(line.half_width_95),
-                             ",".join(features), stamp, None, *(str(totals[n]) for n in _MEASURES)))
-            append_rows(connection, "budget_charges", rows)
+        budget = self._budget(connection, dataset, period)
+        totals = self._totals(connection, dataset, period)
+        _check_fits(budget, {n: float(v) for n, v in totals.items()}, asked)
+        stamp, rows = _now(), []
+        for line in lines:
+            for name in _MEASURES:
+                totals[name] += Fraction(getattr(line, name))
+            rows.append((release_id, dataset, period, analyst, purpose, query, line.aggregate, line.mechanism,
+                         line.sensitivity, float(line.noise_scale), float(line.epsilon), float(line.delta),
+                         float(line.rho), None if line.half_width_95 is None else float(line.half_width_95),
+                         ",".join(features), stamp, None, *(str(totals[n]) for n in _MEASURES)))
+        append_rows(connection, "budget_charges", rows)
         return release_id
 
     def mark_released(self, release_id: str) -> None:
@@ -470,10 +507,111 @@ class BudgetLedger:
                 sql, args = sql + " WHERE c.dataset = ?", (dataset,)
             return [dict(r) for r in connection.execute(sql + " ORDER BY c.id", args).fetchall()]
 
+    # continual schedules ----------------------------------------------------------------------
+
+    def create_schedule(self, *, name: str, dataset: str, period: str, purpose: str, query: str, by: str, keys: Sequence,
+                        start: str, horizon_days: int, arity: int, levels: int, max_keys_per_person: int,
+                        max_count_per_key: int, line: ChargeLine, analyst: str, features: Sequence[str]) -> str:
+        """Charge a continual schedule's whole horizon once and record it, in one transaction; returns its id.
+
+        Refused (``ScheduleError``, nothing charged) while a schedule of the same ``name`` and
+        dataset still has days to run at ``start``. The schedule id is the charge's release id.
+        """
+        self.dataset(dataset)
+        key_text = json.dumps(list(keys), separators=(",", ":"))
+        with self._transaction() as connection:
+            for row in connection.execute("SELECT schedule_id, start, horizon_days FROM budget_schedules "
+                                          "WHERE name = ? AND dataset = ?", (name, dataset)).fetchall():
+                ends = datetime.fromisoformat(row["start"]) + timedelta(days=row["horizon_days"])
+                if ends > datetime.fromisoformat(start):
+                    raise ScheduleError(f"schedule {name!r} of dataset {dataset!r} ({row['schedule_id']}) runs until "
+                                        f"{ends.isoformat()}; start the new one at or after that moment")
+            release_id = self._charge(connection, dataset, period, [line], analyst=analyst, purpose=purpose,
+                                      query=query, features=features)
+            append_rows(connection, "budget_schedules", [(
+                release_id, name, dataset, period, purpose, query, by, key_text, _keys_digest(keys), start,
+                int(horizon_days), int(arity), int(levels), int(max_keys_per_person), int(max_count_per_key),
+                line.mechanism, float(line.noise_scale), release_id, analyst, _now())])
+        return release_id
+
+    def schedules(self, name: str | None = None, dataset: str | None = None) -> list[dict]:
+        """Every continual schedule (optionally of one name and dataset), oldest first; ``keys`` as a tuple."""
+        sql, args = "SELECT * FROM budget_schedules WHERE 1 = 1", []
+        for column, value in (("name", name), ("dataset", dataset)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                args.append(value)
+        with self._connect() as connection:
+            rows = connection.execute(sql + " ORDER BY id", args).fetchall()
+        return [{**{c: r[c] for c in _COLUMNS["budget_schedules"] if c != "keys"},
+                 "keys": tuple(json.loads(r["keys"]))} for r in rows]
+
+    def schedule_days(self, schedule_id: str) -> list[dict]:
+        """The days a schedule released, in order: ``day``, ``release_id``, ``released_at``."""
+        with self._connect() as connection:
+            rows = connection.execute("SELECT day, release_id, released_at FROM budget_schedule_days "
+                                      "WHERE schedule_id = ? ORDER BY day", (schedule_id,)).fetchall()
+        return [dict(r) for r in rows]
+
+    def schedule_nodes(self, schedule_id: str) -> dict[tuple[int, int], str]:
+        """The noisy nodes a schedule has drawn, by (level, position): their stored encoding."""
+        with self._connect() as connection:
+            rows = connection.execute("SELECT id, level, position, noisy_sums FROM budget_schedule_nodes "
+                                      "WHERE schedule_id = ?", (schedule_id,)).fetchall()
+            for row in rows:
+                require_row_intact(connection, "budget_schedule_nodes", row["id"])
+        return {(r["level"], r["position"]): r["noisy_sums"] for r in rows}
+
+    def record_schedule_day(self, schedule_id: str, day: int, nodes: Sequence[tuple[int, int, str]]) -> str:
+        """Store a day's newly drawn nodes and record the day as released, in one transaction; returns its id.
+
+        Refused (``ScheduleError``, nothing stored) for a day past the horizon, a day not after
+        the last one released, or a node already drawn (another process released first). The
+        first day also marks the schedule's charge released.
+        """
+        with self._transaction() as connection:
+            schedule = connection.execute("SELECT * FROM budget_schedules WHERE schedule_id = ?",
+                                          (schedule_id,)).fetchone()
+            if schedule is None:
+                raise ScheduleError(f"no continual schedule {schedule_id!r} in {self.path}")
+            if not 1 <= day <= schedule["horizon_days"]:
+                raise ScheduleError(f"schedule {schedule['name']!r} ({schedule_id}) covers days 1 to "
+                                    f"{schedule['horizon_days']}; day {day} is outside it and its budget. Create "
+                                    f"a new schedule (`portrait budget schedule`) for the next horizon")
+            last = connection.execute("SELECT MAX(day) FROM budget_schedule_days WHERE schedule_id = ?",
+                                      (schedule_id,)).fetchone()[0]
+            if last is not None and day <= last:
+                why = ("cannot be released again (its budget was charged once, with the horizon)" if day == last
+                       else "comes before it (days are released in order, each once)")
+                raise ScheduleError(f"schedule {schedule['name']!r} ({schedule_id}) already released day {last}; "
+                                    f"day {day} {why}")
+            taken = [(level, position) for level, position, _ in nodes if connection.execute(
+                "SELECT 1 FROM budget_schedule_nodes WHERE schedule_id = ? AND level = ? AND position = ?",
+                (schedule_id, level, position)).fetchone()]
+            if taken:
+                raise ScheduleError(f"schedule {schedule_id}: node(s) {taken} were drawn by another release "
+                                    f"meanwhile; nothing was stored, release the day again")
+            stamp, release_id = _now(), uuid.uuid4().hex
+            append_rows(connection, "budget_schedule_nodes",
+                        [(schedule_id, int(level), int(position), text, stamp) for level, position, text in nodes])
+            append_rows(connection, "budget_schedule_days", [(schedule_id, int(day), release_id, stamp)])
+            if last is None:
+                append_rows(connection, "budget_releases", [(schedule["release_id"], stamp)])
+        return release_id
+
     def verify(self) -> list[ChainReport]:
         """The chain reports of the budget tables (``profiling.ledger_chain.verify``)."""
         with self._connect() as connection:
             return [verify(connection, table) for table in _COLUMNS]
+
+
+class ScheduleError(PrivacyParameterError):
+    """A continual schedule refused a release or a creation (past its horizon, a day again, overlapping)."""
+
+
+def _keys_digest(keys: Sequence) -> str:
+    """SHA-256 (hex) of a schedule's public keys in their order: a schedule refuses any other key list."""
+    return hashlib.sha256(json.dumps(list(keys), separators=(",", ":")).encode()).hexdigest()
 
 
 def _limit_values(row: sqlite3.Row) -> dict:
