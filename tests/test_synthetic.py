@@ -336,11 +336,11 @@ def test_another_seed_gives_other_data(tables, data_root):
 
 def test_the_truth_names_the_human_of_every_account_and_device(truth, frames, data_root):
     accounts, devices = truth["accounts"], truth["devices"]
-    assert sorted(p.name for p in (data_root / "raw-truth").iterdir()) == ["accounts", "devices"]
+    assert sorted(p.name for p in (data_root / "raw-truth").iterdir()) == ["accounts", "devices", "risk_incidents"]
     assert accounts["account_id"].tolist() == frames["accounts"]["account_id"].tolist()
     assert sorted(devices["device_id"]) == sorted(frames["devices"]["device_id"])
     assert devices["human_id"].isna().tolist() == (devices["use"] != "personal").tolist()
-    assert set(devices["use"]) == {"personal", "household", "public"}
+    assert set(devices["use"]) == {"personal", "household", "public", "intruder"}
     humans = accounts["human_id"].value_counts()
     assert 0.015 <= (humans >= 2).sum() / len(accounts) <= 0.05  # people with a second account
     assert humans.max() <= 4
