@@ -27,7 +27,13 @@ stage leaves the previous run's outputs in place. The order is the privacy order
    lists rank items by the DP popularity release when there is one, else by the catalogue's listing
    date (the output's schema metadata and the summary say which); the marketing
    audience is written as MARKETING pseudonyms, which do not join with the analytics zone;
-10. ``stale-marks``: marks that data-subject corrections left are cleared, the outputs being rebuilt.
+10. ``risk``: account-risk scores of the last 13 weeks' person-weeks for ``transaction_safety``
+    (``pipelines.risk``), readable by that purpose alone;
+11. ``stale-marks``: marks that data-subject corrections left are cleared, the outputs being rebuilt.
+
+Each stage declares its purpose and the folders it reads (``Stage.purpose``, ``Stage.reads``);
+``check_stage_inputs`` refuses the job before any stage runs when a stage declares an output its
+purpose may not read, and ``RunContext.output`` is how a stage opens an output.
 """
 
 from __future__ import annotations
@@ -76,10 +82,12 @@ from profiling.k_anonymity import (
 )
 from profiling.keys import MasterKey, load_master_key
 from profiling.pseudonyms import MARKETING, pseudonymize
+from profiling.purposes import OutputAccessError, check_output_read
 from profiling.schema import TABLE_NAMES, arrow_schema
 from profiling.vault import seal_id_numbers
 
-__all__ = ["STAGES", "RunContext", "Stage", "apply_budgets", "load_consent_events", "parse_as_of", "run_pipeline"]
+__all__ = ["STAGES", "RunContext", "Stage", "apply_budgets", "check_stage_inputs", "load_consent_events",
+           "parse_as_of", "run_pipeline"]
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,16 @@ class RunContext:
     config: JobConfig = field(default_factory=JobConfig)
     engine: Engine | None = None  # where partition kernels run; run_pipeline opens it from the config
     _snapshot: list[ConsentSnapshot] = field(default_factory=list, repr=False, compare=False)
+    _stage: list[Stage] = field(default_factory=list, repr=False, compare=False)  # the one running
+
+    def output(self, name: str) -> Path:
+        """``WS/outputs/<name>`` for the running stage: it must declare it among its inputs, and its
+        purpose must be allowed to read it (``Workspace.output``); otherwise ``OutputAccessError``."""
+        stage = self._stage[0] if self._stage else None
+        if stage is None or f"outputs/{name}" not in stage.reads:
+            raise OutputAccessError(f"stage {stage.name if stage else '(none)'!r} reads outputs/{name} without "
+                                    "declaring it among its inputs (Stage.reads in pipelines/run.py)")
+        return self.workspace.output(name, purpose=stage.purpose or "(no purpose)")
 
     def decide(self, purpose: str, *, job: str, population=None) -> GateDecision:
         """The consent gate's audited answer for ``purpose`` at ``as_of``; the ledger is read once per run."""
@@ -103,9 +121,31 @@ class RunContext:
 
 @dataclass(frozen=True)
 class Stage:
+    """A step of the job: ``purpose`` is the catalogue purpose it serves, ``reads`` the workspace
+    folders it reads (``pseudonymized/<table>``, ``outputs/<name>`` ...). Before any stage runs,
+    every ``outputs/<name>`` it declares must be one its purpose may read (``check_stage_inputs``)."""
+
     name: str
     description: str
     run: Callable[[RunContext], list[dict]]
+    purpose: str | None = None
+    reads: tuple[str, ...] = ()
+
+
+def check_stage_inputs(stages: Sequence[Stage]) -> None:
+    """Raise ``OutputAccessError`` naming the stage, its purpose and the output, for the first stage
+    declaring an output its purpose may not read (or an output read without a purpose)."""
+    for stage in stages:
+        for folder in stage.reads:
+            zone, _, name = folder.partition("/")
+            if zone != "outputs":
+                continue
+            if stage.purpose is None:
+                raise OutputAccessError(f"stage {stage.name!r} reads {folder} but declares no purpose")
+            try:
+                check_output_read(stage.purpose, name)
+            except OutputAccessError as error:
+                raise OutputAccessError(f"stage {stage.name!r}: {error}") from None
 
 
 def parse_as_of(text: str) -> dt.datetime:
@@ -232,6 +272,7 @@ def _identity(context: RunContext) -> list[dict]:
 
 
 def _portraits(context: RunContext) -> list[dict]:
+    context.output("identity")  # the identity stage's output, through the purpose check
     return [write_portraits(context.workspace, _eligible(context, "portraits"), as_of=context.as_of,
                             progress=context.progress, rows_per_partition=context.config.rows_per_partition,
                             engine=context.engine)]
@@ -258,6 +299,8 @@ def _recommendations(context: RunContext) -> list[dict]:
         audience["marketing_id"] = pseudonymize(marketing.account_ids, context.key, MARKETING,
                                                 identifier="account_id").to_pandas()
         decisions.append(marketing)
+    if workspace.outputs("popularity").is_dir():
+        context.output("popularity")  # through the purpose check before read_popularity opens it
     popularity = read_popularity(workspace)
     rows = write_recommendations(workspace, served.person_frame(context.key), as_of=context.as_of,
                                  k=context.config.k, marketing=audience, popularity=popularity,
@@ -267,6 +310,12 @@ def _recommendations(context: RunContext) -> list[dict]:
         rows.append({"stage": "consent-gate", "table": decision.purpose, "rows": decision.eligible,
                      "excluded": sum(decision.excluded.values())})
     return rows
+
+
+def _risk(context: RunContext) -> list[dict]:
+    """Transaction safety: needs no grant, so it answers for everyone whose accepted policy holds."""
+    decision = context.decide(RISK_PURPOSE, job="risk", population=_population(context))
+    return [write_risk(context.workspace, decision.person_ids(context.key), as_of=context.as_of)]
 
 
 def _clear_stale(context: RunContext) -> list[dict]:
@@ -286,12 +335,18 @@ STAGES: list[Stage] = [
     Stage("seal", "move ID-card numbers for customs into the AES-GCM vault", _seal),
     Stage("k-anonymity", "report the class sizes of the person-level analytics table", _k_anonymity),
     Stage("identity", "give each eligible person allowing cross-device sync the devices only they signed in on",
-          _identity),
-    Stage("portraits", "compute the portrait features of every person eligible for personalization", _portraits),
+          _identity, purpose="personalization", reads=("pseudonymized/device_events",)),
+    Stage("portraits", "compute the portrait features of every person eligible for personalization", _portraits,
+          purpose="personalization", reads=("outputs/identity", "pseudonymized/orders", "pseudonymized/waybills",
+                                            "pseudonymized/device_events", "pseudonymized/devices")),
     Stage("popularity", "release buyers per item with differential privacy, charged to the orders budget",
-          _popularity),
+          _popularity, purpose="product_improvement", reads=("pseudonymized/orders", "pseudonymized/catalogue")),
     Stage("recommendations", "gate by consent, fit factors, score every eligible person, write the lists "
-          "and the marketing audience", _recommendations),
+          "and the marketing audience", _recommendations, purpose="personalization",
+          reads=("outputs/popularity", "pseudonymized/orders", "pseudonymized/catalogue", "pseudonymized/accounts")),
+    Stage("risk", "score recent person-weeks for account risk (transaction safety only; walled off from "
+          "personalization, marketing and DP releases)", _risk, purpose=RISK_PURPOSE,
+          reads=tuple(f"pseudonymized/{table}" for table in RISK_INPUTS)),
     Stage("stale-marks", "clear the marks corrections left: every derived output is now recomputed", _clear_stale),
 ]
 
@@ -333,6 +388,7 @@ def run_pipeline(workspace: Workspace, key_file: str | Path | None, as_of: dt.da
     if unknown:
         raise ValueError(f"unknown stage(s) {', '.join(unknown)}; the stages are {', '.join(names)}")
     chosen = [stage for stage in STAGES if stages is None or stage.name in stages]
+    check_stage_inputs(chosen)
     if key_file is not None:
         key_path = Path(key_file).resolve()
         if workspace.root.resolve() in key_path.parents:
@@ -351,6 +407,7 @@ def run_pipeline(workspace: Workspace, key_file: str | Path | None, as_of: dt.da
                              engine=engine)
         for stage in tqdm(chosen, desc="run", unit=" stage", disable=not progress):
             started = time.perf_counter()
+            context._stage[:] = [stage]
             summary.extend(stage.run(context))
             if on_stage is not None:
                 on_stage(stage.name, time.perf_counter() - started)

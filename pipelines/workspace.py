@@ -50,6 +50,7 @@ import pyarrow.dataset as ds
 from pipelines.manifest import verify_folder, write_manifests
 from profiling.errors import WorkspaceError
 from profiling.file_modes import make_owner_only, restrict_to_owner
+from profiling.purposes import check_output_read
 from profiling.schema import TABLE_NAMES, arrow_schema
 
 __all__ = ["JOB_LOCK", "Workspace", "holding_job_lock", "write_json_atomic"]
@@ -130,6 +131,20 @@ class Workspace:
         if zone == "outputs":  # some outputs (a popularity release) are kept by a run that cannot redo them
             rebuild = f"remove {self.root.joinpath(zone, *inside[:1])} and {rebuild}"
         return verify_folder(Path(folder), rebuild=rebuild)
+
+    def output(self, name: str, *, purpose: str) -> Path:
+        """The published folder ``WS/outputs/<name>`` for a reader serving ``purpose``, checked first.
+
+        The one door to outputs by purpose: ``profiling.purposes.check_output_read`` raises
+        ``OutputAccessError`` (naming the purpose, the output and who may read it) before anything
+        is opened when the catalogue does not give the output to ``purpose``; then the folder is
+        checked against its manifests like every other (``verified``).
+        """
+        check_output_read(purpose, name)
+        folder = self.outputs(name)
+        if not folder.is_dir():
+            raise WorkspaceError(f"{folder} does not exist; run `portrait run --workspace {self.root} ...` first")
+        return self.verified(folder)
 
     def dataset(self, table: str) -> ds.Dataset:
         """The ingested rows of ``table`` as a pyarrow dataset (read lazily, in batches), checked first."""

@@ -18,6 +18,7 @@ from pipelines.commands._shared import add_workspace_argument, existing_workspac
 from pipelines.run import parse_as_of
 from profiling.consent import ConsentGate, SqliteConsentStore
 from profiling.keys import load_master_key
+from profiling.purposes import OUTPUTS, check_output_read
 from profiling.schema import TABLE_NAMES, TABLES
 
 __all__ = ["register"]
@@ -66,6 +67,9 @@ def _typed_keys(texts: list[str], table: pa.Table, column: str) -> list:
 
 
 def _query(args: argparse.Namespace) -> None:
+    named = [part for part in args.table.split("/") if part not in ("", ".", "outputs")]
+    if named and named[0] in OUTPUTS:   # a workspace output (risk scores ...): its purpose wall speaks first
+        check_output_read(args.purpose, named[0])
     if args.table not in TABLE_NAMES:
         raise ValueError(f"--table {args.table!r} is not a table of the analytics zone; use one of "
                          f"{', '.join(TABLE_NAMES)}")

@@ -1,0 +1,160 @@
+"""Account-risk features of person-weeks, from analytics-zone rows only (pseudonyms and coarse places).
+
+The unit scored is a **person-week**: one person's activity in a window of seven days, the windows
+counted back from the as-of moment (window 0 ends at it). Only person-weeks with at least one
+order are scored: the patterns the policy's transaction safety is about end in an order.
+
+Each feature compares the week with the person's own history before it (everything the zone holds
+earlier, whatever its age), so a first sign-in somewhere is "new" only to that person:
+
+===========================  ====================================================================
+feature                      meaning (unit)
+===========================  ====================================================================
+``orders``                   orders placed in the week (count)
+``max_amount``               the week's largest order (currency major units)
+``amount_ratio``             ``max_amount`` over the median of the person's earlier orders (100
+                             when there are none)
+``most_orders_in_a_day``     largest number of orders within one UTC day of the week
+``destinations``             distinct destination provinces of the week's waybills
+``new_destinations``         destination provinces the person never shipped to before
+``new_devices``              devices the person signed in on for the first time
+``new_provinces``            provinces the person's signed-in events were never seen from before
+``new_networks``             IP /24 (/48) prefixes the person never signed in from before
+``hours_new_device_to_order``  shortest time from a first sign-in on a new device to a later
+                             order of the week (hours, 168 when none)
+``history_days``             days from the person's first row in the zone to the week's end
+===========================  ====================================================================
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+__all__ = ["FEATURE_COLUMNS", "WEEK", "risk_features"]
+
+WEEK = dt.timedelta(days=7)
+FEATURE_COLUMNS: tuple[str, ...] = (
+    "orders", "max_amount", "amount_ratio", "most_orders_in_a_day", "destinations", "new_destinations",
+    "new_devices", "new_provinces", "new_networks", "hours_new_device_to_order", "history_days",
+)
+_NO_HISTORY_RATIO = 100.0
+_NEVER_HOURS = 168.0
+_MICROS_PER_WEEK = 7 * 86_400 * 1_000_000
+_MICROS_PER_HOUR = 3_600 * 1_000_000
+
+
+def _frame(table: pa.Table | pd.DataFrame, columns: list[str], time: str, as_of_us: int) -> pd.DataFrame:
+    frame = table.select(columns).to_pandas() if isinstance(table, pa.Table) else table[columns].copy()
+    frame = frame[frame["person_id"].notna()]
+    frame["t"] = pd.to_datetime(frame[time], utc=True).dt.as_unit("us").astype("int64")
+    return frame[frame["t"] < as_of_us]
+
+
+def _week_of(micros: pd.Series | np.ndarray, as_of_us: int) -> np.ndarray:
+    return (as_of_us - 1 - np.asarray(micros, dtype=np.int64)) // _MICROS_PER_WEEK
+
+
+def _new_per_week(rows: pd.DataFrame, key: str, as_of_us: int) -> pd.Series:
+    """``(person_id, week) -> count`` of values of ``key`` the person shows for the first time that week."""
+    first = rows.dropna(subset=[key]).groupby(["person_id", key], observed=True)["t"].min().reset_index()
+    first["week"] = _week_of(first["t"], as_of_us)
+    return first.groupby(["person_id", "week"]).size()
+
+
+def risk_features(orders: pa.Table | pd.DataFrame, waybills: pa.Table | pd.DataFrame,
+                  device_events: pa.Table | pd.DataFrame, *, as_of: dt.datetime, weeks: int) -> pd.DataFrame:
+    """The features of every person-week with an order among the ``weeks`` weeks before ``as_of``.
+
+    ``orders``: ``person_id, placed_at, amount``; ``waybills``: ``person_id, created_at,
+    destination_province``; ``device_events``: ``person_id, device_id, event_at, coarse_province,
+    ip_prefix`` (analytics-zone columns; rows without a person and rows at or after ``as_of`` are
+    ignored). Returns ``person_id, week, week_start, week_end`` and ``FEATURE_COLUMNS``, sorted by
+    week then person; ``week`` 0 ends at ``as_of``.
+
+    >>> at = dt.datetime(2026, 1, 8, tzinfo=dt.timezone.utc)
+    >>> orders = pa.table({"person_id": ["p", "p"], "amount": [10.0, 900.0],
+    ...     "placed_at": pa.array([dt.datetime(2025, 12, 1), dt.datetime(2026, 1, 5)], pa.timestamp("us", "UTC"))})
+    >>> empty = {"person_id": pa.array([], pa.string())}
+    >>> waybills = pa.table({**empty, "created_at": pa.array([], pa.timestamp("us", "UTC")),
+    ...     "destination_province": pa.array([], pa.string())})
+    >>> events = pa.table({**empty, "device_id": pa.array([], pa.string()),
+    ...     "event_at": pa.array([], pa.timestamp("us", "UTC")), "coarse_province": pa.array([], pa.string()),
+    ...     "ip_prefix": pa.array([], pa.string())})
+    >>> risk_features(orders, waybills, events, as_of=at, weeks=1)[["week", "orders", "amount_ratio"]].to_dict("records")
+    [{'week': 0, 'orders': 1, 'amount_ratio': 90.0}]
+    """
+    if weeks < 1:
+        raise ValueError(f"weeks must be at least 1, got {weeks}")
+    if as_of.tzinfo is None:
+        raise ValueError("as_of must be timezone-aware (UTC)")
+    as_of_us = (as_of - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
+    orders = _frame(orders, ["person_id", "placed_at", "amount"], "placed_at", as_of_us)
+    waybills = _frame(waybills, ["person_id", "created_at", "destination_province"], "created_at", as_of_us)
+    events = _frame(device_events, ["person_id", "device_id", "event_at", "coarse_province", "ip_prefix"],
+                    "event_at", as_of_us)
+    for frame in (orders, waybills, events):
+        frame["week"] = _week_of(frame["t"], as_of_us)
+    # rows: (person_id, week) of the scored person-weeks
+    scored = orders[orders["week"] < weeks]
+    grouped = scored.groupby(["person_id", "week"])
+    features = pd.DataFrame({"orders": grouped.size(), "max_amount": grouped["amount"].max()})
+    day = scored.assign(day=scored["t"] // (24 * _MICROS_PER_HOUR))
+    features["most_orders_in_a_day"] = day.groupby(["person_id", "week", "day"]).size().groupby(
+        level=["person_id", "week"]).max()
+    features["amount_ratio"] = _amount_ratio(orders, features, weeks)
+    recent_waybills = waybills[waybills["week"] < weeks]
+    features["destinations"] = recent_waybills.groupby(["person_id", "week"])["destination_province"].nunique()
+    for name, rows, key in (("new_destinations", waybills, "destination_province"),
+                            ("new_devices", events, "device_id"), ("new_provinces", events, "coarse_province"),
+                            ("new_networks", events, "ip_prefix")):
+        features[name] = _new_per_week(rows, key, as_of_us)
+    features["hours_new_device_to_order"] = _hours_new_device_to_order(events, scored)
+    first_seen = pd.concat([orders.groupby("person_id")["t"].min(), waybills.groupby("person_id")["t"].min(),
+                            events.groupby("person_id")["t"].min()], axis=1).min(axis=1)
+    features = features.reset_index()
+    week_end_us = as_of_us - features["week"].to_numpy() * _MICROS_PER_WEEK
+    features["history_days"] = (week_end_us - first_seen.reindex(features["person_id"]).to_numpy()) / (
+        24 * _MICROS_PER_HOUR)
+    defaults = {"destinations": 0, "new_destinations": 0, "new_devices": 0, "new_provinces": 0, "new_networks": 0,
+                "hours_new_device_to_order": _NEVER_HOURS}
+    features = features.fillna(defaults)
+    for name in ("orders", "most_orders_in_a_day", "destinations", "new_destinations", "new_devices",
+                 "new_provinces", "new_networks"):
+        features[name] = features[name].astype(np.int64)
+    features["week_end"] = pd.to_datetime(week_end_us, unit="us", utc=True)
+    features["week_start"] = features["week_end"] - pd.Timedelta(WEEK)
+    features = features.sort_values(["week", "person_id"], kind="stable").reset_index(drop=True)
+    return features[["person_id", "week", "week_start", "week_end", *FEATURE_COLUMNS]]
+
+
+def _amount_ratio(orders: pd.DataFrame, features: pd.DataFrame, weeks: int) -> pd.Series:
+    """The week's largest order over the median of the person's orders in earlier weeks."""
+    ratios = []
+    for week in range(weeks):
+        in_week = features.xs(week, level="week", drop_level=False) if week in features.index.get_level_values(
+            "week") else None
+        if in_week is None:
+            continue
+        earlier = orders[orders["week"] > week].groupby("person_id")["amount"].median()
+        median = earlier.reindex(in_week.index.get_level_values("person_id")).to_numpy()
+        ratio = np.where(np.isnan(median), _NO_HISTORY_RATIO,
+                         in_week["max_amount"].to_numpy() / np.maximum(median, 1.0))
+        ratios.append(pd.Series(ratio, index=in_week.index))
+    return pd.concat(ratios) if ratios else pd.Series(dtype=float)
+
+
+def _hours_new_device_to_order(events: pd.DataFrame, scored: pd.DataFrame) -> pd.Series:
+    """Per scored person-week: hours from the latest first sign-in on a new device before an order to it."""
+    firsts = events.groupby(["person_id", "device_id"], observed=True)["t"].min().reset_index()
+    firsts = firsts.rename(columns={"t": "device_t"}).sort_values("device_t")
+    placed = scored[["person_id", "week", "t"]].sort_values("t")
+    if placed.empty or firsts.empty:
+        return pd.Series(dtype=float)
+    joined = pd.merge_asof(placed, firsts[["person_id", "device_t"]], left_on="t", right_on="device_t",
+                           by="person_id", direction="backward")
+    joined["hours"] = (joined["t"] - joined["device_t"]) / _MICROS_PER_HOUR
+    return joined.dropna(subset=["hours"]).groupby(["person_id", "week"])["hours"].min().clip(upper=_NEVER_HOURS)
