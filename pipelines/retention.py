@@ -293,9 +293,13 @@ def enforce_retention(workspace: Workspace, key: MasterKey, as_of: dt.datetime, 
     db = _ledger(workspace)
     try:
         db.execute("BEGIN IMMEDIATE")
-        with appending(db, "dsr_retention"):
-            db.executemany("INSERT INTO dsr_retention (as_of, table_name, cutoff, rows_deleted, recorded_at) "
-                           "VALUES (?, ?, ?, ?, ?)", records)
+        try:
+            with appending(db, "dsr_retention"):
+                db.executemany("INSERT INTO dsr_retention (as_of, table_name, cutoff, rows_deleted, recorded_at) "
+                               "VALUES (?, ?, ?, ?, ?)", records)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
         db.execute("COMMIT")
     finally:
         db.close()

@@ -16,8 +16,14 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from pipelines.config import ConfigError, load_config
+from pipelines.retention import due_cancellations
+from pipelines.workspace import Workspace
 from portrait_cli import run_cli
+from profiling.consent import ConsentEvent, SqliteConsentStore
 from profiling.keys import load_key_file
 from profiling.pseudonyms import MARKETING, PERSON, pseudonymize
 
@@ -160,3 +166,30 @@ def test_a_grace_period_that_is_not_a_whole_number_of_days_is_one_error_line(sit
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert err.startswith("portrait: error: cancellation_grace_days in ") and "whole number of at least 0" in err
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.one_of(st.integers(min_value=-10_000, max_value=100_000), st.floats(allow_nan=True), st.booleans(),
+                 st.text(alphabet="0123456789-. ab", max_size=5)))
+def test_only_whole_numbers_of_days_from_zero_up_are_a_grace_period(tmp_path_factory, value):
+    config = tmp_path_factory.mktemp("config") / "job.toml"
+    config.write_text(f"[retention]\ncancellation_grace_days = {json.dumps(value)}\n".replace("NaN", "nan")
+                      .replace("Infinity", "inf"))
+    valid = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    if valid:
+        assert load_config(config).cancellation_grace_days == value
+    else:
+        with pytest.raises(ConfigError, match=r"cancellation_grace_days in .* must be a whole number of at least 0"):
+            load_config(config)
+
+
+def test_the_grace_period_ends_at_the_microsecond(tmp_path):
+    workspace = Workspace(tmp_path / "ws")
+    cancelled_at = dt.datetime(2026, 3, 1, 9, 30, tzinfo=dt.timezone.utc)
+    with SqliteConsentStore(workspace.ledger) as store:
+        store.append([ConsentEvent("A1", cancelled_at, "cancel", None),
+                      ConsentEvent("A2", cancelled_at + dt.timedelta(days=1), "cancel", None)], source="api")
+    end = cancelled_at + dt.timedelta(days=GRACE_DAYS)
+    assert due_cancellations(workspace, end - dt.timedelta(microseconds=1), GRACE_DAYS) == ([], 2)
+    assert due_cancellations(workspace, end, GRACE_DAYS) == (["A1"], 1)
+    assert due_cancellations(workspace, end, 0) == (["A1", "A2"], 0)
