@@ -10,37 +10,31 @@ Both answer only for persons whose ``personalization`` consent holds at the run'
   ``WS/outputs/portraits/``, with the dictionary beside it in ``_data_dictionary.json``. A person
   whose consent was revoked has no row after the next run: the folder is rebuilt whole.
 
-The portrait kernel is the same on every engine. Locally the analytics zone streams into one
-``PortraitBuilder`` (which partitions by identity itself); on Spark the orders, waybills, events,
-persons and devices of an identity are brought to one partition (a union of the five, each row
-tagged with its source and its identity, repartitioned by identity) and the kernel runs there.
+The portraits are one job on every engine: the orders, waybills, events, persons and devices of
+an identity are brought to one partition (``Engine.co_partition``: each row tagged with its
+source and its identity, hash-partitioned by identity) and the portrait kernel runs there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import json
 import math
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
 
-from pipelines.engines import Engine, Kernel
-from pipelines.engines._optional import import_optional
+from pipelines.engines import Broadcast, Engine, Kernel, LocalEngine
 from pipelines.workspace import Workspace, write_json_atomic
 from profiling.identity import IdentityGraph, build_identity_graph
 from profiling.portrait import (
     DEVICES_COLUMNS,
     PERSONS_COLUMNS,
-    SOURCE_COLUMNS,
-    PortraitBuilder,
-    data_dictionary,
     portrait_schema,
     portraits,
-    spill_folder,
+    write_data_dictionary,
 )
 from profiling.schema import TIMESTAMP
 
@@ -48,10 +42,8 @@ __all__ = ["IDENTITY", "PORTRAITS", "ROWS_PER_PARTITION", "read_identity", "writ
 
 IDENTITY = "identity"
 PORTRAITS = "portraits"
-# Orders per partition of the portrait computation (about 22 bytes each while it runs).
+# At most this many rows (orders, waybills and device events) per partition of the portrait computation.
 ROWS_PER_PARTITION = 20_000_000
-_BATCH_ROWS = 1 << 18
-
 
 
 def write_identity(workspace: Workspace, eligible: pa.Table, linking_persons: pa.Array) -> IdentityGraph:
@@ -95,9 +87,12 @@ def write_portraits(workspace: Workspace, eligible: pa.Table, *, as_of, progress
 
     ``eligible``: ``person_id, dnd, non_personalized`` (PERSON pseudonyms), the persons whose
     personalization consent holds at ``as_of``; the identity stage must have run at the same
-    moment. Reads the analytics zone in batches; partitions the work (spilling encoded rows
-    inside the workspace) when there are more than ``rows_per_partition`` orders. With a Spark
-    ``engine`` the same kernel runs per identity partition on Spark.
+    moment. Runs on ``engine`` (default: a local engine spilling inside the workspace): the
+    orders, waybills and events of eligible persons up to ``as_of``, their persons and devices
+    rows are brought to one partition per identity (``Engine.co_partition``), at most
+    ``rows_per_partition`` rows each and at least as many partitions as the engine picks, and the
+    portrait kernel runs there. The portraits and their ``_data_dictionary.json`` are published
+    together.
     """
     identity_persons, identity_devices = read_identity(workspace)
     missing = pc.sum(pc.invert(pc.is_in(eligible.column("person_id"), identity_persons.column("person_id")))).as_py()
@@ -108,50 +103,30 @@ def write_portraits(workspace: Workspace, eligible: pa.Table, *, as_of, progress
     device_types = ds.dataset(workspace.verified(workspace.pseudonymized("devices")), format="parquet").to_table(
         columns=["device_id", "device_type"])
     devices = identity_devices.join(device_types, "device_id", join_type="inner")
-    sources = {name: ds.dataset(workspace.verified(workspace.pseudonymized(name)), format="parquet")
-               for name in ("orders", "waybills", "device_events")}
-    partitions = max(1, math.ceil(sources["orders"].count_rows() / rows_per_partition))
-    if engine is not None and engine.name == "spark":
-        written = _portraits_on_spark(engine, workspace, persons, devices, as_of=as_of)
-        return {"stage": "portraits", "table": PORTRAITS, "rows": written, "persons": persons.num_rows,
-                "partitions": engine.partitions or "spark default", "engine": "spark"}
-    written = 0
-    with workspace.staging() as stage, spill_folder(stage) as spill:
-        builder = PortraitBuilder(persons, devices, as_of=as_of, partitions=partitions,
-                                  spill_dir=spill if partitions > 1 else None)
-        adders = {"orders": builder.add_orders, "waybills": builder.add_waybills,
-                  "device_events": builder.add_device_events}
-        total = sum(dataset.count_rows() for dataset in sources.values())
-        with tqdm(total=total, desc="portraits", unit=" rows", unit_scale=True, disable=not progress) as bar:
-            for name, dataset in sources.items():
-                # file by file: a dataset scan decodes ahead of a slower consumer and grows with the input
-                for path in dataset.files:
-                    for batch in pq.ParquetFile(path).iter_batches(batch_size=_BATCH_ROWS,
-                                                                  columns=list(SOURCE_COLUMNS[name])):
-                        adders[name](batch)
-                        bar.update(batch.num_rows)
+    sources = {name: workspace.verified(workspace.pseudonymized(name)) for name in _ACTIVITY_SOURCES}
+    rows = sum(ds.dataset(folder, format="parquet").count_rows() for folder in sources.values())
+    with contextlib.ExitStack() as owned, workspace.staging() as stage:
+        engine = engine or owned.enter_context(LocalEngine(workspace=workspace, progress=progress))
+        partitions = max(engine.default_partitions(rows), math.ceil(rows / rows_per_partition))
+        identities = engine.broadcast(persons.select(["person_id", "identity_id"]))
+        inputs = {name: engine.map(engine.read(folder, columns=_activity_columns(name), key=None),
+                                   _activity_kernel(name, folder, identities, as_of))
+                  for name, folder in sources.items()}
+        # rows: (identity_id, person_id, at, the source's columns) of eligible persons up to as_of, as stored
+        inputs["persons"] = engine.from_table(persons.select(list(PERSONS_COLUMNS)), key=None)
+        inputs["devices"] = engine.from_table(devices.select(list(DEVICES_COLUMNS)), key=None)
+        activity = engine.co_partition(inputs, key="identity_id", partitions=partitions)
+        # rows: (source, identity_id, person_id, at, every source's columns), one identity's rows in one partition
         folder = stage / PORTRAITS
-        folder.mkdir()
-        with pq.ParquetWriter(folder / "part-00000.parquet", portrait_schema()) as writer:
-            for table in builder.tables():
-                writer.write_table(table)
-                written += table.num_rows
-        (folder / "_data_dictionary.json").write_text(json.dumps(data_dictionary(), indent=2) + "\n",
-                                                      encoding="utf-8")
+        engine.save(engine.map(activity, Kernel(functools.partial(portrait_kernel, as_of=as_of), portrait_schema(),
+                                                name="portraits")), folder)
+        written = ds.dataset(folder, format="parquet").count_rows()
+        write_data_dictionary(folder)
         workspace.publish({workspace.outputs(PORTRAITS): folder})
     return {"stage": "portraits", "table": PORTRAITS, "rows": written, "persons": persons.num_rows,
-            "partitions": partitions}
+            "partitions": partitions, "engine": engine.name}
 
 
-# rows: (identity_id, source, then the columns of every source; a source's rows leave the others' null)
-_ACTIVITY_SCHEMA = pa.schema([
-    ("identity_id", pa.string()), ("source", pa.string()), ("person_id", pa.string()), ("at", TIMESTAMP),
-    ("amount", pa.float64()), ("currency", pa.string()), ("payment_institution", pa.string()),
-    ("category", pa.string()), ("service_type", pa.string()), ("origin_province", pa.string()),
-    ("destination_province", pa.string()), ("weight_kg", pa.float64()), ("cross_border", pa.bool_()),
-    ("dnd", pa.bool_()), ("non_personalized", pa.bool_()), ("cross_device_sync", pa.bool_()),
-    ("device_id", pa.string()), ("device_type", pa.string()),
-])
 _ACTIVITY_SOURCES = {  # source -> (time column, other columns)
     "orders": ("placed_at", ("amount", "currency", "payment_institution", "category")),
     "waybills": ("created_at", ("service_type", "origin_province", "destination_province", "weight_kg",
@@ -160,8 +135,32 @@ _ACTIVITY_SOURCES = {  # source -> (time column, other columns)
 }
 
 
+def _activity_columns(source: str) -> list[str]:
+    times, other = _ACTIVITY_SOURCES[source]
+    return ["person_id", times, *other]
+
+
+def _activity_kernel(source: str, folder, identities: Broadcast[pa.Table], as_of) -> Kernel:
+    """Kernel (not per person): stored rows of ``source`` -> those of eligible persons up to ``as_of``, with
+    their identity and the time column named ``at``."""
+    times, other = _ACTIVITY_SOURCES[source]
+    stored = ds.dataset(folder, format="parquet").schema
+    schema = pa.schema([pa.field("identity_id", pa.string()), pa.field("person_id", pa.string()),
+                        pa.field("at", TIMESTAMP), *(pa.field(c, stored.field(c).type) for c in other)])
+    until = pa.scalar(as_of, TIMESTAMP)
+
+    def activity(table: pa.Table) -> pa.Table:
+        table = table.filter(pc.less_equal(table.column(times), until))
+        # rows: (person_id, time, other) up to as_of -> joined with the broadcast (person_id, identity_id)
+        joined = table.join(identities.value, "person_id", join_type="inner")
+        return joined.select(["identity_id", "person_id", times, *other]).rename_columns(schema.names).cast(schema)
+
+    return Kernel(activity, schema, name=f"{source}_by_identity", by_person=False)
+
+
 def portrait_kernel(activity: pa.Table, *, as_of) -> pa.Table:
-    """Portraits of the identities in one partition of ``_ACTIVITY_SCHEMA`` rows (an engine kernel)."""
+    """Portraits of the identities in one partition of ``Engine.co_partition``'s rows (an engine kernel):
+    ``source`` says which of orders, waybills, device_events, persons, devices each row is."""
     def rows(source: str, columns: list[str], times: str | None = None) -> pa.Table:
         part = activity.filter(pc.equal(activity.column("source"), source)).select(columns)
         return part.rename_columns([times if c == "at" and times else c for c in columns])
@@ -170,30 +169,3 @@ def portrait_kernel(activity: pa.Table, *, as_of) -> pa.Table:
               for name, (times, other) in _ACTIVITY_SOURCES.items()}
     return portraits(rows("persons", list(PERSONS_COLUMNS)), rows("devices", list(DEVICES_COLUMNS)),
                      tables["orders"], tables["waybills"], tables["device_events"], as_of=as_of)
-
-
-def _portraits_on_spark(engine: Engine, workspace: Workspace, persons: pa.Table, devices: pa.Table, *,
-                        as_of) -> int:
-    spark = engine.spark
-    functions = import_optional("pyspark.sql.functions", extra="spark", purpose="portraits on Spark")
-    identity = spark.createDataFrame(persons.select(["person_id", "identity_id"]))
-    parts = []
-    for name, (times, other) in _ACTIVITY_SOURCES.items():
-        # rows: (person_id, at, other) of eligible persons only: the inner join drops everyone else
-        frame = spark.read.parquet(str(workspace.pseudonymized(name))).select(
-            "person_id", functions.col(times).alias("at"), *other)
-        parts.append(frame.join(functions.broadcast(identity), "person_id").withColumn("source", functions.lit(name)))
-    parts.append(spark.createDataFrame(persons).withColumn("source", functions.lit("persons")))
-    parts.append(spark.createDataFrame(devices.select(list(DEVICES_COLUMNS))).withColumn(
-        "source", functions.lit("devices")))
-    activity = parts[0]
-    for part in parts[1:]:
-        activity = activity.unionByName(part, allowMissingColumns=True)
-    activity = activity.select(*[functions.col(f.name) for f in _ACTIVITY_SCHEMA])
-    frame = engine.from_dataframe(activity, key="identity_id", schema=_ACTIVITY_SCHEMA)
-    kernel = Kernel(functools.partial(portrait_kernel, as_of=as_of), portrait_schema(), name="portraits")
-    spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
-    destination = engine.write(engine.map(frame, kernel), workspace, PORTRAITS)
-    (destination / "_data_dictionary.json").write_text(json.dumps(data_dictionary(), indent=2) + "\n",
-                                                       encoding="utf-8")
-    return ds.dataset(destination, format="parquet").count_rows()

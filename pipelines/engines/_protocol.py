@@ -2,8 +2,9 @@
 
 A job is written once against ``Engine``: read a Parquet dataset partitioned by the person
 key, map *partition kernels* (pure functions from the Arrow table of one whole partition to
-another table) over it, collect the small results to the driver, broadcast small read-only
-values to the kernels, and write a result folder atomically into a workspace.
+another table) over it, bring several inputs of one person (or identity) to one partition
+(``co_partition``), collect the small results to the driver, broadcast small read-only values
+to the kernels, and write a result folder atomically into a workspace.
 
 Each operation keeps the same privacy guarantee on every engine; an operation that could not
 (sampling, per-partition noise) is not in the protocol. DP noise is never drawn inside a
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import abc
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -24,8 +25,8 @@ import pyarrow as pa
 
 from profiling.errors import PortraitError, SchemaError
 
-__all__ = ["Broadcast", "Engine", "Frame", "Kernel", "PartitioningError", "check_partitions", "kept_key",
-           "wanted_columns"]
+__all__ = ["Broadcast", "Engine", "Frame", "Kernel", "PartitioningError", "check_partitions",
+           "co_partitioned_schema", "kept_key", "wanted_columns"]
 
 T = TypeVar("T")
 
@@ -102,17 +103,42 @@ class Engine(abc.ABC):
         """Release what the engine holds (scratch files, a Spark session it started)."""
 
     @abc.abstractmethod
-    def read(self, path: str | os.PathLike, *, columns: Sequence[str], key: str,
+    def read(self, path: str | os.PathLike, *, columns: Sequence[str], key: str | None,
              partitions: int | None = None) -> Frame:
-        """A Parquet dataset (a folder of files) with ``columns``, hash-partitioned by ``key`` into ``partitions``."""
+        """A Parquet dataset (a folder of files) with ``columns``, hash-partitioned by ``key`` into ``partitions``
+        (default: ``default_partitions`` of its rows).
+
+        ``key=None``: not repartitioned; the partitions are the stored pieces (row groups, file
+        splits), for kernels that are not per person (a filter, a lookup) before ``co_partition``.
+        """
 
     @abc.abstractmethod
-    def from_table(self, table: pa.Table, *, key: str, partitions: int | None = None) -> Frame:
-        """An in-memory table, hash-partitioned by ``key`` into ``partitions`` (default: as ``read`` picks)."""
+    def from_table(self, table: pa.Table, *, key: str | None, partitions: int | None = None) -> Frame:
+        """An in-memory table, hash-partitioned by ``key`` into ``partitions`` (default: as ``read`` picks;
+        ``key=None``: not partitioned by any key)."""
+
+    @abc.abstractmethod
+    def default_partitions(self, rows: int) -> int:
+        """How many partitions ``read`` makes of ``rows`` rows when not told: a partition is computed in one
+        piece, so this bounds its size (local) or follows the cluster's setting (Spark)."""
 
     @abc.abstractmethod
     def map(self, frame: Frame, kernel: Kernel) -> Frame:
         """``kernel`` applied to each non-empty partition of ``frame`` (lazy)."""
+
+    @abc.abstractmethod
+    def co_partition(self, inputs: Mapping[str, Frame], *, key: str, source: str = "source",
+                     partitions: int | None = None) -> Frame:
+        """The rows of every input together, hash-partitioned by ``key``: one frame whose partition p holds
+        every input's rows whose ``key`` hashes to p (so a person's orders, waybills and devices meet in one
+        kernel call), each row tagged with its input's name in column ``source``.
+
+        Columns: ``source``, then every input's columns in order of first appearance, all nullable (a row
+        holds null in the columns its input lacks); a column in several inputs must have one type, and
+        every input needs ``key``. ``partitions`` defaults to the engine's setting on Spark and to the
+        largest input's count locally. Exactly a hash repartition of the union: nothing is sampled or
+        dropped, so it keeps every guarantee of the rows it moves.
+        """
 
     @abc.abstractmethod
     def collect(self, frame: Frame) -> pa.Table:
@@ -167,11 +193,11 @@ def check_partitions(partitions: object) -> int:
     return partitions
 
 
-def wanted_columns(names: Sequence[str], columns: Sequence[str], key: str, where: object) -> list[str]:
-    """The columns to read, the key first; ``SchemaError`` naming any that the data lacks."""
+def wanted_columns(names: Sequence[str], columns: Sequence[str], key: str | None, where: object) -> list[str]:
+    """The columns to read, the key (if any) first; ``SchemaError`` naming any that the data lacks."""
     if isinstance(columns, str):
         raise TypeError(f"columns must be a list of column names, got the string {columns!r}")
-    wanted = list(dict.fromkeys([key, *columns]))
+    wanted = list(dict.fromkeys([*([] if key is None else [key]), *columns]))
     missing = [c for c in wanted if c not in names]
     if missing:
         raise SchemaError(f"{where} has no column {', '.join(map(repr, missing))}; it has {', '.join(names)}")
@@ -185,3 +211,31 @@ def kept_key(frame: Frame, kernel: Kernel) -> str | None:
     next per-person kernel can rely on it, and its call checks that it really does.
     """
     return frame.key if frame.key is not None and frame.key in kernel.schema.names else None
+
+
+def co_partitioned_schema(inputs: Mapping[str, Frame], key: str, source: str) -> pa.Schema:
+    """The schema of ``Engine.co_partition``'s result (see there); ``SchemaError`` or ``ValueError`` naming
+    the input at fault."""
+    if not isinstance(inputs, Mapping) or not inputs:
+        raise ValueError("co_partition needs a mapping of at least one input name to a Frame")
+    fields: dict[str, pa.Field] = {source: pa.field(source, pa.string())}
+    owners: dict[str, str] = {}
+    for name, frame in inputs.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"co_partition's inputs are named by non-empty strings, got {name!r}")
+        if not isinstance(frame, Frame):
+            raise TypeError(f"co_partition input {name!r} must be a Frame, got {type(frame).__name__}")
+        if key not in frame.schema.names:
+            raise SchemaError(f"co_partition input {name!r} has no key column {key!r}; it has "
+                              f"{', '.join(frame.schema.names)}")
+        if source in frame.schema.names:
+            raise SchemaError(f"co_partition input {name!r} already has a column {source!r}; pass another source=")
+        for column in frame.schema:
+            known = fields.get(column.name)
+            if known is None:
+                fields[column.name] = pa.field(column.name, column.type)
+                owners[column.name] = name
+            elif not known.type.equals(column.type):
+                raise SchemaError(f"column {column.name!r} is {column.type} in co_partition input {name!r} but "
+                                  f"{known.type} in {owners[column.name]!r}; cast one of them")
+    return pa.schema(list(fields.values()))

@@ -13,7 +13,7 @@ import contextlib
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from pipelines.engines._protocol import (
     Kernel,
     T,
     check_partitions,
+    co_partitioned_schema,
     kept_key,
     wanted_columns,
 )
@@ -96,22 +97,63 @@ class LocalEngine(Engine):
 
     # reading ---------------------------------------------------------------------------------------------
 
-    def read(self, path: str | os.PathLike, *, columns: Sequence[str], key: str,
+    def read(self, path: str | os.PathLike, *, columns: Sequence[str], key: str | None,
              partitions: int | None = None) -> Frame:
         dataset = ds.dataset(path, format="parquet")
         columns = wanted_columns(dataset.schema.names, columns, key, path)
-        if partitions is None:
-            partitions = max(1, math.ceil(dataset.count_rows() / ROWS_PER_PARTITION))
-        check_partitions(partitions)
         schema = pa.schema([dataset.schema.field(c) for c in columns])
+        if key is None:
+            # the stored row groups are the partitions: read one at a time, nothing spilled
+            pieces = [piece for fragment in dataset.get_fragments() for piece in fragment.split_by_row_group()]
+            return self._unkeyed(schema, partitions, len(pieces),
+                                 lambda p: pieces[p].to_table(schema=dataset.schema, columns=columns))
+        if partitions is None:
+            partitions = self.default_partitions(dataset.count_rows())
+        check_partitions(partitions)
         return self._spill(dataset.to_batches(columns=columns, batch_size=self.batch_rows), schema, key, partitions)
 
-    def from_table(self, table: pa.Table, *, key: str, partitions: int | None = None) -> Frame:
+    def from_table(self, table: pa.Table, *, key: str | None, partitions: int | None = None) -> Frame:
         wanted_columns(table.column_names, table.column_names, key, "the table")
+        if key is None:
+            batches = table.to_batches(max_chunksize=self.batch_rows)
+            return self._unkeyed(table.schema, partitions, len(batches), lambda p: pa.Table.from_batches([batches[p]]))
         if partitions is None:
-            partitions = max(1, math.ceil(table.num_rows / ROWS_PER_PARTITION))
+            partitions = self.default_partitions(table.num_rows)
         check_partitions(partitions)
         return self._spill(table.to_batches(max_chunksize=self.batch_rows), table.schema, key, partitions)
+
+    def default_partitions(self, rows: int) -> int:
+        return max(1, math.ceil(rows / ROWS_PER_PARTITION))
+
+    def _unkeyed(self, schema: pa.Schema, partitions: int | None, pieces: int,
+                 piece: Callable[[int], pa.Table]) -> Frame:
+        if partitions is not None:
+            raise ValueError("partitions are the stored pieces when key is None; give a key to repartition")
+
+        def load(p: int) -> pa.Table | None:
+            return piece(p) if p < pieces else None
+
+        return Frame(self, schema, None, max(1, pieces), _Partitions(load))
+
+    def co_partition(self, inputs: Mapping[str, Frame], *, key: str, source: str = "source",
+                     partitions: int | None = None) -> Frame:
+        schema = co_partitioned_schema(inputs, key, source)
+        for frame in inputs.values():
+            self._check_frame(frame)
+        if partitions is None:
+            partitions = max(frame.partitions for frame in inputs.values())
+        check_partitions(partitions)
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            for name, frame in inputs.items():
+                for table in self._tables(frame):
+                    # rows: one computed partition of input `name` -> (source, every input's columns)
+                    tagged = [pa.repeat(pa.scalar(name, pa.string()), table.num_rows) if column.name == source
+                              else table.column(column.name).cast(column.type) if column.name in table.column_names
+                              else pa.nulls(table.num_rows, column.type) for column in schema]
+                    yield from pa.table(tagged, schema=schema).to_batches(max_chunksize=self.batch_rows)
+
+        return self._spill(batches(), schema, key, partitions)
 
     def _spill(self, batches: Iterator[pa.RecordBatch], schema: pa.Schema, key: str, partitions: int) -> Frame:
         self._spills += 1

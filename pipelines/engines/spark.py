@@ -32,6 +32,7 @@ from pipelines.engines._protocol import (
     PartitioningError,
     T,
     check_partitions,
+    co_partitioned_schema,
     kept_key,
     wanted_columns,
 )
@@ -97,31 +98,43 @@ class SparkEngine(Engine):
 
     # reading ---------------------------------------------------------------------------------------------
 
-    def read(self, path: str | os.PathLike, *, columns: Sequence[str], key: str,
+    def read(self, path: str | os.PathLike, *, columns: Sequence[str], key: str | None,
              partitions: int | None = None) -> Frame:
         frame = self.spark.read.parquet(str(path))
         wanted = wanted_columns(frame.columns, columns, key, path)
         return self._partitioned(frame.select(*wanted), key, partitions)
 
-    def from_table(self, table: pa.Table, *, key: str, partitions: int | None = None) -> Frame:
+    def from_table(self, table: pa.Table, *, key: str | None, partitions: int | None = None) -> Frame:
         wanted_columns(table.column_names, table.column_names, key, "the table")
         return self._partitioned(self.spark.createDataFrame(table), key, partitions, schema=table.schema)
 
-    def from_dataframe(self, frame: Any, *, key: str, partitions: int | None = None,
-                       schema: pa.Schema | None = None) -> Frame:
-        """A Spark DataFrame, hash-partitioned by ``key``.
+    def default_partitions(self, rows: int) -> int:
+        return self.partitions or int(self.spark.conf.get("spark.sql.shuffle.partitions"))
 
-        ``schema``: the Arrow schema the kernels see (default: converted from Spark's).
-        """
-        wanted_columns(frame.columns, frame.columns, key, "the DataFrame")
-        return self._partitioned(frame, key, partitions, schema)
+    def co_partition(self, inputs: Mapping[str, Frame], *, key: str, source: str = "source",
+                     partitions: int | None = None) -> Frame:
+        schema = co_partitioned_schema(inputs, key, source)
+        functions = import_optional("pyspark.sql.functions", extra="spark", purpose=_PURPOSE)
+        union = None
+        for name, frame in inputs.items():
+            self._check_frame(frame)
+            tagged = frame.handle.withColumn(source, functions.lit(name))
+            union = tagged if union is None else union.unionByName(tagged, allowMissingColumns=True)
+        # rows: (source, every input's columns), then hash-partitioned by key as read does
+        return self._partitioned(union.select(*schema.names), key, partitions, schema)
 
-    def _partitioned(self, frame: Any, key: str, partitions: int | None, schema: pa.Schema | None = None) -> Frame:
-        if partitions is None:
-            partitions = self.partitions or int(self.spark.conf.get("spark.sql.shuffle.partitions"))
-        check_partitions(partitions)
+    def _partitioned(self, frame: Any, key: str | None, partitions: int | None,
+                     schema: pa.Schema | None = None) -> Frame:
         types = import_optional("pyspark.sql.pandas.types", extra="spark", purpose=_PURPOSE)
         schema = schema or types.to_arrow_schema(frame.schema, timezone="UTC")
+        if key is None:
+            if partitions is not None:
+                raise ValueError("partitions are the stored pieces when key is None; give a key to repartition")
+            # rows: as stored, in Spark's input splits
+            return Frame(self, schema, None, frame.rdd.getNumPartitions(), frame)
+        if partitions is None:
+            partitions = self.default_partitions(0)
+        check_partitions(partitions)
         # rows: as read, then hash-partitioned by key: pmod(murmur3(key), partitions)
         return Frame(self, schema, key, partitions, frame.repartition(partitions, key))
 
@@ -165,6 +178,8 @@ class SparkEngine(Engine):
 
     def save(self, frame: Frame, folder: Path) -> None:
         self._check_frame(frame)
+        # timestamps as Arrow and the local engine write them (Spark's default is the legacy INT96)
+        self.spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
         _translated(lambda: frame.handle.write.parquet(str(folder)))
         # Hadoop's file system applies its own umask (022 unless configured), not the process's.
         make_owner_only(folder, *Path(folder).rglob("*"))

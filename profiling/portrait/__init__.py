@@ -16,14 +16,17 @@ from profiling.portrait._build import (
     spill_folder,
 )
 from profiling.portrait._dictionary import (
+    DATA_DICTIONARY,
     DEVICE_TYPES,
     FEATURES,
     Feature,
     data_dictionary,
     portrait_schema,
+    write_data_dictionary,
 )
 
 __all__ = [
+    "DATA_DICTIONARY",
     "DEFAULT_CNY_PER_UNIT",
     "DEVICES_COLUMNS",
     "DEVICE_TYPES",
@@ -36,4 +39,5 @@ __all__ = [
     "portrait_schema",
     "portraits",
     "spill_folder",
+    "write_data_dictionary",
 ]

@@ -7,15 +7,20 @@ finds the documentation next to the values.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 
 from profiling.schema import CATEGORIES, PAYMENT_INSTITUTIONS, SERVICE_TYPES, TIMESTAMP
 
-__all__ = ["DEVICE_TYPES", "FEATURES", "LOCAL_UTC_OFFSET_HOURS", "Feature", "data_dictionary", "portrait_schema"]
+__all__ = ["DATA_DICTIONARY", "DEVICE_TYPES", "FEATURES", "LOCAL_UTC_OFFSET_HOURS", "Feature", "data_dictionary",
+           "portrait_schema", "write_data_dictionary"]
 
 DEVICE_TYPES: tuple[str, ...] = ("phone", "tablet", "pc", "watch")
+# The dictionary's file name beside the portraits (readers skip names starting with ``_``).
+DATA_DICTIONARY = "_data_dictionary.json"
 # Days and hours of day are counted in China Standard Time (UTC+8, no daylight saving time).
 LOCAL_UTC_OFFSET_HOURS = 8
 
@@ -123,3 +128,14 @@ def data_dictionary() -> list[dict]:
     """
     return [{"name": f.name, "type": str(f.type), "unit": f.unit, "sources": list(f.sources),
              "description": f.description} for f in FEATURES]
+
+
+def write_data_dictionary(folder: str | Path) -> Path:
+    """Write ``data_dictionary()`` as JSON to ``folder/_data_dictionary.json``; return its path.
+
+    Write it into the staged portraits folder before publishing, so the manifest lists it and the
+    dictionary is replaced together with the portraits it describes.
+    """
+    path = Path(folder) / DATA_DICTIONARY
+    path.write_text(json.dumps(data_dictionary(), indent=2) + "\n", encoding="utf-8")
+    return path

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
 from engines._workspaces import AS_OF, prepared_workspace
+from pipelines.manifest import MANIFEST
 from pipelines.portraits import write_portraits
+from profiling.portrait import DATA_DICTIONARY, data_dictionary
 
 
 @pytest.fixture(scope="module")
@@ -28,4 +32,7 @@ def test_portraits_are_identical_on_every_engine(engine, prepared):
     assert summary["rows"] == expected.num_rows
     written = ds.dataset(workspace.outputs("portraits")).to_table().sort_by("person_id")
     assert written.cast(expected.schema).equals(expected)
-    assert (workspace.outputs("portraits") / "_data_dictionary.json").is_file()
+    # the dictionary is published with the portraits: the manifest lists it, so the folder verifies
+    assert workspace.verified(workspace.outputs("portraits")) == workspace.outputs("portraits")
+    assert json.loads((workspace.outputs("portraits") / DATA_DICTIONARY).read_text()) == data_dictionary()
+    assert DATA_DICTIONARY in json.loads((workspace.outputs("portraits") / MANIFEST).read_text())["files"]
