@@ -225,9 +225,9 @@ def export_account(workspace: Workspace, account_id: str, key: MasterKey, out_di
                                              f"WHERE account_id = ? ORDER BY id", (linked.account_id,)))
         corrections = _rows_as_dicts(db.execute("SELECT account_id, field, value, corrected_at FROM dsr_corrections "
                                                 "WHERE account_id = ? ORDER BY id", (linked.account_id,)))
+    transfers = transfers_about(workspace.ledger, linked.account_id, key)
     bundle = {"account_id": linked.account_id, "exported_at": _now().isoformat(),
               "linked_ids": {kind: sorted(values) for kind, values in linked.ids.items()},
-    transfers = transfers_about(workspace.ledger, linked.account_id, key)
               "tables": tables, "consent_history": history, "requests": requests, "corrections": corrections,
               "transfers": transfers, "left_out": left_out}
     out.mkdir(parents=True, exist_ok=True)
