@@ -259,7 +259,9 @@ def _markdown(review: dict) -> str:
               "verify` checks its chain; persons are distinct pseudonyms).", "",
               "| receiver | country | mechanism | transfers | rows | persons | refusals | last |", "|" + "---|" * 8]
     lines += [f"| {t['receiver']} | {t['country']} | {t['mechanism']} | {t['transfers']} | {t['rows']} | "
-              f"{t['persons']} | {t['refusals']} | {t['last']} |" for t in review["transfers"]] or ["| none |" + " |" * 7]
+              f"{t['persons']} | {t['refusals']} | {t['last']} |" for t in review["transfers"]]
+    if not review["transfers"]:
+        lines.append("| none |" + " |" * 7)
     lines += ["", "## Releases", "",
               ("| charged at | dataset | analyst | purpose | query | aggregate | mechanism | sensitivity | noise scale | "
               "epsilon | delta | rho | 95% half-width | released |"), "|" + "---|" * 14]

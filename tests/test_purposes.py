@@ -31,7 +31,8 @@ def test_core_purposes_need_no_grant_and_the_rest_do():
 
 
 def test_sensitive_reads_and_dnd():
-    assert {n for n, p in CATALOGUE.items() if p.needs_sensitive_consent} == {"service_provision", "location"}
+    assert {n for n, p in CATALOGUE.items() if p.needs_sensitive_consent} == {
+        "service_provision", "location", "cross_border_transfer"}
     assert {n for n, p in CATALOGUE.items() if p.suppressed_by_dnd} == {"marketing_messages"}
     classes = {c.value for c in PrivacyClass}
     assert all(p.reads <= classes and p.reads for p in CATALOGUE.values())
