@@ -87,12 +87,15 @@ def _selected_codes(frame: pd.DataFrame, plan: QueryPlan) -> tuple[np.ndarray, l
     if plan.bins is not None:
         parts.append(_bin_codes(frame, plan))
         uniques.append(list(plan.bin_labels))
+    if len(parts) == 1:
+        return parts[0], [(value,) for value in uniques[0]]
     missing = np.zeros(len(frame), dtype=bool)
     combined = np.zeros(len(frame), dtype=np.int64)
     for codes, values in zip(parts, uniques):
         missing |= codes < 0
         combined = combined * max(len(values), 1) + np.maximum(codes, 0)
-    present, codes = np.unique(combined[~missing], return_inverse=True)
+    # rows: one int64 per row naming its combination of values, in the order of the values
+    codes, present = pd.factorize(combined[~missing], sort=True)
     group = np.full(len(frame), -1, dtype=np.int64)
     group[~missing] = codes
     labels = []
