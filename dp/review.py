@@ -9,7 +9,9 @@ The review also prints the head hash of every ledger chain (``profiling.ledger_c
 auditor who keeps the heads of one review can check that a later review's chains extend them
 (rows counts grow, ``portrait ledger verify`` passes) and that nobody rebuilt a chain. It names
 the ranking the non-personalized recommendation lists used (from the recommendations' Parquet
-metadata in the ledger's workspace), when they were written.
+metadata in the ledger's workspace), when they were written, and every continual schedule
+(``dp.continual``): its horizon, the epsilon charged once for it, the days released and the 95%
+half-width of the last day's and the worst day's counts.
 
 Flags: a broken chain; a budget raised (or its measure changed, or its per-release cap raised
 or removed); a release whose cost is above its budget's per-release cap; a release charged but
@@ -69,6 +71,28 @@ def _ranking(ledger: BudgetLedger, release_ids: set[str]) -> tuple[dict, dict | 
                    "release_id": None, "detail": f"{folder}: ranked by {value}"}
 
 
+def _schedules(ledger: BudgetLedger, charges: list[dict]) -> list[dict]:
+    """Each continual schedule: its horizon, the one charge, the days released and each day's error bound."""
+    from dp.continual import ContinualCounter
+
+    cost = {c["release_id"]: c for c in charges}
+    entries = []
+    for record in ledger.schedules():
+        counter = ContinualCounter(ledger, record)
+        days = counter.released_days()
+        charge = cost.get(record["schedule_id"], {})
+        last = days[-1]["day"] if days else None
+        entries.append({
+            **{k: record[k] for k in ("schedule_id", "name", "dataset", "period", "purpose", "query", "start",
+                                      "horizon_days", "arity", "levels", "max_keys_per_person", "max_count_per_key",
+                                      "mechanism", "noise_scale", "created_by", "created_at")},
+            "keys": len(record["keys"]), "charged_once": {n: charge.get(n) for n in ("epsilon", "delta", "rho")},
+            "days_released": len(days), "last_day": last, "days": days,
+            "half_width_95_last_day": None if last is None else counter.half_width(last),
+            "worst_day": counter.worst_day(), "half_width_95_worst_day": counter.half_width(counter.worst_day())})
+    return entries
+
+
 def build_review(ledger: BudgetLedger) -> dict:
     """Budgets, spend, releases, budget changes, chain heads and flags as one JSON-ready dict."""
     chains = _chains(ledger)
@@ -88,6 +112,8 @@ def build_review(ledger: BudgetLedger) -> dict:
             flags.append({"kind": "budget raised", "dataset": change["dataset"], "period": change["period"],
                           "release_id": None, "detail": change["describe"]})
     registry = {d.name: d for d in ledger.datasets()}
+    schedules = _schedules(ledger, charges)
+    scheduled = {entry["schedule_id"] for entry in schedules}   # charged once, released day by day
     features = set(enabled_features())
     for row in charges:
         features.update(f for f in row["features"].split(",") if f)
@@ -109,7 +135,7 @@ def build_review(ledger: BudgetLedger) -> dict:
                 flags.append({"kind": "over per-release cap", "dataset": budget.dataset, "period": budget.period,
                               "release_id": release["release_id"],
                               "detail": f"{name} {cost[name]:.6g} > cap {cap:.6g} ({release['query']})"})
-            if release["released_at"] is None:
+            if release["released_at"] is None and release["release_id"] not in scheduled:
                 flags.append({"kind": "charged, not released", "dataset": budget.dataset, "period": budget.period,
                               "release_id": release["release_id"],
                               "detail": "budget spent but no value handed out (a failure after the charge)"})
@@ -135,6 +161,7 @@ def build_review(ledger: BudgetLedger) -> dict:
             "chains": [{"table": c.table, "rows": c.rows, "head": c.head, "ok": c.ok, "broken_at": c.broken_at,
                         "problem": c.problem, "migrated_rows": c.migrated_rows} for c in chains],
             "non_personalized_ranking": ranking, "budget_changes": changes, "datasets": datasets, "flags": flags,
+            "schedules": schedules,
             "transfers": transfer_summary(ledger.path)}
 
 
@@ -262,6 +289,18 @@ def _markdown(review: dict) -> str:
               f"{t['persons']} | {t['refusals']} | {t['last']} |" for t in review["transfers"]]
     if not review["transfers"]:
         lines.append("| none |" + " |" * 7)
+    lines += ["", "## Continual schedules", "", "Each schedule's whole horizon is charged once, when it is "
+              "created; its daily releases charge nothing (tree aggregation, `dp.continual`).", "",
+              "| schedule | dataset | start | horizon (days) | tree | charged once | days released | last day | "
+              "95% half-width, last day | worst day (95% half-width) |", "|" + "---|" * 10]
+    for c in review["schedules"]:
+        once = ", ".join(f"{n} {_fmt(v)}" for n, v in c["charged_once"].items() if v)
+        lines.append(f"| {c['name']} `{c['schedule_id']}` | {c['dataset']} | {c['start']} | {c['horizon_days']} | "
+                     f"arity {c['arity']}, {c['levels']} levels, {c['mechanism']} scale {_fmt(c['noise_scale'])} | "
+                     f"{once or '-'} | {c['days_released']} | {_fmt(c['last_day'])} | "
+                     f"{_fmt(c['half_width_95_last_day'])} | {c['worst_day']} ({_fmt(c['half_width_95_worst_day'])}) |")
+    if not review["schedules"]:
+        lines.append("| none |" + " |" * 9)
     lines += ["", "## Releases", "",
               ("| charged at | dataset | analyst | purpose | query | aggregate | mechanism | sensitivity | noise scale | "
               "epsilon | delta | rho | 95% half-width | released |"), "|" + "---|" * 14]

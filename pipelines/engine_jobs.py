@@ -25,7 +25,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from dp._bounding import GroupCodes, bound_contributions, encode_persons
@@ -34,7 +33,15 @@ from dp._parameters import check_positive_int
 from dp.budget import DEFAULT_PERIOD, BudgetLedger
 from dp.plan import BoundedTotals, QueryPlan
 from pipelines.engines._protocol import Broadcast, Engine, Frame, Kernel
-from pipelines.popularity import DATASET, EPSILON, ITEMS_PER_PERSON, POPULARITY_SCHEMA
+from pipelines.popularity import (
+    DATASET,
+    EPSILON,
+    ITEMS_PER_PERSON,
+    PURCHASE_ORDER,
+    popularity_schedule,
+    release_scheduled_popularity,
+    write_popularity,
+)
 from pipelines.workspace import Workspace
 from profiling.scoring import TOP_K_SCHEMA, ItemEligibility, top_k_batches
 
@@ -156,7 +163,9 @@ def release_item_buyers(engine: Engine, workspace: Workspace, persons: pa.Array,
     per person, each person counting once per item for at most ``ITEMS_PER_PERSON`` items), written to
     ``WS/outputs/popularity/``. A person's items are taken in purchase order (placed_at, order_id,
     place in the order), whatever order the orders are stored in. The summary says why nothing
-    was released when the budget refuses.
+    was released when the budget refuses. With a continual schedule (``popularity_schedule``) the
+    day's cumulative buyers are released through it instead, charging nothing
+    (``pipelines.popularity.release_scheduled_popularity``).
     """
     if isinstance(persons, pa.ChunkedArray):
         persons = persons.combine_chunks()
@@ -167,22 +176,18 @@ def release_item_buyers(engine: Engine, workspace: Workspace, persons: pa.Array,
     # rows: (person_id, order_id, placed_at, items), partitioned by person
     bought = engine.map(orders, purchases_kernel(persons=engine.broadcast(persons), before=as_of))
     # rows: (person_id, item_id, placed_at, order_id, position), one per item bought, still by person
+    schedule = popularity_schedule(workspace)
+    if schedule is not None:
+        return release_scheduled_popularity(engine, workspace, bought, schedule, keys, as_of)
     try:
         frame = release_group_counts(engine, bought, group="item_id", keys=keys, ledger=BudgetLedger(workspace.ledger),
                                      dataset=DATASET, purpose="product_improvement", analyst=analyst, epsilon=epsilon,
                                      max_partitions=ITEMS_PER_PERSON, max_rows_per_partition=1,
-                                     order_by=("placed_at", "order_id", "position"))
+                                     order_by=PURCHASE_ORDER)
     except (BudgetNotSetError, BudgetExceededError) as refusal:
         return {"stage": "popularity", "table": "popularity", "rows": 0, "epsilon": 0.0,
                 "note": str(refusal).splitlines()[0]}
-    released = pa.table({"item_id": pa.array(frame["item_id"].astype(str), pa.string()),
-                         "buyers": pa.array(frame["count"], pa.float64()),
-                         "buyers_ci95": pa.array(frame["count_ci95"], pa.float64())}, schema=POPULARITY_SCHEMA)
-    with workspace.staging() as stage:
-        folder = stage / "popularity"
-        folder.mkdir()
-        pq.write_table(released, folder / "part-0.parquet")
-        workspace.publish({workspace.outputs("popularity"): folder})
+    write_popularity(workspace, frame)
     left = BudgetLedger(workspace.ledger).remaining(DATASET)
     # public figures only: one row per catalogue item, the epsilon asked, the budget left (no count of persons)
     return {"stage": "popularity", "table": "popularity", "rows": len(keys), "epsilon": epsilon,

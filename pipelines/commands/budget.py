@@ -1,10 +1,13 @@
-"""``portrait budget ...``: set privacy budgets, show what is spent, write the privacy review."""
+"""``portrait budget ...``: set privacy budgets, schedule continual releases, show the spend, write the review."""
 
 from __future__ import annotations
 
 import argparse
 
+import pyarrow.dataset as ds
+
 from dp import BudgetLedger, build_review, write_review
+from dp.continual import ContinualCounter
 from dp.budget import DEFAULT_PERIOD
 from pipelines.commands._shared import (
     add_workspace_argument,
@@ -13,7 +16,9 @@ from pipelines.commands._shared import (
     format_table,
     outside_workspace,
 )
+from pipelines.popularity import DATASET, ITEMS_PER_PERSON, PURPOSE, SCHEDULE
 from pipelines.workspace import Workspace
+from profiling.errors import WorkspaceError
 
 __all__ = ["register"]
 
@@ -48,8 +53,30 @@ def _show(args: argparse.Namespace) -> None:
              **{f"{n} left": _show_value(d["remaining"][n]) for n in ("epsilon", "delta", "rho")},
              "releases": len(d["releases"])} for d in review["datasets"]]
     print(format_table(rows))
+    if review["schedules"]:
+        print("\ncontinual schedules")
+        print(format_table([{k: s[k] for k in ("name", "dataset", "schedule_id", "start", "horizon_days",
+                                                "days_released", "last_day")} for s in review["schedules"]]))
     for flag in review["flags"]:
         print(f"flag: {flag['kind']}: {flag['detail']}")
+
+
+def _schedule(args: argparse.Namespace) -> None:
+    workspace = existing_workspace(args.workspace)
+    catalogue = workspace.pseudonymized("catalogue")
+    if not catalogue.is_dir():
+        raise WorkspaceError(f"workspace {workspace.root} has no analytics-zone catalogue yet: the schedule's keys are "
+                             f"its item ids; run `portrait run --workspace {workspace.root} ...` first")
+    keys = ds.dataset(workspace.verified(catalogue), format="parquet").to_table(columns=["item_id"])
+    counter = ContinualCounter.create(
+        BudgetLedger(workspace.ledger), name=SCHEDULE, dataset=DATASET, purpose=PURPOSE, by="item_id",
+        keys=keys.column("item_id").to_pylist(), start=args.start, horizon_days=args.days, epsilon=args.epsilon,
+        rho=args.rho, max_keys_per_person=ITEMS_PER_PERSON, analyst=args.set_by, period=args.period)
+    charge = counter.record
+    print(f"schedule {charge['name']!r} ({counter.schedule_id}) of {charge['dataset']!r}: {charge['horizon_days']} daily "
+          f"releases from {charge['start']}, charged once; tree arity {counter.shape.arity}, "
+          f"{counter.shape.levels} levels, worst-day 95% half-width "
+          f"{counter.half_width(counter.worst_day()):.4g} buyers (day {counter.worst_day()})")
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -80,6 +107,18 @@ def register(commands: argparse._SubParsersAction) -> None:
     show = actions.add_parser("show", help="budget, spent and remaining per dataset and period, and the flags")
     add_workspace_argument(show)
     show.set_defaults(handler=_show)
+
+    schedule = actions.add_parser("schedule", help="charge a horizon of daily popularity releases once "
+                                  "(a continual counter: the daily job then releases through it, charging nothing)")
+    add_workspace_argument(schedule)
+    schedule.add_argument("--start", required=True, help="ISO 8601 moment day 1 begins, with its offset, e.g. "
+                          "2026-11-01T00:00:00Z; day d is released by the first run at or after start + d days")
+    schedule.add_argument("--days", type=int, default=365, help="horizon in days (default 365)")
+    schedule.add_argument("--epsilon", type=float, help="epsilon of the whole horizon (an epsilon budget)")
+    schedule.add_argument("--rho", type=float, help="rho of the whole horizon instead (a rho budget)")
+    schedule.add_argument("--period", default=DEFAULT_PERIOD, help=f"budget period charged (default {DEFAULT_PERIOD})")
+    schedule.add_argument("--set-by", help="who schedules it (default: the login name)")
+    schedule.set_defaults(handler=_schedule)
 
     report = actions.add_parser("report", help="write the privacy review (Markdown, HTML, JSON, PNG plot)")
     add_workspace_argument(report)
