@@ -245,7 +245,7 @@ def test_a_job_interrupted_midway_keeps_the_previous_outputs_and_can_be_rerun(jo
         yield from ()
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("pipelines.portraits.PortraitBuilder.tables", killed)
+    monkeypatch.setattr("profiling.portrait.PortraitBuilder.tables", killed)
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(workspace, key_file, AS_OF + dt.timedelta(days=3), progress=False)
     assert ds.dataset(workspace.outputs("portraits")).to_table().equals(before)
