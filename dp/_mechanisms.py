@@ -37,6 +37,7 @@ __all__ = [
 PURE, APPROXIMATE, ZCDP = "pure", "approximate", "zCDP"
 CONFIDENCE = 0.95
 _ALPHA = 1.0 - CONFIDENCE
+_INSIDE = 1e-8
 _FEATURES: set[str] = set()
 
 
@@ -278,7 +279,8 @@ def scale_for_half_width(plan: NoisePlan, target: float, alpha: float) -> float:
     Inverts OpenDP's accuracy formulas (``accuracy_to_discrete_laplacian_scale``,
     ``accuracy_to_discrete_gaussian_scale``; for quantiles ``h = b * ln(1 / x)``), then checks the
     result with the forward formula and bisects where the inverse is not exact (the discrete
-    Gaussian's accuracy moves in whole steps).
+    Gaussian's accuracy moves in whole steps). The scale returned is ``1e-8`` (relative) below
+    that largest one, so a release calibrated to its cost meets ``target`` even at a step's edge.
     """
     if plan.mechanism == "discrete Gaussian":
         start = dp.accuracy_to_discrete_gaussian_scale(target, alpha)
@@ -299,4 +301,5 @@ def scale_for_half_width(plan: NoisePlan, target: float, alpha: float) -> float:
             low = middle
         else:
             high = middle
-    return low
+    # 1e-8 inside: the release calibrates its scale to within 1e-9 above the one its cost allows
+    return low * (1.0 - _INSIDE)

@@ -521,12 +521,13 @@ class QueryPlan:
                           plan.rho or 0.0, plan.half_width * unit)
 
     def compile(self, *, ledger: BudgetLedger, dataset: str, purpose: str, analyst: str | None = None,
-                period: str = DEFAULT_PERIOD) -> CompiledRelease:
+                period: str = DEFAULT_PERIOD, check_fits: bool = True) -> CompiledRelease:
         """Validate against ``dataset``'s budget and plan every measurement; charges nothing.
 
-        Raises ``BudgetNotSetError`` when the dataset has no budget for ``period``, and
-        ``BudgetExceededError`` when what is left already does not cover the release (so no
-        totals are computed in vain; ``release`` checks again atomically when it charges).
+        Raises ``BudgetNotSetError`` when the dataset has no budget for ``period``, and (unless
+        ``check_fits`` is False, for a plan only explained) ``BudgetExceededError`` when what is
+        left already does not cover the release (so no totals are computed in vain; ``release``
+        checks again atomically when it charges).
         """
         registered = ledger.dataset(dataset)
         if registered.privacy_unit != self.privacy_unit:
@@ -536,8 +537,9 @@ class QueryPlan:
         self.validate(budget.measure)
         measurements = tuple(self._measurements(budget.measure))
         lines = tuple(self._line(m) for m in measurements)
-        asked = {name: math.fsum(getattr(line, name) for line in lines) for name in ("epsilon", "delta", "rho")}
-        _check_fits(budget, ledger.spent(dataset, period), asked)
+        if check_fits:
+            asked = {name: math.fsum(getattr(line, name) for line in lines) for name in ("epsilon", "delta", "rho")}
+            _check_fits(budget, ledger.spent(dataset, period), asked)
         return CompiledRelease(self, measurements, lines, ledger=ledger, dataset=dataset, period=period,
                                purpose=purpose, analyst=analyst or getpass.getuser())
 
@@ -549,7 +551,8 @@ class QueryPlan:
         half-width (in the aggregate's units; rows for counts, ranks for quantiles). The query's
         own epsilon is ignored; its delta, mechanism, bounds and groups are used. Exact for the
         mechanism: OpenDP's accuracy formula is inverted to the largest noise scale that meets
-        the half-width, and OpenDP's privacy map at that scale gives the cost. Never below the
+        the half-width, and OpenDP's privacy map at that scale gives the cost (to a relative 1e-8,
+        on the side that meets the half-width). Never below the
         smallest a release may cost (``MIN_RELEASE_EPSILON``). Charges nothing.
         """
         where = "epsilon_for"

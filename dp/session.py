@@ -57,8 +57,9 @@ class Query(QueryPlan):
         return super().compile(**(target or self.session._target()))
 
     def explain(self) -> pd.DataFrame:
-        """Mechanism, sensitivity, noise scale, cost and 95% half-width of each measurement; charges nothing."""
-        return self.compile().explain()
+        """Mechanism, sensitivity, noise scale, cost and 95% half-width of each measurement; charges nothing
+        (and answers whether or not the budget left covers the release)."""
+        return self.compile(**self.session._target(), check_fits=False).explain()
 
     def release(self) -> pd.DataFrame:
         """Compile, total the bounded rows, charge the ledger, then noise and return the values.
