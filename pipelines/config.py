@@ -51,6 +51,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from profiling.checks import check_int
 from profiling.errors import PortraitError
 
 __all__ = ["CANCELLATION_GRACE_DAYS", "ConfigError", "ENGINES", "JobConfig", "OPTIONAL_PURPOSES", "load_config"]
@@ -93,15 +94,11 @@ class JobConfig:
             raise ConfigError(f"purposes {where} must include {_REQUIRED_PURPOSE!r}: portraits and "
                               "recommendations are what the job is for")
         for name, lowest in (("k", 1), ("rows_per_partition", 1000), ("cancellation_grace_days", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
-                raise ConfigError(f"{name} {where} must be a whole number of at least {lowest}, got {value!r}")
+            check_int(getattr(self, name), name, minimum=lowest, where=where, error=ConfigError)
         if not isinstance(self.spark_master, str) or not self.spark_master:
             raise ConfigError(f"spark master {where} must be a master URL such as 'local[2]', got {self.spark_master!r}")
-        partitions = self.spark_partitions
-        if partitions is not None and (isinstance(partitions, bool) or not isinstance(partitions, int)
-                                       or partitions < 1):
-            raise ConfigError(f"spark partitions {where} must be a whole number of at least 1, got {partitions!r}")
+        if self.spark_partitions is not None:
+            check_int(self.spark_partitions, "spark partitions", where=where, error=ConfigError)
         if not isinstance(self.spark_config, Mapping) or not all(
                 isinstance(k, str) and isinstance(v, str | int | float | bool) for k, v in self.spark_config.items()):
             raise ConfigError(f"[spark.config] {where} must map Spark setting names to values, "

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import math
-from numbers import Integral
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +42,7 @@ from tqdm.auto import tqdm
 from pipelines.engines import Engine, Kernel, LocalEngine
 from pipelines.engine_jobs import score_top_k
 from pipelines.workspace import Workspace
+from profiling.checks import check_int
 from profiling.errors import WorkspaceError
 from profiling.factors import ImplicitALS, recency_weighted_counts
 from profiling.scoring import eligibility_by_province
@@ -179,8 +179,7 @@ def write_recommendations(workspace: Workspace, eligible: pd.DataFrame, *, as_of
     """
     if as_of.tzinfo is None:
         raise ValueError(f"as_of {as_of} has no time zone; pass an aware datetime in UTC")
-    if isinstance(k, bool) or not isinstance(k, Integral) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+    k = check_int(k, "k")
     eligible = _check_eligible(eligible)
     as_of_scalar = pa.scalar(as_of.astimezone(dt.timezone.utc), type=pa.timestamp("us", tz="UTC"))
 

@@ -20,6 +20,7 @@ import pyarrow as pa
 from numba import njit
 
 from pipelines.engines._protocol import Kernel, PartitioningError
+from profiling.checks import check_int
 from profiling.errors import InternalError
 
 __all__ = ["call_kernel", "check_by_person", "partition_of"]
@@ -121,8 +122,7 @@ def partition_of(keys: pa.Array | pa.ChunkedArray, partitions: int) -> np.ndarra
     >>> partition_of(pa.array(["5f2b9c0e8a7d4e3f9b1c2d3e4f5a6b7c", None]), 4).tolist()
     [3, 2]
     """
-    if isinstance(partitions, bool) or not isinstance(partitions, int | np.integer) or partitions < 1:
-        raise ValueError(f"partitions must be a positive integer, got {partitions!r}")
+    partitions = check_int(partitions, "partitions")
     if isinstance(keys, pa.ChunkedArray):
         keys = keys.combine_chunks() if keys.num_chunks != 1 else keys.chunk(0)
     if not isinstance(keys, pa.Array):

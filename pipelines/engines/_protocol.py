@@ -23,6 +23,7 @@ from typing import Any, Generic, TypeVar
 
 import pyarrow as pa
 
+from profiling.checks import check_int
 from profiling.errors import PortraitError, SchemaError
 
 __all__ = ["Broadcast", "Engine", "Frame", "Kernel", "PartitioningError", "check_partitions",
@@ -188,9 +189,7 @@ class Engine(abc.ABC):
 
 def check_partitions(partitions: object) -> int:
     """A positive number of partitions, or ``ValueError``."""
-    if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
-        raise ValueError(f"partitions must be a positive integer, got {partitions!r}")
-    return partitions
+    return check_int(partitions, "partitions")
 
 
 def wanted_columns(names: Sequence[str], columns: Sequence[str], key: str | None, where: object) -> list[str]:

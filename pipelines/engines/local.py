@@ -36,6 +36,7 @@ from pipelines.engines._protocol import (
     wanted_columns,
 )
 from pipelines.workspace import Workspace
+from profiling.checks import check_int
 
 __all__ = ["LocalEngine", "ROWS_PER_PARTITION"]
 
@@ -70,11 +71,9 @@ class LocalEngine(Engine):
 
     def __init__(self, *, workspace: Workspace | str | os.PathLike | None = None, batch_rows: int = 131_072,
                  progress: bool = False) -> None:
-        if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
-            raise ValueError(f"batch_rows must be a positive integer, got {batch_rows!r}")
         self.workspace = None if workspace is None else (
             workspace if isinstance(workspace, Workspace) else Workspace(workspace))
-        self.batch_rows = batch_rows
+        self.batch_rows = check_int(batch_rows, "batch_rows")
         self.progress = progress
         self._scratch: Path | None = None
         self._exit = contextlib.ExitStack()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from numbers import Integral, Real
+from numbers import Real
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +13,8 @@ from numba import njit
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
+
+from profiling.checks import check_int
 
 __all__ = ["ImplicitALS"]
 
@@ -138,12 +140,6 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def _non_negative(name: str, value: object, *, positive: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, Real) or not np.isfinite(value) or value < 0 \
             or (positive and value == 0):
@@ -193,9 +189,9 @@ class ImplicitALS(BaseEstimator):
 
     def fit(self, feedback: object, y: object = None) -> ImplicitALS:
         """Learn factors from ``feedback``, a scipy.sparse persons x items matrix of non-negative weights."""
-        factors = _positive_int("factors", self.factors)
-        iterations = _positive_int("iterations", self.iterations)
-        cg_steps = _positive_int("cg_steps", self.cg_steps)
+        factors = check_int(self.factors, "factors")
+        iterations = check_int(self.iterations, "iterations")
+        cg_steps = check_int(self.cg_steps, "cg_steps")
         regularization = _non_negative("regularization", self.regularization)
         alpha = _non_negative("alpha", self.alpha, positive=True)
         if not sp.issparse(feedback):
@@ -208,7 +204,7 @@ class ImplicitALS(BaseEstimator):
         # the item side solves rows of the transpose: both layouts are built once per fit
         by_item = sp.csr_array(by_person.T)
         by_item.sort_indices()
-        threads = _positive_int("threads", self.threads) if self.threads is not None else _cores()
+        threads = check_int(self.threads, "threads") if self.threads is not None else _cores()
         rng = np.random.default_rng(self.random_state)
         # small positive starting factors: every score starts positive and alike, which the first
         # sweeps then pull apart (faster to a low loss than signs drawn at random)

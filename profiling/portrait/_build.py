@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from profiling._string_hash import StringIndex
+from profiling.checks import check_int
 from profiling.portrait._dictionary import (
     DEVICE_TYPES,
     LOCAL_UTC_OFFSET_HOURS,
@@ -151,8 +152,7 @@ class PortraitBuilder:
         _require_columns(devices, DEVICES_COLUMNS, "devices")
         if as_of.tzinfo is None:
             raise ValueError("as_of must carry a time zone (UTC), e.g. 2026-11-01T00:00:00+00:00")
-        if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
-            raise ValueError(f"partitions must be a positive integer, got {partitions!r}")
+        partitions = check_int(partitions, "partitions")
         if partitions > 1 and spill_dir is None:
             raise ValueError("partitions > 1 spill rows to disk: pass spill_dir")
         rates = dict(DEFAULT_CNY_PER_UNIT if cny_per_unit is None else cny_per_unit)

@@ -6,13 +6,13 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from numbers import Integral
 
 import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
+from profiling.checks import check_int
 from profiling.scoring._eligibility import ItemEligibility
 from profiling.scoring._kernel import _score_block, rounding_slack, underflow_slack
 
@@ -89,10 +89,7 @@ def _bought_csr(bought: object, persons: int, items: int) -> tuple[np.ndarray, n
 
 
 def _validate_k(k: object) -> int:
-    if isinstance(k, bool) or not isinstance(k, Integral):
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    if k <= 0:
-        raise ValueError(f"k must be at least 1, got {k}")
+    k = check_int(k, "k")
     if k > np.iinfo(np.int16).max:
         raise ValueError(f"k must be at most {np.iinfo(np.int16).max}, got {k}")
     return int(k)
@@ -166,8 +163,7 @@ def top_k_batches(person_factors: object, item_factors: object, k: int, *, bough
                          f"both must come from the same model")
     for name, value in (("persons_per_batch", persons_per_batch), ("threads", threads),
                         ("persons_per_block", persons_per_block), ("items_per_tile", items_per_tile)):
-        if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_int(value, name)
     if persons and items:
         # |u·v| <= d · max|u| · max|v|, computed in float64 so the check itself cannot overflow.
         largest = dims * float(np.abs(person_factors).max()) * float(np.abs(item_factors).max())
