@@ -60,6 +60,11 @@ def test_a_release_prints_no_exact_count_of_persons(demo, capsys):
     (["--by", "amount", "--keys", "yes,no", "--count", "--epsilon", "1"], "holds numbers"),
     (["--sum", "amount:0:0.001", "--epsilon", "1"], "resolution"),
     (["--quantile", "amount:1.5:0:10", "--epsilon", "1"], "strictly between 0 and 1"),
+    (["--count", "--where", "amount >", "--epsilon", "1"], "does not parse"),
+    (["--count", "--where", "amount > amount.mean()", "--epsilon", "1"], "call of amount.mean is not allowed"),
+    (["--count", "--where", "price > 3", "--epsilon", "1"], "no column 'price'"),
+    (["--by", "currency,category", "--keys", "CNY", "--count", "--epsilon", "1"], "--keys lists the keys of one"),
+    (["--count", "--confidence", "1.5", "--epsilon", "1"], "strictly between 0 and 1"),
 ])
 def test_a_refused_release_is_one_line_and_charges_nothing(demo, capsys, argv, message):
     ws, _ = demo
@@ -69,6 +74,21 @@ def test_a_refused_release_is_one_line_and_charges_nothing(demo, capsys, argv, m
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("portrait: error:") and message in err[0], err
     assert _charges(ws) == before
+
+
+def test_where_several_group_columns_and_the_confidence_from_the_command_line(demo, capsys):
+    ws, _ = demo
+    before = len(_charges(ws))
+    capsys.readouterr()
+    assert run_cli(*_dp(demo, "--by", "payment_institution,currency", "--where", "amount >= 10", "--count",
+                        "--epsilon", "0.5", "--confidence", "0.9", "--max-partitions", "3")) == 0
+    out = capsys.readouterr().out
+    header = out.splitlines()[0]
+    assert "payment_institution" in header and "currency" in header and "count_ci90" in header, out
+    assert sum("alipay" in line for line in out.splitlines()) == 9          # 5 institutions x 9 currencies
+    charge = _charges(ws)[before]
+    assert "where amount >= 10" in charge["query"] and "by payment_institution, currency (45 public keys)" in \
+        charge["query"]
 
 
 # the notebook API: one case per check, each must refuse before the ledger is touched ----------------------

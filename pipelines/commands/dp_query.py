@@ -90,10 +90,20 @@ def _query(args: argparse.Namespace) -> None:
         filter=pc.field("person_id").isin(decision.person_ids(key)))
     session = PrivateSession(table, dataset=dataset, ledger=ledger,
                              analyst=args.analyst, purpose=args.purpose)
-    query = session.query(epsilon=args.epsilon, delta=args.delta)
+    query = session.query(epsilon=args.epsilon, delta=args.delta, confidence=args.confidence)
+    for expression in args.where or []:
+        query = query.where(expression)
     if args.by:
-        keys = _typed_keys(args.keys.split(","), table, args.by) if args.keys else _public_keys(args.table, args.by)
-        query = query.group_by(args.by, keys=keys)
+        by = [column.strip() for column in args.by.split(",")]
+        if args.keys and len(by) > 1:
+            raise ValueError(f"--keys lists the keys of one --by column, not of {len(by)}; drop --keys (the schema's "
+                             f"allowed values are crossed, or the groups are selected privately with --delta)")
+        if args.keys:
+            keys = _typed_keys(args.keys.split(","), table, by[0])
+        else:
+            allowed = {column: _public_keys(args.table, column) for column in by}
+            keys = None if None in allowed.values() else allowed
+        query = query.group_by(by, keys=keys)
     query = query.bound(max_partitions=args.max_partitions, max_rows_per_partition=args.max_rows)
     if args.count:
         query = query.count()
@@ -136,7 +146,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--epsilon", type=float, required=True, help="privacy parameter of the whole release")
     parser.add_argument("--delta", type=float, default=0.0, help="delta (needed for groups without --keys "
                         "on a column without public values)")
-    parser.add_argument("--by", help="group-by column")
+    parser.add_argument("--by", help="group-by column(s), comma-separated")
+    parser.add_argument("--where", action="append", metavar="EXPRESSION",
+                        help="keep only the rows where EXPRESSION holds, before bounding, e.g. \"amount >= 10\"")
+    parser.add_argument("--confidence", type=float, default=0.95,
+                        help="level of the released half-widths (default 0.95: columns *_ci95)")
     parser.add_argument("--keys", help="comma-separated public group keys (default: the schema's allowed values)")
     parser.add_argument("--max-partitions", type=int, default=1, help="groups a person may contribute to")
     parser.add_argument("--max-rows", type=int, default=1, help="rows a person may contribute to each group")
