@@ -553,14 +553,27 @@ class BudgetLedger:
                                       "WHERE schedule_id = ? ORDER BY day", (schedule_id,)).fetchall()
         return [dict(r) for r in rows]
 
-    def schedule_nodes(self, schedule_id: str) -> dict[tuple[int, int], str]:
-        """The noisy nodes a schedule has drawn, by (level, position): their stored encoding."""
+    def schedule_nodes(self, schedule_id: str, which: Sequence[tuple[int, int]] | None = None
+                       ) -> dict[tuple[int, int], str]:
+        """The noisy nodes a schedule has drawn (or those of ``which`` it has), by (level, position):
+        their stored encoding, each row checked against its chain hash."""
         with self._connect() as connection:
-            rows = connection.execute("SELECT id, level, position, noisy_sums FROM budget_schedule_nodes "
-                                      "WHERE schedule_id = ?", (schedule_id,)).fetchall()
+            if which is None:
+                rows = connection.execute("SELECT id, level, position, noisy_sums FROM budget_schedule_nodes "
+                                          "WHERE schedule_id = ?", (schedule_id,)).fetchall()
+            else:
+                rows = [row for level, position in which for row in connection.execute(
+                    "SELECT id, level, position, noisy_sums FROM budget_schedule_nodes WHERE schedule_id = ? AND "
+                    "level = ? AND position = ?", (schedule_id, level, position)).fetchall()]
             for row in rows:
                 require_row_intact(connection, "budget_schedule_nodes", row["id"])
         return {(r["level"], r["position"]): r["noisy_sums"] for r in rows}
+
+    def schedule_node_keys(self, schedule_id: str) -> set[tuple[int, int]]:
+        """The (level, position) of every node a schedule has drawn."""
+        with self._connect() as connection:
+            return {(r[0], r[1]) for r in connection.execute(
+                "SELECT level, position FROM budget_schedule_nodes WHERE schedule_id = ?", (schedule_id,))}
 
     def record_schedule_day(self, schedule_id: str, day: int, nodes: Sequence[tuple[int, int, str]]) -> str:
         """Store a day's newly drawn nodes and record the day as released, in one transaction; returns its id.
@@ -610,7 +623,7 @@ class ScheduleError(PrivacyParameterError):
 
 
 def _keys_digest(keys: Sequence) -> str:
-    """SHA-256 (hex) of a schedule's public keys in their order: a schedule refuses any other key list."""
+    """SHA-256 (hex) of a schedule's public keys in their order, recorded beside them (a fingerprint for auditors)."""
     return hashlib.sha256(json.dumps(list(keys), separators=(",", ":")).encode()).hexdigest()
 
 

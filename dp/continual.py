@@ -354,7 +354,7 @@ class ContinualCounter:
             raise InternalError(f"daily counts must be a (days >= {day}, {len(self.keys)}) matrix, got {exact.shape}")
         if exact.dtype.kind not in "iu" or (exact.size and exact.min() < 0):
             raise InternalError("daily counts must be non-negative integers")
-        stored = self.ledger.schedule_nodes(self.schedule_id)
+        stored = self.ledger.schedule_node_keys(self.schedule_id)
         due = [node for d in range(1, day + 1) for node in self.shape.completed(d) if node not in stored]
         plan = self._plan()
         drawn = []
@@ -363,8 +363,8 @@ class ContinualCounter:
             sums = exact[first - 1:last].sum(axis=0, dtype=np.int64)
             drawn.append((*node, _encode(mech.add_vector_noise(plan, sums))))
         release_id = self.ledger.record_schedule_day(self.schedule_id, day, drawn)
-        stored = self.ledger.schedule_nodes(self.schedule_id)
         nodes = self.shape.prefix_nodes(day)
+        stored = self.ledger.schedule_nodes(self.schedule_id, nodes)
         total = np.zeros(len(self.keys), dtype=np.int64)
         for node in nodes:
             total += _decode(stored[node], len(self.keys))

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dp import BudgetExceededError, BudgetLedger, PrivacyParameterError
-from dp.continual import ContinualCounter, ScheduleError, TreeShape, _decode
+from dp import BudgetExceededError, BudgetLedger, ContinualCounter, PrivacyParameterError, ScheduleError, TreeShape
+from dp.continual import _decode
 from pipelines.engines import LocalEngine
 from pipelines.popularity import daily_bounded_counts_kernel
 

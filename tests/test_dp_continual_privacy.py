@@ -31,8 +31,7 @@ import pytest
 from scipy.stats import beta
 
 import dp.continual
-from dp import BudgetLedger
-from dp.continual import ContinualCounter
+from dp import BudgetLedger, ContinualCounter
 from pipelines.engines import LocalEngine
 from pipelines.popularity import daily_bounded_counts_kernel
 
