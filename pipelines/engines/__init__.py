@@ -1,9 +1,11 @@
 """One job, two engines: partition kernels over data partitioned by person, run locally or on Spark.
 
 A job reads a Parquet dataset partitioned by the pseudonymous person id, maps pure partition
-kernels over it (contribution bounding, features, scoring), collects the small per-partition
-results and, for DP releases, adds noise once on the driver (``pipelines.engine_jobs``).
-Every per-person kernel checks that its partition really holds whole persons.
+kernels over it (contribution bounding, features, scoring), brings several inputs of one person
+or identity to one partition (``Engine.co_partition``), collects the small per-partition results
+and, for DP releases, adds noise once on the driver. Every per-person kernel checks that its
+partition really holds whole persons. This package is the protocol and its two engines only; the
+jobs are beside the other stages (``pipelines.engine_jobs``, ``pipelines.portraits``).
 
 >>> import pyarrow as pa
 >>> engine = get_engine("local")

@@ -74,7 +74,8 @@ class Frame:
     """Partitioned rows on an engine (lazy: nothing runs until ``collect`` or ``write``).
 
     ``key`` is the column the rows are hash-partitioned by (kept through a kernel whose output
-    has that column, None otherwise), ``partitions`` how many there are.
+    has that column; None when read with ``key=None`` or after a kernel that dropped it),
+    ``partitions`` how many there are.
     ``schema`` is the rows' Arrow schema; ``handle`` is the engine's own representation.
     """
 
