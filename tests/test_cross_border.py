@@ -17,13 +17,17 @@ from collections import Counter
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from portrait_cli import run_cli
 
 from pipelines.workspace import Workspace
 from profiling.consent import ConsentEvent, SqliteConsentStore
+from profiling.errors import PortraitError
 from profiling.keys import load_key_file
-from profiling.overseas import OVERSEAS_RECEIVERS
+from profiling.overseas import OVERSEAS_RECEIVERS, checked_transfer
 from profiling.pseudonyms import PERSON, pseudonymize
+from profiling.schema import TABLES
 
 ACCOUNTS, SEED = 600, 11
 PURPOSE = "cross_border_transfer"
@@ -261,6 +265,9 @@ def test_tampering_with_the_transfer_log_is_detected(site, capsys):
     assert run_cli("ledger", "verify", "--workspace", site / "ws") == 2
     captured = capsys.readouterr()
     assert "transfer_persons" in captured.out and "broken" in captured.err
+    # A log that no longer holds cannot record the next transfer, so nothing more leaves.
+    assert _export(site, site / "after", CARRIER) == 2
+    assert "append-only trigger(s)" in capsys.readouterr().err and not any((site / "after").glob("*.csv"))
 
 
 def test_the_privacy_review_has_a_transfers_section(site):
@@ -279,3 +286,13 @@ def test_the_privacy_review_has_a_transfers_section(site):
     markdown = (site / "review" / "review.md").read_text()
     section = markdown.split("## Cross-border transfers", 1)[1].split("\n## ", 1)[0]
     assert f"| {CARRIER} | HK | certification | 2 | {entry['rows']} | {entry['persons']} | 1 |" in section
+
+
+@given(st.lists(st.sampled_from(TABLES["waybills"].column_names), max_size=8))
+def test_a_field_list_passes_only_when_every_field_is_declared(fields):
+    declared = OVERSEAS_RECEIVERS[BROKER].fields
+    if fields and set(fields) <= set(declared):
+        assert checked_transfer(BROKER, fields=fields)[1] == tuple(dict.fromkeys(fields))
+    else:
+        with pytest.raises(PortraitError, match=f"overseas receiver '{BROKER}' may receive only .*nothing written"):
+            checked_transfer(BROKER, fields=fields)
