@@ -205,6 +205,10 @@ def test_unknown_recipient_names_the_known_ones(ingested, tmp_path):
     with pytest.raises(ValueError, match="unknown purpose 'payment'"):
         Recipient("x", "orders", ("order_id",), "test", "payment", ())
     assert RECIPIENTS["payment_institution"].fields == ("order_id", "amount")
+    # An overseas receiver never goes out through the mainland path (no separate consent, no transfer log there).
+    with pytest.raises(PortraitError, match="'hk_customs_broker' is an overseas receiver"):
+        export_for_recipient(ingested, "hk_customs_broker", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_command_line_refusals(ingested, tmp_path, capsys):
