@@ -113,3 +113,9 @@ def test_a_bad_schedule_is_one_error_line_and_charges_nothing(scheduled, capsys,
     error = capsys.readouterr().err.strip()
     assert error.startswith("portrait: error: ") and message in error and "\n" not in error
     assert BudgetLedger(workspace.ledger).spent("orders") == spent and len(BudgetLedger(workspace.ledger).schedules()) == 1
+
+
+def test_scheduling_at_a_mistyped_workspace_creates_nothing(tmp_path, capsys):
+    typo = tmp_path / "no-such-workspace"
+    assert run_cli("budget", "schedule", "--workspace", typo, "--start", "2026-12-01T00:00:00Z", "--epsilon", "1") == 2
+    assert "does not exist (check --workspace)" in capsys.readouterr().err and not typo.exists()
