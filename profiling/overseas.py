@@ -220,7 +220,7 @@ def transfer_to_overseas(workspace, name: str, out_dir: str | os.PathLike, key: 
     left_out = dict(decision.excluded)
     without_account = rows[_PERSON_COLUMN].null_count
     if without_account:
-        left_out["no_account"] = without_account  # waybills: nobody could consent to them
+        left_out["waybills_without_account"] = without_account  # nobody could consent to them
     entry = dict(transferred_at=now, operator=operator, receiver=name, country=receiver.country,
                  mechanism=receiver.mechanism, purpose=TRANSFER_PURPOSE, fields=chosen,
                  consent_audit_id=decision.audit_id)
