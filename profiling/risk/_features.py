@@ -103,16 +103,19 @@ def risk_features(orders: pa.Table | pd.DataFrame, waybills: pa.Table | pd.DataF
     grouped = scored.groupby(["person_id", "week"])
     features = pd.DataFrame({"orders": grouped.size(), "max_amount": grouped["amount"].max()})
     day = scored.assign(day=scored["t"] // (24 * _MICROS_PER_HOUR))
-    features["most_orders_in_a_day"] = day.groupby(["person_id", "week", "day"]).size().groupby(
-        level=["person_id", "week"]).max()
-    features["amount_ratio"] = _amount_ratio(orders, features, weeks)
     recent_waybills = waybills[waybills["week"] < weeks]
-    features["destinations"] = recent_waybills.groupby(["person_id", "week"])["destination_province"].nunique()
-    for name, rows, key in (("new_destinations", waybills, "destination_province"),
-                            ("new_devices", events, "device_id"), ("new_provinces", events, "coarse_province"),
-                            ("new_networks", events, "ip_prefix")):
-        features[name] = _new_per_week(rows, key, as_of_us)
-    features["hours_new_device_to_order"] = _hours_new_device_to_order(events, scored)
+    computed = {
+        "most_orders_in_a_day": day.groupby(["person_id", "week", "day"]).size().groupby(
+            level=["person_id", "week"]).max(),
+        "amount_ratio": _amount_ratio(orders, features),
+        "destinations": recent_waybills.groupby(["person_id", "week"])["destination_province"].nunique(),
+        **{name: _new_per_week(rows, key, as_of_us) for name, rows, key in (
+            ("new_destinations", waybills, "destination_province"), ("new_devices", events, "device_id"),
+            ("new_provinces", events, "coarse_province"), ("new_networks", events, "ip_prefix"))},
+        "hours_new_device_to_order": _hours_new_device_to_order(events, scored),
+    }
+    for name, values in computed.items():   # only the scored person-weeks, even when none is scored
+        features[name] = values.reindex(features.index) if len(values) else np.nan
     first_seen = pd.concat([orders.groupby("person_id")["t"].min(), waybills.groupby("person_id")["t"].min(),
                             events.groupby("person_id")["t"].min()], axis=1).min(axis=1)
     features = features.reset_index()
@@ -131,18 +134,18 @@ def risk_features(orders: pa.Table | pd.DataFrame, waybills: pa.Table | pd.DataF
     return features[["person_id", "week", "week_start", "week_end", *FEATURE_COLUMNS]]
 
 
-def _amount_ratio(orders: pd.DataFrame, features: pd.DataFrame, weeks: int) -> pd.Series:
+def _amount_ratio(orders: pd.DataFrame, features: pd.DataFrame) -> pd.Series:
     """The week's largest order over the median of the person's orders in earlier weeks."""
+    scored_weeks = features.index.get_level_values("week")
+    history = orders[orders["person_id"].isin(features.index.get_level_values("person_id").unique())]
     ratios = []
-    for week in range(weeks):
-        in_week = features.xs(week, level="week", drop_level=False) if week in features.index.get_level_values(
-            "week") else None
-        if in_week is None:
-            continue
-        earlier = orders[orders["week"] > week].groupby("person_id")["amount"].median()
-        median = earlier.reindex(in_week.index.get_level_values("person_id")).to_numpy()
+    for week in np.unique(scored_weeks):
+        in_week = features[scored_weeks == week]
+        persons = in_week.index.get_level_values("person_id")
+        earlier = history[(history["week"] > week) & history["person_id"].isin(persons)]
+        median = earlier.groupby("person_id")["amount"].median().reindex(persons).to_numpy()
         ratio = np.where(np.isnan(median), _NO_HISTORY_RATIO,
-                         in_week["max_amount"].to_numpy() / np.maximum(median, 1.0))
+                         in_week["max_amount"].to_numpy() / np.maximum(np.nan_to_num(median), 1.0))
         ratios.append(pd.Series(ratio, index=in_week.index))
     return pd.concat(ratios) if ratios else pd.Series(dtype=float)
 
