@@ -9,8 +9,9 @@ persons and linked devices) is made once and cached under ``--dir``. Each side r
 process, so its peak resident memory (``ru_maxrss``) is its own; timed end to end, from reading
 the Parquet files to the portraits written as Parquet:
 
-* ours: ``PortraitBuilder`` fed with ``dataset.to_batches()`` of the three tables, as
-  ``pipelines.portraits.write_portraits`` does (``--reader files``: ``ParquetFile.iter_batches``
+* ours: ``PortraitBuilder`` (the kernel ``pipelines.portraits.write_portraits`` runs on each
+  co-partitioned partition) fed with ``dataset.to_batches()`` of the three tables
+  (``--reader files``: ``ParquetFile.iter_batches``
   file by file, which reads no further ahead), the partitions written with a ``ParquetWriter``;
 * DuckDB: one ``COPY (SELECT ...) TO`` statement computing the same 71 columns with the data
   dictionary's semantics, default threads.

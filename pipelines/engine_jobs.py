@@ -43,6 +43,7 @@ from pipelines.popularity import (
     write_popularity,
 )
 from pipelines.workspace import Workspace
+from profiling.checks import check_int
 from profiling.scoring import TOP_K_SCHEMA, ItemEligibility, top_k_batches
 
 __all__ = ["BOUNDED_COUNTS_SCHEMA", "PURCHASES_SCHEMA", "bounded_counts_kernel", "purchases_kernel",
@@ -275,7 +276,7 @@ def score_top_k(engine: Engine, frame: Frame, *, item_ids: Sequence[str] | pa.Ar
                              f"got {allowed.dtype} of shape {allowed.shape}")
     if frame.key is None:
         raise ValueError("score_top_k needs a frame keyed by the person; read it with key=...")
-    threads = engine.kernel_threads if threads is None else check_positive_int(threads, "threads")
+    threads = engine.kernel_threads if threads is None else check_int(threads, "threads")
     kernel = top_k_kernel(person=frame.key, factors=factors, items=engine.broadcast((item_ids, item_factors, allowed)),
                           k=k, exclude=exclude, group=group, threads=threads)
     return engine.map(frame, kernel)
