@@ -235,8 +235,14 @@ class _Evaluator(ast.NodeVisitor):
 
     def __init__(self, frame: pd.DataFrame, kinds: Mapping[str, str]) -> None:
         self.frame, self.kinds, self.n = frame, kinds, len(frame)
+        self.read: dict[str, np.ndarray] = {}
 
     def column(self, name: str) -> np.ndarray:
+        if name not in self.read:
+            self.read[name] = self.convert(name)
+        return self.read[name]
+
+    def convert(self, name: str) -> np.ndarray:
         series, kind = self.frame[name], self.kinds[name]
         if kind == BOOL:
             if series.dtype == bool:
@@ -244,8 +250,8 @@ class _Evaluator(ast.NodeVisitor):
             return series.astype(object).fillna(False).to_numpy(dtype=bool)
         if kind == NUMERIC:
             return pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-        values = series.astype(object).to_numpy()
-        return np.array([None if _missing(v) else v for v in values], dtype=object)
+        values = series.astype(object)
+        return values.where(values.notna(), None).to_numpy(dtype=object)
 
     def constant(self, value: object) -> np.ndarray:
         if value is None:
@@ -297,16 +303,24 @@ class _Evaluator(ast.NodeVisitor):
             if isinstance(op, (ast.In, ast.NotIn)):
                 choices = {_literal(e) for e in right_node.elts}
                 if left.dtype == object:
-                    found = np.array([v in choices for v in left], dtype=bool)
+                    found = pd.Series(left, dtype=object).isin(list(choices)).to_numpy()
                 else:
                     found = np.isin(left, np.array(sorted(choices), dtype=left.dtype))
                 present = _present(left)
                 result &= present & (found if isinstance(op, ast.In) else ~found)
                 continue
-            right = self.visit(right_node)
+            right = self.operand(right_node)
             result &= _compare(type(op), left, right)
-            left = right
+            left = right if isinstance(right, np.ndarray) else self.visit(right_node)
         return result
+
+    def operand(self, node: ast.expr) -> np.ndarray | object:
+        """A literal as a scalar (compared without a column of copies), anything else evaluated."""
+        try:
+            value = _literal(node)
+        except LookupError:
+            return self.visit(node)
+        return float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else value
 
     def visit_Call(self, node: ast.Call) -> np.ndarray:
         name, args = node.func.id, node.args
@@ -324,25 +338,24 @@ class _Evaluator(ast.NodeVisitor):
         return filled
 
 
-def _missing(value: object) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)) or value is pd.NaT
-
-
 def _present(values: np.ndarray) -> np.ndarray:
     if values.dtype == np.float64:
         return ~np.isnan(values)
     if values.dtype == bool:
         return np.ones(len(values), dtype=bool)
-    return np.array([v is not None for v in values], dtype=bool)
+    return ~pd.isna(values)
 
 
-def _compare(op: type, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-    both = _present(left) & _present(right)
-    if left.dtype == object or right.dtype == object:
-        function = {ast.Eq: lambda a, b: a == b, ast.NotEq: lambda a, b: a != b, ast.Lt: lambda a, b: a < b,
-                    ast.LtE: lambda a, b: a <= b, ast.Gt: lambda a, b: a > b, ast.GtE: lambda a, b: a >= b}[op]
-        return np.array([bool(ok and function(a, b)) for ok, a, b in zip(both, left, right)], dtype=bool)
+def _compare(op: type, left: np.ndarray, right: np.ndarray | object) -> np.ndarray:
+    """``left op right`` row by row, False where either is missing; ``right`` may be a (present) scalar."""
+    scalar = not isinstance(right, np.ndarray)
+    both = _present(left) if scalar else _present(left) & _present(right)
     function = {ast.Eq: np.equal, ast.NotEq: np.not_equal, ast.Lt: np.less, ast.LtE: np.less_equal,
                 ast.Gt: np.greater, ast.GtE: np.greater_equal}[op]
+    if left.dtype == object or (not scalar and right.dtype == object):
+        # only where both are present: text ordering against None is undefined
+        result = np.zeros(len(both), dtype=bool)
+        result[both] = function(left[both], right if scalar else right[both]).astype(bool)
+        return result
     with np.errstate(invalid="ignore"):
         return both & function(left, right)
