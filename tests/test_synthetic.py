@@ -383,16 +383,16 @@ def test_the_command_line_writes_the_truth_and_refuses_an_overlap(tmp_path, caps
 # --- Refusals and atomicity ----------------------------------------------------------------------
 
 def test_refuses_zero_accounts(tmp_path):
-    with pytest.raises(ValueError, match="accounts must be between 1"):
+    with pytest.raises(ValueError, match="accounts must be a whole number between 1 and"):
         generate(tmp_path / "raw", accounts=0, seed=1, progress=False)
     assert not (tmp_path / "raw").exists()
 
 
 @pytest.mark.parametrize("bad, message", [
-    (dict(seed=-1), "seed must be between 0"),
+    (dict(seed=-1), "seed must be a whole number between 0 and"),
     (dict(accounts=True), "accounts must be a whole number"),
-    (dict(catalogue_items=0), "catalogue_items must be between 1"),
-    (dict(batch_accounts=0), "batch_accounts must be between 1"),
+    (dict(catalogue_items=0), "catalogue_items must be a whole number between 1 and"),
+    (dict(batch_accounts=0), "batch_accounts must be a whole number between 1 and"),
     (dict(until=dt.datetime(2026, 1, 1)), "timezone-aware"),
     (dict(until=dt.datetime(2017, 1, 1, tzinfo=dt.UTC)), "until must be on or after 2018-03-01"),
     (dict(accounts=200_000, batch_accounts=1), "raise batch_accounts"),

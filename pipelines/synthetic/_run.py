@@ -7,9 +7,8 @@ import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import numpy as np
-
 from pipelines.synthetic._times import _micros
+from profiling.checks import check_int
 
 _MAX_ACCOUNTS = 9_999_999_999     # account ids have ten digits
 _MAX_BATCHES = 99_999             # part-NNNNN and the batch digits of event ids
@@ -37,20 +36,12 @@ class _Run:
         return first, min(self.batch_accounts, self.accounts - first)
 
 
-def _whole_number(name: str, value: object, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be a whole number, got {value!r}")
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be between {low:,} and {high:,}, got {value:,}")
-    return int(value)
-
-
 def _checked_run(accounts: int, seed: int, catalogue_items: int, batch_accounts: int, until: datetime) -> _Run:
     """The run ``generate`` was asked for; ``ValueError`` names the first bad parameter."""
-    accounts = _whole_number("accounts", accounts, 1, _MAX_ACCOUNTS)
-    seed = _whole_number("seed", seed, 0, 2 ** 63 - 1)
-    catalogue_items = _whole_number("catalogue_items", catalogue_items, 1, _MAX_CATALOGUE_ITEMS)
-    batch_accounts = _whole_number("batch_accounts", batch_accounts, 1, _MAX_BATCH_ACCOUNTS)
+    accounts = check_int(accounts, "accounts", maximum=_MAX_ACCOUNTS)
+    seed = check_int(seed, "seed", minimum=0, maximum=2 ** 63 - 1)
+    catalogue_items = check_int(catalogue_items, "catalogue_items", maximum=_MAX_CATALOGUE_ITEMS)
+    batch_accounts = check_int(batch_accounts, "batch_accounts", maximum=_MAX_BATCH_ACCOUNTS)
     if not isinstance(until, datetime) or until.tzinfo is None:
         raise ValueError(f"until must be a timezone-aware datetime, got {until!r}")
     if until < _EARLIEST_UNTIL:
