@@ -41,13 +41,12 @@ def scheduled(tmp_path_factory):
     key_file = root / "keys" / "master.key"
     create_key_file(key_file)
     assert run_cli("budget", "schedule", "--workspace", workspace.root, "--start", "2026-10-01T00:00:00Z",
-                   "--epsilon", "0.8") == 2                     # no analytics zone yet: the keys are its catalogue
-    run_pipeline(workspace, key_file, START, progress=False, stages=["verify-ingested", "consent-ledger", "pseudonymize"])
+                   "--epsilon", "0.8") == 2                     # no budget set yet: nothing charged, nothing recorded
     assert run_cli("budget", "set", "--workspace", workspace.root, "--dataset", "orders", "--epsilon", "1") == 0
     assert run_cli("budget", "schedule", "--workspace", workspace.root, "--start", "2026-10-01T00:00:00Z",
-                   "--days", "5", "--epsilon", "0.8") == 0
+                   "--days", "5", "--epsilon", "0.8") == 0     # before any run: the keys are the ingested catalogue's
     assert run_cli("run", "--workspace", workspace.root, "--key-file", key_file, "--as-of",
-                   "2026-10-03T06:00:00Z") == 0                 # the whole job, on day 2's morning
+                   "2026-10-03T06:00:00Z") == 0                 # the first run, the whole job, on day 2's morning
     return workspace, key_file
 
 

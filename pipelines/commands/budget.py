@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+import pyarrow as pa
 import pyarrow.dataset as ds
 
 from dp import BudgetLedger, build_review, write_review
@@ -18,7 +19,6 @@ from pipelines.commands._shared import (
 )
 from pipelines.popularity import DATASET, ITEMS_PER_PERSON, PURPOSE, SCHEDULE
 from pipelines.workspace import Workspace
-from profiling.errors import WorkspaceError
 
 __all__ = ["register"]
 
@@ -63,11 +63,7 @@ def _show(args: argparse.Namespace) -> None:
 
 def _schedule(args: argparse.Namespace) -> None:
     workspace = existing_workspace(args.workspace)
-    catalogue = workspace.pseudonymized("catalogue")
-    if not catalogue.is_dir():
-        raise WorkspaceError(f"workspace {workspace.root} has no analytics-zone catalogue yet: the schedule's keys are "
-                             f"its item ids; run `portrait run --workspace {workspace.root} ...` first")
-    keys = ds.dataset(workspace.verified(catalogue), format="parquet").to_table(columns=["item_id"])
+    keys = _catalogue_items(workspace)
     counter = ContinualCounter.create(
         BudgetLedger(workspace.ledger), name=SCHEDULE, dataset=DATASET, purpose=PURPOSE, by="item_id",
         keys=keys.column("item_id").to_pylist(), start=args.start, horizon_days=args.days, epsilon=args.epsilon,
@@ -77,6 +73,15 @@ def _schedule(args: argparse.Namespace) -> None:
           f"releases from {charge['start']}, charged once; tree arity {counter.shape.arity}, "
           f"{counter.shape.levels} levels, worst-day 95% half-width "
           f"{counter.half_width(counter.worst_day()):.4g} buyers (day {counter.worst_day()})")
+
+
+def _catalogue_items(workspace: Workspace) -> pa.Table:
+    """The catalogue's item ids, the schedule's public keys: from the analytics zone, or before the first run
+    from the ingested catalogue (it holds no person's data, and the door passes its item ids unchanged)."""
+    published = workspace.pseudonymized("catalogue")
+    if published.is_dir():
+        return ds.dataset(workspace.verified(published), format="parquet").to_table(columns=["item_id"])
+    return workspace.read("catalogue", ["item_id"])
 
 
 def _report(args: argparse.Namespace) -> None:
