@@ -192,10 +192,10 @@ class QueryPlan:
     aggregates: tuple[Aggregate, ...] = ()
 
     @staticmethod
-    def checked_start(*, columns: Mapping[str, str], privacy_unit: str, source: str = "the data",
+    def _start_fields(*, columns: Mapping[str, str], privacy_unit: str, source: str = "the data",
                       epsilon: float | None = None, delta: float = 0.0, rho: float | None = None,
                       mechanism: str = "laplace", confidence: float = CONFIDENCE) -> dict:
-        """The checked fields of a new plan (``start``'s work, for subclasses that add fields)."""
+        """The checked fields of a new plan (``start``'s work; ``PrivateSession.query`` adds its session)."""
         where = f"a query on {source}"
         if isinstance(columns, pa.Schema):
             columns = {name: arrow_kind(columns.field(name).type) for name in columns.names}
@@ -218,7 +218,7 @@ class QueryPlan:
         """A plan costing ``epsilon`` (with ``delta`` for Gaussian noise or private group selection) or ``rho``;
         half-widths are given at ``confidence`` (0.95: columns ``<aggregate>_ci95``). ``columns`` maps each
         column to its kind, or is the data's Arrow schema; ``privacy_unit`` is one of them."""
-        return cls(**cls.checked_start(columns=columns, privacy_unit=privacy_unit, source=source, epsilon=epsilon,
+        return cls(**cls._start_fields(columns=columns, privacy_unit=privacy_unit, source=source, epsilon=epsilon,
                                        delta=delta, rho=rho, mechanism=mechanism, confidence=confidence))
 
     # checking ------------------------------------------------------------------------------------------

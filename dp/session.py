@@ -118,7 +118,7 @@ class PrivateSession:
               mechanism: str = "laplace", confidence: float = CONFIDENCE) -> Query:
         """Start a query costing ``epsilon`` (with ``delta`` for Gaussian noise or private group selection) or
         ``rho``; its half-widths are at ``confidence`` (columns ``<aggregate>_ci95`` at 0.95, ``_ci90`` at 0.9)."""
-        return Query(session=self, **QueryPlan.checked_start(
+        return Query(session=self, **QueryPlan._start_fields(
             columns=self.columns, privacy_unit=self.privacy_unit, source=f"dataset {self.dataset!r}",
             epsilon=epsilon, delta=delta, rho=rho, mechanism=mechanism, confidence=confidence))
 
