@@ -94,6 +94,8 @@ def write_portraits(workspace: Workspace, eligible: pa.Table, *, as_of, progress
     portrait kernel runs there. The portraits and their ``_data_dictionary.json`` are published
     together.
     """
+    if as_of.tzinfo is None:
+        raise ValueError(f"as_of {as_of} has no time zone; pass an aware datetime in UTC")
     identity_persons, identity_devices = read_identity(workspace)
     missing = pc.sum(pc.invert(pc.is_in(eligible.column("person_id"), identity_persons.column("person_id")))).as_py()
     if missing:

@@ -278,3 +278,13 @@ def test_row_order_does_not_change_a_single_bit(history, random):
     first = portraits(*_tables(persons, devices, orders, waybills, events), as_of=AS_OF)
     second = portraits(*_tables(persons, devices, *shuffled), as_of=AS_OF)
     assert first.equals(second)  # so every engine, whatever order it delivers rows in, writes the same portraits
+
+
+def test_the_portrait_stage_refuses_a_naive_as_of_before_reading(tmp_path):
+    from pipelines.portraits import write_portraits
+    from pipelines.workspace import Workspace
+
+    eligible = pa.table({"person_id": ["p"], "dnd": [False], "non_personalized": [False]})
+    with pytest.raises(ValueError, match=r"as_of 2026-11-01 00:00:00 has no time zone; pass an aware datetime in UTC"):
+        write_portraits(Workspace(tmp_path / "ws"), eligible, as_of=dt.datetime(2026, 11, 1))
+    assert not (tmp_path / "ws" / "outputs").exists()
