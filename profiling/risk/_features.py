@@ -33,6 +33,7 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 __all__ = ["FEATURE_COLUMNS", "WEEK", "risk_features"]
 
@@ -47,11 +48,28 @@ _MICROS_PER_WEEK = 7 * 86_400 * 1_000_000
 _MICROS_PER_HOUR = 3_600 * 1_000_000
 
 
-def _frame(table: pa.Table | pd.DataFrame, columns: list[str], time: str, as_of_us: int) -> pd.DataFrame:
-    frame = table.select(columns).to_pandas() if isinstance(table, pa.Table) else table[columns].copy()
-    frame = frame[frame["person_id"].notna()]
-    frame["t"] = pd.to_datetime(frame[time], utc=True).dt.as_unit("us").astype("int64")
-    return frame[frame["t"] < as_of_us]
+def _arrow(table: pa.Table | pd.DataFrame) -> pa.Table:
+    return table if isinstance(table, pa.Table) else pa.Table.from_pandas(table, preserve_index=False)
+
+
+def _codes(values: pa.ChunkedArray, value_set: pa.Array | None = None) -> np.ndarray:
+    """An integer per value (-1 for null; equal values, equal codes): grouping on these is fast."""
+    if value_set is None:
+        value_set = pc.unique(values)
+    codes = pc.index_in(values, value_set=value_set, skip_nulls=True).fill_null(-1)
+    return codes.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _frame(table: pa.Table, time: str, keys: list[str], persons: pa.Array, as_of_us: int) -> pd.DataFrame:
+    """``person`` (index into ``persons``), ``t`` (µs since the epoch) and the ``keys`` as codes (-1: null)
+    of the rows with a person before ``as_of_us``; ``amount`` too when the table has it."""
+    micros = pc.cast(pc.cast(table[time], pa.timestamp("us", tz="UTC")), pa.int64())
+    frame = pd.DataFrame({"person": _codes(table["person_id"], persons),
+                          "t": micros.to_numpy(zero_copy_only=False).astype(np.int64),
+                          **{key: _codes(table[key]) for key in keys}})
+    if "amount" in table.column_names:
+        frame["amount"] = table["amount"].to_numpy(zero_copy_only=False).astype(np.float64)
+    return frame[(frame["person"] >= 0) & (frame["t"] < as_of_us)].reset_index(drop=True)
 
 
 def _week_of(micros: pd.Series | np.ndarray, as_of_us: int) -> np.ndarray:
@@ -59,10 +77,10 @@ def _week_of(micros: pd.Series | np.ndarray, as_of_us: int) -> np.ndarray:
 
 
 def _new_per_week(rows: pd.DataFrame, key: str, as_of_us: int) -> pd.Series:
-    """``(person_id, week) -> count`` of values of ``key`` the person shows for the first time that week."""
-    first = rows.dropna(subset=[key]).groupby(["person_id", key], observed=True)["t"].min().reset_index()
+    """``(person, week) -> count`` of values of ``key`` the person shows for the first time that week."""
+    first = rows[rows[key] >= 0].groupby(["person", key])["t"].min().reset_index()
     first["week"] = _week_of(first["t"], as_of_us)
-    return first.groupby(["person_id", "week"]).size()
+    return first.groupby(["person", "week"]).size()
 
 
 def risk_features(orders: pa.Table | pd.DataFrame, waybills: pa.Table | pd.DataFrame,
@@ -92,23 +110,25 @@ def risk_features(orders: pa.Table | pd.DataFrame, waybills: pa.Table | pd.DataF
     if as_of.tzinfo is None:
         raise ValueError("as_of must be timezone-aware (UTC)")
     as_of_us = (as_of - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
-    orders = _frame(orders, ["person_id", "placed_at", "amount"], "placed_at", as_of_us)
-    waybills = _frame(waybills, ["person_id", "created_at", "destination_province"], "created_at", as_of_us)
-    events = _frame(device_events, ["person_id", "device_id", "event_at", "coarse_province", "ip_prefix"],
-                    "event_at", as_of_us)
+    tables = [_arrow(orders), _arrow(waybills), _arrow(device_events)]
+    chunks = [chunk for t in tables for chunk in t["person_id"].cast(pa.string()).chunks]
+    persons = pc.unique(pa.chunked_array(chunks, type=pa.string()).drop_null())  # person codes index this
+    orders = _frame(tables[0], "placed_at", [], persons, as_of_us)
+    waybills = _frame(tables[1], "created_at", ["destination_province"], persons, as_of_us)
+    events = _frame(tables[2], "event_at", ["device_id", "coarse_province", "ip_prefix"], persons, as_of_us)
     for frame in (orders, waybills, events):
         frame["week"] = _week_of(frame["t"], as_of_us)
-    # rows: (person_id, week) of the scored person-weeks
+    # rows: (person, week) of the scored person-weeks
     scored = orders[orders["week"] < weeks]
-    grouped = scored.groupby(["person_id", "week"])
+    grouped = scored.groupby(["person", "week"])
     features = pd.DataFrame({"orders": grouped.size(), "max_amount": grouped["amount"].max()})
     day = scored.assign(day=scored["t"] // (24 * _MICROS_PER_HOUR))
-    recent_waybills = waybills[waybills["week"] < weeks]
+    recent_waybills = waybills[(waybills["week"] < weeks) & (waybills["destination_province"] >= 0)]
     computed = {
-        "most_orders_in_a_day": day.groupby(["person_id", "week", "day"]).size().groupby(
-            level=["person_id", "week"]).max(),
+        "most_orders_in_a_day": day.groupby(["person", "week", "day"]).size().groupby(
+            level=["person", "week"]).max(),
         "amount_ratio": _amount_ratio(orders, features),
-        "destinations": recent_waybills.groupby(["person_id", "week"])["destination_province"].nunique(),
+        "destinations": recent_waybills.groupby(["person", "week"])["destination_province"].nunique(),
         **{name: _new_per_week(rows, key, as_of_us) for name, rows, key in (
             ("new_destinations", waybills, "destination_province"), ("new_devices", events, "device_id"),
             ("new_provinces", events, "coarse_province"), ("new_networks", events, "ip_prefix"))},
@@ -116,11 +136,11 @@ def risk_features(orders: pa.Table | pd.DataFrame, waybills: pa.Table | pd.DataF
     }
     for name, values in computed.items():   # only the scored person-weeks, even when none is scored
         features[name] = values.reindex(features.index) if len(values) else np.nan
-    first_seen = pd.concat([orders.groupby("person_id")["t"].min(), waybills.groupby("person_id")["t"].min(),
-                            events.groupby("person_id")["t"].min()], axis=1).min(axis=1)
+    first_seen = pd.concat([orders.groupby("person")["t"].min(), waybills.groupby("person")["t"].min(),
+                            events.groupby("person")["t"].min()], axis=1).min(axis=1)
     features = features.reset_index()
     week_end_us = as_of_us - features["week"].to_numpy() * _MICROS_PER_WEEK
-    features["history_days"] = (week_end_us - first_seen.reindex(features["person_id"]).to_numpy()) / (
+    features["history_days"] = (week_end_us - first_seen.reindex(features["person"]).to_numpy()) / (
         24 * _MICROS_PER_HOUR)
     defaults = {"destinations": 0, "new_destinations": 0, "new_devices": 0, "new_provinces": 0, "new_networks": 0,
                 "hours_new_device_to_order": _NEVER_HOURS}
@@ -130,6 +150,7 @@ def risk_features(orders: pa.Table | pd.DataFrame, waybills: pa.Table | pd.DataF
         features[name] = features[name].astype(np.int64)
     features["week_end"] = pd.to_datetime(week_end_us, unit="us", utc=True)
     features["week_start"] = features["week_end"] - pd.Timedelta(WEEK)
+    features["person_id"] = persons.take(pa.array(features["person"].to_numpy())).to_pandas()
     features = features.sort_values(["week", "person_id"], kind="stable").reset_index(drop=True)
     return features[["person_id", "week", "week_start", "week_end", *FEATURE_COLUMNS]]
 
@@ -137,13 +158,13 @@ def risk_features(orders: pa.Table | pd.DataFrame, waybills: pa.Table | pd.DataF
 def _amount_ratio(orders: pd.DataFrame, features: pd.DataFrame) -> pd.Series:
     """The week's largest order over the median of the person's orders in earlier weeks."""
     scored_weeks = features.index.get_level_values("week")
-    history = orders[orders["person_id"].isin(features.index.get_level_values("person_id").unique())]
+    history = orders[orders["person"].isin(features.index.get_level_values("person").unique())]
     ratios = []
     for week in np.unique(scored_weeks):
         in_week = features[scored_weeks == week]
-        persons = in_week.index.get_level_values("person_id")
-        earlier = history[(history["week"] > week) & history["person_id"].isin(persons)]
-        median = earlier.groupby("person_id")["amount"].median().reindex(persons).to_numpy()
+        persons = in_week.index.get_level_values("person")
+        earlier = history[(history["week"] > week) & history["person"].isin(persons)]
+        median = earlier.groupby("person")["amount"].median().reindex(persons).to_numpy()
         ratio = np.where(np.isnan(median), _NO_HISTORY_RATIO,
                          in_week["max_amount"].to_numpy() / np.maximum(np.nan_to_num(median), 1.0))
         ratios.append(pd.Series(ratio, index=in_week.index))
@@ -152,12 +173,12 @@ def _amount_ratio(orders: pd.DataFrame, features: pd.DataFrame) -> pd.Series:
 
 def _hours_new_device_to_order(events: pd.DataFrame, scored: pd.DataFrame) -> pd.Series:
     """Per scored person-week: hours from the latest first sign-in on a new device before an order to it."""
-    firsts = events.groupby(["person_id", "device_id"], observed=True)["t"].min().reset_index()
+    firsts = events.groupby(["person", "device_id"], observed=True)["t"].min().reset_index()
     firsts = firsts.rename(columns={"t": "device_t"}).sort_values("device_t")
-    placed = scored[["person_id", "week", "t"]].sort_values("t")
+    placed = scored[["person", "week", "t"]].sort_values("t")
     if placed.empty or firsts.empty:
         return pd.Series(dtype=float)
-    joined = pd.merge_asof(placed, firsts[["person_id", "device_t"]], left_on="t", right_on="device_t",
-                           by="person_id", direction="backward")
+    joined = pd.merge_asof(placed, firsts[["person", "device_t"]], left_on="t", right_on="device_t",
+                           by="person", direction="backward")
     joined["hours"] = (joined["t"] - joined["device_t"]) / _MICROS_PER_HOUR
-    return joined.dropna(subset=["hours"]).groupby(["person_id", "week"])["hours"].min().clip(upper=_NEVER_HOURS)
+    return joined.dropna(subset=["hours"]).groupby(["person", "week"])["hours"].min().clip(upper=_NEVER_HOURS)
