@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from dp._errors import PrivacyParameterError
 
-__all__ = ["MAX_KEYS", "KeySet"]
+__all__ = ["MAX_KEYS", "KeySet", "source_table"]
 
 MAX_KEYS = 1_000_000       # one noisy value is drawn per key
 
@@ -41,6 +41,14 @@ def _plain(value: object, column: str) -> object:
     return value
 
 
+def source_table(frame: object) -> str | None:
+    """The analytics-zone table an Arrow table was read from (named in its schema's metadata), if any."""
+    schema = getattr(frame, "schema", None)
+    if not isinstance(schema, pa.Schema):
+        return None
+    return (schema.metadata or {}).get(b"table", b"").decode() or None
+
+
 def _check_size(size: int) -> None:
     if size > MAX_KEYS:
         raise PrivacyParameterError(f"the key set has {size:,} keys, more than {MAX_KEYS:,}; group on fewer "
@@ -50,9 +58,9 @@ def _check_size(size: int) -> None:
 class KeySet:
     """Columns and their public key rows (distinct, in a fixed order); immutable."""
 
-    __slots__ = ("_columns", "_rows")
+    __slots__ = ("_columns", "_rows", "sources")
 
-    def __init__(self, columns: Sequence[str], rows: Sequence[tuple]) -> None:
+    def __init__(self, columns: Sequence[str], rows: Sequence[tuple], *, sources: frozenset[str] = frozenset()) -> None:
         columns = tuple(columns)
         if not columns or len(set(columns)) != len(columns) or not all(isinstance(c, str) for c in columns):
             raise PrivacyParameterError(f"a key set needs one or more distinct column names, got {list(columns)!r}")
@@ -65,6 +73,7 @@ class KeySet:
                                             f"{', '.join(columns)}")
             checked.append(tuple(_plain(v, c) for v, c in zip(row, columns)))
         self._columns = columns
+        self.sources = frozenset(sources)     # analytics-zone tables the keys were read from (checked at compile)
         self._rows = tuple(dict.fromkeys(checked))
         if not self._rows:
             raise PrivacyParameterError(f"the key set of {', '.join(columns)} is empty; pass the public list of "
@@ -107,7 +116,8 @@ class KeySet:
                                         f"{', '.join(map(str, table.columns))}")
         rows = table[columns].drop_duplicates()
         _check_size(len(rows))
-        return cls(columns, [tuple(row) for row in rows.itertuples(index=False, name=None)])
+        return cls(columns, [tuple(row) for row in rows.itertuples(index=False, name=None)],
+                   sources=frozenset(filter(None, [source_table(frame)])))
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -129,7 +139,8 @@ class KeySet:
             raise PrivacyParameterError(f"both key sets have column(s) {', '.join(sorted(shared))}; a cross product "
                                         f"needs different columns")
         _check_size(len(self) * len(other))
-        return KeySet((*self.columns, *other.columns), [a + b for a in self.rows for b in other.rows])
+        return KeySet((*self.columns, *other.columns), [a + b for a in self.rows for b in other.rows],
+                      sources=self.sources | other.sources)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, KeySet) and (self.columns, self.rows) == (other.columns, other.rows)

@@ -48,7 +48,7 @@ import pyarrow as pa
 from dp import _mechanisms as mech
 from dp._errors import PrivacyParameterError
 from dp._expressions import BOOL, NUMERIC, TEXT, Expression, parse_expression
-from dp._keysets import KeySet
+from dp._keysets import KeySet, source_table
 from dp._kinds import ColumnKinds, arrow_kind
 from dp._parameters import (
     MIN_RELEASE_EPSILON,
@@ -137,6 +137,7 @@ class PublicJoin:
     table: pd.DataFrame = field(compare=False, repr=False)
     on: tuple[str, ...]
     how: str                      # inner: rows without a match are dropped; left: kept with missing values
+    source: str | None = None     # the analytics-zone table it was read from, if its schema names one
 
     def describe(self) -> str:
         return f"{self.how} join with a public table on {', '.join(self.on)}"
@@ -305,7 +306,7 @@ class QueryPlan:
             raise PortraitError(f"join_public: column(s) {', '.join(map(str, clash))} exist on both sides; rename or "
                                 f"drop them in the public table")
         added = {str(c): public[c] for c in frame.columns if c not in keys}
-        return replace(self, steps=(*self.steps, PublicJoin(frame, keys, how)),
+        return replace(self, steps=(*self.steps, PublicJoin(frame, keys, how, source_table(table))),
                        columns=collections.ChainMap(added, self.columns))
 
     # building: groups, bounds, aggregates --------------------------------------------------------------
@@ -533,6 +534,7 @@ class QueryPlan:
         if registered.privacy_unit != self.privacy_unit:
             raise PrivacyParameterError(f"dataset {dataset!r} is registered with privacy unit "
                                         f"{registered.privacy_unit!r}, not {self.privacy_unit!r}")
+        self._check_public(ledger)
         budget = ledger.budget(dataset, period)
         self.validate(budget.measure)
         measurements = tuple(self._measurements(budget.measure))
@@ -542,6 +544,17 @@ class QueryPlan:
             _check_fits(budget, ledger.spent(dataset, period), asked)
         return CompiledRelease(self, measurements, lines, ledger=ledger, dataset=dataset, period=period,
                                purpose=purpose, analyst=analyst or getpass.getuser())
+
+    def _check_public(self, ledger: BudgetLedger) -> None:
+        """Keys and joined tables read from a table of persons' rows are not public: refused."""
+        private = {table: d.name for d in ledger.datasets() for table in d.tables}
+        sources = [s.source for s in self.steps if isinstance(s, PublicJoin)] + sorted(
+            self.keys.sources if self.keys is not None else ())
+        for source in sources:
+            if source in private:
+                raise PrivacyParameterError(
+                    f"table {source!r} holds persons' rows (dataset {private[source]!r}), so its values are not "
+                    f"public: keys and joins take public tables only (a catalogue, region codes)")
 
     def epsilon_for(self, half_width: float | Mapping[str, float], *, measure: str = mech.APPROXIMATE,
                     confidence: float | None = None) -> float:
@@ -716,7 +729,7 @@ def _key_set(by: tuple[str, ...], keys) -> KeySet:
         raise PrivacyParameterError(f"the keys are for column(s) {', '.join(key_set.columns)}, the groups for "
                                     f"{', '.join(by)}; give keys for exactly the group_by columns")
     order = [key_set.columns.index(c) for c in by]
-    return KeySet(by, [tuple(row[i] for i in order) for row in key_set.rows])
+    return KeySet(by, [tuple(row[i] for i in order) for row in key_set.rows], sources=key_set.sources)
 
 
 def _check_confidence(value: object, where: str) -> float:

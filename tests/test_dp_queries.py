@@ -269,11 +269,31 @@ def test_the_privacy_unit_is_the_sessions_choice(orders, ledger):
                                privacy_unit=unit, epsilon=1.0).group_by("region", keys=["north"]).count()
         assert bounded_totals(frame, plan).counts.tolist() == [expected]
         assert f"per {unit} at most" in plan.describe()
-    identity_plan = QueryPlan.start(columns={"identity_id": "text", "region": "text"}, privacy_unit="identity_id",
-                                    epsilon=1.0).count()
-    with pytest.raises(PrivacyParameterError, match="registered with privacy unit 'person_id', not 'identity_id'"):
-        identity_plan.compile(ledger=ledger, dataset="orders", purpose="test")
+    device_plan = QueryPlan.start(columns={"device_id": "text", "region": "text"}, privacy_unit="device_id",
+                                  epsilon=1.0).count()       # a device is less than a person: refused
+    with pytest.raises(PrivacyParameterError, match="registered with privacy unit 'person_id', not 'device_id'"):
+        device_plan.compile(ledger=ledger, dataset="orders", purpose="test")
     assert ledger.charges() == []
+
+
+def test_keys_and_joins_from_a_table_of_persons_are_refused(orders, ledger):
+    """An Arrow table read from the analytics zone names its table; a table of persons' rows is not public."""
+    def read(name: bytes, columns: list[str]) -> pa.Table:
+        rows = orders[["item_id", "region"]].drop_duplicates("item_id").set_axis(columns, axis=1)
+        return pa.Table.from_pandas(rows, preserve_index=False).replace_schema_metadata({b"table": name})
+
+    session = _session(orders, ledger)
+    keyed = session.query(epsilon=1).group_by(["region", "channel"], keys=KeySet.from_frame(
+        read(b"orders", ["item_id", "region"]), ["region"]) * KeySet.from_dict({"channel": CHANNELS})).count()
+    joined = session.query(epsilon=1).join_public(read(b"orders", ["item_id", "zone"]), on="item_id").count()
+    catalogue = read(b"catalogue", ["item_id", "shelf"])
+    for query in (keyed, joined):     # the product keeps where its keys came from
+        with pytest.raises(PrivacyParameterError, match="table 'orders' holds persons' rows"):
+            query.release()
+    assert ledger.charges() == []
+    released = (session.query(epsilon=EXACT).join_public(catalogue, on="item_id").bound(max_rows_per_partition=10)
+                .count().release())                                                              # public: fine
+    assert released["count"].tolist() == [float(len(orders))]
 
 
 def test_a_compiled_plan_releases_totals_computed_elsewhere(ledger):
