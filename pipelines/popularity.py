@@ -127,8 +127,9 @@ def daily_bounded_counts_kernel(*, person: str, group: str, keys: Broadcast[pa.A
     first, then each person keeps their first ``max_partitions`` distinct keys in (person,
     *order_by) order, once each (``dp._bounding``), and each kept row counts on its own day. So
     a person counts at most ``max_partitions`` times over all days together, and which rows are
-    kept on day d depends only on that person's rows up to day d (a later run counts the same
-    rows for the same days). Exact counts, not private: only a ``ContinualCounter`` lets them out.
+    kept on day d depends only on that person's rows up to day d (while past rows stay as they
+    are, a later run counts the same rows for the same days; ``dp.continual`` says why late rows
+    cannot count a person twice). Exact counts, not private: only a ``ContinualCounter`` lets them out.
     """
     first = pa.scalar(start.astimezone(dt.UTC), type=pa.timestamp("us", tz="UTC"))
     end = pa.scalar((start + dt.timedelta(days=days)).astimezone(dt.UTC), type=pa.timestamp("us", tz="UTC"))
