@@ -19,6 +19,10 @@ over all days together (the popularity job clips cumulatively: a person's first
 purchases count zero). A person then changes at most ``levels`` nodes per key they count in,
 one per level: L1 sensitivity of all nodes together ``levels * max_keys_per_person *
 max_count_per_key``, L2 sensitivity ``sqrt(levels * max_keys_per_person) * max_count_per_key``.
+Each node is computed when it completes, from the data then: orders arriving late, or consent
+that lapses and returns, cannot count a person twice in a level, since a node counts only keys
+first bought within its days and every key counted before in that level was first bought earlier
+and so uses up the person's bound (past orders only ever added, never rewritten).
 The noise (discrete Laplace for an epsilon budget, pure epsilon-DP; discrete Gaussian for a rho
 budget, rho-zCDP) is calibrated by OpenDP's privacy map for that sensitivity, so every node of
 the horizon together, and every day's release computed from them, is epsilon-DP (or rho-zCDP)
