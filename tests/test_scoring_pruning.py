@@ -101,9 +101,11 @@ def test_unequal_norms_skip_products_and_equal_norms_do_not():
     assert got == expected
     assert products < 0.2 * 300 * 5000
 
-    same_norm = rng.standard_normal((5000, 8)).astype(np.float32)
-    same_norm /= np.linalg.norm(same_norm, axis=1, keepdims=True)
-    assert scored(person_factors, same_norm, 10)[1] == 300 * 5000
+    # Unit items in every direction of 64 dimensions: no bound falls below a K-th best, the scan is dense.
+    persons_64 = rng.standard_normal((300, 64)).astype(np.float32)
+    same_norm = rng.standard_normal((5000, 64))
+    same_norm = (same_norm / np.linalg.norm(same_norm, axis=1, keepdims=True)).astype(np.float32)
+    assert scored(persons_64, same_norm, 10)[1] == 300 * 5000
 
 
 def test_a_persons_scores_do_not_depend_on_who_shares_their_block():

@@ -1,20 +1,26 @@
 """The compiled top-K kernel: one block of persons against the catalogue, item tile by item tile,
 skipping the tiles that cannot hold a winner.
 
-Items come sorted by norm, largest first, and cut into tiles; each tile carries its largest
-norm. By Cauchy–Schwarz no item of tile ``t`` scores above ``‖u‖ · max‖v‖ over t`` for person
-``u``, and that bound only falls from tile to tile. So a person whose current K-th best score
-(after exclusions) is above the bound of tile ``t`` is done: no later tile can place an item in
-the top-K. Each tile is multiplied (BLAS) only with the persons still open, gathered into a
-compact block; a block of persons stops when all of them are done. Where norms are alike
-(random factors) no person closes early and this is the dense scan, tile after tile.
+Items come sorted by norm, largest first, in bands of a few tiles; within a band they are
+ordered along the items' principal direction ``e`` (``_top_k._NormTiles``: norm buckets as in
+LEMP, Teflioudi et al., SIGMOD 2015, and a rotated leading coordinate bounded exactly as in
+FEXIPRO, Li et al., SIGMOD 2017). Each tile carries two upper bounds on ``u·v`` over its items:
+Cauchy–Schwarz, ``‖u‖ · max‖v‖``, and ``max((u·e) · min v·e, (u·e) · max v·e) + ‖u⊥‖ · max‖v⊥‖``
+(``⊥``: the part orthogonal to ``e``), tight where persons and items lean along one direction,
+as fitted factors of a catalogue with popular items do. A tile is multiplied (BLAS) only with
+the persons for whom the smaller bound reaches their current K-th best score (after exclusions),
+gathered into a compact block. A person whose K-th best is above ``‖u‖`` times the largest norm
+of all remaining tiles is done for good (early exit); a block stops when all its persons are.
+Where norms and directions are spread (random factors) no bound falls below a K-th best and
+this is the dense scan, tile after tile.
 
 Safe against float32 rounding: a d-term float32 inner product, summed in any order, is within
 ``γ_d · Σ|u_i v_i| ≤ γ_d · ‖u‖‖v‖`` of the exact one, ``γ_d = d·2⁻²⁴ / (1 − d·2⁻²⁴)`` (Higham,
-*Accuracy and Stability of Numerical Algorithms*, §3.1). The bound used is
-``‖u‖ · max‖v‖ · (1 + 4 · d · 2⁻²⁴) + d · 2⁻¹²⁶`` in float64 (``rounding_slack``: above
-``2 γ_d`` while ``d < 2²²``; ``underflow_slack``: one smallest normal float32 per term, for
-products that underflow or are flushed); a tile is skipped only when that bound is strictly
+*Accuracy and Stability of Numerical Algorithms*, §3.1). Bounds are computed in float64 from
+the float32 factors, and ``4 · d · 2⁻²⁴ · ‖u‖ · max‖v‖ + d · 2⁻¹²⁶`` is added to them
+(``rounding_slack``: above ``2 γ_d`` while ``d < 2²²``, which also covers the float64 rounding
+of the bounds themselves; ``underflow_slack``: one smallest normal float32 per term, for
+products that underflow or are flushed); a tile is skipped only when its bound is strictly
 below the K-th best, so no computed score of a skipped item could have reached it, ties included.
 
 Selection is exact: each row of the score tile is cut into groups of ``GROUP`` items; a group
@@ -24,7 +30,7 @@ winner are scanned item by item, and only their candidates are checked against t
 exclusions (a binary search in their sorted bought items) and the eligibility table.
 
 Order of the result: higher score first; equal scores by lower item index. Items are visited
-in norm order, so a candidate enters when its (score, item) beats the K-th best's: a higher
+in tile order, not by index, so a candidate enters when its (score, item) beats the K-th best's: a higher
 score, or an equal score and a lower item index; the result does not depend on the tiling.
 A block of one open person is multiplied as two rows (the second zero): BLAS computes a one-row
 product through another kernel (gemv) whose sums round differently, and a person's scores must
@@ -136,44 +142,60 @@ def _select_rows(scores, rows, open_persons, used, tile_items, person_offset, pe
 
 
 @njit(nogil=True, cache=True)
-def _score_block(person_factors, person_bound, item_tiles, tile_bound, tile_items, items, absolute_slack,
+def _score_block(person_factors, person_bounds, item_tiles, tile_bounds, tile_items, items, slack, absolute_slack,
                  person_offset, person_group, allowed, bought_indptr, bought_indices, scores, gathered,
                  top_scores, top_items, counts):  # pragma: no cover - compiled
     """Top-K of one block of persons over every item that may still matter; returns the products computed.
 
-    ``item_tiles`` holds the item factors in norm order, transposed and cut into tiles (tiles x d
+    ``item_tiles`` holds the item factors in tile order, transposed and cut into tiles (tiles x d
     x width, zero padded past ``items``), ``tile_items`` the item index of each column (tiles x
-    width), ``tile_bound`` each tile's largest norm; ``person_bound`` is ``‖u‖ · (1 + slack)``.
-    ``scores`` (rows x width) and ``gathered`` (rows x d) are scratch with at least two rows.
+    width). ``person_bounds`` (persons x 3, float64): ``‖u‖``, ``u·e`` and ``‖u − (u·e)e‖`` for
+    the items' principal direction ``e``; ``tile_bounds`` (tiles x 5, float64): the tile's
+    largest norm, the largest norm of this and every later tile, the least and greatest ``v·e``
+    and the largest ``‖v − (v·e)e‖``. ``scores`` (rows x width) and ``gathered`` (rows x d) are
+    scratch with at least two rows.
     """
     persons = person_factors.shape[0]
     width = item_tiles.shape[2]
     k = top_scores.shape[1]
     open_persons = np.arange(persons)
+    scored = np.empty(persons, dtype=np.int64)
     still_open = persons
     computed = 0
     for t in range(item_tiles.shape[0]):
-        # Close every person whose K-th best is above this tile's bound (and so every later tile's).
+        tile_norm, rest_norm, low, high, across = tile_bounds[t]
         kept = 0
+        rows = 0
         for r in range(still_open):
             p = open_persons[r]
-            if counts[p] < k or person_bound[p] * tile_bound[t] + absolute_slack >= top_scores[p, k - 1]:
-                open_persons[kept] = p
-                kept += 1
+            norm, along, person_across = person_bounds[p]
+            full = counts[p] == k
+            kth = top_scores[p, k - 1]
+            # Closed for good: no item of this or any later tile can reach the K-th best.
+            if full and norm * rest_norm * (1.0 + slack) + absolute_slack < kth:
+                continue
+            open_persons[kept] = p
+            kept += 1
+            # This tile: Cauchy-Schwarz, or the exact part along e plus Cauchy-Schwarz across it.
+            bound = min(norm * tile_norm, max(along * low, along * high) + person_across * across)
+            if not full or bound + slack * norm * tile_norm + absolute_slack >= kth:
+                scored[rows] = p
+                rows += 1
         still_open = kept
         if still_open == 0:
             break
+        if rows == 0:
+            continue
         used = min(width, items - t * width)
-        if still_open == persons and persons >= 2:
+        if rows == persons and persons >= 2:
             np.dot(person_factors, item_tiles[t], scores[:persons])
         else:
-            for r in range(still_open):
-                gathered[r] = person_factors[open_persons[r]]
-            rows = max(still_open, 2)
-            if still_open == 1:
+            for r in range(rows):
+                gathered[r] = person_factors[scored[r]]
+            if rows == 1:
                 gathered[1] = 0.0
-            np.dot(gathered[:rows], item_tiles[t], scores[:rows])
-        computed += still_open * used
-        _select_rows(scores, still_open, open_persons, used, tile_items[t], person_offset, person_group, allowed,
+            np.dot(gathered[:max(rows, 2)], item_tiles[t], scores[:max(rows, 2)])
+        computed += rows * used
+        _select_rows(scores, rows, scored, used, tile_items[t], person_offset, person_group, allowed,
                      bought_indptr, bought_indices, top_scores, top_items, counts)
     return computed

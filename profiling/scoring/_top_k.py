@@ -95,33 +95,66 @@ def _validate_k(k: object) -> int:
     return int(k)
 
 
+# Tiles per norm band: within a band, items are ordered along the items' principal direction.
+_TILES_PER_BAND = 4
+
+
 @dataclass(frozen=True)
 class _NormTiles:
-    """Item factors sorted by norm (largest first), transposed and cut into tiles of ``width`` items.
+    """Item factors in tile order, transposed and cut into tiles of ``width`` items, with each tile's bounds.
 
-    ``factors``: tiles x d x width float32, zero padded past the last item; ``items``: tiles x
-    width int32, the item index of each column (-1: padding); ``bound``: float64 per tile, its
-    largest norm.
+    Items are sorted by norm (largest first) into bands of ``_TILES_PER_BAND`` tiles, and within a
+    band by ``v·e``, greatest first, ``e`` the items' principal direction (the top eigenvector of
+    the items' Gram matrix, signed so the items lean along it): a tile then spans a narrow range
+    of ``v·e``. ``factors``: tiles x d x width float32, zero padded past the last item; ``items``:
+    tiles x width int32, the item index of each column (-1: padding); ``bounds``: tiles x 5
+    float64, see ``_score_block``; ``direction``: ``e``, float64.
     """
 
     factors: np.ndarray
     items: np.ndarray
-    bound: np.ndarray
+    bounds: np.ndarray
+    direction: np.ndarray
 
     @classmethod
     def of(cls, item_factors: np.ndarray, width: int) -> _NormTiles:
         items, dims = item_factors.shape
-        norms = np.sqrt(np.einsum("ij,ij->i", item_factors, item_factors, dtype=np.float64))
+        exact = item_factors.astype(np.float64)
+        norms = np.sqrt(np.einsum("ij,ij->i", exact, exact))
+        direction = np.linalg.eigh(exact.T @ exact)[1][:, -1]
+        along = exact @ direction
+        if along.sum() < 0:
+            direction, along = -direction, -along
+        across = np.linalg.norm(exact - along[:, None] * direction[None, :], axis=1)
         order = np.argsort(-norms, kind="stable")  # equal norms: lower item first
+        band = width * _TILES_PER_BAND
+        for start in range(0, items, band):
+            members = order[start: start + band]
+            order[start: start + band] = members[np.argsort(-along[members], kind="stable")]
         tiles = -(-items // width)
         padded = np.zeros((tiles * width, dims), dtype=np.float32)
         padded[:items] = item_factors[order]
         columns = np.full(tiles * width, -1, dtype=np.int32)
         columns[:items] = order
-        sorted_norms = np.zeros(tiles * width)
-        sorted_norms[:items] = norms[order]
+
+        def per_tile(values: np.ndarray, pad: float) -> np.ndarray:
+            full = np.full(tiles * width, pad)
+            full[:items] = values[order]
+            return full.reshape(tiles, width)
+
+        tile_norm = per_tile(norms, 0.0).max(axis=1)
+        rest_norm = np.maximum.accumulate(tile_norm[::-1])[::-1]
+        bounds = np.stack([tile_norm, rest_norm, per_tile(along, np.inf).min(axis=1),
+                           per_tile(along, -np.inf).max(axis=1), per_tile(across, 0.0).max(axis=1)], axis=1)
         return cls(np.ascontiguousarray(padded.reshape(tiles, width, dims).transpose(0, 2, 1)),
-                   columns.reshape(tiles, width), sorted_norms.reshape(tiles, width).max(axis=1))
+                   columns.reshape(tiles, width), np.ascontiguousarray(bounds), direction)
+
+    def person_bounds(self, person_factors: np.ndarray) -> np.ndarray:
+        """persons x 3 float64: ``‖u‖``, ``u·e``, ``‖u − (u·e)e‖``."""
+        exact = person_factors.astype(np.float64)
+        along = exact @ self.direction
+        across = np.linalg.norm(exact - along[:, None] * self.direction[None, :], axis=1)
+        return np.ascontiguousarray(np.stack([np.linalg.norm(exact, axis=1), along, across], axis=1))
 
 
 def top_k_batches(person_factors: object, item_factors: object, k: int, *, bought: object = None,
@@ -140,10 +173,13 @@ def top_k_batches(person_factors: object, item_factors: object, k: int, *, bough
     bounded by the batch and the item factors, not by the number of persons. Within a batch,
     ``threads`` workers each score ``persons_per_block`` persons at a time, walking the items in
     tiles of ``items_per_tile``, largest norms first, with single-threaded BLAS (the score tile
-    stays in cache). A person stops at the first tile whose Cauchy–Schwarz bound (with a slack
-    for float32 rounding) is below their K-th best score: no later tile could place an item, so
-    the result is the dense scan's. Factors with very unequal norms (fitted ALS factors of a
-    catalogue with popular items) skip most products; where norms are alike the scan is dense.
+    stays in cache). A tile is skipped for a person when its upper bound on their scores
+    (Cauchy–Schwarz, or the exact part along the items' principal direction plus Cauchy–Schwarz
+    across it; with a slack for float32 rounding) is below their K-th best score, and a person
+    stops when no remaining tile could place an item, so the result is the dense scan's. Fitted
+    factors of a catalogue with popular items (very unequal norms, one leading direction) skip
+    most products; where norms and directions are spread the scan is dense. ``products`` of
+    each batch counts what was computed.
 
     No privacy mechanism is applied here: the output is per person and stays in the analytics zone.
 
@@ -178,8 +214,6 @@ def top_k_batches(person_factors: object, item_factors: object, k: int, *, bough
                          f"{eligibility.allowed.shape[1]} items but the factors have {persons} x {items}")
     tile_width = max(64, -(-min(items_per_tile, max(items, 1)) // 64) * 64)
     tiles = _NormTiles.of(item_factors, tile_width) if items else None
-    person_bound = (np.sqrt(np.einsum("ij,ij->i", person_factors, person_factors, dtype=np.float64))
-                    * (1.0 + rounding_slack(dims)))
     scratch = threading.local()
 
     def score_block(start: int, stop: int, top_scores, top_items, counts, offset: int) -> int:
@@ -187,8 +221,9 @@ def top_k_batches(person_factors: object, item_factors: object, k: int, *, bough
             rows = max(2, persons_per_block)  # a lone person is multiplied as two rows
             scratch.scores = np.empty((rows, tile_width), dtype=np.float32)
             scratch.gathered = np.empty((rows, dims), dtype=np.float32)
-        return _score_block(person_factors[start:stop], person_bound[start:stop], tiles.factors, tiles.bound,
-                            tiles.items, items, underflow_slack(dims), start, eligibility.person_group,
+        return _score_block(person_factors[start:stop], tiles.person_bounds(person_factors[start:stop]),
+                            tiles.factors, tiles.bounds, tiles.items, items, rounding_slack(dims),
+                            underflow_slack(dims), start, eligibility.person_group,
                             eligibility.allowed, indptr, indices, scratch.scores, scratch.gathered,
                             top_scores[start - offset: stop - offset], top_items[start - offset: stop - offset],
                             counts[start - offset: stop - offset])
