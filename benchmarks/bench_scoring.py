@@ -1,20 +1,27 @@
 """Exact batch top-K scoring against the bare GEMM, ``implicit`` and FAISS, side by side in one run.
 
-Workload (default, the issue's): 200,000 persons x 50,000 items, d = 64, K = 10, 20 excluded
-(already bought) items per person, random float32 factors (see ``_scoring_workload.py``).
+Workloads (``_scoring_workload.py``), d = 64, K = 10, 50,000 items:
 
-    python benchmarks/bench_scoring.py                        # the full workload
-    python benchmarks/bench_scoring.py --persons 20000        # a quick run
+- ``--factors random`` (default): 200,000 persons, random float32 factors (log-normal item
+  popularity), 20 excluded (already bought) items per person;
+- ``--factors als``: implicit-ALS factors fitted on the orders of a ``portrait synth`` data set
+  (Zipf item popularity; cached outside the repository), the persons' purchases excluded.
+
+    python benchmarks/bench_scoring.py                                   # random factors, full size
+    python benchmarks/bench_scoring.py --factors als --persons 50000     # fitted factors
+    python benchmarks/bench_scoring.py --persons 20000                   # a quick run
 
 Timed, in rounds whose order rotates (the machine is shared, so each ratio is taken within a
 round and the report gives the median of the rounds' ratios):
 
-- ``kernel``: ``profiling.scoring.top_k_batches`` with its defaults, every batch consumed;
+- ``kernel``: ``profiling.scoring.top_k_batches`` with its defaults, every batch consumed (it
+  skips the items its norm bounds show cannot win: ``products_skipped_share``);
 - ``gemm``: the bare float32 person x item matrix product into reused buffers, no selection, at
   the fastest of several chunkings and threadings (chosen first on a subset of persons);
 - ``implicit``: ``AlternatingLeastSquares.recommend(persons, bought, N=K,
   filter_already_liked_items=True)`` with the same factors, in batches of persons;
-- ``faiss``: ``IndexFlatIP`` searching K + 20 and dropping the excluded items, in its own process
+- ``faiss``: ``IndexFlatIP`` searching K + the excluded count and dropping the excluded items
+  (persons grouped by that count), in its own process
   (``_scoring_faiss.py``) with the BLAS kernel picked for this CPU (``OPENBLAS_CORETYPE``), and
   as installed (``faiss_as_installed``).
 
@@ -22,8 +29,8 @@ round and the report gives the median of the rounds' ratios):
 ``agreement`` (share of sampled persons whose top-K set equals a float64 brute
 force up to exact ties), time per person-item at 10k/50k/200k items and at two person counts
 (linearity; best of 3), and ``peak_rss_gb``: the peak resident memory of a separate process that builds the
-workload and runs the kernel once, less the factor matrices. Progress goes to stderr; the last
-line of stdout is one JSON object.
+workload and runs the kernel once, less the factor matrices; the CPU model and its SIMD flags.
+Progress goes to stderr; the last line of stdout is one JSON object.
 """
 
 from __future__ import annotations
@@ -42,7 +49,8 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from _scoring_workload import make_bought, make_factors
+from _machine import cpu_model
+from _scoring_workload import FACTOR_KINDS, workload
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from profiling.scoring import top_k_batches
@@ -54,10 +62,27 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def run_kernel(person_factors, item_factors, k, bought, keep: np.ndarray | None = None) -> None:
+SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+              "amx_tile", "neon", "asimd", "sve")
+
+
+def simd_flags() -> list[str]:
+    """The vector instruction sets /proc/cpuinfo lists for this CPU (of those BLAS kernels use)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    text = cpuinfo.read_text() if cpuinfo.is_file() else ""
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+                  if line.startswith(("flags", "Features"))), [])
+    return [flag for flag in SIMD_FLAGS if flag in flags]
+
+
+def run_kernel(person_factors, item_factors, k, bought, keep: np.ndarray | None = None) -> int:
+    """Every person's top-K; returns the person-item products the kernel computed."""
+    products = 0
     for batch in top_k_batches(person_factors, item_factors, k, bought=bought):
+        products += batch.products
         if keep is not None:
             keep[batch.persons] = batch.items
+    return products
 
 
 def make_gemm(person_factors: np.ndarray, item_factors: np.ndarray, threads: int, chunk: int) -> Callable[[], None]:
@@ -112,7 +137,8 @@ class FaissWorker:
         env = {key: value for key, value in os.environ.items() if key != "OPENBLAS_CORETYPE"}
         if coretype:
             env["OPENBLAS_CORETYPE"] = coretype
-        command = [sys.executable, str(HERE / "_scoring_faiss.py"), "--persons", str(args.persons),
+        command = [sys.executable, str(HERE / "_scoring_faiss.py"), "--factors", args.factors,
+                   "--persons", str(args.persons),
                    "--items", str(args.items), "--dims", str(args.dims), "--k", str(args.k),
                    "--excluded", str(args.excluded), "--seed", str(args.seed), "--threads", str(os.cpu_count() or 1)]
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
@@ -180,8 +206,8 @@ def agreement(person_factors, item_factors, bought, kernel_items: np.ndarray, k:
 
 def memory_probe(args: argparse.Namespace) -> None:
     """Child mode: build the workload, run the kernel once, print peak RSS less the factors (GB)."""
-    person_factors, item_factors = make_factors(args.persons, args.items, args.dims, args.seed)
-    bought = make_bought(args.persons, args.items, args.excluded, args.seed)
+    person_factors, item_factors, bought = workload(args.factors, args.persons, args.items, args.dims,
+                                                    args.excluded, args.seed)
     run_kernel(person_factors, item_factors, args.k, bought)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     factors = person_factors.nbytes + item_factors.nbytes
@@ -195,11 +221,13 @@ def median_ratio(numerator: list[float], denominator: list[float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--factors", choices=FACTOR_KINDS, default="random",
+                        help="random factors, or implicit-ALS factors of synthetic orders (cached)")
     parser.add_argument("--persons", type=int, default=200_000)
     parser.add_argument("--items", type=int, default=50_000)
     parser.add_argument("--dims", type=int, default=64)
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--excluded", type=int, default=20)
+    parser.add_argument("--excluded", type=int, default=20, help="excluded items per person (random factors)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--sample", type=int, default=200, help="persons checked against the brute force")
@@ -211,15 +239,15 @@ def main() -> None:
         memory_probe(args)
         return
 
+    person_factors, item_factors, bought = workload(args.factors, args.persons, args.items, args.dims,
+                                                    args.excluded, args.seed)  # fits and caches ALS factors once
     log(f"memory probe: {args.persons} x {args.items} in a separate process")
-    probe = subprocess.run([sys.executable, __file__, "--memory-probe", "--persons", str(args.persons),
+    probe = subprocess.run([sys.executable, __file__, "--memory-probe", "--factors", args.factors,
+                            "--persons", str(args.persons),
                             "--items", str(args.items), "--dims", str(args.dims), "--k", str(args.k),
                             "--excluded", str(args.excluded), "--seed", str(args.seed)],
                            capture_output=True, text=True, check=True)
     memory = json.loads(probe.stdout.strip().splitlines()[-1])
-
-    person_factors, item_factors = make_factors(args.persons, args.items, args.dims, args.seed)
-    bought = make_bought(args.persons, args.items, args.excluded, args.seed)
     run_kernel(person_factors[:512], item_factors, args.k, bought[:512])  # compile / load the cache
 
     calibration = min(args.persons, 20_000)
@@ -237,8 +265,10 @@ def main() -> None:
     gemm = make_gemm(person_factors, item_factors, gemm_threads, gemm_chunk)
     implicit = make_implicit(person_factors, item_factors, args.k, bought)
     implicit()  # warm-up
+    products: list[int] = []
     contenders: dict[str, Callable[[], float]] = {
-        "kernel": lambda: timed(lambda: run_kernel(person_factors, item_factors, args.k, bought, kernel_items)),
+        "kernel": lambda: timed(lambda: products.append(run_kernel(person_factors, item_factors, args.k, bought,
+                                                                   kernel_items))),
         "gemm": lambda: timed(gemm),
         "implicit": lambda: timed(implicit),
     }
@@ -262,23 +292,28 @@ def main() -> None:
     same_up_to_ties, same_set = agreement(person_factors, item_factors, bought, kernel_items, args.k, args.sample,
                                           args.seed)
 
-    scaling = {}
+    scaling, scaling_skipped = {}, {}
     small = min(args.scaling_persons, args.persons)
     for items in (10_000, 50_000, 200_000):
-        persons_s, items_s = make_factors(small, items, args.dims, args.seed + 1)
-        bought_s = make_bought(small, items, args.excluded, args.seed + 1)
-        run_kernel(persons_s[:256], items_s, args.k, bought_s[:256])
+        persons_s, items_s, bought_s = workload(args.factors, small, items, args.dims, args.excluded, args.seed + 1)
+        small_products = run_kernel(persons_s, items_s, args.k, bought_s)
         scale_run = partial(run_kernel, persons_s, items_s, args.k, bought_s)
         taken = min(timed(scale_run) for _ in range(3))
         scaling[f"{small}x{items}"] = round(taken / (small * items) * 1e9, 4)
-        log(f"scaling {small} persons x {items} items: {taken / (small * items) * 1e9:.3f} ns per person-item")
+        scaling_skipped[f"{small}x{items}"] = round(1 - small_products / (small * items), 4)
+        log(f"scaling {small} persons x {items} items: {taken / (small * items) * 1e9:.3f} ns per person-item, "
+            f"{scaling_skipped[f'{small}x{items}']:.1%} of products skipped")
     full_size = min(seconds["kernel"]) / (args.persons * args.items) * 1e9
     scaling[f"{args.persons}x{args.items}"] = round(full_size, 4)
 
     throughput = {name: round(args.persons / statistics.median(times)) for name, times in seconds.items()}
+    excluded_per_person = np.diff(bought.indptr)
     report = {
-        "benchmark": "scoring",
-        "persons": args.persons, "items": args.items, "dims": args.dims, "k": args.k, "excluded": args.excluded,
+        "benchmark": "scoring", "factors": args.factors,
+        "cpu": cpu_model(), "simd": simd_flags(),
+        "persons": args.persons, "items": args.items, "dims": args.dims, "k": args.k,
+        "excluded_per_person": {"mean": round(float(excluded_per_person.mean()), 2),
+                                "max": int(excluded_per_person.max())},
         "rounds": args.rounds, "cpus": os.cpu_count(),
         "persons_per_second": throughput,
         "throughput_vs_gemm": round(median_ratio(seconds["kernel"], seconds["gemm"]), 3),
@@ -291,10 +326,12 @@ def main() -> None:
         "gemm_best": {"threads": gemm_threads, "persons_per_chunk": gemm_chunk},
         "faiss_blas_kernel": faiss_workers["faiss"].kernel,
         "faiss_as_installed_blas_kernel": faiss_workers["faiss_as_installed"].kernel,
+        "products_skipped_share": round(1 - statistics.median(products) / (args.persons * args.items), 4),
         "agreement": round(same_up_to_ties, 4),
         "agreement_exact_sets": round(same_set, 4),
         "agreement_sample": min(args.sample, args.persons),
         "ns_per_person_item": scaling,
+        "products_skipped_share_by_size": scaling_skipped,
         "peak_rss_gb": round(memory["peak_rss_gb"], 3),
         "factors_gb": round(memory["factors_gb"], 3),
         "numpy_blas": [(b["internal_api"], b["version"], b["architecture"]) for b in threadpool_info()
