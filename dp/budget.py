@@ -149,10 +149,12 @@ class Dataset:
     registered_at: str
 
 
-def _built_in_datasets() -> list[tuple[str, tuple[str, ...]]]:
-    """One dataset per analytics-zone table that holds persons' rows (the catalogue holds none)."""
-    return [(name, (name,)) for name, table in TABLES.items()
-            if any(f.name in ("account_id", "device_id") for f in table.fields)]
+def _built_in_datasets() -> list[tuple[str, tuple[str, ...], str]]:
+    """One dataset per analytics-zone table that holds persons' rows (the catalogue holds none), per person;
+    and the portraits (``WS/outputs/portraits``, one row per identity), per identity."""
+    return [*((name, (name,), PRIVACY_UNIT) for name, table in TABLES.items()
+              if any(f.name in ("account_id", "device_id") for f in table.fields)),
+            ("portraits", ("portraits",), "identity_id")]
 
 
 def _now() -> str:
@@ -328,11 +330,11 @@ class BudgetLedger:
 
     def _register_built_in(self, connection: sqlite3.Connection) -> None:
         known = {row["dataset"] for row in connection.execute("SELECT dataset FROM budget_datasets")}
-        missing = [(name, tables) for name, tables in _built_in_datasets() if name not in known]
+        missing = [(name, tables, unit) for name, tables, unit in _built_in_datasets() if name not in known]
         if missing:
             append_rows(connection, "budget_datasets", [
-                (name, json.dumps(list(tables)), PRIVACY_UNIT, "portrait (built-in)", _now())
-                for name, tables in missing])
+                (name, json.dumps(list(tables)), unit, "portrait (built-in)", _now())
+                for name, tables, unit in missing])
 
     # datasets --------------------------------------------------------------------------------
 

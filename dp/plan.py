@@ -59,6 +59,7 @@ from dp._parameters import (
     check_resolution,
 )
 from dp.budget import DEFAULT_PERIOD, BudgetLedger, ChargeLine, _check_fits
+from dp.units import covers
 from profiling.errors import InternalError, PortraitError
 
 __all__ = ["CONFIDENCE", "BoundedTotals", "CompiledRelease", "PublicJoin", "QueryPlan", "Where", "WithColumn",
@@ -191,11 +192,13 @@ class QueryPlan:
     max_partitions: int = 1
     max_rows_per_partition: int = 1
     aggregates: tuple[Aggregate, ...] = ()
+    # group privacy: any this many privacy units together (one human's unlinked accounts) get the claimed loss
+    accounts_per_human: int = 1
 
     @staticmethod
     def _start_fields(*, columns: Mapping[str, str], privacy_unit: str, source: str = "the data",
                       epsilon: float | None = None, delta: float = 0.0, rho: float | None = None,
-                      mechanism: str = "laplace", confidence: float = CONFIDENCE) -> dict:
+                      mechanism: str = "laplace", confidence: float = CONFIDENCE, accounts_per_human: int = 1) -> dict:
         """The checked fields of a new plan (``start``'s work; ``PrivateSession.query`` adds its session)."""
         where = f"a query on {source}"
         if isinstance(columns, pa.Schema):
@@ -210,17 +213,21 @@ class QueryPlan:
             raise PortraitError(f"{source} has no privacy unit column {privacy_unit!r}; it has "
                                 f"{', '.join(map(str, columns))}")
         return dict(columns=columns, privacy_unit=privacy_unit, source=source, epsilon=epsilon, delta=delta, rho=rho,
-                    mechanism=mechanism, confidence=_check_confidence(confidence, where))
+                    mechanism=mechanism, confidence=_check_confidence(confidence, where),
+                    accounts_per_human=check_positive_int(accounts_per_human, "accounts_per_human", where))
 
     @classmethod
     def start(cls, *, columns: Mapping[str, str] | pa.Schema, privacy_unit: str, source: str = "the data",
               epsilon: float | None = None, delta: float = 0.0, rho: float | None = None,
-              mechanism: str = "laplace", confidence: float = CONFIDENCE) -> QueryPlan:
+              mechanism: str = "laplace", confidence: float = CONFIDENCE, accounts_per_human: int = 1) -> QueryPlan:
         """A plan costing ``epsilon`` (with ``delta`` for Gaussian noise or private group selection) or ``rho``;
         half-widths are given at ``confidence`` (0.95: columns ``<aggregate>_ci95``). ``columns`` maps each
-        column to its kind, or is the data's Arrow schema; ``privacy_unit`` is one of them."""
+        column to its kind, or is the data's Arrow schema; ``privacy_unit`` is one of them. With
+        ``accounts_per_human=k`` every sensitivity is k times a unit's, so any k units together (one human's
+        unlinked accounts: ``dp.units``) get the claimed loss (group privacy)."""
         return cls(**cls._start_fields(columns=columns, privacy_unit=privacy_unit, source=source, epsilon=epsilon,
-                                       delta=delta, rho=rho, mechanism=mechanism, confidence=confidence))
+                                       delta=delta, rho=rho, mechanism=mechanism, confidence=confidence,
+                                       accounts_per_human=accounts_per_human))
 
     # checking ------------------------------------------------------------------------------------------
 
@@ -433,7 +440,9 @@ class QueryPlan:
             else f" by {columns} ({self.group_count()} public keys)")
         steps = "".join(f"; {step.describe()}" for step in self.steps)
         parts = ", ".join(a.name for a in self.aggregates) or "nothing"
-        return (f"{parts}{grouping}{steps}; {self.mechanism} noise; per {self.privacy_unit} at most "
+        unit = self.privacy_unit if self.accounts_per_human == 1 else (
+            f"{self.privacy_unit} (any {self.accounts_per_human} together: accounts_per_human={self.accounts_per_human})")
+        return (f"{parts}{grouping}{steps}; {self.mechanism} noise; per {unit} at most "
                 f"{self.max_partitions} group(s) x {self.max_rows_per_partition} row(s)")
 
     def validate(self, measure: str) -> None:
@@ -473,17 +482,20 @@ class QueryPlan:
                  "rho": None if self.rho is None else self.rho / parts,
                  "delta": self.delta / delta_parts if delta_parts else 0.0}
 
+        g = self.accounts_per_human   # k units together move every total by at most k times one unit's bound
+
         def vector(l1: float, l2: float, fraction: float = 1.0) -> mech.NoisePlan:
             return mech.plan_vector_noise(
-                mechanism=self.mechanism, measure=measure, l1_sensitivity=math.ceil(l1), l2_sensitivity=l2,
+                mechanism=self.mechanism, measure=measure, l1_sensitivity=math.ceil(l1) * g, l2_sensitivity=l2 * g,
                 epsilon=None if share["epsilon"] is None else share["epsilon"] * fraction,
                 delta=share["delta"] * fraction if self.mechanism == "gaussian" else None,
                 rho=None if share["rho"] is None else share["rho"] * fraction)
 
         found = []
         if selecting:
-            found.append(_Measurement("count", mech.plan_threshold(
-                max_partitions=K, max_rows_per_partition=R, epsilon=share["epsilon"], delta=share["delta"]), 1 / parts))
+            found.append(_Measurement("count", mech.plan_threshold(   # k units: k x the groups, k x the rows in each
+                max_partitions=K * g, max_rows_per_partition=R * g, epsilon=share["epsilon"], delta=share["delta"]),
+                1 / parts))
         for aggregate in self.aggregates:
             if aggregate.kind == "count":
                 if not selecting:
@@ -497,10 +509,13 @@ class QueryPlan:
                     found.append(_Measurement(f"{aggregate.name}:count", vector(K * R, R * math.sqrt(K), fraction),
                                               fraction / parts))
             else:
-                per_group = {k: (None if v is None else v / K) for k, v in share.items()}
+                # k units touch at most k x K groups with k x R rows in each: the loss of R rows, k x K times
+                # (epsilon adds up over rows; rho grows with their square)
+                per_group = {"epsilon": None if share["epsilon"] is None else share["epsilon"] / (K * g),
+                             "rho": None if share["rho"] is None else share["rho"] / (K * g * g)}
                 found.append(_Measurement(aggregate.name, mech.plan_quantile(
                     measure=measure, rows_per_person=R, candidates=_grid(aggregate), alpha=aggregate.quantile,
-                    epsilon=per_group["epsilon"], rho=per_group["rho"]), 1 / (parts * K)))
+                    epsilon=per_group["epsilon"], rho=per_group["rho"]), 1 / (parts * K * g)))
         return found
 
     def _line(self, measurement: _Measurement) -> ChargeLine:
@@ -514,10 +529,10 @@ class QueryPlan:
             sensitivity += f" (l0, l1, linf); threshold {plan.threshold}"
         if aggregate is not None and aggregate.kind == "quantile":
             # one measurement per group, and a unit touches at most max_partitions groups
-            factor = self._contributions()[0]
+            factor, g = self._contributions()[0], self.accounts_per_human
             return ChargeLine(name, plan.mechanism + f" x {factor} group(s) per person; half-width in ranks",
-                              sensitivity, plan.scale, (plan.epsilon or 0.0) * factor, 0.0, (plan.rho or 0.0) * factor,
-                              plan.half_width)
+                              sensitivity, plan.scale, (plan.epsilon or 0.0) * factor * g, 0.0,
+                              (plan.rho or 0.0) * factor * g * g, plan.half_width)
         return ChargeLine(name, plan.mechanism, sensitivity, plan.scale * unit, plan.epsilon or 0.0, plan.delta or 0.0,
                           plan.rho or 0.0, plan.half_width * unit)
 
@@ -531,7 +546,7 @@ class QueryPlan:
         checks again atomically when it charges).
         """
         registered = ledger.dataset(dataset)
-        if registered.privacy_unit != self.privacy_unit:
+        if not covers(registered.privacy_unit, self.privacy_unit):
             raise PrivacyParameterError(f"dataset {dataset!r} is registered with privacy unit "
                                         f"{registered.privacy_unit!r}, not {self.privacy_unit!r}")
         self._check_public(ledger)

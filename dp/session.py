@@ -38,9 +38,11 @@ import pyarrow as pa
 from dp._bounding import PersonCodes, encode_persons
 from dp._errors import PrivacyParameterError
 from dp._kinds import ColumnKinds
+from dp._parameters import check_positive_int
 from dp._totals import bounded_totals
 from dp.budget import DEFAULT_PERIOD, BudgetLedger, UnregisteredDatasetError
 from dp.plan import CONFIDENCE, CompiledRelease, QueryPlan
+from dp.units import covers
 from profiling.errors import PortraitError
 
 __all__ = ["PrivateSession", "Query"]
@@ -77,7 +79,10 @@ class PrivateSession:
 
     ``data`` is a pandas frame or Arrow table with one row per record and the privacy unit in
     ``privacy_unit`` (the column the dataset is registered with: the account pseudonym
-    ``person_id`` today; use ``dp.join_devices`` first for rows that are keyed by device).
+    ``person_id``; or ``identity_id``, which covers it: an account with the devices only it used,
+    attached by ``dp.units.attach_identity``). ``accounts_per_human=k`` calibrates every release so
+    that any k units together (one human's unlinked accounts) get the claimed loss; the charge's
+    query line records the unit and k.
     ``ledger`` is a ``BudgetLedger`` or its path; ``dataset`` must be registered there
     (``BudgetLedger.datasets()``: the analytics-zone table the data comes from) and its budget
     for ``period`` set by a reviewer. A unit over the bounds contributes their first rows in
@@ -86,7 +91,7 @@ class PrivateSession:
 
     def __init__(self, data: pd.DataFrame | pa.Table, *, dataset: str, ledger: BudgetLedger | str | os.PathLike,
                  purpose: str, period: str = DEFAULT_PERIOD, privacy_unit: str = "person_id",
-                 analyst: str | None = None) -> None:
+                 accounts_per_human: int = 1, analyst: str | None = None) -> None:
         self._schema = data.schema if isinstance(data, pa.Table) else None
         self.data = data.to_pandas() if isinstance(data, pa.Table) else data
         if not isinstance(self.data, pd.DataFrame):
@@ -94,7 +99,7 @@ class PrivateSession:
         self.dataset, self.period, self.purpose = dataset, period, purpose
         self.ledger = ledger if isinstance(ledger, BudgetLedger) else BudgetLedger(ledger)
         registered = self.ledger.dataset(dataset)   # only a registered dataset has a budget to charge
-        if privacy_unit != registered.privacy_unit:
+        if not covers(registered.privacy_unit, privacy_unit):
             raise PrivacyParameterError(f"dataset {dataset!r} is registered with privacy unit "
                                         f"{registered.privacy_unit!r}, not {privacy_unit!r}")
         source = (self._schema.metadata or {}).get(b"table", b"").decode() if self._schema is not None else ""
@@ -102,6 +107,7 @@ class PrivateSession:
             raise UnregisteredDatasetError(f"the data comes from table {source!r}, whose releases are charged to "
                                            f"dataset {self.ledger.dataset_of_table(source).name!r}, not {dataset!r}")
         self.privacy_unit = privacy_unit
+        self.accounts_per_human = check_positive_int(accounts_per_human, "accounts_per_human")
         self.analyst = analyst or getpass.getuser()
         self.columns: Mapping[str, str] = ColumnKinds(self.data, self._schema)
         if privacy_unit not in self.columns:
@@ -112,7 +118,8 @@ class PrivateSession:
     def __repr__(self) -> str:
         # no row count: the size of a consent-filtered table is itself a statistic about persons
         return (f"PrivateSession(dataset={self.dataset!r}, period={self.period!r}, "
-                f"privacy_unit={self.privacy_unit!r}, ledger={self.ledger!r})")
+                f"privacy_unit={self.privacy_unit!r}, accounts_per_human={self.accounts_per_human}, "
+                f"ledger={self.ledger!r})")
 
     def query(self, *, epsilon: float | None = None, delta: float = 0.0, rho: float | None = None,
               mechanism: str = "laplace", confidence: float = CONFIDENCE) -> Query:
@@ -120,7 +127,8 @@ class PrivateSession:
         ``rho``; its half-widths are at ``confidence`` (columns ``<aggregate>_ci95`` at 0.95, ``_ci90`` at 0.9)."""
         return Query(session=self, **QueryPlan._start_fields(
             columns=self.columns, privacy_unit=self.privacy_unit, source=f"dataset {self.dataset!r}",
-            epsilon=epsilon, delta=delta, rho=rho, mechanism=mechanism, confidence=confidence))
+            epsilon=epsilon, delta=delta, rho=rho, mechanism=mechanism, confidence=confidence,
+            accounts_per_human=self.accounts_per_human))
 
     def epsilon_for(self, *, half_width: float | Mapping[str, float], query: QueryPlan,
                     confidence: float | None = None) -> float:
