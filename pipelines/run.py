@@ -327,13 +327,17 @@ def _clear_stale(context: RunContext) -> list[dict]:
 
 STAGES: list[Stage] = [
     Stage("verify-ingested", "check the ingested tables against the data model and the ingest report",
-          _verify_ingested),
-    Stage("consent-ledger", "append the ingested consent events to the consent ledger", _consent_ledger),
+          _verify_ingested, reads=("ingested",)),
+    Stage("consent-ledger", "append the ingested consent events to the consent ledger", _consent_ledger,
+          reads=("ingested/consent_events",)),
     Stage("retention", "erase accounts cancelled longer ago than the grace period; delete rows past their "
           "table's retention period", _retention),
-    Stage("pseudonymize", "write the analytics zone: pseudonyms and generalized values only", _pseudonymize),
-    Stage("seal", "move ID-card numbers for customs into the AES-GCM vault", _seal),
-    Stage("k-anonymity", "report the class sizes of the person-level analytics table", _k_anonymity),
+    Stage("pseudonymize", "write the analytics zone: pseudonyms and generalized values only", _pseudonymize,
+          reads=("ingested",)),
+    Stage("seal", "move ID-card numbers for customs into the AES-GCM vault", _seal, purpose="service_provision",
+          reads=("ingested/waybills",)),
+    Stage("k-anonymity", "report the class sizes of the person-level analytics table", _k_anonymity,
+          reads=("pseudonymized/accounts",)),
     Stage("identity", "give each eligible person allowing cross-device sync the devices only they signed in on",
           _identity, purpose="personalization", reads=("pseudonymized/device_events",)),
     Stage("portraits", "compute the portrait features of every person eligible for personalization", _portraits,
