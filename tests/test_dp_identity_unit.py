@@ -24,8 +24,15 @@ from dp.cross_device import (
     release_events_per_device_type,
 )
 from dp.units import attach_identity
+from pipelines.ingest import ingest
+from pipelines.run import parse_as_of, run_pipeline
+from pipelines.synthetic import generate
+from pipelines.workspace import Workspace
+from portrait_cli import run_cli
+from profiling.consent import ConsentGate, SqliteConsentStore
 from profiling.errors import PortraitError
 from profiling.identity import build_identity_graph
+from profiling.keys import create_key_file, load_master_key
 from test_dp_privacy import _audit, _epsilon_lower_bound
 
 EPSILON = 2.0
@@ -218,3 +225,69 @@ def test_a_refused_cross_device_release_charges_nothing(ledger):
         release_events_per_device_type(events, devices, devices, ledger=ledger, purpose="t", epsilon=1.0,
                                        max_devices_per_identity=2, max_events_per_device=4)
     assert ledger.charges("device_events") == []
+
+
+# the command line: portrait dp --privacy-unit identity ----------------------------------------------------
+
+AS_OF = "2026-11-01T00:00:00Z"
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    root = tmp_path_factory.mktemp("identity-unit")
+    generate(root / "raw", accounts=300, seed=4, catalogue_items=200, progress=False)
+    key = create_key_file(root / "keys" / "master.key")
+    workspace = Workspace(root / "ws")
+    ingest(root / "raw", workspace, key=key, progress=False)
+    run_pipeline(workspace, root / "keys" / "master.key", parse_as_of(AS_OF), progress=False)
+    return workspace, root / "keys" / "master.key"
+
+
+def _printed(out: str) -> dict[str, float]:
+    lines = out.strip().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("---")) + 1
+    return {line.split()[0]: float(line.split()[1]) for line in lines[start:] if not line.startswith("charged")}
+
+
+def test_portrait_dp_counts_each_identity_with_the_anonymous_events_of_its_own_devices(job, capsys):
+    workspace, key_file = job
+    ledger = BudgetLedger(workspace.ledger)
+    ledger.set_budget("device_events", epsilon=1e10, set_by="test")
+    assert run_cli("dp", "--workspace", workspace.root, "--key-file", key_file, "--as-of", AS_OF,
+                   "--table", "device_events", "--privacy-unit", "identity", "--accounts-per-human", "2",
+                   "--purpose", "personalization", "--by", "event_type", "--count", "--epsilon", "1e9",
+                   "--max-partitions", "8", "--max-rows", "100000") == 0
+    released = _printed(capsys.readouterr().out)
+    # reference: signed-in events of consenting persons, and anonymous events of a device linked to one of them
+    events = pd.read_parquet(workspace.pseudonymized("device_events"))
+    devices = pd.read_parquet(workspace.outputs("identity") / "devices")
+    with SqliteConsentStore(workspace.ledger) as store:
+        consenting = set(ConsentGate(store).decide("personalization", parse_as_of(AS_OF), job="test")
+                         .person_ids(load_master_key(key_file)).to_pylist())
+    owner = dict(zip(devices["device_id"], devices["identity_id"], strict=True))
+    whose = [p if isinstance(p, str) else owner.get(d) for p, d in zip(events["person_id"], events["device_id"],
+                                                                         strict=True)]
+    expected = events[[w in consenting for w in whose]].groupby("event_type").size()
+    anonymous = sum(1 for p, w in zip(events["person_id"], whose, strict=True) if not isinstance(p, str)
+                    and w in consenting)
+    assert anonymous > 0     # the identity unit counts events the person unit cannot attribute
+    assert released == {t: float(expected.get(t, 0)) for t in released}
+    assert "per identity_id (any 2 together" in ledger.charges("device_events")[-1]["query"]
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--purpose", "product_improvement"], "purpose 'product_improvement' may not read the workspace output "
+                                           "'identity'"),
+    (["--purpose", "personalization", "--accounts-per-human", "0"], "accounts_per_human must be >= 1"),
+])
+def test_a_refused_identity_release_is_one_line_and_charges_nothing(job, capsys, extra, message):
+    workspace, key_file = job
+    ledger = BudgetLedger(workspace.ledger)
+    ledger.set_budget("device_events", epsilon=1e10, set_by="test", note="test budget")
+    before = len(ledger.charges("device_events"))
+    assert run_cli("dp", "--workspace", workspace.root, "--key-file", key_file, "--as-of", AS_OF,
+                   "--table", "device_events", "--privacy-unit", "identity", "--by", "event_type", "--count",
+                   "--epsilon", "1", *extra) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("portrait: error:") and message in err[0], err
+    assert len(ledger.charges("device_events")) == before

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from dp import BudgetLedger, PrivateSession
+from dp.units import IDENTITY, attach_identity
 from pipelines.commands._shared import add_workspace_argument, existing_workspace, format_table
 from pipelines.run import parse_as_of
 from profiling.consent import ConsentGate, SqliteConsentStore
@@ -66,6 +68,29 @@ def _typed_keys(texts: list[str], table: pa.Table, column: str) -> list:
         raise ValueError(f"--keys {','.join(texts)!r}: column {column!r} holds {what}; list {what}") from None
 
 
+def _identity_rows(workspace, folder, args: argparse.Namespace, consenting) -> pd.DataFrame:
+    """The table's rows attributed to identities (``dp.units.attach_identity``), of consenting persons only.
+
+    A person-keyed row is its person's identity; an anonymous row of a device linked to an identity
+    (the identity output's devices, read through the purpose check) is that identity's; other
+    anonymous rows (shared devices, devices of nobody) are dropped."""
+    dataset = ds.dataset(workspace.verified(folder), format="parquet")
+    keyed_by_device = "device_id" in dataset.schema.names
+    devices = None
+    if keyed_by_device:
+        identity = workspace.output("identity", purpose=args.purpose)
+        devices = ds.dataset(identity / "devices", format="parquet").to_table()
+    person = pc.field("person_id")
+    if "person_id" in dataset.schema.names:
+        kept = person.isin(consenting) | person.is_null() if keyed_by_device else person.isin(consenting)
+        rows = dataset.to_table(filter=kept)
+    else:
+        rows = dataset.to_table()
+    attached = attach_identity(rows, devices=devices)
+    # rows: (the table's columns, identity_id); an identity is its person's, so its consent is the person's
+    return attached[attached[IDENTITY].isin(consenting.to_pylist())].reset_index(drop=True)
+
+
 def _query(args: argparse.Namespace) -> None:
     named = [part for part in args.table.split("/") if part not in ("", ".", "outputs")]
     if named and named[0] in OUTPUTS:   # a workspace output (risk scores ...): its purpose wall speaks first
@@ -85,11 +110,16 @@ def _query(args: argparse.Namespace) -> None:
     key = load_master_key(args.key_file)
     with SqliteConsentStore(workspace.ledger) as store:
         decision = ConsentGate(store).decide(args.purpose, parse_as_of(args.as_of), job="portrait dp")
-    # rows: (person_id, the aggregated columns) of persons whose consent holds
-    table = ds.dataset(workspace.verified(folder), format="parquet").to_table(
-        filter=pc.field("person_id").isin(decision.person_ids(key)))
-    session = PrivateSession(table, dataset=dataset, ledger=ledger,
-                             analyst=args.analyst, purpose=args.purpose)
+    consenting = decision.person_ids(key)
+    if args.privacy_unit == "identity":
+        # rows: (identity_id, the table's columns) of the identities of persons whose consent holds
+        table, unit = _identity_rows(workspace, folder, args, consenting), IDENTITY
+    else:
+        # rows: (person_id, the aggregated columns) of persons whose consent holds
+        table, unit = ds.dataset(workspace.verified(folder), format="parquet").to_table(
+            filter=pc.field("person_id").isin(consenting)), "person_id"
+    session = PrivateSession(table, dataset=dataset, ledger=ledger, privacy_unit=unit,
+                             accounts_per_human=args.accounts_per_human, analyst=args.analyst, purpose=args.purpose)
     query = session.query(epsilon=args.epsilon, delta=args.delta, confidence=args.confidence)
     for expression in args.where or []:
         query = query.where(expression)
@@ -152,6 +182,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--confidence", type=float, default=0.95,
                         help="level of the released half-widths (default 0.95: columns *_ci95)")
     parser.add_argument("--keys", help="comma-separated public group keys (default: the schema's allowed values)")
+    parser.add_argument("--privacy-unit", choices=("person", "identity"), default="person",
+                        help="what the bounds and epsilon are per: the account (person), or its identity (the "
+                        "account with the devices only it used: their anonymous events count too; device tables "
+                        "read WS/outputs/identity, so the purpose must be one that may read it)")
+    parser.add_argument("--accounts-per-human", type=int, default=1,
+                        help="group bound: calibrate so that any this many units together (one human's unlinked "
+                        "accounts) get epsilon (default 1)")
     parser.add_argument("--max-partitions", type=int, default=1, help="groups a person may contribute to")
     parser.add_argument("--max-rows", type=int, default=1, help="rows a person may contribute to each group")
     parser.add_argument("--count", action="store_true", help="release the row count")
