@@ -46,7 +46,10 @@ class Site:
         return json.loads((self.ws / "ingest-report.json").read_text())["tables"]
 
     def run(self) -> None:
-        _cli("run", "--workspace", self.ws, "--key-file", self.key, "--as-of", AS_OF)
+        # These tests are about `dsr erase`: cancelled accounts wait (tests/test_cancellation.py has the rest).
+        config = self.root / "job.toml"
+        config.write_text("[retention]\ncancellation_grace_days = 36500\n")
+        _cli("run", "--config", config, "--workspace", self.ws, "--key-file", self.key, "--as-of", AS_OF)
 
     def dsr(self, action: str, account: str, *options) -> None:
         _cli("dsr", action, "--account", account, "--workspace", self.ws, "--key-file", self.key, *options)
@@ -292,7 +295,7 @@ def test_request_tables_are_hash_chained_and_erasure_redacts_them(site, tmp_path
     assert run_cli("ledger", "verify", "--workspace", site.ws) == 0
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("dsr_")]
-    assert len(lines) == 3 and all(line.endswith("ok") for line in lines), out
+    assert len(lines) == 4 and all(line.endswith("ok") for line in lines), out
 
 
 def test_a_csv_feed_gets_the_same_corrections_and_erasures(site):
@@ -407,7 +410,8 @@ def test_the_next_run_after_an_erasure_needs_no_new_ingest(site):
     after = json.loads((site.ws / "ingest-report.json").read_text())["tables"]
     assert after["accounts"]["accepted"] == before["accounts"]["accepted"] - 1
     for name, counts in after.items():
-        assert counts["rows_in"] == counts["accepted"] + counts["rejected"] + counts.get("erased_after_ingest", 0)
+        assert counts["rows_in"] == counts["accepted"] + counts["rejected"] + counts.get("erased_after_ingest", 0) \
+            + counts.get("expired_after_ingest", 0)
         assert counts["accepted"] == pq.read_metadata(next((site.ws / "ingested" / name).glob("*.parquet"))).num_rows
     site.run()
     key = load_key_file(site.key)
