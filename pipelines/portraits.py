@@ -110,7 +110,8 @@ def write_portraits(workspace: Workspace, eligible: pa.Table, *, as_of, progress
     with contextlib.ExitStack() as owned, workspace.staging() as stage:
         engine = engine or owned.enter_context(LocalEngine(workspace=workspace, progress=progress))
         partitions = max(engine.default_partitions(rows), math.ceil(rows / rows_per_partition))
-        identities = engine.broadcast(persons.select(["person_id", "identity_id"]))
+        identities = engine.broadcast((persons.column("person_id").combine_chunks(),
+                                       persons.column("identity_id").combine_chunks()))
         inputs = {name: engine.map(engine.read(folder, columns=_activity_columns(name), key=None),
                                    _activity_kernel(name, folder, identities, as_of))
                   for name, folder in sources.items()}
@@ -142,7 +143,7 @@ def _activity_columns(source: str) -> list[str]:
     return ["person_id", times, *other]
 
 
-def _activity_kernel(source: str, folder, identities: Broadcast[pa.Table], as_of) -> Kernel:
+def _activity_kernel(source: str, folder, identities: Broadcast[tuple[pa.Array, pa.Array]], as_of) -> Kernel:
     """Kernel (not per person): stored rows of ``source`` -> those of eligible persons up to ``as_of``, with
     their identity and the time column named ``at``."""
     times, other = _ACTIVITY_SOURCES[source]
@@ -152,10 +153,13 @@ def _activity_kernel(source: str, folder, identities: Broadcast[pa.Table], as_of
     until = pa.scalar(as_of, TIMESTAMP)
 
     def activity(table: pa.Table) -> pa.Table:
-        table = table.filter(pc.less_equal(table.column(times), until))
-        # rows: (person_id, time, other) up to as_of -> joined with the broadcast (person_id, identity_id)
-        joined = table.join(identities.value, "person_id", join_type="inner")
-        return joined.select(["identity_id", "person_id", times, *other]).rename_columns(schema.names).cast(schema)
+        person_ids, identity_ids = identities.value
+        position = pc.index_in(table.column("person_id"), value_set=person_ids)
+        kept = pc.and_(position.is_valid(), pc.less_equal(table.column(times), until))
+        # rows: (person_id, time, other) of eligible persons up to as_of, each with its identity
+        table = table.filter(kept)
+        identity = identity_ids.take(position.filter(kept))
+        return pa.table([identity, *(table.column(c) for c in ["person_id", times, *other])], schema=schema)
 
     return Kernel(activity, schema, name=f"{source}_by_identity", by_person=False)
 
@@ -164,7 +168,7 @@ def portrait_kernel(activity: pa.Table, *, as_of) -> pa.Table:
     """Portraits of the identities in one partition of ``Engine.co_partition``'s rows (an engine kernel):
     ``source`` says which of orders, waybills, device_events, persons, devices each row is."""
     def rows(source: str, columns: list[str], times: str | None = None) -> pa.Table:
-        part = activity.filter(pc.equal(activity.column("source"), source)).select(columns)
+        part = activity.select(columns).filter(pc.equal(activity.column("source"), source))
         return part.rename_columns([times if c == "at" and times else c for c in columns])
 
     tables = {name: rows(name, ["person_id", "at", *other], times)

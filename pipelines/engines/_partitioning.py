@@ -127,19 +127,24 @@ def partition_of(keys: pa.Array | pa.ChunkedArray, partitions: int) -> np.ndarra
         keys = keys.combine_chunks() if keys.num_chunks != 1 else keys.chunk(0)
     if not isinstance(keys, pa.Array):
         raise TypeError(f"keys must be an Arrow array, got {type(keys).__name__}")
-    valid = keys.is_valid().to_numpy(zero_copy_only=False)
     kind = keys.type
+    if not (pa.types.is_integer(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind)
+            or pa.types.is_string_view(kind)):
+        raise TypeError(f"a partition key must be a string or integer column, got {kind}")
+    if partitions == 1:
+        return np.zeros(len(keys), np.int32)     # pmod(anything, 1): no need to hash
+    valid = keys.is_valid().to_numpy(zero_copy_only=False)
     if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
-        if not pa.types.is_large_string(kind):
+        if pa.types.is_string_view(kind):
             keys = keys.cast(pa.large_string())
-        offsets = np.frombuffer(keys.buffers()[1], dtype=np.int64)[keys.offset: keys.offset + len(keys) + 1]
+        # the offsets as stored (int32 for string, int64 for large_string): no copy of the text
+        width = np.int32 if pa.types.is_string(keys.type) else np.int64
+        offsets = np.frombuffer(keys.buffers()[1], dtype=width)[keys.offset: keys.offset + len(keys) + 1]
         data = keys.buffers()[2]
         data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, dtype=np.uint8)
         return _string_partitions(offsets, data, valid, np.int64(partitions))
-    if pa.types.is_integer(kind):
-        values = keys.fill_null(0).cast(pa.int64()).to_numpy()
-        return _integer_partitions(values, valid, not pa.types.is_int32(kind), np.int64(partitions))
-    raise TypeError(f"a partition key must be a string or integer column, got {kind}")
+    values = keys.fill_null(0).cast(pa.int64()).to_numpy()
+    return _integer_partitions(values, valid, not pa.types.is_int32(kind), np.int64(partitions))
 
 
 def check_by_person(table: pa.Table, key: str, partition: int, partitions: int, kernel: str) -> None:
