@@ -38,7 +38,7 @@ This notebook runs the whole engine once, on made-up data, in a temporary folder
 2. **a master key**, kept *outside* the workspace: it derives every pseudonym;
 3. **ingest**: every raw row is validated into the workspace (the *identifiable zone*), or rejected with a reason;
 4. **the job** (`run_pipeline`, the stages of `pipelines.run.STAGES` in order): consent ledger, pseudonymization (the *analytics zone*), the vault, the k-anonymity report, the differentially private popularity release, recommendations for the persons whose consent allows them, and more;
-5. **a look at the outputs**: who the consent gate let through, how identifying the remaining person attributes are, and the recommendation lists.
+5. **a look at the outputs**: who the consent gate let through, how identifying the remaining person attributes are, the recommendation lists, and the portraits' feature distributions as differentially private statistics.
 
 It takes well under a minute and writes nothing outside its temporary folder, which the last cell removes."""),
     code("""import datetime as dt
@@ -48,8 +48,8 @@ import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
-from IPython.display import display
 
 from dp import BudgetLedger
 from pipelines.ingest import ingest
@@ -167,30 +167,34 @@ plt.show()"""),
     code("""popularity = pd.read_parquet(workspace.outputs("popularity")).sort_values("buyers", ascending=False)
 print(ledger.spent(POPULARITY_DATASET))
 popularity.head(5)"""),
-    md("""## Portraits
+    md("""## Portraits, seen through differential privacy
 
-Per-person feature tables (`workspace/outputs/portraits/`: `person_id`, `frequency` (repeat purchase days), `recency_days`, `T_days`, `monetary_value_cny`, `category_share_<category>`, ...) are written by the portrait stage when the job includes it. This section reads them if they are there, and says so if not. Portraits are per person: they stay in the analytics zone and are shown here only because the data is synthetic."""),
-    code("""portraits_dir = workspace.outputs("portraits")
-if portraits_dir.exists():
-    portraits = pd.read_parquet(portraits_dir)
-    print(f"{len(portraits)} portraits, {portraits.shape[1]} columns")
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.5))
-    if "frequency" in portraits:
-        axes[0].hist(portraits["frequency"].dropna(), bins=40)
-        axes[0].set(xlabel="frequency (repeat purchase days)", ylabel="persons", yscale="log")
-    if "monetary_value_cny" in portraits:
-        axes[1].hist(portraits["monetary_value_cny"].dropna(), bins=40)
-        axes[1].set(xlabel="monetary value (CNY per repeat purchase day)", ylabel="persons", yscale="log")
-    shares = portraits.filter(like="category_share_").mean().sort_values()
-    if len(shares):
-        shares.index = shares.index.str.removeprefix("category_share_")
-        shares.tail(12).plot.barh(ax=axes[2])
-        axes[2].set(xlabel="mean share of a person's orders")
-    plt.tight_layout()
-    plt.show()
-    display(portraits.head(3).T.head(20))
-else:
-    print(f"no portraits yet: {portraits_dir} does not exist (this job version has no portrait stage)")"""),
+The portrait stage writes one feature row per identity to `workspace/outputs/portraits/` (`frequency` in repeat purchase days, `recency_days`, `monetary_value_cny` per repeat purchase day, `category_share_<category>`, ...). Those rows are person-level: they serve personalization and stay in the analytics zone, so an analyst does not plot them. `dp.portrait_statistics.release_portrait_statistics` releases what such plots would show instead: histograms of recency, frequency and monetary value between public edges, and the mean share of each category over identities with orders, each with its 95% interval.
+
+The privacy unit is the **identity** (one account with the devices only it used). A human may hold two accounts the data cannot link, so `accounts_per_human=2` calibrates the noise for any two identities together. The release costs ε = 1 of the `portraits` budget (registered per identity), in five equal releases; the portraits are read through the purpose check (only `personalization` may read them)."""),
+    code("""from dp.portrait_statistics import release_portrait_statistics
+
+portraits = pd.read_parquet(workspace.output("portraits", purpose="personalization"))
+ledger.set_budget("portraits", epsilon=1.0, set_by="quickstart notebook", note="demo budget")
+statistics = release_portrait_statistics(portraits, ledger=ledger, purpose="personalization", epsilon=1.0,
+                                         accounts_per_human=2)
+print("portraits budget left:", ledger.remaining("portraits"))
+print(f"identities with orders: {statistics.identities_with_orders[0]:.0f} "
+      f"± {statistics.identities_with_orders[1]:.0f} (95%)")
+fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
+labels = {"recency_days": "recency (days from first to last purchase)",
+          "frequency": "frequency (repeat purchase days)",
+          "monetary_value_cny": "monetary value (CNY per repeat purchase day)"}
+for ax, (feature, histogram) in zip(axes, statistics.histograms.items()):
+    position = np.arange(len(histogram))
+    ax.bar(position, histogram["count"].clip(lower=0), yerr=histogram["count_ci95"], capsize=3)
+    ax.set_xticks(position, histogram["bin"], rotation=45, ha="right")
+    ax.set(xlabel=labels[feature], ylabel="identities (noisy, 95% CI)")
+shares = statistics.category_shares.sort_values("share").tail(12)
+axes[3].barh(shares["category"], shares["share"], xerr=shares["share_ci95"], capsize=2)
+axes[3].set(xlabel="mean share of an identity's orders (95% CI)")
+plt.tight_layout()
+plt.show()"""),
     md("""## Clean up
 
 Removes the temporary folder: raw data, workspace and key."""),
@@ -208,7 +212,8 @@ Every aggregate that leaves Portrait goes through `dp.PrivateSession`. This note
 2. has a reviewer set a **privacy budget** (ε, δ) for the `orders` dataset in the persistent ledger;
 3. runs several queries (counts, sums, means, quantiles, a histogram; by group) and, after each, shows what is left of the budget; the noisy values are plotted with their 95% confidence intervals next to the true values, which we can only look at because the data is synthetic;
 4. shows what happens when a query asks for more than is left;
-5. writes the privacy review report for auditors.
+5. writes the same three analyses the way a Tumult Analytics user would, side by side, with the identity as privacy unit;
+6. writes the privacy review report for auditors.
 
 **What is private.** The privacy unit is the *person*: all of a person's orders together. Every release is ε-DP (or (ε, δ)-DP) per person: adding or removing one person's whole history changes the probability of any output by at most a factor e^ε (plus δ). To make that hold, each person's contribution is *bounded* first (at most `max_partitions` groups and `max_rows_per_partition` rows per group), and values are clamped to declared `bounds`.
 
@@ -425,9 +430,101 @@ ax.set_xticks(range(len(spend)), spend["after"], rotation=25, ha="right")
 ax.set(ylabel="ε spent", ylim=(0, 2.7))
 ax.legend()
 plt.show()"""),
+    md("""## For Tumult Analytics users: the same analyses in Portrait
+
+Three analyses written in Portrait, each next to the Tumult Analytics code it would take (shown, not run: Tumult Analytics 0.21 needs pandas < 2 and Spark, and cannot share this environment). What differs, in short:
+
+| | Portrait | Tumult Analytics |
+| --- | --- | --- |
+| privacy unit | `privacy_unit="identity_id"`: each row attributed to its identity by `dp.units.attach_identity` (an account with the devices only it used; anonymous events of shared devices dropped) | `AddRowsWithID(id_column=...)` on a column you bring; no identity graph |
+| one human, several accounts | `accounts_per_human=2`: every sensitivity doubled, and the charge records it | not modelled: evaluate at ε/2 yourself; nothing records that you did |
+| budget | a reviewer's budget per dataset in the persistent ledger; every charge durable before the noise, with its query, mechanism and half-width | `Session.from_dataframe(privacy_budget=...)` in memory, for the session's life |
+| bounds | `.bound(max_partitions=, max_rows_per_partition=)` | `.enforce(MaxGroupsPerID(col, k))`, `.enforce(MaxRowsPerGroupPerID(col, r))` or `.enforce(MaxRowsPerID(n))` |
+| accuracy | `<aggregate>_ci95` beside each value; `session.epsilon_for(half_width=...)` before spending | noisy values; the interval from the noise scale is yours to work out |
+
+The orders are person-keyed, so each order's identity is its account's (the graph never links two accounts); device events would also bring the anonymous events of the account's own devices. What is left of the `orders` budget does not cover three more releases: the reviewer raises it, with a note, and the review below flags the raise."""),
+    code("""from dp import KeySet
+from dp.units import attach_identity
+
+ledger.set_budget("orders", epsilon=3.5, delta=1e-6, cap_epsilon=0.5, set_by="privacy reviewer (notebook)",
+                  note="three comparison queries per identity")
+identity_orders = attach_identity(orders)   # orders: (person_id, ..., identity_id)
+by_identity = PrivateSession(identity_orders, dataset="orders", ledger=ledger, purpose="product_improvement",
+                             privacy_unit="identity_id", accounts_per_human=2, analyst="notebook analyst")
+by_identity"""),
+    md("""### 1. Orders per payment institution and category, on public key sets
+
+Every (institution, category) pair of the data model gets a row. Each identity counts in at most 5 pairs with at most 2 orders each. `epsilon_for` says first what ε a 95% half-width of 40 orders would cost.
+
+Tumult Analytics:
+
+```python
+from tmlt.analytics import (AddRowsWithID, KeySet, MaxRowsPerID, PureDPBudget, QueryBuilder, Session)
+
+session = Session.from_dataframe(privacy_budget=PureDPBudget(epsilon=0.9), source_id="orders",
+                                 dataframe=spark_orders,   # with an identity_id column you computed
+                                 protected_change=AddRowsWithID(id_column="identity_id"))
+keys = KeySet.from_dict({"payment_institution": PAYMENT_INSTITUTIONS, "category": CATEGORIES})
+query = QueryBuilder("orders").enforce(MaxRowsPerID(10)).groupby(keys).count()
+counts = session.evaluate(query, PureDPBudget(epsilon=0.3 / 2))   # / 2: two accounts per human, by hand
+```
+
+`MaxGroupsPerID` names one grouping column; for a pair of columns `MaxRowsPerID(10)` bounds the same 10 rows per identity."""),
+    code("""pairs = KeySet.from_dict({"payment_institution": list(PAYMENT_INSTITUTIONS), "category": list(CATEGORIES)})
+pair_counts = (by_identity.query(epsilon=0.3).group_by(["payment_institution", "category"], keys=pairs)
+               .bound(max_partitions=5, max_rows_per_partition=2).count())
+print(f"epsilon for a 95% half-width of 40 orders: {by_identity.epsilon_for(half_width=40, query=pair_counts):.3f}")
+released_pairs = pair_counts.release()
+print(f"released at epsilon 0.3: each count ± {released_pairs['count_ci95'].iloc[0]:.0f} (95%)")
+print("orders budget left:", by_identity.remaining())
+released_pairs.pivot(index="category", columns="payment_institution", values="count").round(0).head(8)"""),
+    md("""### 2. Mean order value per department, through a public join
+
+A public table (one row per category: its department) is joined to each order row by row; the mean is a noisy sum over a noisy count, with an interval covering both. Each identity counts in at most 3 departments with at most 5 orders each, amounts clamped to [0, 2000] CNY.
+
+Tumult Analytics:
+
+```python
+session.add_public_dataframe("departments", spark_departments)
+query = (QueryBuilder("orders").join_public("departments")
+         .enforce(MaxGroupsPerID("department", 3)).enforce(MaxRowsPerGroupPerID("department", 5))
+         .groupby(KeySet.from_dict({"department": ["goods", "services", "coupons"]}))
+         .average("amount", low=0, high=2000))
+means = session.evaluate(query, PureDPBudget(epsilon=0.3 / 2))
+```"""),
+    code("""departments = pd.DataFrame({"category": list(CATEGORIES),
+                            "department": ["services" if c.startswith("service_") else
+                                           "coupons" if c.startswith("coupon_") else "goods" for c in CATEGORIES]})
+department_means = (by_identity.query(epsilon=0.3).join_public(departments, on="category")
+                    .group_by("department", keys=["goods", "services", "coupons"])
+                    .bound(max_partitions=3, max_rows_per_partition=5)
+                    .mean("amount", bounds=(0, 2000)).release())
+print("orders budget left:", by_identity.remaining())
+department_means"""),
+    md("""### 3. The median order amount per payment institution
+
+A quantile per group (OpenDP's permute-and-flip over 101 points of [0, 5000] CNY); its interval is in ranks. Each identity counts at one institution with at most 5 orders.
+
+Tumult Analytics:
+
+```python
+query = (QueryBuilder("orders")
+         .enforce(MaxGroupsPerID("payment_institution", 1))
+         .enforce(MaxRowsPerGroupPerID("payment_institution", 5))
+         .groupby(KeySet.from_dict({"payment_institution": PAYMENT_INSTITUTIONS}))
+         .median("amount", low=0, high=5000))
+medians = session.evaluate(query, PureDPBudget(epsilon=0.3 / 2))
+```"""),
+    code("""medians = (by_identity.query(epsilon=0.3).group_by("payment_institution", keys=list(PAYMENT_INSTITUTIONS))
+           .bound(max_partitions=1, max_rows_per_partition=5)
+           .quantile("amount", 0.5, bounds=(0, 5000), candidates=101).release())
+print("orders budget left:", by_identity.remaining())
+# the ledger records the unit and the group bound with every charge
+print(ledger.charges("orders")[-1]["query"])
+medians"""),
     md("""## The privacy review
 
-`build_review` gathers budgets, spend, every release with its measurements (mechanism, sensitivity, noise scale, ε/δ, half-width) and flags as plain data; `write_review` writes it as Markdown, HTML, JSON and a plot of cumulative spend for auditors. Flags here: the histogram over the per-release cap, and the OpenDP features that were enabled (`contrib`)."""),
+`build_review` gathers budgets, spend, every release with its measurements (mechanism, sensitivity, noise scale, ε/δ, half-width) and flags as plain data; `write_review` writes it as Markdown, HTML, JSON and a plot of cumulative spend for auditors. Flags here: the histogram over the per-release cap, the raised budget, and the OpenDP features that were enabled (`contrib`)."""),
     code("""review = build_review(ledger)
 orders_review = next(d for d in review["datasets"] if d["dataset"] == "orders")
 print(json.dumps({k: orders_review[k] for k in ("budget", "spent", "remaining", "cap")}, indent=1))

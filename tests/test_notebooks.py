@@ -108,6 +108,21 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     assert warnings == [], f"{path.name} printed warnings: {warnings}"
 
 
+def test_the_dp_notebook_writes_three_analyses_beside_their_tumult_code():
+    """Each of the Tumult section's analyses: a markdown cell with the Tumult Analytics code, then the Portrait cell
+    that releases it per identity (``test_notebook_runs`` executes them)."""
+    cells = nbformat.read(NOTEBOOKS / "dp_analytics.ipynb", as_version=4).cells
+    start = next(i for i, c in enumerate(cells)
+                 if c.cell_type == "markdown" and "For Tumult Analytics users" in c.source)
+    section = cells[start:next(i for i, c in enumerate(cells) if i > start and c.source.startswith("## "))]
+    tumult = [i for i, c in enumerate(section) if c.cell_type == "markdown" and "QueryBuilder(" in c.source]
+    assert len(tumult) == 3
+    for index in tumult:
+        assert "session.evaluate(" in section[index].source
+        assert section[index + 1].cell_type == "code" and ".release()" in section[index + 1].source
+    assert 'privacy_unit="identity_id", accounts_per_human=2' in "".join(c.source for c in section)
+
+
 def test_a_failing_cell_stops_the_run_with_its_error(tmp_path, monkeypatch):
     notebook = new_notebook(cells=[new_code_cell("ran = True"), new_code_cell("raise ValueError('bad amount bounds')"),
                                    new_code_cell("never = True")])
