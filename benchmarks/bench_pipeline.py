@@ -6,7 +6,9 @@ Generates and ingests the raw data once (timed, reported apart), then runs ``por
 (every stage, one engine session) on a copy of the ingested workspace in a child process per
 engine, timing each stage and sampling the memory of the child and everything it starts (the
 Spark JVM and its Python workers included). The difference between the child's time and the
-sum of its stages is start-up: imports and, on Spark, the JVM. Last line: one JSON object.
+sum of its stages is start-up: imports and, on Spark, the JVM. ``local_vs_ingest`` is the local
+job's time over the ingest's (same data, child processes alike; absent when a kept ``--dir`` skipped
+the ingest). Last line: one JSON object, with the CPU.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import time
 from pathlib import Path
 
 import psutil
+
+from _machine import cpu_model
 
 _RUN = """
 import datetime as dt, json, sys, time
@@ -155,10 +159,12 @@ def main() -> None:
         if not args.dir:
             shutil.rmtree(scratch, ignore_errors=True)
     rounded = {"synth_seconds": synth_seconds, "ingest_seconds": ingest_seconds, "ingest_peak_rss_gb": ingest_gb}
-    summary = {"accounts": args.accounts, "spark_partitions": args.spark_partitions,
+    summary = {"accounts": args.accounts, "cpu": cpu_model(), "spark_partitions": args.spark_partitions,
                **{name: None if v is None else round(v, 2) for name, v in rounded.items()}, **{
                    f"{engine}_{name}": value for engine, r in results.items() for name, value in r.items()
                    if name != "stages"}, "stages": {engine: r["stages"] for engine, r in results.items()}}
+    if "local" in results and ingest_seconds:
+        summary["local_vs_ingest"] = round(results["local"]["seconds"] / ingest_seconds, 2)
     if "local" in results and "spark" in results:
         summary["spark_vs_local"] = round(results["spark"]["seconds"] / results["local"]["seconds"], 2)
         summary.update(same)

@@ -72,6 +72,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from profiling._chain_hash import content_digests, content_digests_between, hex_strings, link_digests
+from profiling._string_hash import _offsets_and_data
 from profiling.errors import PortraitError
 
 __all__ = [
@@ -79,6 +85,7 @@ __all__ = [
     "REDACTIONS_TABLE",
     "ChainBrokenError",
     "ChainReport",
+    "append_arrow",
     "append_rows",
     "appending",
     "head",
@@ -156,9 +163,13 @@ def _genesis(table: str) -> str:
 _CANONICAL = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=True).encode
 
 
+def _row_prefix(table: str) -> bytes:
+    return b"portrait.ledger.row.v1\x00" + table.encode() + b"\x00"
+
+
 def _row_hasher(table: str) -> Callable[[Sequence[object]], str]:
     """``content_hash`` of ``table``, with the table's prefix computed once (for loops over many rows)."""
-    prefix, sha256, canonical = b"portrait.ledger.row.v1\x00" + table.encode() + b"\x00", hashlib.sha256, _CANONICAL
+    prefix, sha256, canonical = _row_prefix(table), hashlib.sha256, _CANONICAL
 
     def hash_row(values: Sequence[object]) -> str:
         return sha256(prefix + canonical(list(values)).encode()).hexdigest()
@@ -416,27 +427,42 @@ def appending(db: sqlite3.Connection, table: str) -> Iterator[None]:
     _seal(db, chain)
 
 
-def append_rows(db: sqlite3.Connection, table: str, rows: Iterable[Sequence[object]], *,
-                batch_rows: int = 100_000) -> int:
-    """Insert ``rows`` sealed (hashes computed before the insert); returns how many were appended.
-
-    Each row gives the registered content columns other than the key, in registration order;
-    keys are assigned after the last one in the table. Call it inside the caller's transaction.
-    """
-    chain = _chain(db, table)
+def _append_start(db: sqlite3.Connection, chain: _Chain) -> tuple[int, str, int, list[str]]:
+    """Before appending: (rows recorded, head hash, next key, each content column's affinity)."""
     _require_appendable(db, chain)
+    table = chain.table
     rows_before, previous, last_key = _execute(
         db, "SELECT rows, head, last_key FROM ledger_chains WHERE chain_table = ?", (table,)).fetchone()
     largest = _execute(db, f"SELECT MAX({_quote(chain.key)}) FROM {_quote(table)}").fetchone()[0]
     used = _execute(db, "SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchone() if _execute(
         db, "SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchone() else None
     next_key = max(last_key or 0, largest or 0, used[0] if used else 0) + 1
-    key_index = chain.columns.index(chain.key)
     declared = {row[1]: row[2] for row in _execute(db, f"PRAGMA table_info({_quote(table)})")}
-    affinities = [_affinity(declared[c]) for c in chain.columns]
+    return rows_before, previous, next_key, [_affinity(declared[c]) for c in chain.columns]
+
+
+def _insert_sql(chain: _Chain) -> str:
     names = ", ".join([_quote(c) for c in chain.columns] + ["chain_content", "chain_prev", "chain_hash"])
-    insert = (f"INSERT INTO {_quote(table)} ({names}) VALUES "
-              f"({', '.join('?' * (len(chain.columns) + 3))})")
+    return f"INSERT INTO {_quote(chain.table)} ({names}) VALUES ({', '.join('?' * (len(chain.columns) + 3))})"
+
+
+def _append_end(db: sqlite3.Connection, chain: _Chain, rows: int, head_hash: str, last_key: int) -> None:
+    _execute(db, "UPDATE ledger_chains SET rows = ?, head = ?, last_key = ? WHERE chain_table = ?",
+             (rows, head_hash, last_key, chain.table))
+
+
+def append_rows(db: sqlite3.Connection, table: str, rows: Iterable[Sequence[object]], *,
+                batch_rows: int = 100_000) -> int:
+    """Insert ``rows`` sealed (hashes computed before the insert); returns how many were appended.
+
+    Each row gives the registered content columns other than the key, in registration order;
+    keys are assigned after the last one in the table. Call it inside the caller's transaction.
+    For many rows held in Arrow, ``append_arrow`` gives the same rows and hashes faster.
+    """
+    chain = _chain(db, table)
+    rows_before, previous, next_key, affinities = _append_start(db, chain)
+    key_index = chain.columns.index(chain.key)
+    insert = _insert_sql(chain)
     appended, hash_row, plain_kinds = 0, _row_hasher(table), set()
     iterator = iter(rows)
     while batch := list(itertools.islice(iterator, batch_rows)):
@@ -459,9 +485,88 @@ def append_rows(db: sqlite3.Connection, table: str, rows: Iterable[Sequence[obje
         db.executemany(insert, sealed)
         appended += len(sealed)
     if appended:
-        _execute(db, "UPDATE ledger_chains SET rows = ?, head = ?, last_key = ? WHERE chain_table = ?",
-                   (rows_before + appended, previous, next_key + appended - 1, table))
+        _append_end(db, chain, rows_before + appended, previous, next_key + appended - 1)
     return appended
+
+
+# Text that JSON writes as it is, between quotes: printable ASCII but the quote and the backslash.
+_PLAIN_TEXT = r"^[ !#-\[\]-~]*$"
+
+
+def _arrow_fits(column: pa.ChunkedArray | pa.Array, affinity: str) -> bool:
+    """Whether every value of ``column`` is stored and hashed by SQLite as Python hands it (no conversion)."""
+    kind = column.type
+    if pa.types.is_integer(kind) and not pa.types.is_uint64(kind):
+        return affinity in ("integer", "numeric", "blob")
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return affinity in ("text", "blob")
+    return pa.types.is_null(kind)
+
+
+def _canonical_texts(columns: Sequence[pa.Array]) -> pa.Array:
+    """The canonical JSON list (``_CANONICAL``) of each row of ``columns`` (integers, strings or nulls).
+
+    Built by Arrow's string kernels; rows holding text JSON would escape are written by ``_CANONICAL``.
+    """
+    rendered, escaped = [], None
+    for column in columns:
+        if pa.types.is_integer(column.type):
+            text = pc.cast(column, pa.string())
+        elif pa.types.is_null(column.type):
+            text = pa.nulls(len(column), pa.string())
+        else:
+            column = column.cast(pa.string())
+            plain = pc.fill_null(pc.match_substring_regex(column, _PLAIN_TEXT), True)
+            escaped = pc.invert(plain) if escaped is None else pc.or_(escaped, pc.invert(plain))
+            text = pc.binary_join_element_wise('"', column, '"', "")
+        rendered.append(pc.fill_null(text, "null"))
+    texts = pc.binary_join_element_wise("[", pc.binary_join_element_wise(*rendered, ","), "]", "")
+    if escaped is not None and pc.any(escaped).as_py():
+        where = np.flatnonzero(escaped.to_numpy(zero_copy_only=False))
+        rows = zip(*(column.take(pa.array(where)).to_pylist() for column in columns))
+        texts = pc.replace_with_mask(texts, escaped, pa.array([_CANONICAL(list(row)) for row in rows], pa.string()))
+    return texts
+
+
+def append_arrow(db: sqlite3.Connection, table: str, rows: pa.Table, *, batch_rows: int = 100_000) -> int:
+    """``append_rows`` for rows held in Arrow: the same rows, keys and hashes, hashed by compiled kernels.
+
+    ``rows`` has the registered content columns other than the key (by name; row order is the
+    append order). Columns that are not integers or strings, or whose type does not match the
+    column's affinity, go through ``append_rows``. Call it inside the caller's transaction.
+    """
+    chain = _chain(db, table)
+    names = [c for c in chain.columns if c != chain.key]
+    missing = [c for c in names if c not in rows.column_names]
+    if missing:
+        raise PortraitError(f"append_arrow({table!r}): the rows lack column(s) {', '.join(missing)}")
+    rows = rows.select(names)
+    declared = {row[1]: row[2] for row in _execute(db, f"PRAGMA table_info({_quote(table)})")}
+    if not all(_arrow_fits(rows.column(c), _affinity(declared[c])) for c in names):
+        return append_rows(db, table, zip(*(rows.column(c).to_pylist() for c in names)), batch_rows=batch_rows)
+    if rows.num_rows == 0:
+        _require_appendable(db, chain)
+        return 0
+    rows_before, previous, next_key, _ = _append_start(db, chain)
+    key_index = chain.columns.index(chain.key)
+    insert, prefix = _insert_sql(chain), _row_prefix(table)
+    for start in range(0, rows.num_rows, batch_rows):
+        batch = rows.slice(start, batch_rows)
+        keys = pa.array(np.arange(next_key + start, next_key + start + batch.num_rows, dtype=np.int64))
+        columns = [c.combine_chunks() for c in batch.columns]
+        columns.insert(key_index, keys)
+        # rows: (content columns...) -> canonical JSON -> content hash -> chain hash
+        texts = _canonical_texts(columns)
+        offsets, data = _offsets_and_data(texts)
+        contents = content_digests(prefix, offsets, data)
+        hashes = link_digests(contents, first_previous=previous)
+        chain_hashes = hex_strings(hashes)
+        previous_hashes = [previous, *chain_hashes[:-1]]
+        db.executemany(insert, zip(*(c.to_pylist() for c in columns), hex_strings(contents), previous_hashes,
+                                   chain_hashes))
+        previous = chain_hashes[-1]
+    _append_end(db, chain, rows_before + rows.num_rows, previous, next_key + rows.num_rows - 1)
+    return rows.num_rows
 
 
 def redact(db: sqlite3.Connection, table: str, where: str, params: Sequence[object] = (), *, reason: str) -> int:
@@ -494,16 +599,45 @@ def head(db: sqlite3.Connection, table: str) -> str:
     return _execute(db, "SELECT head FROM ledger_chains WHERE chain_table = ?", (table,)).fetchone()[0]
 
 
-def verify(db: sqlite3.Connection, table: str) -> ChainReport:
+def verify(db: sqlite3.Connection, table: str, *, chunk_rows: int = 100_000) -> ChainReport:
     """Recompute ``table``'s chain from its first row; the report names the first row that does not fit.
 
     Checks, row by row in key order: the row is sealed; ``chain_prev`` is the previous row's hash;
     ``chain_content`` is the hash of the row's content (for a redacted row: the content is exactly
     the placeholders and a redaction entry holds its content hash); ``chain_hash`` links the two.
     Then that the rows and head match what was recorded at the last append, and that the
-    append-only triggers are in place.
+    append-only triggers are in place. Reads one consistent state of the file.
+
+    How it is fast (every row is still checked): a table keyed by its INTEGER PRIMARY KEY is read
+    ``chunk_rows`` rows at a time as SQLite's own JSON text of each row (``json_array``), which is
+    byte for byte the canonical JSON the hashes were made from for integers, NULL and printable
+    ASCII text, and hashed by compiled kernels. A chunk that does not check out that way (a real
+    or blob value, text JSON escapes differently, a redacted or unsealed row, any hash mismatch) is
+    checked again row by row as above, which decides and names the first bad row. A chunk passes
+    the fast check only if SQLite's JSON of every row hashes to its recorded content hash; since
+    JSON text decodes to one list of values, a changed integer, text or NULL cannot pass it.
     """
     chain = _chain(db, table)
+    began = not db.in_transaction
+    if began:
+        _execute(db, "BEGIN")   # one read snapshot for every chunk
+    try:
+        return _verify(db, chain, chunk_rows)
+    finally:
+        if began:
+            _execute(db, "COMMIT")
+
+
+@dataclass
+class _Walk:
+    """Where a verification stands: rows checked so far and the last chain hash."""
+
+    previous: str
+    position: int = 0
+
+
+def _verify(db: sqlite3.Connection, chain: _Chain, chunk_rows: int) -> ChainReport:
+    table = chain.table
     recorded_rows, recorded_head, migrated = _execute(
         db, "SELECT rows, head, migrated_rows FROM ledger_chains WHERE chain_table = ?", (table,)).fetchone()
     redactions: dict[int, str] = {}
@@ -512,38 +646,68 @@ def verify(db: sqlite3.Connection, table: str) -> ChainReport:
                                      (table,)).fetchall())
     key_index = chain.columns.index(chain.key)
     select = ", ".join([_quote(c) for c in chain.columns] + list(_CHAIN_COLUMNS))
-    previous = _genesis(table)
-    position = 0
+    walk = _Walk(_genesis(table))
 
     def report(problem: str, at: int) -> ChainReport:
         """A broken chain: the rows the table holds, the head recorded at the last append, the first bad row."""
         rows = _execute(db, f"SELECT COUNT(*) FROM {_quote(table)}").fetchone()[0]
         return ChainReport(table, rows, recorded_head, False, at, problem, migrated)
 
-    cursor = _execute(db, f"SELECT {select} FROM {_quote(table)} ORDER BY {_quote(chain.key)}")
     width, hash_row = len(chain.columns), _row_hasher(table)
-    for row in cursor:
-        values, (content, prev, hashed, redacted) = row[:width], row[width:]
-        position += 1
-        if hashed is None:
-            return report(f"{chain.key} {values[key_index]} is not sealed (inserted outside the application)",
-                          position)
-        if prev != previous:
-            return report(f"{chain.key} {values[key_index]} does not link to the row before it (a row was deleted, "
-                          f"inserted or reordered)", position)
-        if redacted:
-            expected = [(_redacted_value(chain.placeholders[c], content) if c in chain.placeholders else values[i])
-                        for i, c in enumerate(chain.columns)]
-            if list(values) != expected or redactions.get(values[key_index]) != content:
-                return report(f"{chain.key} {values[key_index]} is marked redacted without a matching redaction "
-                              f"entry or placeholder content", position)
-        elif hash_row(values) != content:
-            return report(f"{chain.key} {values[key_index]} was changed after it was recorded (its content no "
-                          f"longer matches its hash)", position)
-        if link_hash(prev, content) != hashed:
-            return report(f"{chain.key} {values[key_index]} has a chain hash that does not match its content and "
-                          f"link", position)
-        previous = hashed
+
+    def check_rows(rows: Iterable[Sequence[object]]) -> ChainReport | None:
+        """The exact check, row by row, from where ``walk`` stands; a report at the first bad row."""
+        for row in rows:
+            values, (content, prev, hashed, redacted) = row[:width], row[width:]
+            walk.position += 1
+            if hashed is None:
+                return report(f"{chain.key} {values[key_index]} is not sealed (inserted outside the application)",
+                              walk.position)
+            if prev != walk.previous:
+                return report(f"{chain.key} {values[key_index]} does not link to the row before it (a row was "
+                              f"deleted, inserted or reordered)", walk.position)
+            if redacted:
+                expected = [(_redacted_value(chain.placeholders[c], content) if c in chain.placeholders
+                             else values[i]) for i, c in enumerate(chain.columns)]
+                if list(values) != expected or redactions.get(values[key_index]) != content:
+                    return report(f"{chain.key} {values[key_index]} is marked redacted without a matching redaction "
+                                  f"entry or placeholder content", walk.position)
+            elif hash_row(values) != content:
+                return report(f"{chain.key} {values[key_index]} was changed after it was recorded (its content no "
+                              f"longer matches its hash)", walk.position)
+            if link_hash(prev, content) != hashed:
+                return report(f"{chain.key} {values[key_index]} has a chain hash that does not match its content "
+                              f"and link", walk.position)
+            walk.previous = hashed
+        return None
+
+    key = _quote(chain.key)
+    if _keyed_by_rowid(db, chain):
+        after = None
+        while True:
+            where = "" if after is None else f"WHERE {key} > ?"
+            params = () if after is None else (after,)
+            checked = _fast_chunk(db, chain, where, params, chunk_rows, walk.previous)
+            if checked is None:   # the exact check decides
+                rows = _execute(db, f"SELECT {select} FROM {_quote(table)} {where} ORDER BY {key} LIMIT ?",
+                                (*params, chunk_rows)).fetchall()
+                if not rows:
+                    break
+                broken = check_rows(rows)
+                if broken is not None:
+                    return broken
+                after = rows[-1][key_index]
+            else:
+                count, last_key, last_hash = checked
+                if count == 0:
+                    break
+                walk.position += count
+                walk.previous, after = last_hash, last_key
+    else:
+        broken = check_rows(_execute(db, f"SELECT {select} FROM {_quote(table)} ORDER BY {key}"))
+        if broken is not None:
+            return broken
+    position, previous = walk.position, walk.previous
     if position < recorded_rows:
         return report(f"{recorded_rows - position} row(s) missing at the end (recorded head {recorded_head[:16]}...)",
                       position + 1)
@@ -555,6 +719,51 @@ def verify(db: sqlite3.Connection, table: str) -> ChainReport:
         return ChainReport(table, position, previous, False, None,
                            f"append-only trigger(s) {', '.join(absent)} were dropped", migrated)
     return ChainReport(table, position, previous, True, None, "", migrated)
+
+
+def _keyed_by_rowid(db: sqlite3.Connection, chain: _Chain) -> bool:
+    """Whether the chain's key is the table's INTEGER PRIMARY KEY (unique, so chunks can follow it)."""
+    info = list(_execute(db, f"PRAGMA table_info({_quote(chain.table)})"))
+    keys = [row for row in info if row[5]]
+    return len(keys) == 1 and keys[0][1] == chain.key and keys[0][2].upper() == "INTEGER"
+
+
+def _fast_chunk(db: sqlite3.Connection, chain: _Chain, where: str, params: tuple, limit: int,
+                previous: str) -> tuple[int, object, str] | None:
+    """(rows, last key, last chain hash) of the next chunk when it checks out by SQLite's JSON; else None."""
+    columns = [_quote(c) for c in chain.columns]
+    odd = " + ".join(f"(typeof({c}) NOT IN ('integer', 'text', 'null'))" for c in columns)
+    sql = (f"SELECT count(*), max(k), group_concat(j, char(10)), group_concat(h, ''), total(r), total(odd) FROM ("
+           f"SELECT {_quote(chain.key)} AS k, json_array({', '.join(columns)}) AS j, "
+           f"ifnull(chain_content, '') || ifnull(chain_prev, '') || ifnull(chain_hash, '') AS h, "
+           f"chain_redacted AS r, {odd} AS odd FROM {_quote(chain.table)} {where} ORDER BY {_quote(chain.key)} "
+           f"LIMIT ?)")
+    try:
+        count, last_key, texts, hashes, redacted, odd_values = _execute(db, sql, (*params, limit)).fetchone()
+    except sqlite3.DataError:   # json_array of a blob: the exact check says what it is
+        return None
+    except sqlite3.OperationalError as error:
+        if "JSON cannot hold BLOB" in str(error):
+            return None
+        raise
+    if count == 0:
+        return 0, None, previous
+    if redacted or odd_values or len(hashes) != 192 * count or not hashes.isascii():
+        return None
+    data = np.frombuffer(texts.encode(), dtype=np.uint8)
+    breaks = np.flatnonzero(data == 10)
+    if len(breaks) != count - 1:
+        return None
+    offsets = np.concatenate(([0], breaks + 1, [len(data) + 1])).astype(np.int64)
+    ends = offsets[1:] - 1   # rows: (start, end) of each row's JSON, the newline between rows left out
+    stored = np.frombuffer(hashes.encode(), dtype=np.uint8).reshape(count, 3, 64)
+    contents = content_digests_between(_row_prefix(chain.table), offsets[:-1], ends, data)
+    prevs = stored[:, 1]
+    linked = link_digests(stored[:, 0], previous_hashes=prevs)
+    if not (np.array_equal(contents, stored[:, 0]) and np.array_equal(linked, stored[:, 2])
+            and prevs[0].tobytes() == previous.encode() and np.array_equal(prevs[1:], stored[:-1, 2])):
+        return None
+    return count, last_key, stored[-1, 2].tobytes().decode()
 
 
 def _redacted_value(placeholder: object, content: str) -> object:

@@ -13,6 +13,7 @@ are; ``ledger_chains.migrated_rows`` records how many).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import sqlite3
@@ -20,7 +21,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from profiling.consent.as_of import EVENT_COLUMNS, to_micros
 from profiling.consent.events import ConsentError, ConsentEvent, canonical_account_id
@@ -29,6 +33,7 @@ from profiling.ledger_chain import (
     REDACTED_ID,
     ChainBrokenError,
     ChainReport,
+    append_arrow,
     append_rows,
     appending,
     redact,
@@ -39,7 +44,7 @@ from profiling.errors import WorkspaceError
 from profiling.pseudonyms import normalize
 from profiling.schema import TIMESTAMP
 
-__all__ = ["CHAINED_TABLES", "SqliteConsentStore", "ledger_connection"]
+__all__ = ["CHAINED_TABLES", "SqliteConsentStore", "StaleSnapshotError", "ledger_connection"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS consent_events (
@@ -76,6 +81,19 @@ CREATE TABLE IF NOT EXISTS audit_gate_decisions (
     snapshot_hash    TEXT NOT NULL,
     events           INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS consent_snapshots (          -- Arrow snapshots of the history, one row per write
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    ledger_rows  INTEGER NOT NULL,                      -- the ledger position the snapshot reflects: chain rows,
+    ledger_head  TEXT NOT NULL,                         -- head hash and redactions of consent_events
+    redactions   INTEGER NOT NULL,
+    events       INTEGER NOT NULL,                      -- events in the snapshot (redacted ones left out)
+    sha256       TEXT NOT NULL,                         -- of the Parquet bytes
+    written_at   INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS consent_snapshot_data (      -- the latest snapshot's Parquet bytes only
+    snapshot INTEGER PRIMARY KEY,
+    parquet  BLOB NOT NULL
+);
 """
 _EVENT_COLUMNS = ["seq", "event_id", "account_id", "event_at", "event_type", "purpose", "policy_version", "channel",
                   "source", "recorded_at"]
@@ -85,7 +103,17 @@ _EVENT_PLACEHOLDERS = {"event_id": REDACTED_ID, "account_id": REDACTED_ID, "even
                        "recorded_at": 0}
 _AUDIT_COLUMNS = ["id", "recorded_at", "job", "purpose", "as_of", "sensitive", "eligible", "excluded",
                   "excluded_reasons", "dnd", "non_personalized", "snapshot_hash", "events"]
-CHAINED_TABLES = ("consent_events", "audit_gate_decisions")
+_SNAPSHOT_COLUMNS = ["id", "ledger_rows", "ledger_head", "redactions", "events", "sha256", "written_at"]
+CHAINED_TABLES = ("consent_events", "audit_gate_decisions", "consent_snapshots")
+# The snapshot's rows: every unredacted event, by account, time, then recording order.
+_SNAPSHOT_SCHEMA = pa.schema([("seq", pa.int64()), ("account_id", pa.string()), ("event_at", pa.int64()),
+                              ("event_type", pa.string()), ("purpose", pa.string()),
+                              ("policy_version", pa.string())])
+_SNAPSHOT_ORDER = [("account_id", "ascending"), ("event_at", "ascending"), ("seq", "ascending")]
+
+
+class StaleSnapshotError(ConsentError):
+    """The ledger's Arrow snapshot is missing or reflects an earlier ledger position than the ledger's."""
 
 
 def ledger_connection(path: str | os.PathLike) -> sqlite3.Connection:
@@ -151,6 +179,7 @@ class SqliteConsentStore:
             register_table(self._connection, "consent_events", key="seq", columns=_EVENT_COLUMNS,
                            placeholders=_EVENT_PLACEHOLDERS, replaces_triggers=["consent_events_append_only"])
             register_table(self._connection, "audit_gate_decisions", key="id", columns=_AUDIT_COLUMNS)
+            register_table(self._connection, "consent_snapshots", key="id", columns=_SNAPSHOT_COLUMNS)
         except BaseException:
             self._connection.execute("ROLLBACK")
             self._connection.close()
@@ -181,7 +210,7 @@ class SqliteConsentStore:
 
     def append(self, events: Iterable[ConsentEvent], *, source: str) -> int:
         checked = [event.checked() for event in events]
-        now = to_micros(dt.datetime.now(dt.timezone.utc))
+        now = _now_micros()
         with self._transaction() as db, appending(db, "consent_events"):
             # Events are checked in time order so a cancellation earlier in the same batch also counts.
             for event in sorted(checked, key=lambda e: e.event_at):
@@ -215,31 +244,47 @@ class SqliteConsentStore:
         events = events.select(columns).set_column(columns.index("event_at"), "event_at", at)
         accounts = normalize(events.column("account_id").cast(pa.string()), "account_id")  # as ingest keys them
         events = events.set_column(columns.index("account_id"), "account_id", accounts)
-        now = to_micros(dt.datetime.now(dt.timezone.utc))
+        now = _now_micros()
         source = _sql_text(source)
         with self._transaction() as db:
-            recorded = append_rows(db, "consent_events", self._new_events(db, events, columns, source, now))
+            before = _current_snapshot(db)
+            new = self._new_events(db, events)
+            # rows: (event_id, account_id, event_at, event_type, purpose, policy_version, channel, source, recorded_at)
+            new = new.append_column("source", pa.array([source] * new.num_rows, pa.string())).append_column(
+                "recorded_at", pa.array(np.full(new.num_rows, now, dtype=np.int64)))
+            recorded = append_arrow(db, "consent_events", new)
+            if before is not None and recorded:
+                last = db.execute("SELECT last_key FROM ledger_chains WHERE chain_table = 'consent_events'").fetchone()[0]
+                added = pa.table({"seq": pa.array(np.arange(last - recorded + 1, last + 1, dtype=np.int64)),
+                                  **{c: new.column(c) for c in _SNAPSHOT_SCHEMA.names[1:]}})
+                _write_snapshot(db, pa.concat_tables([before, added.cast(_SNAPSHOT_SCHEMA)]))
             if fingerprint is not None:
                 db.execute("INSERT OR REPLACE INTO consent_loads (fingerprint, source, events, loaded_at) "
                            "VALUES (?, ?, ?, ?)", (fingerprint, source, events.num_rows, now))
         return LoadReport(offered=events.num_rows, recorded=recorded, already_present=events.num_rows - recorded)
 
     @staticmethod
-    def _new_events(db: sqlite3.Connection, events: pa.Table, columns: list[str], source: str,
-                    now: int) -> Iterator[tuple]:
-        """Rows (``_EVENT_COLUMNS`` without seq) of the events whose id is in neither the ledger nor earlier rows."""
-        seen: set[str] = set()
-        for batch in events.to_batches(max_chunksize=100_000):
-            rows = list(zip(*(batch.column(c).to_pylist() for c in columns)))
-            ids = sorted({row[0] for row in rows})
-            for start in range(0, len(ids), 900):
-                chunk = ids[start:start + 900]
-                seen.update(found for (found,) in db.execute(
-                    f"SELECT event_id FROM consent_events WHERE event_id IN ({', '.join('?' * len(chunk))})", chunk))
-            for row in rows:
-                if row[0] not in seen:
-                    seen.add(row[0])
-                    yield (*row, source, now)
+    def _new_events(db: sqlite3.Connection, events: pa.Table) -> pa.Table:
+        """The events whose id is in neither the ledger nor an earlier row, in their order."""
+        ids = events.column("event_id").combine_chunks()
+        if ids.null_count:
+            raise ConsentError(f"consent events: column event_id has {ids.null_count} missing value(s); every event "
+                               f"needs an id")
+        first = np.unique(pc.dictionary_encode(ids).indices.to_numpy(zero_copy_only=False),
+                          return_index=True)[1]
+        first.sort()   # rows: the first occurrence of each id, in input order
+        events = events.take(pa.array(first))
+        if db.execute("SELECT 1 FROM consent_events LIMIT 1").fetchone() is None:
+            return events
+        distinct = pc.unique(events.column("event_id")).to_pylist()
+        found: list[str] = []
+        for start in range(0, len(distinct), 900):
+            chunk = distinct[start:start + 900]
+            found += [row[0] for row in db.execute(
+                f"SELECT event_id FROM consent_events WHERE event_id IN ({', '.join('?' * len(chunk))})", chunk)]
+        if not found:
+            return events
+        return events.filter(pc.invert(pc.is_in(events.column("event_id"), value_set=pa.array(found, pa.string()))))
 
     def history(self, account_id: str) -> list[dict]:
         cursor = self._connection.execute(
@@ -254,6 +299,24 @@ class SqliteConsentStore:
         return rows
 
     def events(self, account_ids: Sequence[str] | None = None) -> pa.Table:
+        """The unredacted history (``EVENT_COLUMNS``) by account, time, then recording order.
+
+        The whole history comes from the ledger's Arrow snapshot (``read_snapshot``), rebuilt from
+        SQL when the ledger moved since it was written; the history of ``account_ids`` from SQL.
+        """
+        if account_ids is None:
+            try:
+                snapshot = self.read_snapshot()
+            except StaleSnapshotError:
+                with self._transaction() as db:
+                    snapshot = _sql_snapshot(db)
+                    _write_snapshot(db, snapshot)
+            return snapshot.select(list(EVENT_COLUMNS)).set_column(
+                1, "event_at", snapshot.column("event_at").cast(TIMESTAMP))
+        return self.events_sql(account_ids)
+
+    def events_sql(self, account_ids: Sequence[str] | None = None) -> pa.Table:
+        """``events`` read row by row through SQL (the reference the snapshot is checked against)."""
         query = "SELECT account_id, event_at, event_type, purpose, policy_version FROM consent_events"
         if account_ids is None:
             rows = self._connection.execute(query + " WHERE chain_redacted = 0 "
@@ -274,6 +337,35 @@ class SqliteConsentStore:
             "purpose": pa.array(columns[3], pa.string()),
             "policy_version": pa.array(columns[4], pa.string()),
         })
+
+    def read_snapshot(self) -> pa.Table:
+        """The Arrow snapshot of the whole history (``_SNAPSHOT_SCHEMA``), event times in µs.
+
+        ``StaleSnapshotError`` when there is none, or when the ledger's position (consent_events'
+        chain rows and head, and its redactions) is not the one the snapshot was written at: a
+        snapshot is only ever read at the position it reflects. ``ChainBrokenError`` when its bytes
+        differ from the SHA-256 in its chained record (``consent_snapshots``).
+        """
+        db = self._connection
+        db.execute("BEGIN")   # position and bytes from one state of the file
+        try:
+            position = _position(db)
+            row = db.execute("SELECT s.id, s.ledger_rows, s.ledger_head, s.redactions, s.sha256, d.parquet "
+                             "FROM consent_snapshots s JOIN consent_snapshot_data d ON d.snapshot = s.id "
+                             "WHERE s.id = (SELECT MAX(id) FROM consent_snapshots)").fetchone()
+        finally:
+            db.execute("COMMIT")
+        if row is None:
+            raise StaleSnapshotError(f"consent ledger {self.path} has no current Arrow snapshot")
+        if tuple(row[1:4]) != position:
+            raise StaleSnapshotError(f"the Arrow snapshot of {self.path} reflects {row[1]} events (head "
+                                     f"{row[2][:12]}, {row[3]} redactions), the ledger is at {position[0]} (head "
+                                     f"{position[1][:12]}, {position[2]} redactions)")
+        if hashlib.sha256(row[5]).hexdigest() != row[4]:
+            raise ChainBrokenError(f"the Arrow snapshot of consent ledger {self.path} does not match its recorded "
+                                   f"SHA-256 (snapshot {row[0]}); no job runs on it: run `portrait ledger verify` "
+                                   f"and restore the ledger from a copy")
+        return pq.read_table(pa.BufferReader(row[5])).cast(_SNAPSHOT_SCHEMA)
 
     def record_audit(self, record: AuditRecord) -> int:
         with self._transaction() as db, appending(db, "audit_gate_decisions"):
@@ -298,10 +390,15 @@ class SqliteConsentStore:
 
     def erase_account(self, account_id: str) -> int:
         """Redact every event of ``account_id`` (content replaced, hashes kept); returns how many."""
+        account_id = canonical_account_id(account_id)
         with self._transaction() as db:
-            removed = redact(db, "consent_events", "account_id = ?", (canonical_account_id(account_id),),
-                             reason="erasure request")
+            before = _current_snapshot(db)
+            removed = redact(db, "consent_events", "account_id = ?", (account_id,), reason="erasure request")
             db.execute("DELETE FROM consent_loads")  # a reload must offer every event again
+            if before is not None:   # the snapshot follows the ledger; no copy of the account is left
+                _write_snapshot(db, before.filter(pc.not_equal(before.column("account_id"), account_id)))
+            else:
+                db.execute("DELETE FROM consent_snapshot_data")
         self.checkpoint()
         return removed
 
@@ -322,10 +419,62 @@ class SqliteConsentStore:
         self._connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
+def _position(db: sqlite3.Connection) -> tuple[int, str, int]:
+    """The consent history's ledger position: chain rows, head hash, and redactions of consent_events."""
+    rows, head = db.execute("SELECT rows, head FROM ledger_chains WHERE chain_table = 'consent_events'").fetchone()
+    redactions = db.execute("SELECT COUNT(*) FROM ledger_redactions WHERE chain_table = 'consent_events'").fetchone()[0]
+    return rows, head, redactions
+
+
+def _current_snapshot(db: sqlite3.Connection) -> pa.Table | None:
+    """Inside a transaction: the snapshot at the ledger's position (empty for an empty ledger), else None."""
+    position = _position(db)
+    if position[0] == 0:
+        return _SNAPSHOT_SCHEMA.empty_table()
+    row = db.execute("SELECT s.ledger_rows, s.ledger_head, s.redactions, d.parquet FROM consent_snapshots s "
+                     "JOIN consent_snapshot_data d ON d.snapshot = s.id "
+                     "WHERE s.id = (SELECT MAX(id) FROM consent_snapshots)").fetchone()
+    if row is None or tuple(row[:3]) != position:
+        return None
+    return pq.read_table(pa.BufferReader(row[3])).cast(_SNAPSHOT_SCHEMA)
+
+
+def _sql_snapshot(db: sqlite3.Connection) -> pa.Table:
+    """The snapshot's rows read through SQL, ``_SNAPSHOT_SCHEMA`` in ``_SNAPSHOT_ORDER``."""
+    names = _SNAPSHOT_SCHEMA.names
+    rows = db.execute(f"SELECT {', '.join(names)} FROM consent_events WHERE chain_redacted = 0 "
+                      "ORDER BY account_id, event_at, seq").fetchall()
+    columns = list(zip(*rows)) if rows else [[]] * len(names)
+    return pa.table([pa.array(c, f.type) for c, f in zip(columns, _SNAPSHOT_SCHEMA)], schema=_SNAPSHOT_SCHEMA)
+
+
+def _write_snapshot(db: sqlite3.Connection, events: pa.Table) -> None:
+    """Record ``events`` (sorted here) as the snapshot at the ledger's position, inside the caller's transaction.
+
+    The Parquet bytes replace the previous snapshot's (secure deletion overwrites them); their
+    SHA-256 and the position go to the chained ``consent_snapshots`` in the same transaction.
+    """
+    events = events.take(pc.sort_indices(events, sort_keys=_SNAPSHOT_ORDER))
+    sink = pa.BufferOutputStream()
+    pq.write_table(events, sink, compression="zstd")
+    data = sink.getvalue().to_pybytes()
+    rows, head, redactions = _position(db)
+    append_rows(db, "consent_snapshots", [(rows, head, redactions, events.num_rows, hashlib.sha256(data).hexdigest(),
+                                           _now_micros())])
+    written = db.execute("SELECT MAX(id) FROM consent_snapshots").fetchone()[0]
+    db.execute("DELETE FROM consent_snapshot_data")
+    db.execute("INSERT INTO consent_snapshot_data (snapshot, parquet) VALUES (?, ?)", (written, data))
+
+
 def _sql_text(text: str) -> str:
     if not text.replace("_", "").replace("-", "").isalnum():
         raise ConsentError(f"source {text!r} must be a plain word such as 'ingest' or 'cli'")
     return text
+
+
+def _now_micros() -> int:
+    """The recording time of appended events (µs since 1970-01-01 UTC)."""
+    return to_micros(dt.datetime.now(dt.timezone.utc))
 
 
 def _from_micros(micros: int) -> dt.datetime:
