@@ -104,10 +104,13 @@ def release_group_counts(engine: Engine, frame: Frame, *, group: str, keys: Sequ
                          dataset: str, purpose: str, epsilon: float | None = None, delta: float = 0.0,
                          rho: float | None = None, mechanism: str = "laplace", max_partitions: int = 1,
                          max_rows_per_partition: int = 1, order_by: Sequence[str] = (), analyst: str | None = None,
-                         period: str = DEFAULT_PERIOD) -> pd.DataFrame:
+                         period: str = DEFAULT_PERIOD, accounts_per_human: int = 1) -> pd.DataFrame:
     """Noisy count of rows per public key of ``group``, with person-level bounding; ``(group, count, count_ci95)``.
 
-    ``frame`` is partitioned by the person (``frame.key``). Privacy: as
+    ``frame`` is partitioned by its privacy unit (``frame.key``: the person, or ``identity_id`` for rows
+    attributed by ``dp.units.attach_identity``; person-keyed tables such as orders are their identity's
+    already, since the identity graph never links two accounts). ``accounts_per_human=k``: any k units
+    together get the claimed loss (the charge records it). Privacy: as
     ``PrivateSession.query(...).group_by(group, keys).bound(...).count()`` (epsilon-DP per
     person, or as the budget is kept), with the same charge: validated before anything runs,
     charged to ``ledger`` once, after the bounded totals are reduced and immediately before
@@ -116,7 +119,8 @@ def release_group_counts(engine: Engine, frame: Frame, *, group: str, keys: Sequ
     if frame.key is None:
         raise ValueError("release_group_counts needs a frame partitioned by the person key; read it with key=...")
     plan = (QueryPlan.start(columns=frame.schema, privacy_unit=frame.key, source=f"dataset {dataset!r}",
-                            epsilon=epsilon, delta=delta, rho=rho, mechanism=mechanism)
+                            epsilon=epsilon, delta=delta, rho=rho, mechanism=mechanism,
+                            accounts_per_human=accounts_per_human)
             .group_by(group, keys=keys).bound(max_partitions=max_partitions,
                                               max_rows_per_partition=max_rows_per_partition).count())
     compiled = plan.compile(ledger=ledger, dataset=dataset, purpose=purpose, analyst=analyst, period=period)

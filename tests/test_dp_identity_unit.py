@@ -24,6 +24,8 @@ from dp.cross_device import (
     release_events_per_device_type,
 )
 from dp.units import attach_identity
+from pipelines.engine_jobs import release_group_counts
+from pipelines.engines import LocalEngine
 from pipelines.ingest import ingest
 from pipelines.run import parse_as_of, run_pipeline
 from pipelines.synthetic import generate
@@ -291,3 +293,24 @@ def test_a_refused_identity_release_is_one_line_and_charges_nothing(job, capsys,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("portrait: error:") and message in err[0], err
     assert len(ledger.charges("device_events")) == before
+
+
+def test_the_engine_release_counts_identities_under_the_group_bound(ledger, tmp_path):
+    """The engine's bounded counts per identity (device events attributed first) equal a plain count, and the
+    charge carries the group bound's doubled noise."""
+    events = _events(np.array([True, False, True]))
+    rows = _identity_rows(events)
+    engine = LocalEngine(workspace=tmp_path / "engine")
+    try:
+        frame = engine.from_table(pa.Table.from_pandas(rows[["identity_id", "group"]], preserve_index=False),
+                                  key="identity_id", partitions=2)
+        released = {k: release_group_counts(engine, frame, group="group", keys=["g00000", "g00001", "g00002"],
+                                            ledger=ledger, dataset="device_events", purpose="test", epsilon=1e6,
+                                            max_rows_per_partition=R, accounts_per_human=k) for k in (1, 2)}
+    finally:
+        engine.close()
+    # a canary's two accounts add R rows each; base persons one each; the kiosk's anonymous events count for nobody
+    assert released[2]["count"].tolist() == [BASE + 2 * R, BASE, BASE + 2 * R]
+    charges = ledger.charges("device_events")
+    assert charges[-1]["noise_scale"] == pytest.approx(2 * charges[-2]["noise_scale"])
+    assert "per identity_id (any 2 together" in charges[-1]["query"]
