@@ -160,7 +160,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "dp", help="release a differentially private count/sum/mean/quantile of an analytics-zone table",
         description="Release DP aggregates of WS/pseudonymized/<table>. Every person contributes to at most "
-                    "--max-partitions groups and --max-rows rows in each; the release is epsilon-DP per person "
+                    "--max-partitions groups and --max-rows rows in each; the release is epsilon-DP per person (per "
+                    "identity with --privacy-unit identity) "
                     "and charged first to the budget of the table's dataset. Examples: "
                     "`portrait dp --table orders --by category --count --sum amount:0:2000 --epsilon 0.2 "
                     "--key-file K --as-of 2026-11-01`.")
