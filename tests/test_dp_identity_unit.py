@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dp import BudgetLedger, PrivacyParameterError, PrivateSession
 from dp.cross_device import (
@@ -314,3 +316,15 @@ def test_the_engine_release_counts_identities_under_the_group_bound(ledger, tmp_
     charges = ledger.charges("device_events")
     assert charges[-1]["noise_scale"] == pytest.approx(2 * charges[-2]["noise_scale"])
     assert "per identity_id (any 2 together" in charges[-1]["query"]
+
+
+@given(st.lists(st.tuples(st.sampled_from(["d0", "d1", "d2", "d3"]), st.sampled_from([None, "A", "B", "C"])),
+                max_size=30),
+       st.dictionaries(st.sampled_from(["d0", "d1", "d2", "d3"]), st.sampled_from(["A", "B", "C"])))
+def test_attribution_matches_a_per_row_reference(events, linked):
+    rows = pd.DataFrame(events, columns=["device_id", "person_id"]).assign(n=range(len(events)))
+    devices = pd.DataFrame({"device_id": list(linked), "identity_id": list(linked.values())})
+    got = attach_identity(rows, devices=devices)
+    expected = [(n, person if person is not None else linked[device]) for n, (device, person) in enumerate(events)
+                if person is not None or device in linked]
+    assert list(zip(got["n"], got["identity_id"], strict=True)) == expected
