@@ -28,7 +28,7 @@ import json
 import os
 import shutil
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,10 +40,12 @@ import pyarrow.parquet as pq
 
 from pipelines.dsr_overlay import (
     REDACTED,
+    Tombstones,
     create_overlay_tables,
     forget_corrections,
     load_tombstones,
     record_correction,
+    redact_accounts,
     record_tombstones,
 )
 from pipelines.dsr_scope import LINK_KINDS, DsrError, LinkedIdentifiers, linked_identifiers, subject_rows
@@ -52,8 +54,8 @@ from profiling.consent.events import canonical_account_id
 from profiling.consent.sqlite_store import SqliteConsentStore, ledger_connection
 from profiling.csv_cells import write_csv_rows
 from profiling.keys import MasterKey
-from profiling.ledger_chain import REDACTED_ID, appending, redact, register_table
-from profiling.pseudonyms import PERSON, pseudonymize
+from profiling.ledger_chain import REDACTED_ID, appending, register_table
+from profiling.pseudonyms import MARKETING, PERSON, pseudonymize
 from profiling.schema import TABLES
 from profiling.transfer_log import transfers_about
 from profiling.validation import CheckContext, check_batch, coerce_column
@@ -92,21 +94,31 @@ CREATE TABLE IF NOT EXISTS dsr_stale (
 
 @dataclass
 class ErasureReport:
-    """What an erasure removed: rows per rewritten file (relative to the workspace) and ledger rows."""
+    """What an erasure removed: rows per rewritten file (relative to the workspace) and ledger rows.
 
-    account_id: str
+    One report covers every account of one erasure (``account_ids``); the counts are their sums.
+    """
+
+    account_ids: tuple[str, ...]
     rows_removed: dict[str, int] = field(default_factory=dict)
     consent_events_removed: int = 0
     requests_removed: int = 0
     tombstones: int = 0
-    # Rows of others' waybills naming the person, whose party (name, phone, address) was blanked.
+    # Rows of others' waybills naming an erased person, whose party (name, phone, address) was blanked.
     rows_redacted: dict[str, int] = field(default_factory=dict)
-    # Rows about the person and others together (a portrait over several persons): neither exported
+    # Rows about an erased person and others together (a portrait over several persons): neither exported
     # nor deleted; the next run rebuilds them from inputs that no longer hold the person.
     rows_shared: dict[str, int] = field(default_factory=dict)
-    # Files other than Parquet and SQLite (reports, exports) that still name the person: erase cannot
+    # Files other than Parquet and SQLite (reports, exports) that still name an erased person: erase cannot
     # rewrite formats it does not know, so it lists them for a person to remove.
     other_files_naming_them: list[str] = field(default_factory=list)
+
+    @property
+    def account_id(self) -> str:
+        """The account erased, when the erasure was of one (``dsr erase``)."""
+        if len(self.account_ids) != 1:
+            raise ValueError(f"this erasure was of {len(self.account_ids)} accounts, not one")
+        return self.account_ids[0]
 
 
 def _now() -> dt.datetime:
@@ -144,10 +156,12 @@ def _ledger(workspace: Workspace) -> Iterator[sqlite3.Connection]:
 _REQUEST_COLUMNS = ("id", "account_id", "kind", "field", "requested_at")
 
 
-def _record_request(db: sqlite3.Connection, account_id: str, kind: str, field_name: str | None = None) -> None:
+def _record_request(db: sqlite3.Connection, account_ids: Iterable[str], kind: str,
+                    field_name: str | None = None) -> None:
+    """One ``kind`` request per account, in the order given (inside the caller's transaction)."""
     with appending(db, "dsr_requests"):
-        db.execute("INSERT INTO dsr_requests (account_id, kind, field, requested_at) VALUES (?, ?, ?, ?)",
-                   (account_id, kind, field_name, _now().isoformat()))
+        db.executemany("INSERT INTO dsr_requests (account_id, kind, field, requested_at) VALUES (?, ?, ?, ?)",
+                       [(account_id, kind, field_name, _now().isoformat()) for account_id in account_ids])
 
 
 def _rows_as_dicts(cursor: sqlite3.Cursor) -> list[dict]:
@@ -219,7 +233,7 @@ def export_account(workspace: Workspace, account_id: str, key: MasterKey, out_di
                        f"consent history hold it; check the id")
     with _ledger(workspace) as db:
         db.execute("BEGIN IMMEDIATE")
-        _record_request(db, linked.account_id, "export")
+        _record_request(db, [linked.account_id], "export")
         db.execute("COMMIT")
         requests = _rows_as_dicts(db.execute(f"SELECT {', '.join(_REQUEST_COLUMNS)} FROM dsr_requests "
                                              f"WHERE account_id = ? ORDER BY id", (linked.account_id,)))
@@ -298,7 +312,7 @@ def correct_account(workspace: Workspace, account_id: str, field_name: str, valu
             person_id = pseudonymize([account_id], key, PERSON, identifier="account_id")[0].as_py()
             db.execute("BEGIN IMMEDIATE")
             try:
-                _record_request(db, account_id, "correct", field_name)
+                _record_request(db, [account_id], "correct", field_name)
                 record_correction(db, account_id, field_name, value, _now())
                 db.execute("INSERT INTO dsr_stale (account_id, person_id, field, since) VALUES (?, ?, ?, ?)",
                            (account_id, person_id, field_name, _now().isoformat()))
@@ -341,89 +355,162 @@ def erase_account(workspace: Workspace, account_id: str, key: MasterKey) -> Eras
     """Remove the subject's own rows from the whole workspace, blank them on others' rows, and tombstone them.
 
     What is theirs is decided by ``pipelines.dsr_scope``: rows about them and others together are
-    left (``ErasureReport.rows_shared``) and nothing of anyone else is removed. Order: tombstones of
-    their account id, phones and own devices (durable; keyed by the tombstone secret, so no key
-    rotation or destruction undoes them) -> every affected folder rewritten in staging and
-    published together -> the account's consent events, requests and corrections redacted in the
-    ledger (secure delete, WAL checkpointed). A failure before publishing leaves every folder as it
-    was; the tombstones alone keep ingest from re-admitting the person, and rerunning the erasure
-    finishes the job.
+    left (``ErasureReport.rows_shared``) and nothing of anyone else is removed. Order: every
+    affected folder rewritten in staging -> tombstones of their account id, phones and own devices
+    (durable; keyed by the tombstone secret, so no key rotation or destruction undoes them) -> the
+    staged folders published together -> the account's consent events, requests and corrections
+    redacted in the ledger (secure delete, WAL checkpointed). A failure before publishing leaves
+    every folder as it was; the tombstones alone keep ingest from re-admitting the person, and
+    rerunning the erasure finishes the job. The one erasure path: ``erase_held`` for one account.
     """
-    return erase_held(workspace, account_id, key)
+    return erase_held(workspace, [account_id], key)
 
 
-def erase_held(workspace: Workspace, account_id: str, key: MasterKey, *, cause: str | None = None) -> ErasureReport:
-    """``erase_account`` for a caller that already holds the workspace's job lock (the job's retention stage).
+def _ledger_accounts(workspace: Workspace, account_ids: Sequence[str]) -> set[str]:
+    """The accounts among ``account_ids`` whose consent history the ledger still holds (unredacted)."""
+    with SqliteConsentStore(workspace.ledger) as store:  # creates the consent tables on a new ledger
+        return set(store.events(account_ids).column("account_id").to_pylist())
 
-    ``cause`` (a plain phrase such as ``"cancellation"``, never an identifier) is recorded as an
-    ``erase`` request whose account id is redacted at once: the ledger shows that and when the job
-    erased an account, not whose.
+
+def _stage_without_them(workspace: Workspace, stage: Path, scopes: Iterable, report: ErasureReport
+                        ) -> tuple[dict[Path, Path], set[str]]:
+    """Write every affected file, without the subjects' rows and with their party blanked, into ``stage``.
+
+    Files are handled one at a time as ``scopes`` yields them (one read, one write each). Returns the
+    staged folder of each affected folder and the subjects' ids and pseudonyms found anywhere.
     """
-    if isinstance(key, MasterKey) and not key.has_tombstone_secret:
+    replacements: dict[Path, Path] = {}
+    found: set[str] = set()
+    for scope in scopes:
+        found |= scope.found
+        name = str(scope.path.relative_to(workspace.root))
+        if scope.shared.any():
+            report.rows_shared[name] = int(scope.shared.sum())
+        if not (scope.own.any() or scope.named_rows().any()):
+            continue
+        folder = scope.path.parent
+        if folder == workspace.root:
+            raise DsrError(f"Parquet files directly in {folder} cannot be rewritten atomically; keep tables in "
+                           f"folders (WS/<zone>/<table>/)")
+        if folder not in replacements:
+            replacements[folder] = stage / f"{len(replacements):04d}-{folder.name}"
+            shutil.copytree(folder, replacements[folder])
+        pq.write_table(scope.redacted(REDACTED), replacements[folder] / scope.path.name)
+        if scope.own.any():
+            report.rows_removed[name] = int(scope.own.sum())
+        if scope.named_rows().any():
+            report.rows_redacted[name] = int(scope.named_rows().sum())
+    return replacements, found
+
+
+def _unknown(workspace: Workspace, linked: LinkedIdentifiers, key: MasterKey, found: set[str],
+             tombstones: Tombstones) -> list[str]:
+    """Subjects the workspace does not hold: no row holding their account id or its PERSON or MARKETING
+    pseudonym (``found``: what the scan met), no consent history, no tombstone."""
+    candidates = [a for a in linked.account_ids if a not in found]
+    for version in key.versions:
+        for domain in (PERSON, MARKETING):
+            if candidates:
+                names = pseudonymize(candidates, key, domain, identifier="account_id", version=version).to_pylist()
+                candidates = [a for a, name in zip(candidates, names) if name not in found]
+    if candidates:
+        candidates = sorted(set(candidates) - _ledger_accounts(workspace, candidates))
+    if candidates and tombstones:
+        candidates = [a for a, erased in zip(candidates, tombstones.erased(candidates, key, "account_id"))
+                      if not erased]
+    return candidates
+
+
+def erase_held(workspace: Workspace, account_ids: Sequence[str], key: MasterKey, *,
+               cause: str | None = None) -> ErasureReport:
+    """Erase ``account_ids`` together, as ``erase_account`` erases one, for a caller holding the job lock.
+
+    One pass whatever their number: their linked ids resolved together (a device or phone that only
+    they used, jointly, is theirs), every Parquet file read once and the affected folders published
+    together, their tombstones in one ledger transaction, their consent events, requests and
+    corrections redacted in another, the ingest report updated once. A row about an erased person
+    and someone not erased is kept (their party blanked on a waybill); a row whose persons are all
+    erased goes. Erasing accounts together leaves the workspace as erasing them one after another
+    does (``tests/test_erasure_batch.py``). An id the workspace does not hold is a ``DsrError``
+    naming it, and nothing is changed.
+
+    ``cause`` (a plain phrase such as ``"cancellation"``, never an identifier) is recorded as one
+    ``erase`` request per account whose account id is redacted at once: the ledger shows that and
+    when the job erased accounts, not whose.
+    """
+    if isinstance(account_ids, str):
+        raise TypeError(f"erase_held takes a list of account ids, not the string {account_ids!r}; pass "
+                        f"[{account_ids!r}] for one")
+    if not isinstance(key, MasterKey):
+        raise TypeError(f"data-subject requests need a MasterKey (from load_key_file), not {type(key).__name__}")
+    if not key.has_tombstone_secret:
         raise DsrError("erasure needs a key with a tombstone secret (tombstones no key rotation can undo); pass "
                        "--key-file (an older file gains one), or add 'tombstone:<64 hex digits>' to "
                        "PORTRAIT_MASTER_KEY")
-    linked, scopes = _scoped(workspace, account_id, key)
-    history = 0
-    if workspace.ledger.is_file():
-        with SqliteConsentStore(workspace.ledger) as store:
-            history = len(store.history(linked.account_id))
+    account_ids = list(account_ids)
+    if not account_ids:
+        return ErasureReport(())
+    linked = linked_identifiers(workspace, account_ids)
     tombstones = load_tombstones(workspace)
     tombstones.check_key(key)
-    already = bool(tombstones) and bool(tombstones.erased([linked.account_id], key, "account_id")[0])
-    found = [scope for scope in scopes if scope.own.any() or scope.named_rows().any()]
-    if not found and not history and not already:
-        raise DsrError(f"account {linked.account_id!r} is not in workspace {workspace.root}: no rows and no "
-                       f"consent history hold it; check the id")
-    report = ErasureReport(linked.account_id)
-    with _ledger(workspace) as db:
-        db.execute("BEGIN IMMEDIATE")
-        report.tombstones = record_tombstones(db, key, {"account_id": [linked.account_id], "phone": linked.phones,
-                                                        "device_id": linked.ids["device_id"]}, _now())
-        db.execute("COMMIT")
-    report.rows_shared = {str(scope.path.relative_to(workspace.root)): int(scope.shared.sum())
-                          for scope in scopes if scope.shared.any()}
-    by_folder: dict[Path, list] = {}
-    for scope in found:
-        by_folder.setdefault(scope.path.parent, []).append(scope)
+    report = ErasureReport(linked.account_ids)
     with workspace.staging() as stage:
-        replacements: dict[Path, Path] = {}
-        for number, (folder, files) in enumerate(sorted(by_folder.items())):
-            if folder == workspace.root:
-                raise DsrError(f"Parquet files directly in {folder} cannot be rewritten atomically; keep tables in "
-                               f"folders (WS/<zone>/<table>/)")
-            staged = stage / f"{number:04d}-{folder.name}"
-            shutil.copytree(folder, staged)
-            for scope in files:
-                pq.write_table(scope.redacted(REDACTED), staged / scope.path.name)
-                name = str(scope.path.relative_to(workspace.root))
-                if scope.own.any():
-                    report.rows_removed[name] = int(scope.own.sum())
-                if scope.named_rows().any():
-                    report.rows_redacted[name] = int(scope.named_rows().sum())
-            replacements[folder] = staged
+        replacements, found = _stage_without_them(workspace, stage, subject_rows(workspace, linked, key), report)
+        unknown = _unknown(workspace, linked, key, found, tombstones)
+        if unknown:
+            raise DsrError(f"account{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown[:5]))}"
+                           f"{' ...' if len(unknown) > 5 else ''} {'are' if len(unknown) > 1 else 'is'} not in "
+                           f"workspace {workspace.root}: no rows and no consent history hold "
+                           f"{'them' if len(unknown) > 1 else 'it'}; check the id; nothing was erased")
+        with _ledger(workspace) as db:
+            db.execute("BEGIN IMMEDIATE")
+            report.tombstones = record_tombstones(db, key, {"account_id": list(linked.account_ids),
+                                                            "phone": linked.phones,
+                                                            "device_id": linked.ids["device_id"]}, _now())
+            db.execute("COMMIT")
         if replacements:
             workspace.publish(replacements)
             record_removed_after_ingest(workspace, report.rows_removed)
-    with SqliteConsentStore(workspace.ledger) as store:
-        report.consent_events_removed = store.erase_account(linked.account_id)
+    _redact_ledger(workspace, linked.account_ids, report, cause)
+    report.other_files_naming_them = _other_files_naming(workspace, linked.raw_values() | linked.pseudonyms(key))
+    return report
+
+
+def _redact_ledger(workspace: Workspace, account_ids: Sequence[str], report: ErasureReport,
+                   cause: str | None) -> None:
+    """Redact the accounts' consent events, requests and corrections in one ledger transaction; checkpoint."""
+    with SqliteConsentStore(workspace.ledger):  # creates the consent tables on a new ledger
+        pass
     with _ledger(workspace) as db:
         db.execute("BEGIN IMMEDIATE")
-        report.requests_removed = redact(db, "dsr_requests", "account_id = ?", (linked.account_id,),
-                                         reason="erasure request")
-        if cause is not None:
-            _record_request(db, linked.account_id, "erase", cause)
-            redact(db, "dsr_requests", "account_id = ?", (linked.account_id,), reason=f"{cause} erasure")
-        db.execute("DELETE FROM dsr_stale WHERE account_id = ?", (linked.account_id,))
-        forget_corrections(db, linked.account_id)
+        try:
+            report.consent_events_removed = redact_accounts(db, "consent_events", account_ids,
+                                                            reason="erasure request")
+            db.execute("DELETE FROM consent_loads")  # a reload must offer every event again
+            report.requests_removed = redact_accounts(db, "dsr_requests", account_ids, reason="erasure request")
+            if cause is not None:
+                _record_request(db, account_ids, "erase", cause)
+                redact_accounts(db, "dsr_requests", account_ids, reason=f"{cause} erasure")
+            for start in range(0, len(account_ids), 500):
+                chunk = account_ids[start:start + 500]
+                db.execute(f"DELETE FROM dsr_stale WHERE account_id IN ({', '.join('?' * len(chunk))})", chunk)
+            forget_corrections(db, account_ids)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
         db.execute("COMMIT")
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    needles = [value.encode() for value in sorted(linked.raw_values() | linked.pseudonyms(key))]
+
+
+def _other_files_naming(workspace: Workspace, values: set[str]) -> list[str]:
+    """Files under the workspace, other than Parquet and the ledger, holding any of ``values`` (each read once)."""
+    needles = [value.encode() for value in sorted(values)]
+    named = []
     for path in sorted(workspace.root.rglob("*")):
         relative = path.relative_to(workspace.root)
         if (path.is_file() and path.suffix != ".parquet" and not path.name.startswith(workspace.ledger.name)
                 and not any(part.startswith(".") for part in relative.parts)):
             content = path.read_bytes()
             if any(needle in content for needle in needles):
-                report.other_files_naming_them.append(str(relative))
-    return report
+                named.append(str(relative))
+    return named

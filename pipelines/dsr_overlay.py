@@ -49,6 +49,7 @@ __all__ = [
     "load_corrections",
     "record_correction",
     "forget_corrections",
+    "redact_accounts",
     "PHONE_FIELDS",
     "phone_sides",
     "create_overlay_tables",
@@ -212,9 +213,17 @@ def record_correction(db: sqlite3.Connection, account_id: str, column: str, valu
                    (account_id, column, value, corrected_at.isoformat()))
 
 
-def forget_corrections(db: sqlite3.Connection, account_id: str) -> int:
-    """Redact the account's corrections (account id and value; the chain keeps their place); returns how many."""
-    return redact(db, "dsr_corrections", "account_id = ?", (account_id,), reason="erasure request")
+def redact_accounts(db: sqlite3.Connection, table: str, account_ids: Iterable[str], *, reason: str) -> int:
+    """Redact the rows of chained ``table`` whose ``account_id`` is one of ``account_ids`` (inside the caller's
+    transaction; ``profiling.ledger_chain.redact``, a few hundred ids per statement); returns rows redacted."""
+    ids = sorted(set(account_ids))
+    return sum(redact(db, table, f"account_id IN ({', '.join('?' * len(ids[start:start + 500]))})",
+                      ids[start:start + 500], reason=reason) for start in range(0, len(ids), 500))
+
+
+def forget_corrections(db: sqlite3.Connection, account_ids: Iterable[str]) -> int:
+    """Redact the accounts' corrections (account id and value; the chain keeps their place); returns how many."""
+    return redact_accounts(db, "dsr_corrections", account_ids, reason="erasure request")
 
 
 def forget_legacy_tombstones(db: sqlite3.Connection, stones: Iterable[str]) -> int:

@@ -55,45 +55,55 @@ class DsrError(PortraitError):
 
 @dataclass(frozen=True)
 class LinkedIdentifiers:
-    """One subject's raw ids by kind (``LINK_KINDS`` plus ``phone`` and ``email``), and everybody else's.
+    """The subjects' raw ids by kind (``LINK_KINDS`` plus ``phone`` and ``email``), and everybody else's.
 
-    ``ids["device_id"]`` holds the devices only they signed in on; ``shared_devices`` those others
-    signed in on too. ``phones`` are their phones normalized, less any another account registered.
-    ``other_accounts`` and ``other_orders`` are the raw ids of every other person in the workspace.
+    The subjects are one account (a data-subject request) or several erased together (the job's
+    retention stage); ids of several are pooled. ``ids["device_id"]`` holds the devices only
+    subjects signed in on (one of them, or several of them jointly: once they are all erased no
+    living account uses the device); ``shared_devices`` those someone else signed in on too.
+    ``phones`` are their phones normalized, less any an account outside the subjects registered.
+    ``other_accounts`` and ``other_orders`` are the raw ids (distinct) of every other person in the workspace.
     """
 
-    account_id: str
+    account_ids: tuple[str, ...]
     ids: dict[str, frozenset[str]]
     phones: frozenset[str]
     shared_devices: frozenset[str]
-    other_accounts: frozenset[str]
-    other_orders: frozenset[str]
+    other_accounts: pa.Array
+    other_orders: pa.Array
+
+    @property
+    def account_id(self) -> str:
+        """The one subject's account id (a data-subject request concerns one account)."""
+        if len(self.account_ids) != 1:
+            raise ValueError(f"these identifiers are of {len(self.account_ids)} accounts, not one")
+        return self.account_ids[0]
 
     def raw_values(self) -> set[str]:
         return {value for values in self.ids.values() for value in values}
 
     def pseudonyms(self, key: MasterKey) -> set[str]:
-        """Every pseudonym of their ids: each key version, each kind's domain (and MARKETING for the account)."""
+        """Every pseudonym of their ids: each key version, each kind's domain (and MARKETING for the accounts)."""
         found: set[str] = set()
         for version in key.versions:
             for kind, domain in LINK_KINDS.items():
                 values = sorted(self.ids.get(kind, ()))
                 if values:
                     found.update(pseudonymize(values, key, domain, identifier=kind, version=version).to_pylist())
-            found.update(pseudonymize([self.account_id], key, MARKETING, identifier="account_id",
+            found.update(pseudonymize(list(self.account_ids), key, MARKETING, identifier="account_id",
                                       version=version).to_pylist())
         return found
 
-    def other_pseudonyms(self, key: MasterKey) -> set[str]:
-        """PERSON and MARKETING pseudonyms (every version) of every other account: rows holding one are not theirs."""
-        accounts = sorted(self.other_accounts)
-        found: set[str] = set()
-        if accounts:
+    def others(self, key: MasterKey) -> pa.Array:
+        """Every other person's account ids, order ids and PERSON and MARKETING pseudonyms (every version):
+        a row holding one is not the subjects' alone."""
+        parts = [self.other_accounts, self.other_orders]
+        if len(self.other_accounts):
             for version in key.versions:
                 for domain in (PERSON, MARKETING):
-                    found.update(pseudonymize(accounts, key, domain, identifier="account_id",
-                                              version=version).to_pylist())
-        return found
+                    parts.append(pseudonymize(self.other_accounts, key, domain, identifier="account_id",
+                                              version=version))
+        return pa.concat_arrays([part.cast(pa.string()) for part in parts])
 
 
 def _read_ingested(workspace: Workspace, table: str, columns: list[str]) -> pa.Table | None:
@@ -109,11 +119,11 @@ def _trimmed(rows: pa.Table | None, column: str) -> pa.Array:
     return pc.utf8_trim_whitespace(rows.column(column).combine_chunks().cast(pa.string()))
 
 
-def _in(values: pa.Array, members: Iterable[str]) -> np.ndarray:
-    members = sorted(set(members))
-    if not members or len(values) == 0:
+def _in(values: pa.Array, members: Iterable[str] | pa.Array) -> np.ndarray:
+    members = members if isinstance(members, pa.Array) else pa.array(sorted(set(members)), pa.string())
+    if not len(members) or len(values) == 0:
         return np.zeros(len(values), dtype=bool)
-    hit = pc.is_in(values, value_set=pa.array(members, pa.string()))
+    hit = pc.is_in(values, value_set=members)
     return np.asarray(pc.fill_null(hit, False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
@@ -125,29 +135,52 @@ def _picked(values: pa.Array, mask: np.ndarray) -> set[str]:
     return {v for v in values.filter(pa.array(mask)).to_pylist() if v is not None}
 
 
-def linked_identifiers(workspace: Workspace, account_id: str) -> LinkedIdentifiers:
-    """The subject's own ids and everybody else's, from the ingested zone (see the module docstring)."""
-    form = canonical_account_id(account_id) if isinstance(account_id, str) else None
-    if not form:
-        raise DsrError(f"account id {account_id!r} is empty; give the raw account id (e.g. A0000000001)")
-    account_id = form
-    everyone: set[str] = set()
-    for table, names in _ACCOUNT_FIELDS.items():
-        for name in names:
-            everyone |= set(_trimmed(_read_ingested(workspace, table, [name]), name).drop_null().to_pylist())
+def _distinct(values: pa.Array, mask: np.ndarray | None = None) -> pa.Array:
+    """The distinct non-null ``values`` (where ``mask``), as an Arrow array: everybody's ids stay columnar."""
+    if mask is not None:
+        values = values.filter(pa.array(mask))
+    return pc.unique(values.drop_null())
+
+
+def _subjects(account_ids: str | Iterable[str]) -> tuple[str, ...]:
+    """The account ids as ingest keys them, sorted and distinct; one bad id is a ``DsrError`` naming it."""
+    given = [account_ids] if isinstance(account_ids, str) else list(account_ids)
+    forms = set()
+    for account_id in given:
+        form = canonical_account_id(account_id) if isinstance(account_id, str) else None
+        if not form:
+            raise DsrError(f"account id {account_id!r} is empty; give the raw account id (e.g. A0000000001)")
+        forms.add(form)
+    if not forms:
+        raise DsrError("no account id given; give at least one raw account id (e.g. A0000000001)")
+    return tuple(sorted(forms))
+
+
+def linked_identifiers(workspace: Workspace, account_ids: str | Iterable[str]) -> LinkedIdentifiers:
+    """The subjects' own ids and everybody else's, from the ingested zone (see the module docstring).
+
+    ``account_ids``: one raw account id, or several whose ids are resolved together in one read of
+    each ingested table (what is theirs jointly: a device only they signed in on, a phone only they
+    registered).
+    """
+    subjects = _subjects(account_ids)
+    held = [_distinct(_trimmed(_read_ingested(workspace, table, [name]), name))
+            for table, names in _ACCOUNT_FIELDS.items() for name in names]
+    everyone = pc.unique(pa.concat_arrays(held)) if held else pa.array([], pa.string())
     # rows: (account_id, phone, email)
     accounts = _read_ingested(workspace, "accounts", ["account_id", "phone", "email"])
     holder = _trimmed(accounts, "account_id")
-    mine = _in(holder, [account_id])
+    mine = _in(holder, subjects)
     phones = _picked(_trimmed(accounts, "phone"), mine)
     emails = _picked(_trimmed(accounts, "email"), mine)
     normalized = normalize(_trimmed(accounts, "phone"), "phone")
-    own_phones = _picked(normalized, mine) - _picked(normalized, ~mine)
+    their_phones = _distinct(normalized, mine)
+    own_phones = set(their_phones.filter(pa.array(~_in(their_phones, _distinct(normalized, ~mine)))).to_pylist())
     # rows: (order_id, account_id)
     orders = _read_ingested(workspace, "orders", ["order_id", "account_id"])
     order_ids, order_holder = _trimmed(orders, "order_id"), _trimmed(orders, "account_id")
-    own_orders = _picked(order_ids, _in(order_holder, [account_id]))
-    other_orders = _picked(order_ids, ~_in(order_holder, [account_id]))
+    of_subjects = _in(order_holder, subjects)
+    own_orders = _picked(order_ids, of_subjects)
     # rows: (waybill_id, order_id, account_id, shipper_phone, receiver_phone)
     waybills = _read_ingested(workspace, "waybills", ["waybill_id", "order_id", "account_id",
                                                       *PHONE_FIELDS["waybills"]])
@@ -157,21 +190,24 @@ def linked_identifiers(workspace: Workspace, account_id: str) -> LinkedIdentifie
         names_phone |= _in(normalize(_trimmed(waybills, name), "phone"), own_phones)
     unowned = ~_valid(waybill_account) & ~_valid(waybill_order)
     own_waybills = _picked(_trimmed(waybills, "waybill_id"),
-                           _in(waybill_account, [account_id]) | _in(waybill_order, own_orders)
+                           _in(waybill_account, subjects) | _in(waybill_order, own_orders)
                            | (names_phone & unowned))
     # rows: (device_id, account_id) of signed-in events
     events = _read_ingested(workspace, "device_events", ["device_id", "account_id"])
     device, signed = _trimmed(events, "device_id"), _trimmed(events, "account_id")
-    by_them = _in(signed, [account_id])
-    their_devices = _picked(device, by_them)
-    others_devices = _picked(device, _valid(signed) & ~by_them)
+    by_them = _in(signed, subjects)
+    their_devices = _distinct(device, by_them)
+    used_by_others = _in(their_devices, _distinct(device, _valid(signed) & ~by_them))
     return LinkedIdentifiers(
-        account_id,
-        {"account_id": frozenset({account_id}), "device_id": frozenset(their_devices - others_devices),
+        subjects,
+        {"account_id": frozenset(subjects),
+         "device_id": frozenset(their_devices.filter(pa.array(~used_by_others)).to_pylist()),
          "order_id": frozenset(own_orders), "waybill_id": frozenset(own_waybills),
          "phone": frozenset(phones), "email": frozenset(emails)},
-        phones=frozenset(own_phones), shared_devices=frozenset(their_devices & others_devices),
-        other_accounts=frozenset(everyone - {account_id}), other_orders=frozenset(other_orders))
+        phones=frozenset(own_phones), shared_devices=frozenset(their_devices.filter(pa.array(used_by_others))
+                                                               .to_pylist()),
+        other_accounts=everyone.filter(pa.array(~_in(everyone, subjects))),
+        other_orders=_distinct(order_ids, ~of_subjects))
 
 
 def parquet_files(workspace: Workspace) -> list[Path]:
@@ -223,6 +259,8 @@ class FileScope:
     named: dict[str, np.ndarray]
     party: dict[str, list[str]]
     shared: np.ndarray
+    # The subjects' ids and pseudonyms the file holds (what says an account is in the workspace).
+    found: frozenset[str] = frozenset()
 
     def named_rows(self) -> np.ndarray:
         mask = np.zeros(self.rows.num_rows, dtype=bool)
@@ -259,21 +297,43 @@ class FileScope:
         return rows.filter(pa.array(~self.own))
 
 
+def _present(rows: pa.Table, columns: list[str], universe: pa.Array) -> pa.Array:
+    """The values of ``universe`` that ``columns`` of ``rows`` hold (trimmed; list elements too).
+
+    ``universe`` may be every other person's ids (millions); ``rows`` are the few that concern the
+    subjects, so the universe is probed with their distinct values instead of hashing it per file.
+    """
+    held = []
+    for name in columns:
+        column = rows.column(name).combine_chunks()
+        if pa.types.is_list(column.type):
+            column = pc.list_flatten(column)
+        held.append(pc.utf8_trim_whitespace(column.cast(pa.string())))
+    values = pc.unique(pa.concat_arrays(held).drop_null()) if held else pa.array([], pa.string())
+    if len(values) == 0 or len(universe) == 0:
+        return pa.array([], pa.string())
+    return universe.filter(pc.fill_null(pc.is_in(universe, value_set=values), False))
+
+
 def subject_rows(workspace: Workspace, linked: LinkedIdentifiers, key: MasterKey) -> Iterator[FileScope]:
-    """The scope of every Parquet file holding any of the subject's ids, pseudonyms or phones."""
+    """The scope of every Parquet file holding any of the subjects' ids, pseudonyms or phones, one file at a time.
+
+    Each file is read once, whatever the number of subjects; a row is theirs when it holds no one
+    else's id (see the module docstring).
+    """
     own_ids = (linked.raw_values() - linked.ids["phone"]) | linked.pseudonyms(key)
     own_targets = pa.array(sorted(own_ids), pa.string())
     # A file of no registry table (a zone added later) has no known phone columns: their phones are
     # looked for in every text column, as written and normalized.
     anywhere = pa.array(sorted(own_ids | linked.ids["phone"] | linked.phones), pa.string())
-    other_targets = pa.array(sorted(linked.other_accounts | linked.other_orders | linked.other_pseudonyms(key)),
-                             pa.string())
+    others = linked.others(key)
     for path in parquet_files(workspace):
         rows = pq.read_table(path)
         table = TABLES.get(path.parent.name)
         phones = [name for name in PHONE_FIELDS.get(table.name, []) if name in rows.column_names] if table else []
         text = [name for name in _text_columns(rows.schema) if name not in phones]
-        own_hit = _matching_rows(rows, text, own_targets if table else anywhere)
+        targets = own_targets if table else anywhere
+        own_hit = _matching_rows(rows, text, targets)
         phone_hit = {name: _in(normalize(pc.utf8_trim_whitespace(rows.column(name).combine_chunks()
                                                                   .cast(pa.string())), "phone"), linked.phones)
                      for name in phones}
@@ -284,9 +344,11 @@ def subject_rows(workspace: Workspace, linked: LinkedIdentifiers, key: MasterKey
             continue
         foreign = np.zeros(rows.num_rows, dtype=bool)  # others' ids, looked for on the rows that concern them only
         candidates = np.flatnonzero(own_hit | any_phone)
-        foreign[candidates] = _matching_rows(rows.take(pa.array(candidates)), text, other_targets)
+        concerned = rows.take(pa.array(candidates))
+        foreign[candidates] = _matching_rows(concerned, text, _present(concerned, text, others))
         party = {name: columns for name, columns in phone_sides(table).items() if name in phone_hit} if table else {}
         named = {name: phone_hit[name] & foreign & ~own_hit for name in party}
-        scope = FileScope(path, rows, (own_hit | any_phone) & ~foreign, named, party, np.zeros(0, dtype=bool))
+        found = frozenset(_present(concerned, text, targets).to_pylist())
+        scope = FileScope(path, rows, (own_hit | any_phone) & ~foreign, named, party, np.zeros(0, dtype=bool), found)
         scope.shared = (own_hit | any_phone) & foreign & ~scope.named_rows()
         yield scope
