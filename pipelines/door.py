@@ -188,9 +188,13 @@ def pseudonymize_workspace(workspace: Workspace, key: MasterKey, *, as_of: dt.da
             folder = stage / "pseudonymized" / name
             folder.mkdir(parents=True)
             rows = 0
-            # rows: the raw table's columns -> the analytics schema's columns, batch by batch
-            with pq.ParquetWriter(folder / "part-00000.parquet", schema) as writer:
-                for batch in workspace.dataset(name).to_batches(batch_size=batch_rows):
+            # rows: the raw table's kept columns -> the analytics schema's columns, batch by batch.
+            # Dropped columns are not even read; pseudonyms (distinct 32-digit strings) skip the
+            # Parquet dictionary, which they would overflow anyway.
+            kept = [r.source for r in rules if r.action != "drop"]
+            coarse = [r.output for r in rules if r.action in ("pass", "generalize")]
+            with pq.ParquetWriter(folder / "part-00000.parquet", schema, use_dictionary=coarse) as writer:
+                for batch in workspace.dataset(name).to_batches(batch_size=batch_rows, columns=kept):
                     writer.write_batch(_transform(batch, rules, schema, key, version, as_of))
                     rows += batch.num_rows
             written = pq.read_metadata(folder / "part-00000.parquet").num_rows
