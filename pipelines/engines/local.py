@@ -23,6 +23,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from pipelines.engines._components import check_edges, components_in_memory
 from pipelines.engines._partitioning import call_kernel, partition_of
 from pipelines.engines._protocol import (
     Broadcast,
@@ -155,6 +156,10 @@ class LocalEngine(Engine):
         return self._spill(batches(), schema, key, partitions)
 
     def _spill(self, batches: Iterator[pa.RecordBatch], schema: pa.Schema, key: str, partitions: int) -> Frame:
+        if partitions == 1:
+            # one partition is loaded whole by whatever runs on it: keep it in memory, nothing to sort or spill
+            whole = pa.Table.from_batches(list(batches), schema=schema)
+            return Frame(self, schema, key, 1, _Partitions(lambda p: whole if p == 0 and whole.num_rows else None))
         self._spills += 1
         folder = self._scratch_folder() / f"read-{self._spills}"
         folder.mkdir()
@@ -204,6 +209,13 @@ class LocalEngine(Engine):
             table = frame.handle.load(p)
             if table is not None:
                 yield table
+
+    def connected_components(self, edges: Frame, *, ends: tuple[str, str] = ("u", "v")) -> Frame:
+        self._check_frame(edges)
+        check_edges(edges.schema, ends)
+        # rows: (vertex, component), by scipy over the edges' ends (this process holds them anyway)
+        components = components_in_memory(self.collect(edges).select(list(ends)), ends)
+        return self.from_table(components, key="vertex")
 
     def collect(self, frame: Frame) -> pa.Table:
         return pa.concat_tables([frame.schema.empty_table(), *self._tables(frame)])
