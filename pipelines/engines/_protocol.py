@@ -143,6 +143,18 @@ class Engine(abc.ABC):
         """
 
     @abc.abstractmethod
+    def connected_components(self, edges: Frame, *, ends: tuple[str, str] = ("u", "v")) -> Frame:
+        """The connected components of the undirected graph whose edges are the rows of ``edges``.
+
+        ``ends`` names the two string columns holding an edge's vertices (rows with a null end are
+        ignored; loops and duplicates are fine). Result: one row ``(vertex, component)`` per vertex,
+        ``component`` the least vertex of its component in string order, hash-partitioned by
+        ``vertex``. Local: scipy's ``connected_components``; Spark: large-star/small-star (Kiveris
+        et al., SoCC 2014), nothing collected to the driver but two counts per round. Deterministic:
+        the same rows on both engines.
+        """
+
+    @abc.abstractmethod
     def collect(self, frame: Frame) -> pa.Table:
         """All rows of ``frame`` on the driver, in no particular order: only for small (reduced) results."""
 

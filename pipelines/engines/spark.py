@@ -22,6 +22,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipelines.engines._components import COMPONENTS_SCHEMA, check_edges, components_on_spark
 from pipelines.engines._optional import import_optional
 from pipelines.engines._partitioning import call_kernel
 from pipelines.engines._protocol import (
@@ -161,6 +162,12 @@ class SparkEngine(Engine):
             warnings.filterwarnings("ignore", message=_PANDAS_WARNING, category=FutureWarning)
             mapped = frame.handle.mapInArrow(run, types.from_arrow_schema(kernel.schema))
         return Frame(self, kernel.schema, kept_key(frame, kernel), partitions, mapped)
+
+    def connected_components(self, edges: Frame, *, ends: tuple[str, str] = ("u", "v")) -> Frame:
+        self._check_frame(edges)
+        check_edges(edges.schema, ends)
+        # rows: (vertex, component) by large-star/small-star, then hash-partitioned by vertex
+        return self._partitioned(components_on_spark(edges.handle, ends), "vertex", None, COMPONENTS_SCHEMA)
 
     def collect(self, frame: Frame) -> pa.Table:
         self._check_frame(frame)
