@@ -672,7 +672,7 @@ def _verify(db: sqlite3.Connection, chain: _Chain, chunk_rows: int) -> ChainRepo
                 if list(values) != expected or redactions.get(values[key_index]) != content:
                     return report(f"{chain.key} {values[key_index]} is marked redacted without a matching redaction "
                                   f"entry or placeholder content", walk.position)
-            elif hash_row(values) != content:
+            elif _hash_or_none(hash_row, values) != content:
                 return report(f"{chain.key} {values[key_index]} was changed after it was recorded (its content no "
                               f"longer matches its hash)", walk.position)
             if link_hash(prev, content) != hashed:
@@ -721,6 +721,14 @@ def _verify(db: sqlite3.Connection, chain: _Chain, chunk_rows: int) -> ChainRepo
     return ChainReport(table, position, previous, True, None, "", migrated)
 
 
+def _hash_or_none(hash_row: Callable[[Sequence[object]], str], values: Sequence[object]) -> str | None:
+    """The row's content hash; None for a value the application never writes (a blob), which matches nothing."""
+    try:
+        return hash_row(values)
+    except TypeError:
+        return None
+
+
 def _keyed_by_rowid(db: sqlite3.Connection, chain: _Chain) -> bool:
     """Whether the chain's key is the table's INTEGER PRIMARY KEY (unique, so chunks can follow it)."""
     info = list(_execute(db, f"PRAGMA table_info({_quote(chain.table)})"))
@@ -732,7 +740,12 @@ def _fast_chunk(db: sqlite3.Connection, chain: _Chain, where: str, params: tuple
                 previous: str) -> tuple[int, object, str] | None:
     """(rows, last key, last chain hash) of the next chunk when it checks out by SQLite's JSON; else None."""
     columns = [_quote(c) for c in chain.columns]
-    odd = " + ".join(f"(typeof({c}) NOT IN ('integer', 'text', 'null'))" for c in columns)
+    # A real's JSON text is rounded to 15 digits, so reals go to the exact check. TEXT affinity
+    # stores numbers as text and the INTEGER PRIMARY KEY holds integers: only other columns can
+    # hold one. (A blob makes json_array fail: the exact check again.)
+    declared = {row[1]: row[2] for row in _execute(db, f"PRAGMA table_info({_quote(chain.table)})")}
+    odd = " + ".join(f"(typeof({_quote(c)}) = 'real')" for c in chain.columns
+                     if c != chain.key and _affinity(declared[c]) != "text") or "0"
     sql = (f"SELECT count(*), max(k), group_concat(j, char(10)), group_concat(h, ''), total(r), total(odd) FROM ("
            f"SELECT {_quote(chain.key)} AS k, json_array({', '.join(columns)}) AS j, "
            f"ifnull(chain_content, '') || ifnull(chain_prev, '') || ifnull(chain_hash, '') AS h, "

@@ -8,6 +8,13 @@ keep the chain whole. ``secure_delete`` overwrites the replaced content on disk,
 checkpoints the WAL, so an erased account's id does not linger in free pages. A ledger made
 before chaining is migrated in place on first open (the chain is built over its rows as they
 are; ``ledger_chains.migrated_rows`` records how many).
+
+The whole history is read from an Arrow snapshot, not row by row: ``consent_snapshot_data`` holds
+the unredacted events as Parquet bytes, and the chained ``consent_snapshots`` records, in the same
+transaction, the ledger position they reflect (consent_events' chain rows and head hash and its
+redactions) and their SHA-256. A snapshot is read only at that very position (else it is stale and
+rebuilt from SQL) and only if its bytes match the recorded hash. A bulk load and an erasure write
+the new snapshot in their own transaction, so an erased account leaves no copy in it.
 """
 
 from __future__ import annotations
@@ -254,7 +261,8 @@ class SqliteConsentStore:
                 "recorded_at", pa.array(np.full(new.num_rows, now, dtype=np.int64)))
             recorded = append_arrow(db, "consent_events", new)
             if before is not None and recorded:
-                last = db.execute("SELECT last_key FROM ledger_chains WHERE chain_table = 'consent_events'").fetchone()[0]
+                last = db.execute("SELECT last_key FROM ledger_chains "
+                                  "WHERE chain_table = 'consent_events'").fetchone()[0]
                 added = pa.table({"seq": pa.array(np.arange(last - recorded + 1, last + 1, dtype=np.int64)),
                                   **{c: new.column(c) for c in _SNAPSHOT_SCHEMA.names[1:]}})
                 _write_snapshot(db, pa.concat_tables([before, added.cast(_SNAPSHOT_SCHEMA)]))
@@ -350,8 +358,9 @@ class SqliteConsentStore:
         db.execute("BEGIN")   # position and bytes from one state of the file
         try:
             position = _position(db)
-            row = db.execute("SELECT s.id, s.ledger_rows, s.ledger_head, s.redactions, s.sha256, d.parquet "
-                             "FROM consent_snapshots s JOIN consent_snapshot_data d ON d.snapshot = s.id "
+            row = db.execute("SELECT s.id, s.ledger_rows, s.ledger_head, s.redactions, s.sha256, "
+                             "CAST(d.parquet AS BLOB) FROM consent_snapshots s "
+                             "JOIN consent_snapshot_data d ON d.snapshot = s.id "
                              "WHERE s.id = (SELECT MAX(id) FROM consent_snapshots)").fetchone()
         finally:
             db.execute("COMMIT")
@@ -431,8 +440,8 @@ def _current_snapshot(db: sqlite3.Connection) -> pa.Table | None:
     position = _position(db)
     if position[0] == 0:
         return _SNAPSHOT_SCHEMA.empty_table()
-    row = db.execute("SELECT s.ledger_rows, s.ledger_head, s.redactions, d.parquet FROM consent_snapshots s "
-                     "JOIN consent_snapshot_data d ON d.snapshot = s.id "
+    row = db.execute("SELECT s.ledger_rows, s.ledger_head, s.redactions, CAST(d.parquet AS BLOB) "
+                     "FROM consent_snapshots s JOIN consent_snapshot_data d ON d.snapshot = s.id "
                      "WHERE s.id = (SELECT MAX(id) FROM consent_snapshots)").fetchone()
     if row is None or tuple(row[:3]) != position:
         return None
