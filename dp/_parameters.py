@@ -23,6 +23,7 @@ import math
 import numbers
 
 from dp._errors import PrivacyParameterError
+from profiling.checks import check_int
 
 __all__ = [
     "MAX_RELEASE_DELTA",
@@ -148,12 +149,8 @@ def check_bounds(bounds: object, name: str = "bounds", where: str = "") -> tuple
 
 
 def check_positive_int(value: object, name: str, where: str = "") -> int:
-    """An integer >= 1 (contribution bounds, device bounds)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise PrivacyParameterError(f"{name} must be a whole number >= 1{_at(where)}, got {value!r}")
-    if value < 1:
-        raise PrivacyParameterError(f"{name} must be >= 1{_at(where)}, got {value}")
-    return int(value)
+    """An integer >= 1 (contribution bounds, device bounds): ``profiling.checks.check_int`` with dp's error."""
+    return check_int(value, name, where=_at(where).strip(), error=PrivacyParameterError)
 
 
 def check_resolution(value: object, name: str = "resolution", where: str = "") -> float:

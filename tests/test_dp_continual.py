@@ -133,12 +133,12 @@ def test_a_schedule_that_does_not_fit_or_overlaps_is_refused_and_charges_nothing
 @pytest.mark.parametrize("change, message", [
     ({"epsilon": float("nan")}, "epsilon is NaN"),
     ({"epsilon": 1e-5}, "below the smallest a release may cost"),
-    ({"horizon_days": 0}, "horizon_days must be >= 1"),
+    ({"horizon_days": 0}, "horizon_days.* must be a positive integer"),
     ({"horizon_days": 5000}, "horizon_days 5000 .* is above 3660"),
     ({"start": "2026-01-01T00:00:00"}, "must be a moment with a UTC offset"),
     ({"start": "tomorrow"}, "is not an ISO 8601 moment"),
     ({"keys": ["a", "a"]}, "non-empty list of distinct public keys"),
-    ({"max_keys_per_person": 0}, "max_keys_per_person must be >= 1"),
+    ({"max_keys_per_person": 0}, "max_keys_per_person.* must be a positive integer"),
     ({"epsilon": None, "rho": 0.5}, "the budget of 'orders' is kept in epsilon; pass epsilon"),
 ])
 def test_bad_schedule_parameters_are_refused_before_any_charge(tmp_path, change, message):

@@ -99,7 +99,7 @@ def test_the_review_and_budget_show_carry_the_schedule(scheduled, tmp_path, caps
 
 @pytest.mark.parametrize("arguments, message", [
     (["--start", "2026-12-01T00:00:00"], "start of continual schedule 'popularity' must be a moment with a UTC offset"),
-    (["--start", "2026-12-01T00:00:00Z", "--days", "0"], "horizon_days must be >= 1"),
+    (["--start", "2026-12-01T00:00:00Z", "--days", "0"], "horizon_days in continual schedule 'popularity' must be a positive integer"),
     (["--start", "2026-12-01T00:00:00Z", "--epsilon", "nan"], "epsilon is NaN"),
     (["--start", "2026-12-01T00:00:00Z", "--epsilon", "5"], "release refused, nothing charged"),
     (["--start", "2026-10-04T00:00:00Z", "--epsilon", "0.1"], "runs until 2026-10-06"),

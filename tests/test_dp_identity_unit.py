@@ -143,7 +143,7 @@ def test_the_group_bound_multiplies_every_sensitivity_and_is_recorded(ledger):
 def test_refused_units_and_group_bounds_charge_nothing(ledger):
     rows = pd.DataFrame({"identity_id": ["A"], "person_id": ["A"], "device_id": ["d"], "g": ["x"]})
     before = ledger.spent("device_events")["epsilon"], ledger.spent("portraits")["epsilon"]
-    with pytest.raises(PrivacyParameterError, match="accounts_per_human must be >= 1"):
+    with pytest.raises(PrivacyParameterError, match="accounts_per_human must be a positive integer"):
         PrivateSession(rows, dataset="device_events", ledger=ledger, purpose="t", privacy_unit="identity_id",
                        accounts_per_human=0)
     with pytest.raises(PrivacyParameterError, match="registered with privacy unit 'person_id', not 'device_id'"):
@@ -222,7 +222,7 @@ def test_cross_device_releases_match_their_reference_when_the_noise_cannot_move_
 
 def test_a_refused_cross_device_release_charges_nothing(ledger):
     devices, kinds, events = _device_world()
-    with pytest.raises(PrivacyParameterError, match="max_devices_per_identity must be >= 1"):
+    with pytest.raises(PrivacyParameterError, match="max_devices_per_identity must be a positive integer"):
         release_events_per_device_type(events, kinds, devices, ledger=ledger, purpose="t", epsilon=1.0,
                                        max_devices_per_identity=0, max_events_per_device=4)
     with pytest.raises(PortraitError, match="device_types needs columns device_id and device_type"):
@@ -282,7 +282,7 @@ def test_portrait_dp_counts_each_identity_with_the_anonymous_events_of_its_own_d
 @pytest.mark.parametrize(("extra", "message"), [
     (["--purpose", "product_improvement"], "purpose 'product_improvement' may not read the workspace output "
                                            "'identity'"),
-    (["--purpose", "personalization", "--accounts-per-human", "0"], "accounts_per_human must be >= 1"),
+    (["--purpose", "personalization", "--accounts-per-human", "0"], "accounts_per_human must be a positive integer"),
 ])
 def test_a_refused_identity_release_is_one_line_and_charges_nothing(job, capsys, extra, message):
     workspace, key_file = job

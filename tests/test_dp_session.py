@@ -124,7 +124,7 @@ def test_zcdp_budget_charges_rho(orders, tmp_path):
     (lambda s: s.query(epsilon=1.0).sum("amount", bounds=(100, 0)), "inverted"),
     (lambda s: s.query(epsilon=1.0).sum("amount", bounds=(0, float("inf"))), "upper bounds is infinite"),
     (lambda s: s.query(epsilon=1.0).sum("amount", bounds=(float("nan"), 1)), "lower bounds is NaN"),
-    (lambda s: s.query(epsilon=1.0).bound(max_partitions=0), "max_partitions must be >= 1"),
+    (lambda s: s.query(epsilon=1.0).bound(max_partitions=0), "max_partitions must be a positive integer"),
     (lambda s: s.query(epsilon=1.0).sum("nope", bounds=(0, 1)), "no column 'nope'"),
     (lambda s: s.query(epsilon=1.0).group_by("category").count().release(), "need delta > 0"),
     (lambda s: s.query(epsilon=1.0).release(), "no aggregate"),

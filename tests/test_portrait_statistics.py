@@ -96,7 +96,7 @@ def test_refused_statistics_charge_nothing(portraits, ledger):
         release_portrait_statistics(portraits, ledger=ledger, purpose="p", epsilon=0.5, edges={"frequency": [3, 1]})
     with pytest.raises(PortraitError, match="portraits have no column orders"):
         release_portrait_statistics(portraits.drop(columns="orders"), ledger=ledger, purpose="p", epsilon=0.5)
-    with pytest.raises(PrivacyParameterError, match="max_categories must be >= 1"):
+    with pytest.raises(PrivacyParameterError, match="max_categories must be a positive integer"):
         release_portrait_statistics(portraits, ledger=ledger, purpose="p", epsilon=0.5, max_categories=0)
     assert ledger.charges("portraits") == []
 
