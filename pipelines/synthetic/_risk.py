@@ -4,10 +4,12 @@ Drawn from their own stream ``np.random.default_rng([seed, batch_index, 9])`` an
 batch's other rows (ids continue theirs), so every other draw of the batch stays as it was. Two
 patterns, on about 1% of holders old enough to have a history, all in the year before ``until``:
 
-* **account takeover** (0.6% of holders): someone else signs in on a new device, usually from
-  another region and a network the holder never used (half of them through a few networks a ring
-  shares), then within hours places one to three orders of expensive goods, usually shipped to a
-  new address under the holder's name (a drop), with the holder's usual payment institution;
+* **account takeover** (0.6% of holders): someone else signs in on a device new to the holder
+  (60% from devices a ring uses for about three takeovers each, the rest from one of its own),
+  usually from another region and a network the holder never used (half of them through a few
+  networks the ring shares), then within hours places one to three orders of expensive goods,
+  usually shipped to a new address under the holder's name (a drop), with the holder's usual
+  payment institution;
 * **order burst** (0.4%): six to twenty orders within a few hours, each shipped to a different
   receiver without an account, across many regions (resale of stolen value, or a stolen account
   used as a mule).
@@ -54,6 +56,8 @@ _INCIDENT_SPAN = 365 * _DAY       # incidents fall in the last year before ``unt
 _MIN_HISTORY = 60 * _DAY          # a holder is hit only after this much account history
 _RING_NETWORKS = 24               # networks a takeover ring shares (from the run's seed)
 _DEVICE_ID_BIT = np.uint64(1 << 30)  # attackers' device ids: (batch << 32) | 2^30 | index
+_RING_DEVICE_SHARE = 0.6          # of takeovers made from a device the ring uses for several
+_TAKEOVERS_PER_RING_DEVICE = 3    # about
 _EXPENSIVE_QUANTILE = 0.97        # takeovers buy commodities above this price quantile
 
 
@@ -97,11 +101,23 @@ def _incidents(run: _Run, world: _World, holders: _Holders, batch_index: int, *,
     takeover_at, burst_at = at[kind == 0], at[kind == 1]
     n_take, n_burst = len(takeover), len(burst)
 
-    # Takeovers: a new device signs in, then one to three expensive orders.
-    device_type = _draw(rng, n_take, [75, 0, 25, 0])
+    # Takeovers: a device new to the holder signs in, then one to three expensive orders. Most come
+    # from the ring's devices, each taking over a few accounts; the rest from a device of its own.
+    from_ring = rng.random(n_take) < _RING_DEVICE_SHARE
+    n_ring = -(-int(from_ring.sum()) // _TAKEOVERS_PER_RING_DEVICE)
+    device_of = np.where(from_ring, rng.integers(0, max(n_ring, 1), n_take),
+                         n_ring + np.cumsum(~from_ring) - 1)
+    n_devices = n_ring + int((~from_ring).sum())
+    # rows: (takeover) -> attacker's device (index into the devices below)
+    device_first_seen = np.full(n_devices, np.iinfo(np.int64).max)
+    np.minimum.at(device_first_seen, device_of, takeover_at)
+    used = device_first_seen < np.iinfo(np.int64).max   # a ring device no takeover drew is left out
+    renumber = np.cumsum(used) - 1
+    device_of, device_first_seen = renumber[device_of], device_first_seen[used]
+    device_type = _draw(rng, len(device_first_seen), [75, 0, 25, 0])
     devices = pa.table({"device_id": _hex16((np.uint64(batch_index) << np.uint64(32)) | _DEVICE_ID_BIT
-                                            | np.arange(n_take, dtype=np.uint64), _salt(run.seed, 2)),
-                        **_device_rows(rng, takeover_at, device_type)}, schema=arrow_schema("devices"))
+                                            | np.arange(len(device_first_seen), dtype=np.uint64), _salt(run.seed, 2)),
+                        **_device_rows(rng, device_first_seen, device_type)}, schema=arrow_schema("devices"))
     moved = rng.random(n_take) < 0.75          # signs in from another region
     home_city = holders.people.city[takeover]
     city = np.where(moved, _draw(rng, n_take, vocabulary.city_weight), home_city)
@@ -127,7 +143,7 @@ def _incidents(run: _Run, world: _World, holders: _Holders, batch_index: int, *,
     browsed = _items_between(world, 0.9, 1.0, start)
     events = {
         "event_id": _ids("E", batch_index, first_event + np.arange(m), 10),
-        "device_id": _pick(devices.column("device_id").combine_chunks(), event_device),
+        "device_id": _pick(devices.column("device_id").combine_chunks(), device_of[event_device]),
         "account_id": _pick(holders.account_id, takeover[event_device]),
         "event_at": _timestamps(event_at),
         "event_type": _pick(_strings(allowed_types), event_type),
