@@ -24,7 +24,8 @@ How to use it (all calls take a connection in autocommit mode, as ``ledger_conne
 2. Append inside one ``BEGIN IMMEDIATE`` transaction: ``with appending(db, table): db.execute(
    "INSERT ...")``. Any SQL insert works (``executemany``, ``INSERT OR IGNORE``); the rows it
    added are sealed before the block ends. For many rows, ``append_rows(db, table, rows)``
-   inserts them already sealed (no second write per row). A row that somebody inserted outside the
+   inserts them already sealed (no second write per row), and ``append_arrow(db, table, rows)``
+   does the same for an Arrow table, hashing by compiled kernels (the same rows and hashes). A row that somebody inserted outside the
    application (unsealed when an append starts), or dropped triggers, make both raise
    ``ChainBrokenError``.
 3. Erase with ``redact(db, table, "account_id = ?", (account,), reason="erasure request")``
@@ -33,6 +34,9 @@ How to use it (all calls take a connection in autocommit mode, as ``ledger_conne
    the erased identifiers.
 4. Verify with ``verify(db, table)`` or ``verify_all(db)``: one ``ChainReport`` per chain
    (rows, head hash, ok or the first broken row and why). ``portrait ledger verify`` prints them.
+   Every verification checks every row from the genesis (nothing is taken on trust from an
+   earlier check); SQLite's JSON of the rows is hashed chunk by chunk by compiled kernels, and a
+   chunk that does not pass that way is checked row by row (see ``verify``).
 
 What this protects against: an application user, a notebook or a SQL console that updates or
 deletes ledger rows (refused while the triggers stand), and anybody who drops the triggers and
