@@ -789,5 +789,7 @@ def _mean_interval(noisy_sum, noisy_count, bounds, sum_half, count_half):
         corners = [(noisy_sum + ds) / (noisy_count + dc) for ds in (-sum_half, sum_half)
                    for dc in (-count_half, count_half)]
         spread = np.max([np.abs(np.clip(c, lower, upper) - estimate) for c in corners], axis=0)
+        # every corner outside the bounds on one side: the noise exceeded its half-width, nothing is narrowed
+        outside = (np.max(corners, axis=0) < lower) | (np.min(corners, axis=0) > upper)
     whole = np.maximum(estimate - lower, upper - estimate)
-    return estimate, np.where(low_count > 0, spread, whole)
+    return estimate, np.where((low_count > 0) & ~outside, spread, whole)

@@ -20,7 +20,7 @@ import pytest
 from dp import BudgetLedger, KeySet, PrivacyParameterError, PrivateSession, QueryPlan
 from dp._mechanisms import half_width as half_width_at
 from dp._totals import bounded_totals
-from dp.plan import BoundedTotals
+from dp.plan import BoundedTotals, _mean_interval
 from profiling.errors import PortraitError
 
 REGIONS = ["north", "south", "east"]
@@ -381,3 +381,11 @@ def test_epsilon_for_under_a_rho_budget_is_refused(orders, tmp_path):
     with pytest.raises(PrivacyParameterError, match="kept in rho"):
         session.epsilon_for(half_width=3.0, query=session.query(rho=0.1).count())
     assert ledger.charges() == []
+
+
+def test_a_mean_whose_noise_overshot_its_bounds_gets_the_whole_range_not_a_zero_width_interval():
+    # a noisy sum so far below 0 that every corner of the interval clips to the lower bound
+    estimate, half = _mean_interval(np.array([-50.0, 40.0]), np.array([100.0, 100.0]), (0.0, 1.0),
+                                    np.array([10.0, 10.0]), np.array([5.0, 5.0]))
+    assert estimate.tolist() == [0.0, 0.4]
+    assert half[0] == 1.0 and 0 < half[1] < 1
