@@ -326,9 +326,15 @@ class SqliteConsentStore:
             try:
                 snapshot = self.read_snapshot()
             except StaleSnapshotError:
+                db = self._connection
+                db.execute("BEGIN")   # read without holding the write lock
+                try:
+                    position, snapshot = _position(db), _sql_snapshot(db)
+                finally:
+                    db.execute("COMMIT")
                 with self._transaction() as db:
-                    snapshot = _sql_snapshot(db)
-                    _write_snapshot(db, snapshot)
+                    if _position(db) == position:   # else a later read rebuilds it
+                        _write_snapshot(db, snapshot)
             return snapshot.select(list(EVENT_COLUMNS)).set_column(
                 1, "event_at", snapshot.column("event_at").cast(TIMESTAMP))
         return self.events_sql(account_ids)
