@@ -10,6 +10,8 @@ Both answer only for persons whose ``personalization`` consent holds at the run'
   ``WS/outputs/portraits/``, with the dictionary beside it in ``_data_dictionary.json``. A person
   whose consent was revoked has no row after the next run: the folder is rebuilt whole.
 
+The identity is one job on every engine: the allowed account-device edges go through
+``Engine.connected_components`` (scipy locally, large-star/small-star on Spark).
 The portraits are one job on every engine: the orders, waybills, events, persons and devices of
 an identity are brought to one partition (``Engine.co_partition``: each row tagged with its
 source and its identity, hash-partitioned by identity) and the portrait kernel runs there.
@@ -24,11 +26,11 @@ import math
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
 from pipelines.engines import Broadcast, Engine, Kernel, LocalEngine
 from pipelines.workspace import Workspace, write_json_atomic
-from profiling.identity import IdentityGraph, build_identity_graph
+from profiling.identity import _kernels as identity_kernels
+from profiling.identity import identity_report
 from profiling.portrait import (
     DEVICES_COLUMNS,
     PERSONS_COLUMNS,
@@ -46,25 +48,59 @@ PORTRAITS = "portraits"
 ROWS_PER_PARTITION = 20_000_000
 
 
-def write_identity(workspace: Workspace, eligible: pa.Table, linking_persons: pa.Array) -> IdentityGraph:
-    """Build the identity graph of the ``eligible`` persons (``person_id`` column) and write it.
+def write_identity(workspace: Workspace, eligible: pa.Table, linking_persons: pa.Array, *,
+                   engine: Engine | None = None) -> dict:
+    """Build the identity graph of the ``eligible`` persons (``person_id`` column) on ``engine`` and write it;
+    returns the report (counts only, also written to ``WS/identity-report.json``).
 
     Links are all the analytics zone's device events with a person signed in, whatever their time:
-    a device joins an identity only when one account ever signed in on it (``build_identity_graph``).
+    a device joins an identity only when one account ever signed in on it and that account is
+    eligible and in ``linking_persons`` (``build_identity_graph`` states the rules and is the
+    in-memory reference). On the engine: the events partitioned by device give each device's
+    accounts, the allowed account-device edges go through ``Engine.connected_components``, and the
+    persons meet their component by ``co_partition``; only the eligible persons allowed to link
+    are broadcast, and only per-partition counts come back to the driver. Default engine: a
+    local one spilling inside the workspace.
     """
-    links = ds.dataset(workspace.verified(workspace.pseudonymized("device_events")), format="parquet").to_table(
-        columns=["device_id", "person_id"], filter=pc.field("person_id").is_valid())
-    graph = build_identity_graph(links, eligible.column("person_id"), linking_persons)
-    # rows: (person_id, identity_id, cross_device_sync)
-    persons = graph.persons.append_column("cross_device_sync",
-                                          pc.is_in(graph.persons.column("person_id"), value_set=linking_persons))
-    with workspace.staging() as stage:
-        for name, table in (("persons", persons), ("devices", graph.devices)):
-            (stage / IDENTITY / name).mkdir(parents=True)
-            pq.write_table(table, stage / IDENTITY / name / "part-00000.parquet")
-        workspace.publish({workspace.outputs(IDENTITY): stage / IDENTITY})
-    write_json_atomic(workspace.root / "identity-report.json", graph.report)
-    return graph
+    may_link = pc.unique(pc.filter(eligible.column("person_id"),
+                                   pc.is_in(eligible.column("person_id"), value_set=linking_persons)))
+    # rows: (person_id, cross_device_sync) of the eligible persons
+    persons = pa.table({"person_id": eligible.column("person_id").cast(pa.string()),
+                        "cross_device_sync": pc.is_in(eligible.column("person_id"), value_set=linking_persons)})
+    with contextlib.ExitStack() as owned, workspace.staging() as stage:
+        engine = engine or owned.enter_context(LocalEngine(workspace=workspace))
+        allowed = engine.broadcast(may_link)
+        events = engine.read(workspace.verified(workspace.pseudonymized("device_events")),
+                             columns=["device_id", "person_id"], key="device_id")
+        # rows: (device_id, its only account or null, accounts), one per device with a sign-in
+        devices = engine.map(events, Kernel(identity_kernels.device_accounts, identity_kernels.DEVICE_ACCOUNTS_SCHEMA,
+                                            name="device_accounts"))
+        edges = engine.map(devices, Kernel(lambda table: identity_kernels.identity_edges(table, allowed.value),
+                                           identity_kernels.EDGE_SCHEMA, name="identity_edges", by_person=False))
+        # rows: (vertex, component): accounts and devices, each component named by its least account
+        components = engine.connected_components(edges)
+        accounts = engine.map(components, Kernel(identity_kernels.account_identities,
+                                                 identity_kernels.ACCOUNT_IDENTITY_SCHEMA, by_person=False))
+        linked = engine.map(components, Kernel(identity_kernels.device_identities,
+                                               identity_kernels.DEVICE_IDENTITY_ROWS, by_person=False))
+        joined = engine.co_partition({"persons": engine.from_table(persons, key=None), "accounts": accounts},
+                                     key="person_id")
+        folder = stage / IDENTITY
+        folder.mkdir()
+        engine.save(engine.map(joined, Kernel(identity_kernels.person_identities,
+                                              identity_kernels.PERSONS_OUTPUT_SCHEMA)), folder / "persons")
+        engine.save(linked, folder / "devices")
+        # rows: (devices, persons, identities) per partition; (shared_devices) per partition
+        written = {name: engine.read(folder / name, columns=["identity_id"], key=None)
+                   for name in ("persons", "devices")}
+        sizes = engine.map(engine.co_partition(written, key="identity_id"),
+                           Kernel(identity_kernels.identity_sizes, identity_kernels.IDENTITY_SIZES_SCHEMA))
+        shared = engine.map(devices, Kernel(identity_kernels.shared_devices, identity_kernels.SHARED_SCHEMA,
+                                            by_person=False))
+        report = identity_report(engine.collect(sizes), pc.sum(engine.collect(shared).column(0)).as_py() or 0)
+        workspace.publish({workspace.outputs(IDENTITY): folder})
+    write_json_atomic(workspace.root / "identity-report.json", report)
+    return report
 
 
 def read_identity(workspace: Workspace) -> tuple[pa.Table, pa.Table]:

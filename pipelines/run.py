@@ -265,7 +265,7 @@ def _identity(context: RunContext) -> list[dict]:
     if context.config.allows("cross_device_sync"):
         syncing = context.decide("cross_device_sync", job="identity", population=_population(context))
         linking = syncing.person_ids(context.key)
-    report = write_identity(context.workspace, _eligible(context, "identity"), linking).report
+    report = write_identity(context.workspace, _eligible(context, "identity"), linking, engine=context.engine)
     return [{"stage": "identity", "table": "identity", "rows": report["persons"], "identities": report["identities"],
              "linked_devices": report["linked_devices"], "shared_devices": report["shared_devices"],
              "most_devices": report["largest_identity"]["devices"]}]

@@ -62,7 +62,9 @@ def components_on_spark(edges: Any, ends: tuple[str, str]) -> Any:
     from pyspark.sql import functions as F  # noqa: N812 - PySpark's usual name
 
     a, b = (F.col(end) for end in ends)
-    edges = edges.filter(a.isNotNull() & b.isNotNull())
+    # computed once, alone: a kernel under a union would see the union's partition ids, not its own
+    edges = edges.filter(a.isNotNull() & b.isNotNull()).select(a.alias("a"), b.alias("b")).localCheckpoint()
+    a, b = F.col("a"), F.col("b")
     vertices = edges.select(a.alias("vertex")).union(edges.select(b.alias("vertex"))).distinct()
     # rows: (u, v) with u > v, each undirected edge once, no loops
     current = (edges.filter(a != b).select(F.greatest(a, b).alias("u"), F.least(a, b).alias("v"))

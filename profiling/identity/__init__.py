@@ -10,6 +10,7 @@ from profiling.identity._graph import (
     PERSON_IDENTITY_SCHEMA,
     IdentityGraph,
     build_identity_graph,
+    identity_report,
 )
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "PERSON_IDENTITY_SCHEMA",
     "IdentityGraph",
     "build_identity_graph",
+    "identity_report",
 ]

@@ -26,6 +26,7 @@ __all__ = [
     "PERSON_IDENTITY_SCHEMA",
     "IdentityGraph",
     "build_identity_graph",
+    "identity_report",
 ]
 
 LINKING_RULE = "devices of one account only; accounts never linked"
@@ -118,15 +119,28 @@ def _names(names: pa.Array, codes: np.ndarray) -> pa.Array:
 
 
 def _report(devices_of: np.ndarray, shared_devices: int) -> dict:
-    """Counts of the graph: ``devices_of`` holds the devices of each identity."""
+    """Counts of the graph: ``devices_of`` holds the devices of each identity (one person each)."""
     counts, identities = np.unique(devices_of, return_counts=True)
+    sizes = pa.table({"devices": counts.astype(np.int64), "persons": np.ones(len(counts), dtype=np.int64),
+                      "identities": identities.astype(np.int64)})
+    return identity_report(sizes, shared_devices)
+
+
+def identity_report(sizes: pa.Table, shared_devices: int) -> dict:
+    """The identity report (see ``build_identity_graph``) from ``sizes``: rows ``(devices, persons, identities)``,
+    how many identities hold that many devices and persons (a pair may repeat: its rows are summed)."""
+    totals = sizes.group_by(["devices", "persons"]).aggregate([("identities", "sum")])
+    devices, persons, identities = (totals.column(c).to_numpy().astype(np.int64)
+                                    for c in ("devices", "persons", "identities_sum"))
+    per_devices: dict[int, int] = {}
+    for k, count in zip(devices.tolist(), identities.tolist(), strict=True):
+        per_devices[k] = per_devices.get(k, 0) + count
     return {
-        "persons": int(devices_of.size),
-        "identities": int(devices_of.size),
-        "linked_devices": int(devices_of.sum()),
-        "shared_devices": shared_devices,
+        "persons": int((persons * identities).sum()),
+        "identities": int(identities.sum()),
+        "linked_devices": int((devices * identities).sum()),
+        "shared_devices": int(shared_devices),
         "linking_rule": LINKING_RULE,
-        "largest_identity": {"persons": int(devices_of.size > 0), "devices": int(devices_of.max(initial=0))},
-        "devices_per_identity": [{"devices": int(k), "identities": int(c)}
-                                 for k, c in zip(counts, identities, strict=True)],
+        "largest_identity": {"persons": int(persons.max(initial=0)), "devices": int(devices.max(initial=0))},
+        "devices_per_identity": [{"devices": k, "identities": per_devices[k]} for k in sorted(per_devices)],
     }

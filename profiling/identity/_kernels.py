@@ -1,0 +1,109 @@
+"""The identity graph as engine kernels: linking rules give account-device edges, components give identities.
+
+Vertices are named ``a:<person_id>`` (accounts) and ``d:<device_id>`` (devices), so a component's
+least vertex (what ``Engine.connected_components`` names it by) is its least account: the identity
+is named by that person_id. Under the linking rules a device has at most one account, so every
+component is one account with its devices (a star); the components are still computed in general.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+__all__ = ["ACCOUNT", "ACCOUNT_IDENTITY_SCHEMA", "DEVICE", "DEVICE_ACCOUNTS_SCHEMA", "DEVICE_IDENTITY_ROWS",
+           "EDGE_SCHEMA", "IDENTITY_SIZES_SCHEMA", "PERSONS_OUTPUT_SCHEMA", "SHARED_SCHEMA", "account_identities",
+           "device_accounts", "device_identities", "identity_edges", "identity_sizes", "person_identities",
+           "shared_devices"]
+
+ACCOUNT = "a:"   # vertex prefix of an account (person_id); sorts before DEVICE
+DEVICE = "d:"    # vertex prefix of a device (device_id)
+
+DEVICE_ACCOUNTS_SCHEMA = pa.schema([pa.field("device_id", pa.string()), pa.field("person_id", pa.string()),
+                                    pa.field("accounts", pa.int64())])
+EDGE_SCHEMA = pa.schema([pa.field("u", pa.string()), pa.field("v", pa.string())])
+SHARED_SCHEMA = pa.schema([pa.field("shared_devices", pa.int64())])
+ACCOUNT_IDENTITY_SCHEMA = pa.schema([pa.field("person_id", pa.string()), pa.field("identity_id", pa.string())])
+DEVICE_IDENTITY_ROWS = pa.schema([pa.field("device_id", pa.string()), pa.field("identity_id", pa.string())])
+PERSONS_OUTPUT_SCHEMA = pa.schema([pa.field("person_id", pa.string()), pa.field("identity_id", pa.string()),
+                                   pa.field("cross_device_sync", pa.bool_())])
+IDENTITY_SIZES_SCHEMA = pa.schema([pa.field("devices", pa.int64()), pa.field("persons", pa.int64()),
+                                   pa.field("identities", pa.int64())])
+
+
+def device_accounts(links: pa.Table) -> pa.Table:
+    """Kernel (per device): sign-in links ``(device_id, person_id)`` -> one row per device with a sign-in:
+    how many distinct accounts signed in on it, and that account when there is exactly one.
+
+    Rows without a person are ignored; a device_id missing beside a person is a ``ValueError``.
+    """
+    signed_in = links.filter(pc.is_valid(links.column("person_id")))
+    unnamed = signed_in.column("device_id").null_count
+    if unnamed:
+        raise ValueError(f"table device_events: {unnamed} row(s) have a person_id but no device_id; "
+                         "a sign-in link needs both")
+    # rows: distinct (device_id, person_id)
+    pairs = signed_in.select(["device_id", "person_id"]).group_by(["device_id", "person_id"]).aggregate([])
+    # rows: (device_id, accounts, least person): the least is the only one when accounts == 1
+    per_device = pairs.group_by("device_id").aggregate([("person_id", "count"), ("person_id", "min")])
+    accounts = per_device.column("person_id_count").cast(pa.int64())
+    only = pc.if_else(pc.equal(accounts, 1), per_device.column("person_id_min"), pa.scalar(None, pa.string()))
+    return pa.table([per_device.column("device_id"), only, accounts], schema=DEVICE_ACCOUNTS_SCHEMA)
+
+
+def shared_devices(devices: pa.Table) -> pa.Table:
+    """Kernel: ``device_accounts`` rows -> one row, the devices seen with two or more accounts."""
+    return pa.table({"shared_devices": [pc.sum(pc.greater_equal(devices.column("accounts"), 2)).as_py() or 0]},
+                    schema=SHARED_SCHEMA)
+
+
+def identity_edges(devices: pa.Table, may_link: pa.Array) -> pa.Table:
+    """Kernel: ``device_accounts`` rows -> the edges the linking rules allow, ``(a:person_id, d:device_id)``:
+    a device of exactly one account, that account in ``may_link`` (eligible and allowing cross_device_sync)."""
+    kept = devices.filter(pc.and_(pc.equal(devices.column("accounts"), 1),
+                                  pc.is_in(devices.column("person_id"), value_set=may_link)))
+    return pa.table([pc.binary_join_element_wise(ACCOUNT, kept.column("person_id"), ""),
+                     pc.binary_join_element_wise(DEVICE, kept.column("device_id"), "")], schema=EDGE_SCHEMA)
+
+
+def _of_kind(components: pa.Table, prefix: str, schema: pa.Schema) -> pa.Table:
+    kept = components.filter(pc.starts_with(components.column("vertex"), prefix))
+    return pa.table([pc.utf8_slice_codeunits(kept.column("vertex"), len(prefix)),
+                     pc.utf8_slice_codeunits(kept.column("component"), len(ACCOUNT))], schema=schema)
+
+
+def account_identities(components: pa.Table) -> pa.Table:
+    """Kernel: ``(vertex, component)`` rows -> ``(person_id, identity_id)`` of the accounts among them."""
+    return _of_kind(components, ACCOUNT, ACCOUNT_IDENTITY_SCHEMA)
+
+
+def device_identities(components: pa.Table) -> pa.Table:
+    """Kernel: ``(vertex, component)`` rows -> ``(device_id, identity_id)`` of the devices among them."""
+    return _of_kind(components, DEVICE, DEVICE_IDENTITY_ROWS)
+
+
+def person_identities(rows: pa.Table) -> pa.Table:
+    """Kernel (per person) over ``co_partition`` of ``persons`` (person_id, cross_device_sync) and ``accounts``
+    (person_id, identity_id): each person once, in the identity of its component, or its own without one."""
+    is_person = pc.equal(rows.column("source"), "persons")
+    persons = rows.filter(is_person)
+    accounts = rows.filter(pc.invert(is_person))
+    first = pc.index_in(pc.unique(persons.column("person_id")), value_set=persons.column("person_id"))
+    persons = persons.take(first)   # duplicates collapse
+    found = pc.index_in(persons.column("person_id"), value_set=accounts.column("person_id"))
+    identity = pc.coalesce(accounts.column("identity_id").take(found), persons.column("person_id"))
+    return pa.table([persons.column("person_id"), identity, persons.column("cross_device_sync")],
+                    schema=PERSONS_OUTPUT_SCHEMA)
+
+
+def identity_sizes(rows: pa.Table) -> pa.Table:
+    """Kernel (per identity) over ``co_partition`` of ``persons`` and ``devices`` by identity_id: how many
+    identities hold each (devices, persons) count. Counts only, for the report."""
+    is_person = pc.equal(rows.column("source"), "persons").to_numpy(zero_copy_only=False)
+    names, codes = np.unique(rows.column("identity_id").to_numpy(zero_copy_only=False), return_inverse=True)
+    persons = np.bincount(codes, weights=is_person, minlength=len(names)).astype(np.int64)
+    devices = np.bincount(codes, weights=~is_person, minlength=len(names)).astype(np.int64)
+    held = persons > 0     # a device's identity always holds its person; guard all the same
+    pairs, counts = np.unique(np.stack([devices[held], persons[held]]), axis=1, return_counts=True)
+    return pa.table([pairs[0], pairs[1], counts.astype(np.int64)], schema=IDENTITY_SIZES_SCHEMA)
