@@ -270,7 +270,8 @@ def half_width(plan: NoisePlan, alpha: float) -> float:
         return dp.discrete_gaussian_scale_to_accuracy(plan.scale, alpha)
     if plan.candidates is not None:
         return plan.scale * -math.log(_worst_acceptance(plan.candidates, alpha))
-    return dp.discrete_laplacian_scale_to_accuracy(plan.scale, alpha)
+    # OpenDP's formula underflows to -inf at tiny scales, where the noise is 0 with probability above 1 - alpha
+    return max(0.0, dp.discrete_laplacian_scale_to_accuracy(plan.scale, alpha))
 
 
 def scale_for_half_width(plan: NoisePlan, target: float, alpha: float) -> float:

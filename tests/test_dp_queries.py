@@ -389,3 +389,8 @@ def test_a_mean_whose_noise_overshot_its_bounds_gets_the_whole_range_not_a_zero_
                                     np.array([10.0, 10.0]), np.array([5.0, 5.0]))
     assert estimate.tolist() == [0.0, 0.4]
     assert half[0] == 1.0 and 0 < half[1] < 1
+
+
+def test_half_widths_at_a_very_large_epsilon_are_zero_not_minus_infinity(orders, ledger):
+    released = _loose(_session(orders, ledger).query(epsilon=EXACT).group_by("region", keys=REGIONS)).count().release()
+    assert released["count_ci95"].tolist() == [0.0] * len(REGIONS)
