@@ -17,7 +17,7 @@ from profiling.consent import ConsentEvent, SqliteConsentStore
 from profiling.consent import sqlite_store
 from profiling.consent.sqlite_store import StaleSnapshotError
 from profiling import ledger_chain
-from profiling.ledger_chain import ChainBrokenError, append_rows, verify
+from profiling.ledger_chain import ChainBrokenError, append_rows, redact, verify
 from profiling.schema import TIMESTAMP
 
 UTC = dt.timezone.utc
@@ -105,6 +105,25 @@ def test_the_snapshot_agrees_with_sql_and_is_refused_once_the_ledger_moved(tmp_p
         snapshot = store.read_snapshot()
         assert "A1" not in snapshot.column("account_id").to_pylist()
         assert store.events().equals(store.events_sql())
+        assert all(report.ok for report in store.verify())
+
+
+def test_any_redaction_drops_the_snapshot_and_the_rebuild_matches_sql(tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    odd = [("D1", "A\x1fB", 1, "policy_accept", None, "2019-06", "app")]   # the column separator of the SQL read
+    with SqliteConsentStore(path) as store:
+        store.append_table(_table(_FIRST + odd), source="ingest")
+        db = store._connection
+        db.execute("BEGIN IMMEDIATE")
+        redact(db, "consent_events", "account_id = ?", ("A2",), reason="erasure request")   # as pipelines.dsr does
+        assert db.execute("SELECT COUNT(*) FROM consent_snapshot_data").fetchone()[0] == 0
+        db.execute("COMMIT")
+        with pytest.raises(StaleSnapshotError):
+            store.read_snapshot()
+        rebuilt = store.events()
+        assert rebuilt.equals(store.events_sql())
+        assert "A2" not in rebuilt.column("account_id").to_pylist()
+        assert "A\x1fB" in rebuilt.column("account_id").to_pylist()
         assert all(report.ok for report in store.verify())
 
 

@@ -101,6 +101,11 @@ CREATE TABLE IF NOT EXISTS consent_snapshot_data (      -- the latest snapshot's
     snapshot INTEGER PRIMARY KEY,
     parquet  BLOB NOT NULL
 );
+-- Whatever redacts consent events (erasure, retention), the snapshot holding them goes in the same
+-- transaction (secure deletion overwrites it); a store that erases writes the new one itself.
+CREATE TRIGGER IF NOT EXISTS consent_events_redaction_drops_snapshot AFTER UPDATE OF chain_redacted
+ON consent_events WHEN NEW.chain_redacted = 1 AND OLD.chain_redacted = 0
+BEGIN DELETE FROM consent_snapshot_data; END;
 """
 _EVENT_COLUMNS = ["seq", "event_id", "account_id", "event_at", "event_type", "purpose", "policy_version", "channel",
                   "source", "recorded_at"]
@@ -464,13 +469,35 @@ def _current_snapshot(db: sqlite3.Connection) -> pa.Table | None:
     return pq.read_table(pa.BufferReader(row[3])).cast(_SNAPSHOT_SCHEMA)
 
 
-def _sql_snapshot(db: sqlite3.Connection) -> pa.Table:
-    """The snapshot's rows read through SQL, ``_SNAPSHOT_SCHEMA`` in ``_SNAPSHOT_ORDER``."""
+def _sql_snapshot(db: sqlite3.Connection, *, chunk_rows: int = 200_000) -> pa.Table:
+    """The snapshot's rows read through SQL, ``_SNAPSHOT_SCHEMA`` in ``_SNAPSHOT_ORDER``.
+
+    Read in recording order, ``chunk_rows`` at a time, each column as one text SQLite joins
+    (``group_concat``) and Arrow splits, so no Python object is made per row; a chunk whose text
+    does not split into its row count (a separator inside a value) is read row by row.
+    """
     names = _SNAPSHOT_SCHEMA.names
-    rows = db.execute(f"SELECT {', '.join(names)} FROM consent_events WHERE chain_redacted = 0 "
-                      "ORDER BY account_id, event_at, seq").fetchall()
-    columns = list(zip(*rows)) if rows else [[]] * len(names)
-    return pa.table([pa.array(c, f.type) for c, f in zip(columns, _SNAPSHOT_SCHEMA)], schema=_SNAPSHOT_SCHEMA)
+    joined = ", ".join(f"group_concat(ifnull({name}, char(30)), char(31))" for name in names)
+    marked = " + ".join(f"total({name} = char(30))" for name in names)   # a value the NULL mark would hide
+    parts, after = [], 0
+    while True:
+        count, last, clash, *texts = db.execute(
+            f"SELECT count(*), max(seq), {marked}, {joined} FROM (SELECT {', '.join(names)} FROM consent_events "
+            "WHERE seq > ? AND chain_redacted = 0 ORDER BY seq LIMIT ?)", (after, chunk_rows)).fetchone()
+        if count == 0:
+            break
+        columns = [pc.list_flatten(pc.split_pattern(pa.array([text], pa.string()), chr(31))) for text in texts]
+        if clash or any(len(column) != count for column in columns):
+            rows = db.execute(f"SELECT {', '.join(names)} FROM consent_events WHERE seq > ? AND seq <= ? AND "
+                              "chain_redacted = 0 ORDER BY seq", (after, last)).fetchall()
+            columns = [pa.array(list(values), field.type) for values, field in zip(zip(*rows), _SNAPSHOT_SCHEMA)]
+        else:
+            columns = [pc.if_else(pc.equal(column, chr(30)), pa.scalar(None, pa.string()), column).cast(field.type)
+                       for column, field in zip(columns, _SNAPSHOT_SCHEMA)]
+        parts.append(pa.table(columns, schema=_SNAPSHOT_SCHEMA))
+        after = last
+    events = pa.concat_tables([_SNAPSHOT_SCHEMA.empty_table(), *parts])
+    return events.take(pc.sort_indices(events, sort_keys=_SNAPSHOT_ORDER))
 
 
 def _write_snapshot(db: sqlite3.Connection, events: pa.Table) -> None:
