@@ -51,7 +51,8 @@ from profiling.errors import WorkspaceError
 from profiling.pseudonyms import normalize
 from profiling.schema import TIMESTAMP
 
-__all__ = ["CHAINED_TABLES", "SqliteConsentStore", "StaleSnapshotError", "ledger_connection"]
+__all__ = ["CHAINED_TABLES", "SqliteConsentStore", "StaleSnapshotError", "ledger_connection",
+           "redact_consent_events"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS consent_events (
@@ -420,15 +421,9 @@ class SqliteConsentStore:
 
     def erase_account(self, account_id: str) -> int:
         """Redact every event of ``account_id`` (content replaced, hashes kept); returns how many."""
-        account_id = canonical_account_id(account_id)
         with self._transaction() as db:
-            before = _current_snapshot(db)
-            removed = redact(db, "consent_events", "account_id = ?", (account_id,), reason="erasure request")
+            removed = redact_consent_events(db, [account_id], reason="erasure request")
             db.execute("DELETE FROM consent_loads")  # a reload must offer every event again
-            if before is not None:   # the snapshot follows the ledger; no copy of the account is left
-                _write_snapshot(db, before.filter(pc.not_equal(before.column("account_id"), account_id)))
-            else:
-                db.execute("DELETE FROM consent_snapshot_data")
         self.checkpoint()
         return removed
 
@@ -447,6 +442,25 @@ class SqliteConsentStore:
     def checkpoint(self) -> None:
         """Move the WAL into the database file and truncate it, so erased rows leave no copy behind."""
         self._connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def redact_consent_events(db: sqlite3.Connection, account_ids: Sequence[str], *, reason: str) -> int:
+    """Redact every consent event of ``account_ids`` inside the caller's transaction; returns how many.
+
+    The Arrow snapshot, when current, is rewritten without them in the same transaction (else the
+    redaction drops it and the next read rebuilds it from SQL); no copy of the accounts is left.
+    """
+    accounts = sorted({canonical_account_id(a) for a in account_ids})
+    before = _current_snapshot(db)
+    removed = 0
+    for start in range(0, len(accounts), 500):
+        chunk = accounts[start:start + 500]
+        removed += redact(db, "consent_events", f"account_id IN ({', '.join('?' * len(chunk))})", chunk,
+                          reason=reason)
+    if before is not None and removed:
+        erased = pc.is_in(before.column("account_id"), value_set=pa.array(accounts, pa.string()))
+        _write_snapshot(db, before.filter(pc.invert(erased)))
+    return removed
 
 
 def _position(db: sqlite3.Connection) -> tuple[int, str, int]:
