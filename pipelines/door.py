@@ -40,17 +40,20 @@ version. The zone is replaced whole and atomically: a failure midway leaves the 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from pipelines.engines import Engine, Kernel
 from pipelines.workspace import Workspace
 from profiling.errors import InternalError
 from profiling.generalize import age_band, ip_prefix, province
-from profiling.keys import MasterKey
-from profiling.pseudonyms import DEVICE, ORDER, PERSON, WAYBILL, pseudonymize
+from profiling.keys import MasterKey, derive_key
+from profiling.pseudonyms import DEVICE, ORDER, PERSON, WAYBILL, pseudonymize_with_key
 from profiling.schema import TABLE_NAMES, Field, Format, PrivacyClass, Table, table
 
 __all__ = ["PSEUDONYM_DOMAINS", "ColumnRule", "door_plan", "analytics_schema", "pseudonymize_workspace"]
@@ -139,19 +142,41 @@ def analytics_schema(table_name: str, key_version: int) -> pa.Schema:
                                        "portrait.key_version": str(key_version)})
 
 
-def _transform(batch: pa.RecordBatch, rules: list[ColumnRule], schema: pa.Schema, key: MasterKey,
-               version: int, as_of: dt.date) -> pa.RecordBatch:
+def _domain_keys(rules: list[ColumnRule], key: MasterKey, version: int) -> dict[str, bytes]:
+    """The derived key (HKDF, ``derive_key``) of each pseudonym domain of one table's ``rules``, and no other."""
+    return {rule.domain: derive_key(key, rule.domain, version) for rule in rules if rule.action == "pseudonym"}
+
+
+def _transform(batch: pa.RecordBatch | pa.Table, rules: list[ColumnRule], schema: pa.Schema,
+               domain_keys: Mapping[str, bytes], as_of: dt.date) -> pa.RecordBatch | pa.Table:
     columns = []
     for rule in rules:
         if rule.action == "drop":
             continue
         values = batch.column(rule.source)
         if rule.action == "pseudonym":
-            values = pseudonymize(values, key, rule.domain, identifier=rule.identifier, version=version)
+            values = pseudonymize_with_key(values, domain_keys[rule.domain], identifier=rule.identifier)
         elif rule.action == "generalize":
             values = _generalize(rule.output, values, as_of)
         columns.append(values)
+    if isinstance(batch, pa.Table):
+        return pa.table(columns, schema=schema)
     return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def _door_kernel(name: str, rules: list[ColumnRule], schema: pa.Schema, domain_keys: Mapping[str, bytes],
+                 as_of: dt.date) -> Kernel:
+    """Kernel (not per person): stored raw rows of ``name`` -> its analytics-zone rows.
+
+    Its closure holds the derived keys of this table's domains only (``_domain_keys``), never the
+    master key: on Spark it is pickled into the task sent to the executors, not a broadcast variable.
+    """
+    domain_keys = dict(domain_keys)
+
+    def door(table: pa.Table) -> pa.Table:
+        return _transform(table.combine_chunks(), rules, schema, domain_keys, as_of)
+
+    return Kernel(door, schema, name=f"door_{name}", by_person=False)
 
 
 def _generalize(output: str, values: pa.Array, as_of: dt.date) -> pa.Array:
@@ -166,11 +191,15 @@ def _generalize(output: str, values: pa.Array, as_of: dt.date) -> pa.Array:
 
 
 def pseudonymize_workspace(workspace: Workspace, key: MasterKey, *, as_of: dt.date | None = None,
-                           batch_rows: int = _BATCH_ROWS, progress: bool = False) -> dict:
+                           batch_rows: int = _BATCH_ROWS, progress: bool = False,
+                           engine: Engine | None = None) -> dict:
     """Write the analytics zone ``WS/pseudonymized/`` from the identifiable zone ``WS/ingested/``.
 
     Uses the newest key version of ``key``; ages are counted at ``as_of`` (default: today, UTC).
-    Reads ``batch_rows`` rows at a time. Returns ``{"key_version", "as_of", "tables": {name: {"rows",
+    Reads ``batch_rows`` rows at a time. ``engine``: None or a local engine stream each table
+    through this process into one Parquet file; Spark maps a kernel over the stored splits of each
+    table (``_door_kernel``: the executors get the derived keys of that table's domains, never the
+    master key) and writes one file per split. Returns ``{"key_version", "as_of", "tables": {name: {"rows",
     "columns", "dropped"}}}``. The zone is replaced whole, or not at all when anything fails.
     """
     if not isinstance(key, MasterKey):
@@ -186,21 +215,33 @@ def pseudonymize_workspace(workspace: Workspace, key: MasterKey, *, as_of: dt.da
             rules = door_plan(name)
             schema = analytics_schema(name, version)
             folder = stage / "pseudonymized" / name
+            domain_keys = _domain_keys(rules, key, version)
+            kept = [r.source for r in rules if r.action != "drop"]
+            if engine is not None and engine.name != "local":
+                rows = workspace.dataset(name).count_rows()
+                stored = engine.read(workspace.verified(workspace.ingested(name)), columns=kept, key=None)
+                engine.save(engine.map(stored, _door_kernel(name, rules, schema, domain_keys, as_of)), folder)
+                _check_written(name, rows, ds.dataset(folder, format="parquet").count_rows())
+                summary["tables"][name] = {"rows": rows, "columns": schema.names,
+                                           "dropped": [r.source for r in rules if r.action == "drop"]}
+                continue
             folder.mkdir(parents=True)
             rows = 0
             # rows: the raw table's kept columns -> the analytics schema's columns, batch by batch.
             # Dropped columns are not even read; pseudonyms (distinct 32-digit strings) skip the
             # Parquet dictionary, which they would overflow anyway.
-            kept = [r.source for r in rules if r.action != "drop"]
             coarse = [r.output for r in rules if r.action in ("pass", "generalize")]
             with pq.ParquetWriter(folder / "part-00000.parquet", schema, use_dictionary=coarse) as writer:
                 for batch in workspace.dataset(name).to_batches(batch_size=batch_rows, columns=kept):
-                    writer.write_batch(_transform(batch, rules, schema, key, version, as_of))
+                    writer.write_batch(_transform(batch, rules, schema, domain_keys, as_of))
                     rows += batch.num_rows
-            written = pq.read_metadata(folder / "part-00000.parquet").num_rows
-            if written != rows:
-                raise InternalError(f"the door read {rows} rows of {name} but wrote {written}; this is a bug")
+            _check_written(name, rows, pq.read_metadata(folder / "part-00000.parquet").num_rows)
             summary["tables"][name] = {"rows": rows, "columns": schema.names,
                                        "dropped": [r.source for r in rules if r.action == "drop"]}
         workspace.publish({workspace.pseudonymized(TABLE_NAMES[0]).parent: stage / "pseudonymized"})
     return summary
+
+
+def _check_written(name: str, read: int, written: int) -> None:
+    if written != read:
+        raise InternalError(f"the door read {read} rows of {name} but wrote {written}; this is a bug")

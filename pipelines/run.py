@@ -222,7 +222,7 @@ def _retention(context: RunContext) -> list[dict]:
 
 def _pseudonymize(context: RunContext) -> list[dict]:
     summary = pseudonymize_workspace(context.workspace, context.key, as_of=context.as_of.date(),
-                                     progress=context.progress)
+                                     progress=context.progress, engine=context.engine)
     return [{"stage": "pseudonymize", "table": table, "rows": facts["rows"], "key_version": summary["key_version"],
              "dropped": len(facts["dropped"])} for table, facts in summary["tables"].items()]
 

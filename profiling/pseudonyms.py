@@ -53,6 +53,7 @@ __all__ = [
     "normalize",
     "pseudonymize",
     "pseudonymize_one",
+    "pseudonymize_with_key",
 ]
 
 PERSON = "person"        # account ids -> person_id in the analytics zone
@@ -377,15 +378,31 @@ def pseudonymize(values, key: MasterKey, domain: str, *, identifier: str,
     >>> ids[0] == ids[1], len(ids[0].as_py()), ids[2].as_py()
     (True, 32, None)
     """
+    if identifier not in _NORMALIZERS:
+        raise ValueError(f"unknown identifier kind {identifier!r}; known: {', '.join(IDENTIFIERS)}")
+    return pseudonymize_with_key(values, derive_key(key, domain, version), identifier=identifier)
+
+
+def pseudonymize_with_key(values, domain_key: bytes, *, identifier: str) -> pa.Array:
+    """``pseudonymize`` with the domain's derived key (``derive_key``'s 32 bytes) instead of the master key,
+    for code that must not hold the master key (the door's kernels on an engine's executors).
+
+    >>> from profiling.keys import MasterKey, derive_key
+    >>> key = MasterKey(bytes(32))
+    >>> pseudonymize_with_key(["a"], derive_key(key, PERSON), identifier="account_id").equals(
+    ...     pseudonymize(["a"], key, PERSON, identifier="account_id"))
+    True
+    """
     values = _as_string_array(values)
     normalizer = _NORMALIZERS.get(identifier)
     if normalizer is None:
         raise ValueError(f"unknown identifier kind {identifier!r}; known: {', '.join(IDENTIFIERS)}")
+    if not isinstance(domain_key, bytes) or len(domain_key) != 32:
+        raise TypeError("a domain key is the 32 bytes derive_key returns")
     count = len(values) - values.null_count
     if count > _MAX_VALUES:
         raise ValueError(f"pseudonymize returns at most {_MAX_VALUES:,} non-null pseudonyms per call "
                          f"(32-bit string offsets), got {count:,}; pass the column in smaller batches")
-    domain_key = derive_key(key, domain, version)
     if pa.types.is_dictionary(values.type):
         # rows: (index into the column's own dictionary)
         distinct, indices = values.dictionary, _index_values(values.indices)
