@@ -19,6 +19,12 @@ A row that also holds another person's account id, order id or pseudonym is not 
 
 Devices that the subject and someone else signed in on, and phones that another account also
 registered, belong to nobody alone: they lead to no row and are never tombstoned.
+
+Several subjects erased together (the job's retention stage) are one subject here: a device or
+phone only they used, jointly, is theirs (no living account uses it once they are all erased), a
+row naming only them is theirs, and a row also naming someone outside the set is not. The result
+is what erasing them one after another gives (each erasure leaves the next one's ids as the only
+users), reached with one read of every file.
 """
 
 from __future__ import annotations
