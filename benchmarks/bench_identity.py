@@ -39,11 +39,9 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from _machine import cpu_model
-from pipelines.ingest import ingest
-from pipelines.run import run_pipeline
-from pipelines.synthetic import generate
+from _synthetic_job import synthetic_job
 from pipelines.workspace import Workspace
-from profiling.keys import MasterKey, create_key_file
+from profiling.keys import MasterKey
 from profiling.pseudonyms import DEVICE, PERSON, pseudonymize
 
 AS_OF = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
@@ -107,31 +105,10 @@ def main() -> None:
     parser.add_argument("--dir", help="keep the data here (reused when already there) instead of a scratch folder")
     args = parser.parse_args()
     scratch = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="bench-identity-"))
-    scratch.mkdir(parents=True, exist_ok=True)
-    raw, truth = scratch / "raw", scratch / "raw-truth"
-    timings = {}
     try:
-        started = time.perf_counter()
-        if not (raw.is_dir() and truth.is_dir()):
-            shutil.rmtree(raw, ignore_errors=True)
-            shutil.rmtree(truth, ignore_errors=True)
-            generate(raw, accounts=args.accounts, seed=args.seed, truth_dir=truth, progress=False)
-            timings["synth"] = round(time.perf_counter() - started, 2)
-        accounts_generated = pq.ParquetDataset(raw / "accounts").read(columns=["account_id"]).num_rows
-        workspace_root, key_file = scratch / "ws", scratch / "keys" / "master.key"
-        shutil.rmtree(workspace_root, ignore_errors=True)
-        shutil.rmtree(key_file.parent, ignore_errors=True)
-        key = create_key_file(key_file)
-        workspace = Workspace(workspace_root)
-        started = time.perf_counter()
-        ingest(raw, workspace, key=key, progress=False)
-        timings["ingest"] = round(time.perf_counter() - started, 2)
-
-        def timed(stage: str, seconds: float) -> None:
-            timings[stage] = round(seconds, 2)
-
-        run_pipeline(workspace, key_file, AS_OF, progress=False, stages=STAGES, on_stage=timed)
-
+        job = synthetic_job(scratch, accounts=args.accounts, seed=args.seed, as_of=AS_OF, stages=STAGES)
+        workspace, truth, key, timings = job.workspace, job.truth, job.key, job.seconds
+        accounts_generated = pq.ParquetDataset(job.raw / "accounts").read(columns=["account_id"]).num_rows
         started = time.perf_counter()
         persons, claimed_accounts, claimed_devices = claimed_pairs(workspace, key)
         true_accounts, true_devices = true_pairs(truth, persons["account_id"])

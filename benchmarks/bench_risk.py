@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +35,9 @@ import pyarrow.parquet as pq
 from sklearn.metrics import average_precision_score
 
 from _machine import cpu_model
-from pipelines.ingest import ingest
+from _synthetic_job import synthetic_job
 from pipelines.risk import read_risk
-from pipelines.run import run_pipeline
-from pipelines.synthetic import generate
 from pipelines.workspace import Workspace
-from profiling.keys import create_key_file
 from profiling.pseudonyms import PERSON, pseudonymize
 
 AS_OF = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
@@ -75,29 +71,9 @@ def main() -> None:
     parser.add_argument("--dir", help="keep the data here (reused when already there) instead of a scratch folder")
     args = parser.parse_args()
     scratch = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="bench-risk-"))
-    scratch.mkdir(parents=True, exist_ok=True)
-    raw, truth = scratch / "raw", scratch / "raw-truth"
-    timings = {}
     try:
-        started = time.perf_counter()
-        if not (raw.is_dir() and truth.is_dir()):
-            shutil.rmtree(raw, ignore_errors=True)
-            shutil.rmtree(truth, ignore_errors=True)
-            generate(raw, accounts=args.accounts, seed=args.seed, truth_dir=truth, progress=False)
-            timings["synth"] = round(time.perf_counter() - started, 2)
-        workspace_root, key_file = scratch / "ws", scratch / "keys" / "master.key"
-        shutil.rmtree(workspace_root, ignore_errors=True)
-        shutil.rmtree(key_file.parent, ignore_errors=True)
-        key = create_key_file(key_file)
-        workspace = Workspace(workspace_root)
-        started = time.perf_counter()
-        ingest(raw, workspace, key=key, progress=False)
-        timings["ingest"] = round(time.perf_counter() - started, 2)
-
-        def timed(stage: str, seconds: float) -> None:
-            timings[stage] = round(seconds, 2)
-
-        run_pipeline(workspace, key_file, AS_OF, progress=False, stages=STAGES, on_stage=timed)
+        job = synthetic_job(scratch, accounts=args.accounts, seed=args.seed, as_of=AS_OF, stages=STAGES)
+        workspace, truth, key, timings = job.workspace, job.truth, job.key, job.seconds
         scores = labelled_scores(workspace, truth, key)
         model_info = json.loads((workspace.outputs("risk") / "_model.json").read_text(encoding="utf-8"))
     finally:
