@@ -81,7 +81,7 @@ def test_edges_need_two_string_columns(engine):
         engine.connected_components(frame, ends=("u", "w"))
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(st.integers(0, 24), st.integers(0, 24)), min_size=1, max_size=30))
 def test_random_graphs_match_scipy(engine, pairs):
     pairs = [(name(a), name(b)) for a, b in pairs]
