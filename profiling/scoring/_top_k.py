@@ -82,10 +82,16 @@ def _bought_csr(bought: object, persons: int, items: int) -> tuple[np.ndarray, n
     if bought.shape != (persons, items):
         raise ValueError(f"bought has shape {bought.shape} but there are {persons} persons and {items} items; "
                          f"it must be persons x items in the rows and columns of the factor matrices")
-    csr = sp.csr_array(bought, copy=True)
-    csr.sum_duplicates()
-    csr.sort_indices()
-    return csr.indptr.astype(np.int64), csr.indices.astype(np.int32)
+    csr = sp.csr_array(bought)
+    if not csr.has_canonical_format:  # copied first: the caller's matrix is left as it was
+        csr = csr.copy()
+        csr.sum_duplicates()
+    return csr.indptr.astype(np.int64, copy=False), csr.indices.astype(np.int32, copy=False)
+
+
+def _largest_magnitude(matrix: np.ndarray) -> float:
+    """``max |x|`` over the matrix, without a temporary copy of it."""
+    return max(float(matrix.max()), -float(matrix.min()))
 
 
 def _validate_k(k: object) -> int:
@@ -119,21 +125,23 @@ class _NormTiles:
     @classmethod
     def of(cls, item_factors: np.ndarray, width: int) -> _NormTiles:
         items, dims = item_factors.shape
-        exact = item_factors.astype(np.float64)
-        norms = np.sqrt(np.einsum("ij,ij->i", exact, exact))
-        direction = np.linalg.eigh(exact.T @ exact)[1][:, -1]
-        along = exact @ direction
+        # Any unit vector makes the bounds valid; the principal one makes them tight.
+        gram = (item_factors.T @ item_factors).astype(np.float64)
+        direction = np.linalg.eigh(gram)[1][:, -1]
+        direction /= np.linalg.norm(direction)
+        norms, along, across = _along_and_across(item_factors, direction)
         if along.sum() < 0:
             direction, along = -direction, -along
-        across = np.linalg.norm(exact - along[:, None] * direction[None, :], axis=1)
         order = np.argsort(-norms, kind="stable")  # equal norms: lower item first
         band = width * _TILES_PER_BAND
         for start in range(0, items, band):
             members = order[start: start + band]
             order[start: start + band] = members[np.argsort(-along[members], kind="stable")]
         tiles = -(-items // width)
-        padded = np.zeros((tiles * width, dims), dtype=np.float32)
-        padded[:items] = item_factors[order]
+        factors = np.zeros((tiles, dims, width), dtype=np.float32)
+        for tile in range(tiles):
+            members = order[tile * width: (tile + 1) * width]
+            factors[tile, :, : len(members)] = item_factors[members].T
         columns = np.full(tiles * width, -1, dtype=np.int32)
         columns[:items] = order
 
@@ -146,15 +154,24 @@ class _NormTiles:
         rest_norm = np.maximum.accumulate(tile_norm[::-1])[::-1]
         bounds = np.stack([tile_norm, rest_norm, per_tile(along, np.inf).min(axis=1),
                            per_tile(along, -np.inf).max(axis=1), per_tile(across, 0.0).max(axis=1)], axis=1)
-        return cls(np.ascontiguousarray(padded.reshape(tiles, width, dims).transpose(0, 2, 1)),
-                   columns.reshape(tiles, width), np.ascontiguousarray(bounds), direction)
+        return cls(factors, columns.reshape(tiles, width), np.ascontiguousarray(bounds), direction)
 
     def person_bounds(self, person_factors: np.ndarray) -> np.ndarray:
         """persons x 3 float64: ``‖u‖``, ``u·e``, ``‖u − (u·e)e‖``."""
-        exact = person_factors.astype(np.float64)
-        along = exact @ self.direction
-        across = np.linalg.norm(exact - along[:, None] * self.direction[None, :], axis=1)
-        return np.ascontiguousarray(np.stack([np.linalg.norm(exact, axis=1), along, across], axis=1))
+        return np.ascontiguousarray(np.stack(_along_and_across(person_factors, self.direction), axis=1))
+
+
+def _along_and_across(factors: np.ndarray, direction: np.ndarray,
+                      rows_per_chunk: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row ``v``, in float64: ``‖v‖``, ``v·e`` and ``‖v − (v·e)e‖``; a chunk of rows at a time (bounded memory)."""
+    norms, along, across = (np.empty(factors.shape[0]) for _ in range(3))
+    for start in range(0, factors.shape[0], rows_per_chunk):
+        exact = factors[start: start + rows_per_chunk].astype(np.float64)
+        stop = start + exact.shape[0]
+        norms[start:stop] = np.linalg.norm(exact, axis=1)
+        along[start:stop] = exact @ direction
+        across[start:stop] = np.linalg.norm(exact - along[start:stop, None] * direction[None, :], axis=1)
+    return norms, along, across
 
 
 def top_k_batches(person_factors: object, item_factors: object, k: int, *, bought: object = None,
@@ -202,7 +219,7 @@ def top_k_batches(person_factors: object, item_factors: object, k: int, *, bough
         check_int(value, name)
     if persons and items:
         # |u·v| <= d · max|u| · max|v|, computed in float64 so the check itself cannot overflow.
-        largest = dims * float(np.abs(person_factors).max()) * float(np.abs(item_factors).max())
+        largest = dims * _largest_magnitude(person_factors) * _largest_magnitude(item_factors)
         if not largest < _SCORE_LIMIT:
             raise ValueError(f"factors are too large: inner products could overflow float32 (bound "
                              f"{largest:.3g}); rescale the factors")
