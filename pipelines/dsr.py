@@ -51,7 +51,7 @@ from pipelines.dsr_overlay import (
 from pipelines.dsr_scope import LINK_KINDS, DsrError, LinkedIdentifiers, linked_identifiers, subject_rows
 from pipelines.workspace import Workspace, holding_job_lock, write_json_atomic
 from profiling.consent.events import canonical_account_id
-from profiling.consent.sqlite_store import SqliteConsentStore, ledger_connection
+from profiling.consent.sqlite_store import SqliteConsentStore, ledger_connection, redact_consent_events
 from profiling.csv_cells import write_csv_rows
 from profiling.keys import MasterKey
 from profiling.ledger_chain import REDACTED_ID, appending, register_table
@@ -484,8 +484,7 @@ def _redact_ledger(workspace: Workspace, account_ids: Sequence[str], report: Era
     with _ledger(workspace) as db:
         db.execute("BEGIN IMMEDIATE")
         try:
-            report.consent_events_removed = redact_accounts(db, "consent_events", account_ids,
-                                                            reason="erasure request")
+            report.consent_events_removed = redact_consent_events(db, account_ids, reason="erasure request")
             db.execute("DELETE FROM consent_loads")  # a reload must offer every event again
             report.requests_removed = redact_accounts(db, "dsr_requests", account_ids, reason="erasure request")
             if cause is not None:
