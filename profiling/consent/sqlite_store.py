@@ -491,8 +491,11 @@ def _sql_snapshot(db: sqlite3.Connection, *, chunk_rows: int = 200_000) -> pa.Ta
     does not split into its row count (a separator inside a value) is read row by row.
     """
     names = _SNAPSHOT_SCHEMA.names
-    joined = ", ".join(f"group_concat(ifnull({name}, char(30)), char(31))" for name in names)
-    marked = " + ".join(f"total({name} = char(30))" for name in names)   # a value the NULL mark would hide
+    not_null = {row[1] for row in db.execute("PRAGMA table_info(consent_events)") if row[3] or row[5]}
+    nullable = [name for name in names if name not in not_null]
+    joined = ", ".join(f"group_concat({name}, char(31))" if name in not_null else
+                       f"group_concat(ifnull({name}, char(30)), char(31))" for name in names)
+    marked = " + ".join(f"total({name} = char(30))" for name in nullable) or "0"   # a value the NULL mark hides
     parts, after = [], 0
     while True:
         count, last, clash, *texts = db.execute(
@@ -506,7 +509,8 @@ def _sql_snapshot(db: sqlite3.Connection, *, chunk_rows: int = 200_000) -> pa.Ta
                               "chain_redacted = 0 ORDER BY seq", (after, last)).fetchall()
             columns = [pa.array(list(values), field.type) for values, field in zip(zip(*rows), _SNAPSHOT_SCHEMA)]
         else:
-            columns = [pc.if_else(pc.equal(column, chr(30)), pa.scalar(None, pa.string()), column).cast(field.type)
+            columns = [(pc.if_else(pc.equal(column, chr(30)), pa.scalar(None, pa.string()), column)
+                        if field.name in nullable else column).cast(field.type)
                        for column, field in zip(columns, _SNAPSHOT_SCHEMA)]
         parts.append(pa.table(columns, schema=_SNAPSHOT_SCHEMA))
         after = last
