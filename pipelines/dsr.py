@@ -6,11 +6,12 @@ names them, only their party's columns), never another person's account id, pseu
 an erasure removes their own rows, blanks their party on others' waybills, and leaves rows about
 several persons (listed in the report) for the next run to rebuild.
 
-Erasure writes tombstones first (``pipelines.dsr_overlay``: the TOMBSTONE pseudonyms, keyed by the
-key file's tombstone secret, of their account id, phones and own devices; nothing else), then
-rewrites every affected folder in staging and publishes them together, then redacts the account's
-consent events, requests and corrections in the ledger (hash-chained, append-only tables:
-``profiling.ledger_chain``; the raw id and values are replaced, each row's place and hash kept).
+Erasure (of one account, or of several in one pass: ``erase_held``) rewrites every affected folder
+in staging, writes tombstones (``pipelines.dsr_overlay``: the TOMBSTONE pseudonyms, keyed by the
+key file's tombstone secret, of their account ids, phones and own devices; nothing else), publishes
+the folders together, then redacts the accounts' consent events, requests and corrections in the
+ledger (hash-chained, append-only tables: ``profiling.ledger_chain``; the raw id and values are
+replaced, each row's place and hash kept).
 Ingest drops every row the tombstones lead to, whatever key versions were rotated or destroyed
 since, so replaying the raw source does not bring them back. Corrections are recorded as an
 overlay every later ingest applies.
