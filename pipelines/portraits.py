@@ -3,7 +3,8 @@
 Both answer only for persons whose ``personalization`` consent holds at the run's as-of moment:
 
 * identity: each person is one identity, with the devices on which no other account ever signed
-  in (only for persons who also allow ``cross_device_sync``); two accounts are never linked.
+  in and they signed in on two or more UTC days (only for persons who also allow
+  ``cross_device_sync``); two accounts are never linked.
   Writes ``WS/outputs/identity/`` (``persons/``: person_id -> identity_id, ``devices/``: device_id
   -> identity_id) and ``WS/identity-report.json`` (devices per identity, shared devices).
 * portraits: one row per identity (``profiling.portrait``'s data dictionary) to
@@ -53,14 +54,15 @@ def write_identity(workspace: Workspace, eligible: pa.Table, linking_persons: pa
     """Build the identity graph of the ``eligible`` persons (``person_id`` column) on ``engine`` and write it;
     returns the report (counts only, also written to ``WS/identity-report.json``).
 
-    Links are all the analytics zone's device events with a person signed in, whatever their time:
-    a device joins an identity only when one account ever signed in on it and that account is
-    eligible and in ``linking_persons`` (``build_identity_graph`` states the rules and is the
-    in-memory reference). On the engine: the events partitioned by device give each device's
-    accounts, the allowed account-device edges go through ``Engine.connected_components``, and the
-    persons meet their component by ``co_partition``; only the eligible persons allowed to link
-    are broadcast, and only per-partition counts come back to the driver. Default engine: a
-    local one spilling inside the workspace.
+    Links are all the analytics zone's device events with a person signed in, whatever their time,
+    with their ``event_at``: a device joins an identity only when one account ever signed in on it,
+    on at least ``TRUSTED_AFTER_DAYS`` distinct UTC days, and that account is eligible and in
+    ``linking_persons`` (``build_identity_graph`` states the rules and is the in-memory reference).
+    On the engine: the events partitioned by device give each device's accounts and sign-in days,
+    the allowed account-device edges go through ``Engine.connected_components``, and the persons
+    meet their component by ``co_partition``; only the eligible persons allowed to link are broadcast,
+    and only per-partition counts come back to the driver. Default engine: a local one spilling inside
+    the workspace.
     """
     may_link = pc.unique(pc.filter(eligible.column("person_id"),
                                    pc.is_in(eligible.column("person_id"), value_set=linking_persons)))
@@ -71,8 +73,8 @@ def write_identity(workspace: Workspace, eligible: pa.Table, linking_persons: pa
         engine = engine or owned.enter_context(LocalEngine(workspace=workspace))
         allowed = engine.broadcast(may_link)
         events = engine.read(workspace.verified(workspace.pseudonymized("device_events")),
-                             columns=["device_id", "person_id"], key="device_id")
-        # rows: (device_id, its only account or null, accounts), one per device with a sign-in
+                             columns=["device_id", "person_id", "event_at"], key="device_id")
+        # rows: (device_id, its only account or null, accounts, that account's sign-in days), one per device
         devices = engine.map(events, Kernel(identity_kernels.device_accounts, identity_kernels.DEVICE_ACCOUNTS_SCHEMA,
                                             name="device_accounts"))
         edges = engine.map(devices, Kernel(lambda table: identity_kernels.identity_edges(table, allowed.value),

@@ -1,33 +1,61 @@
-"""The identity graph: one identity per person, devices only of one account, consent-gated; a plain reference."""
+"""The identity graph: one identity per person, devices only of one account, trusted after two UTC days,
+consent-gated; a plain reference; an intruder's device on a taken-over account joins nobody in the real job."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import io
 import json
+import re
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from portrait_cli import run_cli
 from profiling.errors import SchemaError
 from profiling.identity import (
     DEVICE_IDENTITY_SCHEMA,
     LINKING_RULE,
     PERSON_IDENTITY_SCHEMA,
+    TRUSTED_AFTER_DAYS,
     IdentityGraph,
     build_identity_graph,
 )
+from profiling.keys import load_master_key
+from profiling.pseudonyms import DEVICE, PERSON, pseudonymize
+from profiling.schema import TIMESTAMP
+
+UTC = dt.timezone.utc
+START = dt.datetime(2026, 10, 1, tzinfo=UTC)
 
 
-def links_of(*pairs, extra=False):
-    """A links table from (device, person) pairs; person may be None (nobody signed in)."""
-    columns = {"device_id": [d for d, _ in pairs], "person_id": [p for _, p in pairs]}
+def at(day: int, hour: float = 9.0) -> dt.datetime:
+    """A moment of UTC day ``day`` (0 = 2026-10-01)."""
+    return START + dt.timedelta(days=day, hours=hour)
+
+
+def links_of(*rows, extra=False):
+    """A links table from (device, person, day) rows, day an int (see ``at``) or a datetime; person may be None
+    (nobody signed in); a row without a day is on day 0."""
+    times = [row[2] if len(row) > 2 else 0 for row in rows]
+    times = [t if isinstance(t, dt.datetime) else at(t) for t in times]
+    columns = {"device_id": pa.array([row[0] for row in rows], pa.string()),
+               "person_id": pa.array([row[1] for row in rows], pa.string()),
+               "event_at": pa.array(times, TIMESTAMP)}
     if extra:
-        columns["event_type"] = ["open"] * len(pairs)
-    return pa.table({"device_id": pa.array(columns["device_id"], pa.string()),
-                     "person_id": pa.array(columns["person_id"], pa.string()),
-                     **({"event_type": columns["event_type"]} if extra else {})})
+        columns["event_type"] = pa.array(["open"] * len(rows), pa.string())
+    return pa.table(columns)
+
+
+def on_days(device, person, *days):
+    """``device``'s sign-ins by ``person``, one on each of ``days`` (default: days 0 and 1, a trusted device)."""
+    return [(device, person, day) for day in (days or (0, 1))]
 
 
 def build(pairs, persons, linking, **options) -> IdentityGraph:
@@ -44,8 +72,8 @@ def device_identities(graph):
 
 
 def test_devices_of_one_account_join_it_and_accounts_are_never_linked():
-    graph = build([("d1", "pc"), ("d1", "pc"), ("d2", "pb"), ("d3", "pa"), ("d4", "pb")], ["pc", "pb", "pa"],
-                  ["pa", "pb", "pc"])
+    graph = build([*on_days("d1", "pc"), *on_days("d2", "pb", 3, 9, 3), *on_days("d3", "pa"), *on_days("d4", "pb")],
+                  ["pc", "pb", "pa"], ["pa", "pb", "pc"])
     assert identities(graph) == {"pa": "pa", "pb": "pb", "pc": "pc"}
     assert device_identities(graph) == {"d1": "pc", "d2": "pb", "d3": "pa", "d4": "pb"}
     assert graph.devices["device_id"].to_pylist() == ["d1", "d2", "d3", "d4"]  # first appearance
@@ -68,24 +96,55 @@ def test_devices_of_one_account_join_it_and_accounts_are_never_linked():
 @given(users=st.integers(2, 60), consenting=st.booleans(), sign_ins=st.integers(1, 5))
 def test_a_family_tablet_or_an_internet_cafe_merges_nobody_at_any_size(users, consenting, sign_ins):
     people = [f"p{i:02d}" for i in range(users)]
-    own = [(f"phone-{p}", p) for p in people]
-    tablet = [("tablet", p) for p in people for _ in range(sign_ins)]
+    own = [row for p in people for row in on_days(f"phone-{p}", p)]
+    tablet = [("tablet", p, day) for p in people for day in range(sign_ins)]
     graph = build(own + tablet, people, people if consenting else people[:1])
     assert identities(graph) == {p: p for p in people}
     assert "tablet" not in device_identities(graph)
     assert graph.report["shared_devices"] == 1 and graph.report["largest_identity"]["persons"] == 1
 
 
+def test_a_device_is_trusted_only_after_sign_ins_on_two_distinct_utc_days():
+    assert TRUSTED_AFTER_DAYS == 2 and f"{TRUSTED_AFTER_DAYS} or more distinct UTC days" in LINKING_RULE
+    graph = build([("once", "A", 0),
+                   ("same-day", "A", at(0, 0)), ("same-day", "A", at(0, 12)), ("same-day", "A", at(0, 23.99)),
+                   ("two-days", "A", at(0, 23.99)), ("two-days", "A", at(1, 0.01)),
+                   ("weeks-apart", "A", 0), ("weeks-apart", "A", 0), ("weeks-apart", "A", 30)],
+                  ["A"], ["A"])
+    assert device_identities(graph) == {"two-days": "A", "weeks-apart": "A"}
+    # one local (China Standard Time) evening spans two UTC days... and two local days may be one UTC day
+    cst = dt.timezone(dt.timedelta(hours=8))
+    evening = build([("p", "A", dt.datetime(2026, 10, 1, 7, 30, tzinfo=cst)),
+                     ("p", "A", dt.datetime(2026, 10, 1, 8, 30, tzinfo=cst))], ["A"], ["A"])
+    assert device_identities(evening) == {"p": "A"}
+    midnight = build([("p", "A", dt.datetime(2026, 10, 1, 23, 30, tzinfo=cst)),
+                      ("p", "A", dt.datetime(2026, 10, 2, 0, 30, tzinfo=cst))], ["A"], ["A"])
+    assert device_identities(midnight) == {}
+    # days of a device's other accounts do not count: shared stays shared, on any day
+    shared = build([("tablet", "A", 0), ("tablet", "B", 1)], ["A", "B"], ["A", "B"])
+    assert device_identities(shared) == {} and shared.report["shared_devices"] == 1
+
+
+def test_an_intruders_one_day_device_on_a_taken_over_account_joins_nobody():
+    """The victim uses a phone for weeks; an intruder signs in on the victim's account from a device of their own,
+    then orders within hours: that device has one account, the victim's, and must not join (nor get the sync)."""
+    victim = [*on_days("victims-phone", "V", *range(0, 60, 3)), *on_days("victims-laptop", "V", 5, 40)]
+    intruder = [("intruders-device", "V", at(50, hour)) for hour in (2.0, 2.1, 3.5, 5.0)]  # sign-in, orders
+    graph = build(victim + intruder, ["V", "W"], ["V", "W"])
+    assert device_identities(graph) == {"victims-phone": "V", "victims-laptop": "V"}
+    assert graph.report["linked_devices"] == 2 and graph.report["shared_devices"] == 0
+
+
 def test_linking_persons_outside_persons_link_nobody():
-    graph = build([("d1", "A"), ("d1", "X"), ("d2", "X"), ("d2", "B"), ("d3", "X"), ("d4", "B")],
-                  ["A", "B"], ["A", "B", "X"])
+    graph = build([*on_days("d1", "A"), ("d1", "X"), ("d2", "X"), *on_days("d2", "B"), *on_days("d3", "X"),
+                   *on_days("d4", "B")], ["A", "B"], ["A", "B", "X"])
     assert identities(graph) == {"A": "A", "B": "B"}
     assert device_identities(graph) == {"d4": "B"}  # d1, d2 were also used by X; d3 is X's alone
     assert "X" not in graph.persons["identity_id"].to_pylist()
 
 
 def test_a_person_not_allowing_cross_device_sync_gets_no_device_and_still_makes_a_device_shared():
-    graph = build([("d1", "A"), ("d2", "R"), ("d3", "A"), ("d3", "R")], ["A", "R"], ["A"])
+    graph = build([*on_days("d1", "A"), *on_days("d2", "R"), *on_days("d3", "A"), ("d3", "R")], ["A", "R"], ["A"])
     assert identities(graph) == {"A": "A", "R": "R"}
     assert device_identities(graph) == {"d1": "A"}
     assert graph.report["shared_devices"] == 1
@@ -100,28 +159,31 @@ def test_empty_inputs_give_empty_outputs():
                             "devices_per_identity": []}
     only_persons = build([], ["B", "A"], [])
     assert identities(only_persons) == {"A": "A", "B": "B"}
-    no_persons = build([("d1", "A"), ("d1", "B")], [], ["A", "B"])
+    no_persons = build([*on_days("d1", "A"), ("d1", "B")], [], ["A", "B"])
     assert no_persons.persons.num_rows == 0 and no_persons.devices.num_rows == 0
 
 
 def test_other_arrow_layouts_give_the_same_graph():
-    pairs = [("d1", "pb"), ("d1", "pa"), ("d2", "pb"), ("d2", "pc"), ("d3", None), ("d4", "pa"), ("d5", "pb")]
+    pairs = [("d1", "pb"), ("d1", "pa"), ("d2", "pb"), ("d2", "pc"), ("d3", None), *on_days("d4", "pa", 0, 0, 2),
+             *on_days("d5", "pb"), ("d6", "pa", at(3, 23.9)), ("d6", "pa", at(4, 0.1))]
     expected = build(pairs, ["pa", "pb", "pc"], ["pa", "pb"])
-    assert expected.devices.num_rows == 2
+    assert expected.devices.num_rows == 3
     table = links_of(*pairs, extra=True)
     chunked = pa.Table.from_batches(table.to_batches(max_chunksize=2))
     large = table.cast(pa.schema([("device_id", pa.large_string()), ("person_id", pa.large_string()),
-                                  ("event_type", pa.string())]))
+                                  ("event_at", TIMESTAMP), ("event_type", pa.string())]))
     encoded = table.set_column(0, "device_id", table["device_id"].dictionary_encode())
+    # the same instants in seconds, and written in China Standard Time: the UTC day is what counts
+    local = table.set_column(2, "event_at", table["event_at"].cast(pa.timestamp("s", tz="Asia/Shanghai")))
     persons = pa.chunked_array([["pa"], ["pb", "pc"]])
-    for links in (chunked, large, encoded):
+    for links in (chunked, large, encoded, local):
         graph = build_identity_graph(links, persons, pa.array(["pa", "pb"], pa.large_string()))
         assert graph.persons.equals(expected.persons)
         assert graph.devices.sort_by("device_id").equals(expected.devices.sort_by("device_id"))
         assert graph.report == expected.report
 
 
-@pytest.mark.parametrize("missing", ["device_id", "person_id"])
+@pytest.mark.parametrize("missing", ["device_id", "person_id", "event_at"])
 def test_a_missing_column_names_the_column_and_the_table(missing):
     links = links_of(("d1", "A")).drop_columns([missing])
     with pytest.raises(SchemaError, match=rf"table links is missing column '{missing}'"):
@@ -142,9 +204,23 @@ def test_a_null_person_is_refused(name):
         build_identity_graph(links_of(("d1", "A")), arrays["persons"], arrays["linking_persons"])
 
 
+@pytest.mark.parametrize("times", [pa.array([dt.datetime(2026, 10, 1, 9)], pa.timestamp("us")),
+                                   pa.array(["2026-10-01T09:00:00Z"]), pa.array([dt.date(2026, 10, 1)])],
+                         ids=["no-time-zone", "text", "date"])
+def test_sign_in_times_that_are_not_zoned_timestamps_are_refused(times):
+    links = links_of(("d1", "A")).set_column(2, "event_at", times)
+    with pytest.raises(SchemaError, match=r"column 'event_at' of table links must hold sign-in times as timestamps "
+                                          rf"with a time zone \(UTC\), got {re.escape(str(times.type))}$"):
+        build_identity_graph(links, pa.array(["A"]), pa.array(["A"]))
+
+
 def test_a_signed_in_row_without_a_device_names_the_row():
     links = links_of(("d1", None), (None, None), ("d2", "A"), (None, "B"))
     with pytest.raises(ValueError, match=r"table links, row 3: column 'device_id' is null while person_id is 'B'"):
+        build_identity_graph(links, pa.array(["A", "B"]), pa.array(["A", "B"]))
+    links = links_of(("d1", None), ("d2", "A"), ("d3", "B")).set_column(
+        2, "event_at", pa.array([None, at(0), None], TIMESTAMP))
+    with pytest.raises(ValueError, match=r"table links, row 2: column 'event_at' is null while person_id is 'B'"):
         build_identity_graph(links, pa.array(["A", "B"]), pa.array(["A", "B"]))
 
 
@@ -158,28 +234,38 @@ def test_inputs_of_the_wrong_kind_are_refused(links, persons, message):
         build_identity_graph(links, persons, pa.array(["A"]))
 
 
-def reference_graph(pairs, persons, linking):
-    """Obviously correct: every person alone; a device goes to its only signed-in account, if that one may link."""
-    accounts = {}
-    for device, person in pairs:
+def reference_graph(rows, persons, linking):
+    """Obviously correct: every person alone; a device goes to its only signed-in account, if that one may link
+    and signed in on it on TRUSTED_AFTER_DAYS or more distinct UTC dates."""
+    days = {}
+    for device, person, when in rows:
         if person is not None:
-            accounts.setdefault(device, set()).add(person)
+            days.setdefault(device, {}).setdefault(person, set()).add(when.astimezone(UTC).date())
     may_link = set(persons) & set(linking)
     person_identity = {person: person for person in persons}
-    device_identity = {device: next(iter(people)) for device, people in accounts.items()
-                       if len(people) == 1 and next(iter(people)) in may_link}
-    shared = sum(len(people) > 1 for people in accounts.values())
+    device_identity = {}
+    for device, accounts in days.items():
+        (person, dates), *others = accounts.items()
+        if not others and person in may_link and len(dates) >= TRUSTED_AFTER_DAYS:
+            device_identity[device] = person
+    shared = sum(len(accounts) > 1 for accounts in days.values())
     return person_identity, device_identity, shared
 
 
+# moments around UTC midnights, some written in China Standard Time (the same instant, another local date)
+MOMENTS = [at(0, 0), at(0, 23.99), at(1, 0), at(1, 12).astimezone(dt.timezone(dt.timedelta(hours=8))),
+           at(1, 20).astimezone(dt.timezone(dt.timedelta(hours=8))), at(2, 23.99), at(40, 3)]
+
+
 @settings(max_examples=300, deadline=None)
-@given(pairs=st.lists(st.tuples(st.sampled_from([f"d{i}" for i in range(8)]),
-                                st.none() | st.sampled_from([f"p{i}" for i in range(10)])), max_size=40),
-       persons=st.lists(st.sampled_from([f"p{i}" for i in range(12)]), max_size=12),
-       linking=st.lists(st.sampled_from([f"p{i}" for i in range(12)]), max_size=12))
-def test_matches_a_plain_reference(pairs, persons, linking):
-    graph = build(pairs, persons, linking)
-    expected_persons, expected_devices, shared = reference_graph(pairs, persons, linking)
+@given(rows=st.lists(st.tuples(st.sampled_from([f"d{i}" for i in range(6)]),
+                               st.none() | st.sampled_from([f"p{i}" for i in range(8)]), st.sampled_from(MOMENTS)),
+                     max_size=40),
+       persons=st.lists(st.sampled_from([f"p{i}" for i in range(10)]), max_size=10),
+       linking=st.lists(st.sampled_from([f"p{i}" for i in range(10)]), max_size=10))
+def test_matches_a_plain_reference(rows, persons, linking):
+    graph = build(rows, persons, linking)
+    expected_persons, expected_devices, shared = reference_graph(rows, persons, linking)
     assert identities(graph) == expected_persons
     assert graph.persons["person_id"].to_pylist() == sorted(expected_persons)
     assert device_identities(graph) == expected_devices
@@ -203,3 +289,44 @@ def test_a_configuration_still_setting_max_accounts_per_device_is_refused(tmp_pa
     assert error.startswith(f"portrait: error: [identity] in {config} is no longer read")
     assert "remove the [identity] section" in error and len(error.strip().splitlines()) == 1
     assert not (tmp_path / "ws").exists()
+
+
+@pytest.fixture(scope="module")
+def takeovers(tmp_path_factory):
+    """Synthetic data with planted account takeovers (truth kept apart), ingested, and the job's identity stage."""
+    from pipelines.run import parse_as_of, run_pipeline
+    from pipelines.workspace import Workspace
+
+    root = tmp_path_factory.mktemp("identity-takeovers")
+    assert run_cli("synth", "--out", root / "raw", "--accounts", 2000, "--seed", 7, "--truth", root / "truth") == 0
+    assert run_cli("ingest", "--raw", root / "raw", "--workspace", root / "ws") == 0
+    assert run_cli("keys", "init", "--key-file", root / "master.key") == 0
+    workspace = Workspace(root / "ws")
+    with contextlib.redirect_stdout(io.StringIO()):
+        run_pipeline(workspace, root / "master.key", parse_as_of("2026-11-01T00:00:00Z"), progress=False,
+                     stages=["consent-ledger", "pseudonymize", "identity"])
+    return root, workspace
+
+
+def test_the_jobs_identity_links_no_intruder_device_of_a_planted_takeover(takeovers):
+    root, workspace = takeovers
+    key = load_master_key(root / "master.key")
+    truth = pq.read_table(root / "truth" / "devices")
+    use = dict(zip(pseudonymize(truth["device_id"], key, DEVICE, identifier="device_id").to_pylist(),
+                   truth["use"].to_pylist(), strict=True))
+    linked = set(ds.dataset(workspace.outputs("identity") / "devices").to_table()["device_id"].to_pylist())
+    persons = ds.dataset(workspace.outputs("identity") / "persons").to_table()
+    syncing = set(persons.filter(persons["cross_device_sync"])["person_id"].to_pylist())
+    events = ds.dataset(workspace.pseudonymized("device_events")).to_table(columns=["device_id", "person_id"])
+    events = events.filter(events["person_id"].is_valid())
+    accounts = {}
+    for device, person in zip(events["device_id"].to_pylist(), events["person_id"].to_pylist(), strict=True):
+        accounts.setdefault(device, set()).add(person)
+    # intruder devices whose only account is a victim allowing sync: what the one-account rule alone would link
+    exposed = {d for d, people in accounts.items() if use.get(d) == "intruder" and len(people) == 1
+               and people <= syncing}
+    assert exposed, "the data set plants no takeover the one-account rule alone would link"
+    assert not linked & exposed
+    assert linked and {use[d] for d in linked} == {"personal"}
+    report = json.loads((workspace.root / "identity-report.json").read_text())
+    assert report["linking_rule"] == LINKING_RULE and report["linked_devices"] == len(linked)

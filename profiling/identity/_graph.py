@@ -4,8 +4,13 @@ Linking rules (the README's Identity section states them for users):
 
 * A device joins a person's identity only when that person is the *only* account ever signed in on
   it (in every device event the analytics zone holds, whoever signed in: consenting or not, eligible
-  or not), and the person allows ``cross_device_sync``. A family tablet, a shop tablet or an
-  internet-cafe PC (two or more accounts) joins nobody, at any count.
+  or not), the device is *trusted* (the person signed in on it on at least ``TRUSTED_AFTER_DAYS``
+  = 2 distinct UTC days), and the person allows ``cross_device_sync``. A family tablet, a shop
+  tablet or an internet-cafe PC (two or more accounts) joins nobody, at any count; nor does a device
+  seen on one day only: an intruder's device in an account takeover (one sign-in on the victim's
+  account, then orders within hours) would otherwise join the victim, and sync the victim's data to
+  it. The cost: a person's device used on one day only stays out of their identity (at 10,000
+  synthetic accounts, about a third of the single-account devices; see the README's Measured).
 * Two accounts are never linked. Nothing in the data tells one person holding two accounts apart
   from two people sharing a device, a phone plan or an address, so no evidence is strong enough:
   a second account of the same human stays an identity of its own.
@@ -19,17 +24,17 @@ import numpy as np
 import pyarrow as pa
 
 from profiling.identity._inputs import encode_inputs
+from profiling.identity._rules import LINKING_RULE, TRUSTED_AFTER_DAYS
 
 __all__ = [
     "DEVICE_IDENTITY_SCHEMA",
     "LINKING_RULE",
     "PERSON_IDENTITY_SCHEMA",
+    "TRUSTED_AFTER_DAYS",
     "IdentityGraph",
     "build_identity_graph",
     "identity_report",
 ]
-
-LINKING_RULE = "devices of one account only; accounts never linked"
 
 PERSON_IDENTITY_SCHEMA = pa.schema([pa.field("person_id", pa.string(), nullable=False),
                                     pa.field("identity_id", pa.string(), nullable=False)])
@@ -54,18 +59,22 @@ class IdentityGraph:
 
 
 def build_identity_graph(links: pa.Table, persons: pa.Array, linking_persons: pa.Array) -> IdentityGraph:
-    """One identity per person; a device joins it only when that person alone ever signed in on it.
+    """One identity per person; a device joins it only when that person alone ever signed in on it, on at least
+    ``TRUSTED_AFTER_DAYS`` (2) distinct UTC days.
 
-    ``links`` needs string columns ``device_id`` and ``person_id`` (pseudonyms; other columns are
-    ignored, rows with a null person_id are ignored, duplicates are fine): a row says the account was
-    signed in on the device. ``persons`` are the persons that get an identity (those eligible for
+    ``links`` needs string columns ``device_id`` and ``person_id`` (pseudonyms) and ``event_at``
+    (timestamps with a time zone; other columns are ignored, rows with a null person_id are ignored,
+    duplicates are fine): a row says the account was signed in on the device at that moment. ``persons`` are the persons that get an identity (those eligible for
     personalization; no nulls, duplicates collapse). ``linking_persons`` are the persons allowing the
     ``cross_device_sync`` purpose; only those also in ``persons`` get devices.
 
     A device seen with two or more distinct person_ids in ``links`` (consenting or not, eligible or
-    not) is *shared*: it belongs to no identity, whatever the count, so neither a family tablet nor an
-    internet-cafe PC merges or mixes its users. A device seen with exactly one person joins that
-    person's identity when the person is in ``persons`` and in ``linking_persons``. Two accounts are
+    not, on any day) is *shared*: it belongs to no identity, whatever the count, so neither a family
+    tablet nor an internet-cafe PC merges or mixes its users. A device seen with exactly one person
+    joins that person's identity when it is trusted, the person having signed in on it on at least
+    ``TRUSTED_AFTER_DAYS`` distinct UTC calendar days (a device seen on one day, however often, is
+    not: the device of an intruder's one sign-in on a taken-over account), and the person is in
+    ``persons`` and in ``linking_persons``. Two accounts are
     never linked: each identity holds exactly one person and is named by its person_id. A device
     with no sign-in at all belongs to nobody.
 
@@ -76,15 +85,18 @@ def build_identity_graph(links: pa.Table, persons: pa.Array, linking_persons: pa
     differentially private and stays inside the analytics zone.
 
     Raises SchemaError (a ValueError) naming the table and column when a column of ``links`` is
-    missing or not strings; ValueError for a null in ``persons``/``linking_persons`` or a null
-    device_id beside a signed-in person. Runs in time about linear in the rows of ``links``.
+    missing or not of its type; ValueError for a null in ``persons``/``linking_persons`` or a null
+    device_id or event_at beside a signed-in person. Runs in time about linear in the rows of ``links``.
 
-    >>> links = pa.table({"device_id": ["family", "family", "phone", "phone", "pc"],
-    ...                   "person_id": ["B", "A", "B", "B", "C"]})
+    >>> import datetime as dt
+    >>> day = [dt.datetime(2026, 10, d, 9, tzinfo=dt.timezone.utc) for d in (1, 2, 3)]
+    >>> links = pa.table({"device_id": ["family", "family", "phone", "phone", "pc", "new"],
+    ...                   "person_id": ["B", "A", "B", "B", "C", "A"],
+    ...                   "event_at": [day[0], day[1], day[0], day[2], day[0], day[1]]})
     >>> graph = build_identity_graph(links, pa.array(["A", "B", "C"]), pa.array(["A", "B"]))
     >>> graph.persons.to_pydict()
     {'person_id': ['A', 'B', 'C'], 'identity_id': ['A', 'B', 'C']}
-    >>> graph.devices.to_pydict()
+    >>> graph.devices.to_pydict()  # "new" was seen on one day only: not trusted yet
     {'device_id': ['phone'], 'identity_id': ['B']}
     >>> graph.report["shared_devices"], graph.report["devices_per_identity"]
     (1, [{'devices': 0, 'identities': 2}, {'devices': 1, 'identities': 1}])
@@ -95,8 +107,9 @@ def build_identity_graph(links: pa.Table, persons: pa.Array, linking_persons: pa
     # Every distinct signed-in person counts, consenting or not, eligible or not.
     accounts_per_device = np.bincount(inputs.link_devices, minlength=n_devices)
     one_account = accounts_per_device[inputs.link_devices] == 1
+    trusted = inputs.link_days >= TRUSTED_AFTER_DAYS
     may_link = inputs.eligible & inputs.linking
-    attach = one_account & may_link[inputs.link_persons]
+    attach = one_account & trusted & may_link[inputs.link_persons]
     # rows: (device, person) of devices attached, one row per device (its only account)
     attached_devices = inputs.link_devices[attach]
     attached_persons = inputs.link_persons[attach]

@@ -10,10 +10,11 @@ import pyarrow.compute as pc
 
 from profiling._string_hash import _dictionary_encode
 from profiling.errors import SchemaError
+from profiling.identity._rules import utc_days
 
 __all__ = ["EncodedInputs", "encode_inputs"]
 
-LINK_COLUMNS = ("device_id", "person_id")
+LINK_COLUMNS = ("device_id", "person_id", "event_at")
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class EncodedInputs:
     device_names: pa.Array  # strings in first-seen order, distinct: every device seen with a non-null person
     link_devices: np.ndarray  # int64 device code per distinct (device, person) sign-in link
     link_persons: np.ndarray  # int64 person code, same length as link_devices
+    link_days: np.ndarray  # int64 distinct UTC days the link's person signed in on its device, same length
     eligible: np.ndarray  # bool per person code: the person is in `persons`
     linking: np.ndarray  # bool per person code: the person is in `linking_persons`
 
@@ -54,11 +56,23 @@ def _same_text_type(*arrays: pa.Array) -> list[pa.Array]:
     return [a if a.type == target else a.cast(target) for a in arrays]
 
 
-def _links_column(links: pa.Table, name: str) -> pa.Array:
+def _present(links: pa.Table, name: str) -> pa.ChunkedArray:
     if name not in links.column_names:
         raise SchemaError(f"table links is missing column {name!r}; it has {links.column_names} (a sign-in link "
                           f"needs {list(LINK_COLUMNS)})")
-    column = links.column(name)
+    return links.column(name)
+
+
+def _links_times(links: pa.Table) -> pa.Array:
+    column = _present(links, "event_at")
+    if not pa.types.is_timestamp(column.type) or column.type.tz is None:
+        raise SchemaError(f"column 'event_at' of table links must hold sign-in times as timestamps with a time zone "
+                          f"(UTC), got {column.type}")
+    return column.combine_chunks() if column.num_chunks else pa.array([], column.type)
+
+
+def _links_column(links: pa.Table, name: str) -> pa.Array:
+    column = _present(links, name)
     if not _is_text(column.type):
         raise SchemaError(f"column {name!r} of table links must hold pseudonyms as strings, got {column.type}")
     return _as_one_array(column)
@@ -80,26 +94,29 @@ def _person_list(values: object, name: str) -> pa.Array:
 def encode_inputs(links: object, persons: object, linking_persons: object) -> EncodedInputs:
     """Validate the inputs and encode them (see ``build_identity_graph`` for their meaning).
 
-    Rows of ``links`` with a null person_id are dropped; a null device_id beside a non-null
-    person_id is an error naming the row. Duplicate links collapse to one.
+    Rows of ``links`` with a null person_id are dropped; a null device_id or event_at beside a
+    non-null person_id is an error naming the row. Duplicate links collapse to one, counting the
+    distinct UTC days of their sign-ins.
     """
     if not isinstance(links, pa.Table):
         raise TypeError(f"links must be a pyarrow Table with columns {list(LINK_COLUMNS)}, "
                         f"got {type(links).__name__}")
     devices = _links_column(links, "device_id")
     link_persons = _links_column(links, "person_id")
+    times = _links_times(links)
     eligible_names = _person_list(persons, "persons")
     linking_names = _person_list(linking_persons, "linking_persons")
 
     signed_in = link_persons.is_valid()
-    unnamed_device = pc.and_(devices.is_null(), signed_in).to_numpy(zero_copy_only=False)
-    if unnamed_device.any():
-        row = int(np.flatnonzero(unnamed_device)[0])
-        raise ValueError(f"table links, row {row}: column 'device_id' is null while person_id is "
-                         f"{link_persons[row].as_py()!r}; a sign-in link needs both "
-                         f"({int(unnamed_device.sum())} such row(s))")
-    # rows: (device, person), person signed in
-    devices, link_persons = devices.filter(signed_in), link_persons.filter(signed_in)
+    for name, values in (("device_id", devices), ("event_at", times)):
+        missing = pc.and_(values.is_null(), signed_in).to_numpy(zero_copy_only=False)
+        if missing.any():
+            row = int(np.flatnonzero(missing)[0])
+            raise ValueError(f"table links, row {row}: column {name!r} is null while person_id is "
+                             f"{link_persons[row].as_py()!r}; a sign-in link needs a device_id and an event_at "
+                             f"({int(missing.sum())} such row(s))")
+    # rows: (device, person, time), person signed in
+    devices, link_persons, times = devices.filter(signed_in), link_persons.filter(signed_in), times.filter(signed_in)
 
     # One encoding for every person pseudonym, wherever it comes from.
     everyone = pa.concat_arrays(_same_text_type(link_persons, eligible_names, linking_names))
@@ -115,8 +132,10 @@ def encode_inputs(links: object, persons: object, linking_persons: object) -> En
 
     # rows: distinct (device, person) pairs, as one int64 key each (dictionary codes are int32: no overflow)
     stride = np.int64(max(len(person_names), 1))
-    link_devices, link_person_codes = np.divmod(_distinct(device_codes * stride + person_codes[:n_links]), stride)
-    return EncodedInputs(person_names, device_names, link_devices, link_person_codes, eligible, linking)
+    pairs, days = _days_per_pair(device_codes * stride + person_codes[:n_links], utc_days(times),
+                                 pairs_bound=len(device_names) * int(stride))
+    link_devices, link_person_codes = np.divmod(pairs, stride)
+    return EncodedInputs(person_names, device_names, link_devices, link_person_codes, days, eligible, linking)
 
 
 def _codes(values: pa.Array, *, sort: bool) -> tuple[pa.Array, np.ndarray]:
@@ -133,9 +152,20 @@ def _codes(values: pa.Array, *, sort: bool) -> tuple[pa.Array, np.ndarray]:
     return distinct.take(pa.array(order)), rank[codes]
 
 
-def _distinct(keys: np.ndarray) -> np.ndarray:
-    """Sorted distinct values of an integer array (a sort is faster here than numpy's hashing unique)."""
-    ordered = np.sort(keys)
-    keep = np.ones(ordered.size, dtype=bool)
-    keep[1:] = ordered[1:] != ordered[:-1]
-    return ordered[keep]
+def _days_per_pair(pairs: np.ndarray, days: np.ndarray, *, pairs_bound: int) -> tuple[np.ndarray, np.ndarray]:
+    """The sorted distinct ``pairs`` (non-negative int64 keys below ``pairs_bound``) and how many distinct ``days``
+    each was seen on. One int64 sort of (pair, day) keys when they fit (a sort is faster here than numpy's
+    hashing unique), a two-key sort otherwise."""
+    if pairs.size == 0:
+        return pairs, np.zeros(0, dtype=np.int64)
+    first_day = days.min()
+    span = int(days.max() - first_day) + 1
+    if pairs_bound * span < 2**63:
+        keys = np.sort(pairs * np.int64(span) + (days - first_day))
+        sign_ins = keys[np.r_[True, keys[1:] != keys[:-1]]] // np.int64(span)  # one per distinct (pair, day)
+    else:
+        order = np.lexsort((days, pairs))
+        pairs, days = pairs[order], days[order]
+        sign_ins = pairs[np.r_[True, (pairs[1:] != pairs[:-1]) | (days[1:] != days[:-1])]]
+    starts = np.flatnonzero(np.r_[True, sign_ins[1:] != sign_ins[:-1]])
+    return sign_ins[starts], np.diff(np.r_[starts, sign_ins.size]).astype(np.int64)
