@@ -62,13 +62,14 @@ def components_on_spark(edges: Any, ends: tuple[str, str]) -> Any:
     from pyspark.sql import functions as F  # noqa: N812 - PySpark's usual name
 
     a, b = (F.col(end) for end in ends)
-    # computed once, alone: a kernel under a union would see the union's partition ids, not its own
-    edges = edges.filter(a.isNotNull() & b.isNotNull()).select(a.alias("a"), b.alias("b")).localCheckpoint()
-    a, b = F.col("a"), F.col("b")
-    vertices = edges.select(a.alias("vertex")).union(edges.select(b.alias("vertex"))).distinct()
-    # rows: (u, v) with u > v, each undirected edge once, no loops
-    current = (edges.filter(a != b).select(F.greatest(a, b).alias("u"), F.least(a, b).alias("v"))
-               .distinct().localCheckpoint())
+    # rows: (u, v) with u >= v, each undirected edge once, loops kept (a vertex alone is its own component);
+    # computed once: the rows behind the edges are read a single time
+    pairs = (edges.filter(a.isNotNull() & b.isNotNull())
+             .select(F.greatest(a, b).alias("u"), F.least(a, b).alias("v")).distinct().localCheckpoint())
+    u, v = F.col("u"), F.col("v")
+    vertices = pairs.select(u.alias("vertex")).union(pairs.select(v.alias("vertex"))).distinct()
+    # rows: (u, v) with u > v, no loops
+    current = pairs.filter(u != v)
     for _ in range(MAX_ROUNDS):
         current = _small_star(_large_star(current)).localCheckpoint()
         if _stars(current):

@@ -4,7 +4,9 @@
 one ``partition_of`` computes); ``map`` is ``mapInArrow``, with each partition's record batches
 concatenated into one table before the kernel sees it (per-person kernels need the whole
 partition) and cast to the frame's schema (so kernels see the same types as on the local
-engine); ``broadcast`` is ``SparkContext.broadcast``. Results are written by Spark into a
+engine); a per-person kernel checks its rows against the frame's own partition index
+(``spark_partition_id()`` where the rows are computed, whatever union the output feeds next);
+``broadcast`` is ``SparkContext.broadcast``. Results are written by Spark into a
 staging folder inside the workspace and published only when the job succeeded.
 
 PySpark is optional: ``pip install 'portrait[spark]'``.
@@ -37,6 +39,7 @@ from pipelines.engines._protocol import (
     kept_key,
     wanted_columns,
 )
+from profiling.errors import SchemaError
 from profiling.file_modes import make_owner_only
 
 __all__ = ["SESSION_DEFAULTS", "SparkEngine"]
@@ -50,6 +53,8 @@ SESSION_DEFAULTS = {"spark.ui.enabled": "false", "spark.ui.showConsoleProgress":
 # PySpark 4.3 warns on every mapInArrow that it does not fully support pandas 3; mapInArrow does
 # not go through pandas at all, so that one warning is silenced where mapInArrow is called.
 _PANDAS_WARNING = "PySpark does not yet fully support pandas"
+# The column that carries each row's partition index (``spark_partition_id()``) into ``map``'s kernels.
+_PARTITION = "__portrait_partition"
 
 
 class _SparkValue(Broadcast[T]):
@@ -147,20 +152,27 @@ class SparkEngine(Engine):
         key, partitions, schema = frame.key, frame.partitions, frame.schema
 
         def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-            from pyspark import TaskContext
-
-            whole = list(batches)
-            if not whole or not any(b.num_rows for b in whole):
+            whole = [batch for batch in batches if batch.num_rows]
+            if not whole:
                 return
-            # rows: one whole partition; with a key, every row's key hashes to this partition
-            table = pa.Table.from_batches(whole).cast(schema)
-            result = call_kernel(kernel, table, key=key, partition=TaskContext.get().partitionId(),
-                                 partitions=partitions)
+            # rows: one whole partition, then its index; with a key, every row's key hashes to that index
+            table = pa.Table.from_batches(whole)
+            partition = table.column(_PARTITION)[0].as_py()
+            table = table.drop_columns([_PARTITION]).cast(schema)
+            result = call_kernel(kernel, table, key=key, partition=partition, partitions=partitions)
             yield from result.to_batches()
 
+        functions = import_optional("pyspark.sql.functions", extra="spark", purpose=_PURPOSE)
+        if _PARTITION in schema.names:
+            raise SchemaError(f"column {_PARTITION!r} is the Spark engine's own; rename it before mapping a kernel")
+        # The frame's own partition index, taken where its rows are computed: the task's partition id
+        # (TaskContext) is another number when the kernel's output feeds a union (co_partition, the
+        # connected components), which runs in the same task and numbers its partitions on from the
+        # first input's.
+        indexed = frame.handle.select("*", functions.spark_partition_id().alias(_PARTITION))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_PANDAS_WARNING, category=FutureWarning)
-            mapped = frame.handle.mapInArrow(run, types.from_arrow_schema(kernel.schema))
+            mapped = indexed.mapInArrow(run, types.from_arrow_schema(kernel.schema))
         return Frame(self, kernel.schema, kept_key(frame, kernel), partitions, mapped)
 
     def connected_components(self, edges: Frame, *, ends: tuple[str, str] = ("u", "v")) -> Frame:
