@@ -18,7 +18,9 @@ pairs the truth holds / pairs the truth holds. ``recall_consenting`` counts only
 accounts all allow ``cross_device_sync`` (the others may not be linked by policy, whatever the
 evidence); ``signed_in_ceiling`` is the share of those whose device saw a sign-in by some account
 of the same human at all: no rule reading sign-ins can reach more (devices nobody signed in on
-carry no evidence, and account pairs none that tells a second account from a household). Last
+carry no evidence, and account pairs none that tells a second account from a household);
+``trusted_ceiling`` the share whose device saw sign-ins by the human on ``TRUSTED_AFTER_DAYS`` or
+more distinct UTC days, what the rule that trusts a device only then can reach. Last
 line: one JSON object with ``precision``, ``recall``, the CPU model and the timings in seconds.
 """
 
@@ -41,6 +43,7 @@ import pyarrow.parquet as pq
 from _machine import cpu_model
 from _synthetic_job import synthetic_job
 from pipelines.workspace import Workspace
+from profiling.identity import TRUSTED_AFTER_DAYS
 from profiling.keys import MasterKey
 from profiling.pseudonyms import DEVICE, PERSON, pseudonymize
 
@@ -87,11 +90,14 @@ def true_pairs(truth: Path, accounts: pd.Series) -> tuple[pd.DataFrame, pd.DataF
 
 
 def signed_in_by_human(workspace: Workspace, truth: Path) -> pd.DataFrame:
-    """(human_id, device_id) for every device an account of the human ever signed in on."""
-    events = workspace.read("device_events", ["device_id", "account_id"])
-    events = events.filter(pc.is_valid(events.column("account_id"))).to_pandas().drop_duplicates()
+    """(human_id, device_id, days) for every device an account of the human ever signed in on, with the number of
+    distinct UTC days they did."""
+    events = workspace.read("device_events", ["device_id", "account_id", "event_at"])
+    events = events.filter(pc.is_valid(events.column("account_id"))).to_pandas()
+    events["day"] = events["event_at"].dt.tz_convert("UTC").dt.floor("D")
     humans = pq.read_table(truth / "accounts").to_pandas()
-    return events.merge(humans, on="account_id")[["human_id", "device_id"]].drop_duplicates()
+    by_human = events.merge(humans, on="account_id")
+    return by_human.groupby(["human_id", "device_id"])["day"].nunique().rename("days").reset_index()
 
 
 def overlap(left: pd.DataFrame, right: pd.DataFrame) -> int:
@@ -118,6 +124,7 @@ def main() -> None:
         human_of = pq.read_table(truth / "accounts").to_pandas().set_index("account_id")["human_id"]
         evidenced = consenting_devices.assign(human_id=consenting_devices["account_id"].map(human_of)).merge(
             signed_in_by_human(workspace, truth), on=["human_id", "device_id"])
+        trusted = evidenced[evidenced["days"] >= TRUSTED_AFTER_DAYS]
         right = overlap(claimed_accounts, true_accounts) + overlap(claimed_devices, true_devices)
         claimed = len(claimed_accounts) + len(claimed_devices)
         held = len(true_accounts) + len(true_devices)
@@ -141,13 +148,15 @@ def main() -> None:
         "recall": round(right / held, 6) if held else 1.0,
         "recall_consenting": round(right_consenting / held_consenting, 6) if held_consenting else 1.0,
         "signed_in_ceiling": round(len(evidenced) / held_consenting, 6) if held_consenting else 1.0,
+        "trusted_ceiling": round(len(trusted) / held_consenting, 6) if held_consenting else 1.0,
         "precision_target": PRECISION_TARGET,
         "cpu": cpu_model(), "cpus": len(os.sched_getaffinity(0)),
         "seconds": timings,
     }
     print(f"precision {summary['precision']:.4f} (target {PRECISION_TARGET}), recall {summary['recall']:.4f}, "
           f"recall among persons allowing sync {summary['recall_consenting']:.4f} "
-          f"(sign-in evidence ceiling {summary['signed_in_ceiling']:.4f}); identity stage {timings.get('identity')} s")
+          f"(sign-in evidence ceiling {summary['signed_in_ceiling']:.4f}, on {TRUSTED_AFTER_DAYS}+ UTC days "
+          f"{summary['trusted_ceiling']:.4f}); identity stage {timings.get('identity')} s")
     print(json.dumps(summary))
 
 if __name__ == "__main__":

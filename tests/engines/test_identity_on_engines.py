@@ -1,5 +1,5 @@
-"""The identity stage is the same on every engine, equals the in-memory reference, and on Spark brings no
-person-level table to the driver."""
+"""The identity stage is the same on every engine, equals the in-memory reference (devices trusted after sign-ins on
+two UTC days), and on Spark brings no person-level table to the driver."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from engines.test_driver_rows import driver_rows
 from pipelines.engines import get_engine
 from pipelines.portraits import read_identity, write_identity
 from profiling.consent import ConsentGate, SqliteConsentStore
-from profiling.identity import build_identity_graph
+from profiling.identity import TRUSTED_AFTER_DAYS, build_identity_graph
 
 PARTITIONS = 4
 
@@ -28,9 +28,20 @@ def prepared(tmp_path_factory):
     with SqliteConsentStore(workspace.ledger) as store:
         linking = ConsentGate(store).decide("cross_device_sync", AS_OF, job="test").person_ids(key)
     eligible = pa.table({"person_id": decision.person_ids(key)})
-    links = ds.dataset(workspace.pseudonymized("device_events")).to_table(columns=["device_id", "person_id"])
+    links = ds.dataset(workspace.pseudonymized("device_events")).to_table(columns=["device_id", "person_id",
+                                                                                  "event_at"])
     expected = build_identity_graph(links, eligible.column("person_id"), linking)
-    return workspace, eligible, linking, expected
+    return workspace, eligible, linking, expected, links
+
+
+def untrusted(links: pa.Table, may_link: set) -> set:
+    """Devices of one account, that account allowed to link, signed in on fewer than TRUSTED_AFTER_DAYS UTC days."""
+    signed = links.filter(pc.is_valid(links.column("person_id"))).to_pandas()
+    signed["day"] = signed["event_at"].dt.floor("D")
+    per_device = signed.groupby("device_id").agg(accounts=("person_id", "nunique"), person=("person_id", "first"),
+                                                 days=("day", "nunique"))
+    return set(per_device[(per_device["accounts"] == 1) & per_device["person"].isin(may_link)
+                          & (per_device["days"] < TRUSTED_AFTER_DAYS)].index)
 
 
 def written(workspace) -> tuple[pa.Table, pa.Table]:
@@ -39,7 +50,7 @@ def written(workspace) -> tuple[pa.Table, pa.Table]:
 
 
 def test_identity_is_the_reference_on_every_engine(engine, prepared):
-    workspace, eligible, linking, expected = prepared
+    workspace, eligible, linking, expected, links = prepared
     assert expected.report["linked_devices"] > 50 and expected.report["shared_devices"] > 0
     report = write_identity(workspace, eligible, linking, engine=engine)
     assert report == expected.report
@@ -49,11 +60,13 @@ def test_identity_is_the_reference_on_every_engine(engine, prepared):
     assert persons.column("cross_device_sync").to_pylist() == pc.is_in(persons.column("person_id"),
                                                                        value_set=linking).to_pylist()
     assert devices.cast(expected.devices.schema).equals(expected.devices.sort_by("device_id"))
+    seen_once = untrusted(links, set(eligible.column("person_id").to_pylist()) & set(linking.to_pylist()))
+    assert seen_once and not seen_once & set(devices.column("device_id").to_pylist())
     assert workspace.verified(workspace.outputs("identity")) == workspace.outputs("identity")
 
 
 def test_identity_collects_only_counts_on_spark(spark, prepared):
-    workspace, eligible, linking, expected = prepared
+    workspace, eligible, linking, expected, _ = prepared
     with get_engine("spark", spark=spark, partitions=PARTITIONS) as engine, driver_rows(spark) as seen:
         write_identity(workspace, eligible, linking, engine=engine)
     assert seen, "the report's counts are collected"
