@@ -375,7 +375,7 @@ def apply_budgets(workspace: Workspace, config: JobConfig) -> list[dict]:
 def run_pipeline(workspace: Workspace, key_file: str | Path | None, as_of: dt.datetime, *,
                  progress: bool = True, config: JobConfig | None = None,
                  stages: Sequence[str] | None = None,
-                 on_stage: Callable[[str, float], None] | None = None) -> list[dict]:
+                 on_stage: Callable[[str, float], None] | None = None, engine: Engine | None = None) -> list[dict]:
     """Run every stage in ``STAGES`` and return their summary rows.
 
     The master key comes from ``key_file``, or from ``PORTRAIT_MASTER_KEY`` when it is None. A key
@@ -383,6 +383,9 @@ def run_pipeline(workspace: Workspace, key_file: str | Path | None, as_of: dt.da
     the purposes, K, identity and partition settings and budgets (``JobConfig()`` by default).
     ``stages`` runs only the named stages, in ``STAGES`` order (each reads what earlier runs wrote).
     ``on_stage(name, seconds)`` is called after each stage with its wall-clock time.
+    ``engine``: an engine the caller owns (e.g. on its own Spark session), used instead of the one
+    the configuration names and left open at the end; without it the run opens that one and closes
+    it (stopping a Spark session it started).
     The whole run holds the workspace's job lock (``Workspace.job_lock``): an erasure, correction or
     consent change asked for meanwhile waits for the run to end, so the run never republishes it.
     """
@@ -404,9 +407,10 @@ def run_pipeline(workspace: Workspace, key_file: str | Path | None, as_of: dt.da
         store.require_intact()   # no stage runs on a consent history edited outside Portrait
     summary: list[dict] = apply_budgets(workspace, config)
     with contextlib.ExitStack() as stack:
-        options = config.engine_options() if config.engine == "spark" else {"workspace": workspace,
-                                                                             "progress": progress}
-        engine = stack.enter_context(get_engine(config.engine, **options))
+        if engine is None:
+            options = config.engine_options() if config.engine == "spark" else {"workspace": workspace,
+                                                                                 "progress": progress}
+            engine = stack.enter_context(get_engine(config.engine, **options))
         context = RunContext(workspace=workspace, key=key, as_of=as_of, progress=progress, config=config,
                              engine=engine)
         for stage in tqdm(chosen, desc="run", unit=" stage", disable=not progress):
