@@ -9,7 +9,6 @@ import io
 import json
 import re
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
@@ -28,7 +27,7 @@ from profiling.identity import (
     build_identity_graph,
 )
 from profiling.keys import load_master_key
-from profiling.pseudonyms import DEVICE, PERSON, pseudonymize
+from profiling.pseudonyms import DEVICE, pseudonymize
 from profiling.schema import TIMESTAMP
 
 UTC = dt.timezone.utc

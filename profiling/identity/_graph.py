@@ -64,8 +64,9 @@ def build_identity_graph(links: pa.Table, persons: pa.Array, linking_persons: pa
 
     ``links`` needs string columns ``device_id`` and ``person_id`` (pseudonyms) and ``event_at``
     (timestamps with a time zone; other columns are ignored, rows with a null person_id are ignored,
-    duplicates are fine): a row says the account was signed in on the device at that moment. ``persons`` are the persons that get an identity (those eligible for
-    personalization; no nulls, duplicates collapse). ``linking_persons`` are the persons allowing the
+    duplicates are fine): a row says the account was signed in on the device at that moment.
+    ``persons`` are the persons that get an identity (those eligible for personalization; no nulls,
+    duplicates collapse). ``linking_persons`` are the persons allowing the
     ``cross_device_sync`` purpose; only those also in ``persons`` get devices.
 
     A device seen with two or more distinct person_ids in ``links`` (consenting or not, eligible or

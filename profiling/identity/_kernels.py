@@ -4,8 +4,8 @@ Vertices are named ``a:<person_id>`` (accounts) and ``d:<device_id>`` (devices),
 least vertex (what ``Engine.connected_components`` names it by) is its least account: the identity
 is named by that person_id. Under the linking rules a device has at most one account, so every
 component is one account with its devices (a star); the components are still computed in general.
-The rule (one account, trusted after ``TRUSTED_AFTER_DAYS`` distinct UTC days) is ``_rules``', the
-same the in-memory reference ``build_identity_graph`` reads.
+The rule (one account, trusted after ``TRUSTED_AFTER_DAYS`` distinct UTC days) and the UTC day are
+those of ``profiling.identity._rules``, which the in-memory reference ``build_identity_graph`` reads too.
 """
 
 from __future__ import annotations
