@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from portrait_cli import run_cli
 from profiling.errors import SchemaError
+from profiling.identity import _kernels as identity_kernels
 from profiling.identity import (
     DEVICE_IDENTITY_SCHEMA,
     LINKING_RULE,
@@ -276,6 +277,18 @@ def test_matches_a_plain_reference(rows, persons, linking):
     assert graph.report["largest_identity"] == {"persons": int(bool(expected_persons)),
                                                 "devices": max(per_identity, default=0)}
     assert graph.report["shared_devices"] == shared
+    # the engine kernels apply the same rule
+    devices = identity_kernels.device_accounts(links_of(*rows))
+    edges = identity_kernels.identity_edges(devices, pa.array(sorted(set(persons) & set(linking)), pa.string()))
+    assert {v[2:]: u[2:] for u, v in zip(edges["u"].to_pylist(), edges["v"].to_pylist(), strict=True)} \
+        == expected_devices
+    assert identity_kernels.shared_devices(devices)["shared_devices"].to_pylist() == [shared]
+
+
+def test_the_device_kernel_refuses_a_sign_in_without_a_time():
+    links = links_of(("d1", "A"), ("d2", "B")).set_column(2, "event_at", pa.array([at(0), None], TIMESTAMP))
+    with pytest.raises(ValueError, match=r"table device_events: 1 row\(s\) have a person_id but no event_at"):
+        identity_kernels.device_accounts(links)
 
 
 def test_a_configuration_still_setting_max_accounts_per_device_is_refused(tmp_path, capsys):
