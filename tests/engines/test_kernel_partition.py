@@ -2,8 +2,8 @@
 
 On Spark, a kernel's output that feeds ``co_partition`` (or a union inside connected components)
 runs in the same task as the union: the task's partition number is the union's (input b's
-partition 0 is the union's 4), not the kernel's own. The kernel must still see its own frame's partition index and count, and
-give the same rows on both engines.
+partition 0 is the union's 4), not the kernel's own. The kernel must still see its own frame's
+partition index and count, and give the same rows on both engines.
 """
 
 from __future__ import annotations
