@@ -19,8 +19,8 @@ accounts all allow ``cross_device_sync`` (the others may not be linked by policy
 evidence); ``signed_in_ceiling`` is the share of those whose device saw a sign-in by some account
 of the same human at all: no rule reading sign-ins can reach more (devices nobody signed in on
 carry no evidence, and account pairs none that tells a second account from a household);
-``trusted_ceiling`` the share whose device saw sign-ins by the human on ``TRUSTED_AFTER_DAYS`` or
-more distinct UTC days, what the rule that trusts a device only then can reach. Last
+``trusted_ceiling`` the share whose device saw a first and a last sign-in by the human at least
+``TRUSTED_AFTER`` (24 hours) apart, what the rule that trusts a device only then can reach. Last
 line: one JSON object with ``precision``, ``recall``, the CPU model and the timings in seconds.
 """
 
@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 from _machine import cpu_model
 from _synthetic_job import synthetic_job
 from pipelines.workspace import Workspace
-from profiling.identity import TRUSTED_AFTER_DAYS
+from profiling.identity import TRUSTED_AFTER
 from profiling.keys import MasterKey
 from profiling.pseudonyms import DEVICE, PERSON, pseudonymize
 
@@ -90,14 +90,13 @@ def true_pairs(truth: Path, accounts: pd.Series) -> tuple[pd.DataFrame, pd.DataF
 
 
 def signed_in_by_human(workspace: Workspace, truth: Path) -> pd.DataFrame:
-    """(human_id, device_id, days) for every device an account of the human ever signed in on, with the number of
-    distinct UTC days they did."""
+    """(human_id, device_id, span) for every device an account of the human ever signed in on, with the time from
+    their first to their last sign-in there."""
     events = workspace.read("device_events", ["device_id", "account_id", "event_at"])
     events = events.filter(pc.is_valid(events.column("account_id"))).to_pandas()
-    events["day"] = events["event_at"].dt.tz_convert("UTC").dt.floor("D")
     humans = pq.read_table(truth / "accounts").to_pandas()
-    by_human = events.merge(humans, on="account_id")
-    return by_human.groupby(["human_id", "device_id"])["day"].nunique().rename("days").reset_index()
+    by_human = events.merge(humans, on="account_id").groupby(["human_id", "device_id"])["event_at"]
+    return (by_human.max() - by_human.min()).rename("span").reset_index()
 
 
 def overlap(left: pd.DataFrame, right: pd.DataFrame) -> int:
@@ -124,7 +123,7 @@ def main() -> None:
         human_of = pq.read_table(truth / "accounts").to_pandas().set_index("account_id")["human_id"]
         evidenced = consenting_devices.assign(human_id=consenting_devices["account_id"].map(human_of)).merge(
             signed_in_by_human(workspace, truth), on=["human_id", "device_id"])
-        trusted = evidenced[evidenced["days"] >= TRUSTED_AFTER_DAYS]
+        trusted = evidenced[evidenced["span"] >= TRUSTED_AFTER]
         right = overlap(claimed_accounts, true_accounts) + overlap(claimed_devices, true_devices)
         claimed = len(claimed_accounts) + len(claimed_devices)
         held = len(true_accounts) + len(true_devices)
@@ -155,8 +154,9 @@ def main() -> None:
     }
     print(f"precision {summary['precision']:.4f} (target {PRECISION_TARGET}), recall {summary['recall']:.4f}, "
           f"recall among persons allowing sync {summary['recall_consenting']:.4f} "
-          f"(sign-in evidence ceiling {summary['signed_in_ceiling']:.4f}, on {TRUSTED_AFTER_DAYS}+ UTC days "
-          f"{summary['trusted_ceiling']:.4f}); identity stage {timings.get('identity')} s")
+          f"(sign-in evidence ceiling {summary['signed_in_ceiling']:.4f}, first to last sign-in "
+          f"{TRUSTED_AFTER.total_seconds() / 3600:g} h+ apart {summary['trusted_ceiling']:.4f}); "
+          f"identity stage {timings.get('identity')} s")
     print(json.dumps(summary))
 
 if __name__ == "__main__":

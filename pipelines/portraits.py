@@ -3,7 +3,7 @@
 Both answer only for persons whose ``personalization`` consent holds at the run's as-of moment:
 
 * identity: each person is one identity, with the devices on which no other account ever signed
-  in and they signed in on two or more UTC days (only for persons who also allow
+  in and their first and last sign-in are 24 hours or more apart (only for persons who also allow
   ``cross_device_sync``); two accounts are never linked.
   Writes ``WS/outputs/identity/`` (``persons/``: person_id -> identity_id, ``devices/``: device_id
   -> identity_id) and ``WS/identity-report.json`` (devices per identity, shared devices).
@@ -56,9 +56,9 @@ def write_identity(workspace: Workspace, eligible: pa.Table, linking_persons: pa
 
     Links are all the analytics zone's device events with a person signed in, whatever their time,
     with their ``event_at``: a device joins an identity only when one account ever signed in on it,
-    on at least ``TRUSTED_AFTER_DAYS`` distinct UTC days, and that account is eligible and in
+    its first and last sign-in there at least ``TRUSTED_AFTER`` (24 hours) apart, and that account is eligible and in
     ``linking_persons`` (``build_identity_graph`` states the rules and is the in-memory reference).
-    On the engine: the events partitioned by device give each device's accounts and sign-in days,
+    On the engine: the events partitioned by device give each device's accounts and whether it is trusted,
     the allowed account-device edges go through ``Engine.connected_components``, and the persons
     meet their component by ``co_partition``; only the eligible persons allowed to link are broadcast,
     and only per-partition counts come back to the driver. Default engine: a local one spilling inside

@@ -35,7 +35,7 @@ from pipelines.workspace import Workspace
 from portrait_cli import run_cli
 from profiling.consent import ConsentGate, SqliteConsentStore
 from profiling.errors import PortraitError
-from profiling.identity import build_identity_graph
+from profiling.identity import TRUSTED_AFTER, build_identity_graph
 from profiling.keys import create_key_file, load_master_key
 from test_dp_privacy import _audit, _epsilon_lower_bound
 
@@ -70,9 +70,10 @@ def _events(included: np.ndarray) -> pd.DataFrame:
 
 def _identity_rows(events: pd.DataFrame) -> pd.DataFrame:
     signed_in = events[["device_id", "person_id"]].dropna()
-    # each sign-in seen on two UTC days, so a device of one account is trusted and joins it
-    links = pa.Table.from_pandas(pd.concat([signed_in.assign(event_at=pd.Timestamp(day, tz="UTC"))
-                                            for day in ("2026-10-01", "2026-10-02")]), preserve_index=False)
+    # each sign-in seen twice, TRUSTED_AFTER (24 hours) apart, so a device of one account is trusted and joins it
+    first = pd.Timestamp("2026-10-01", tz="UTC")
+    links = pa.Table.from_pandas(pd.concat([signed_in.assign(event_at=at) for at in (first, first + TRUSTED_AFTER)]),
+                                 preserve_index=False)
     persons = pa.array(sorted(set(links.column("person_id").to_pylist())))
     graph = build_identity_graph(links, persons, persons)
     return attach_identity(events, persons=graph.persons, devices=graph.devices)

@@ -1,4 +1,4 @@
-"""The identity graph: one identity per person, devices only of one account, trusted after two UTC days,
+"""The identity graph: one identity per person, devices only of one account, trusted once used 24 hours apart,
 consent-gated; a plain reference; an intruder's device on a taken-over account joins nobody in the real job."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from profiling.identity import (
     DEVICE_IDENTITY_SCHEMA,
     LINKING_RULE,
     PERSON_IDENTITY_SCHEMA,
-    TRUSTED_AFTER_DAYS,
+    TRUSTED_AFTER,
     IdentityGraph,
     build_identity_graph,
 )
@@ -54,7 +54,8 @@ def links_of(*rows, extra=False):
 
 
 def on_days(device, person, *days):
-    """``device``'s sign-ins by ``person``, one on each of ``days`` (default: days 0 and 1, a trusted device)."""
+    """``device``'s sign-ins by ``person``, one on each of ``days`` (default: days 0 and 1, 24 hours apart: a
+    trusted device)."""
     return [(device, person, day) for day in (days or (0, 1))]
 
 
@@ -104,35 +105,59 @@ def test_a_family_tablet_or_an_internet_cafe_merges_nobody_at_any_size(users, co
     assert graph.report["shared_devices"] == 1 and graph.report["largest_identity"]["persons"] == 1
 
 
-def test_a_device_is_trusted_only_after_sign_ins_on_two_distinct_utc_days():
-    assert TRUSTED_AFTER_DAYS == 2 and f"{TRUSTED_AFTER_DAYS} or more distinct UTC days" in LINKING_RULE
-    graph = build([("once", "A", 0),
-                   ("same-day", "A", at(0, 0)), ("same-day", "A", at(0, 12)), ("same-day", "A", at(0, 23.99)),
-                   ("two-days", "A", at(0, 23.99)), ("two-days", "A", at(1, 0.01)),
-                   ("weeks-apart", "A", 0), ("weeks-apart", "A", 0), ("weeks-apart", "A", 30)],
-                  ["A"], ["A"])
-    assert device_identities(graph) == {"two-days": "A", "weeks-apart": "A"}
-    # one local (China Standard Time) evening spans two UTC days... and two local days may be one UTC day
+def kernel_devices(links, may_link):
+    """The engine kernels' devices of each account: ``{device_id: person_id}``."""
+    devices = identity_kernels.device_accounts(links)
+    edges = identity_kernels.identity_edges(devices, pa.array(sorted(may_link), pa.string()))
+    return {v[2:]: u[2:] for u, v in zip(edges["u"].to_pylist(), edges["v"].to_pylist(), strict=True)}
+
+
+def test_a_device_is_trusted_only_once_its_first_and_last_sign_ins_are_24_hours_apart():
+    assert TRUSTED_AFTER == dt.timedelta(hours=24) and "24 hours or more apart" in LINKING_RULE
+    almost = TRUSTED_AFTER - dt.timedelta(minutes=1)
+    rows = [("once", "A", 0),
+            ("same-day", "A", at(0, 0)), ("same-day", "A", at(0, 12)), ("same-day", "A", at(0, 23.99)),
+            ("23h59m", "A", at(0, 9)), ("23h59m", "A", at(0, 9) + almost),
+            ("24h", "A", at(0, 9)), ("24h", "A", at(0, 9) + TRUSTED_AFTER),
+            ("across-midnight", "A", at(0, 23.5)), ("across-midnight", "A", at(1, 0.5)),
+            *[("all-day-long", "A", at(0, 0.5) + k * almost / 10) for k in range(11)],
+            ("weeks-apart", "A", 0), ("weeks-apart", "A", 0), ("weeks-apart", "A", 30)]
+    graph = build(rows, ["A"], ["A"])
+    assert device_identities(graph) == {"24h": "A", "weeks-apart": "A"}
+    assert kernel_devices(links_of(*rows), {"A"}) == {"24h": "A", "weeks-apart": "A"}
+    # the instant counts, not how it is written: 24 hours written in China Standard Time and in UTC
     cst = dt.timezone(dt.timedelta(hours=8))
-    evening = build([("p", "A", dt.datetime(2026, 10, 1, 7, 30, tzinfo=cst)),
-                     ("p", "A", dt.datetime(2026, 10, 1, 8, 30, tzinfo=cst))], ["A"], ["A"])
-    assert device_identities(evening) == {"p": "A"}
-    midnight = build([("p", "A", dt.datetime(2026, 10, 1, 23, 30, tzinfo=cst)),
-                      ("p", "A", dt.datetime(2026, 10, 2, 0, 30, tzinfo=cst))], ["A"], ["A"])
-    assert device_identities(midnight) == {}
-    # days of a device's other accounts do not count: shared stays shared, on any day
-    shared = build([("tablet", "A", 0), ("tablet", "B", 1)], ["A", "B"], ["A", "B"])
+    zoned = build([("p", "A", at(0, 9)), ("p", "A", (at(0, 9) + TRUSTED_AFTER).astimezone(cst)),
+                   ("q", "A", at(0, 9).astimezone(cst)), ("q", "A", at(0, 9) + almost)], ["A"], ["A"])
+    assert device_identities(zoned) == {"p": "A"}
+    # a second account's sign-ins do not stretch the span: shared stays shared, at any distance
+    shared = build([("tablet", "A", 0), ("tablet", "B", 1), ("tablet", "A", 9)], ["A", "B"], ["A", "B"])
     assert device_identities(shared) == {} and shared.report["shared_devices"] == 1
 
 
-def test_an_intruders_one_day_device_on_a_taken_over_account_joins_nobody():
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
+def test_the_24_hours_are_exact_in_the_unit_of_the_sign_in_times(unit):
+    per_second = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[unit]
+    start = pa.scalar(at(0, 9), TIMESTAMP).cast(pa.timestamp(unit, tz="UTC")).cast(pa.int64()).as_py()
+    day = int(TRUSTED_AFTER.total_seconds()) * per_second
+    ticks = [start, start + day - 1, start, start + day]  # a tick short of 24 hours, and 24 hours
+    links = pa.table({"device_id": ["short", "short", "day", "day"], "person_id": ["A"] * 4,
+                      "event_at": pa.array(ticks, pa.int64()).cast(pa.timestamp(unit, tz="UTC"))})
+    assert device_identities(build_identity_graph(links, pa.array(["A"]), pa.array(["A"]))) == {"day": "A"}
+    assert kernel_devices(links, {"A"}) == {"day": "A"}
+
+
+def test_an_intruders_device_used_for_hours_on_a_taken_over_account_joins_nobody_even_across_midnight():
     """The victim uses a phone for weeks; an intruder signs in on the victim's account from a device of their own,
-    then orders within hours: that device has one account, the victim's, and must not join (nor get the sync)."""
+    then orders within hours: that device has one account, the victim's, and must not join (nor get the sync),
+    also when the session runs across midnight UTC (two UTC days, under two hours)."""
     victim = [*on_days("victims-phone", "V", *range(0, 60, 3)), *on_days("victims-laptop", "V", 5, 40)]
     intruder = [("intruders-device", "V", at(50, hour)) for hour in (2.0, 2.1, 3.5, 5.0)]  # sign-in, orders
-    graph = build(victim + intruder, ["V", "W"], ["V", "W"])
+    night = [("night-intruders-device", "V", at(52, hour)) for hour in (23.2, 23.5, 24.4, 25.0)]
+    graph = build(victim + intruder + night, ["V", "W"], ["V", "W"])
     assert device_identities(graph) == {"victims-phone": "V", "victims-laptop": "V"}
     assert graph.report["linked_devices"] == 2 and graph.report["shared_devices"] == 0
+    assert kernel_devices(links_of(*victim, *intruder, *night), {"V", "W"}) == device_identities(graph)
 
 
 def test_linking_persons_outside_persons_link_nobody():
@@ -165,7 +190,8 @@ def test_empty_inputs_give_empty_outputs():
 
 def test_other_arrow_layouts_give_the_same_graph():
     pairs = [("d1", "pb"), ("d1", "pa"), ("d2", "pb"), ("d2", "pc"), ("d3", None), *on_days("d4", "pa", 0, 0, 2),
-             *on_days("d5", "pb"), ("d6", "pa", at(3, 23.9)), ("d6", "pa", at(4, 0.1))]
+             *on_days("d5", "pb"), ("d6", "pa", at(3, 23.9)), ("d6", "pa", at(4, 23.9)), ("d7", "pb", at(3, 23.9)),
+             ("d7", "pb", at(4, 0.1))]
     expected = build(pairs, ["pa", "pb", "pc"], ["pa", "pb"])
     assert expected.devices.num_rows == 3
     table = links_of(*pairs, extra=True)
@@ -173,10 +199,11 @@ def test_other_arrow_layouts_give_the_same_graph():
     large = table.cast(pa.schema([("device_id", pa.large_string()), ("person_id", pa.large_string()),
                                   ("event_at", TIMESTAMP), ("event_type", pa.string())]))
     encoded = table.set_column(0, "device_id", table["device_id"].dictionary_encode())
-    # the same instants in seconds, and written in China Standard Time: the UTC day is what counts
+    # the same instants in seconds, and written in China Standard Time: the instant is what counts
     local = table.set_column(2, "event_at", table["event_at"].cast(pa.timestamp("s", tz="Asia/Shanghai")))
+    nanos = table.set_column(2, "event_at", table["event_at"].cast(pa.timestamp("ns", tz="UTC")))
     persons = pa.chunked_array([["pa"], ["pb", "pc"]])
-    for links in (chunked, large, encoded, local):
+    for links in (chunked, large, encoded, local, nanos):
         graph = build_identity_graph(links, persons, pa.array(["pa", "pb"], pa.large_string()))
         assert graph.persons.equals(expected.persons)
         assert graph.devices.sort_by("device_id").equals(expected.devices.sort_by("device_id"))
@@ -236,25 +263,27 @@ def test_inputs_of_the_wrong_kind_are_refused(links, persons, message):
 
 def reference_graph(rows, persons, linking):
     """Obviously correct: every person alone; a device goes to its only signed-in account, if that one may link
-    and signed in on it on TRUSTED_AFTER_DAYS or more distinct UTC dates."""
+    and its first and last sign-in on it are TRUSTED_AFTER or more apart."""
     days = {}
     for device, person, when in rows:
         if person is not None:
-            days.setdefault(device, {}).setdefault(person, set()).add(when.astimezone(UTC).date())
+            days.setdefault(device, {}).setdefault(person, []).append(when)
     may_link = set(persons) & set(linking)
     person_identity = {person: person for person in persons}
     device_identity = {}
     for device, accounts in days.items():
-        (person, dates), *others = accounts.items()
-        if not others and person in may_link and len(dates) >= TRUSTED_AFTER_DAYS:
+        (person, times), *others = accounts.items()
+        if not others and person in may_link and max(times) - min(times) >= TRUSTED_AFTER:
             device_identity[device] = person
     shared = sum(len(accounts) > 1 for accounts in days.values())
     return person_identity, device_identity, shared
 
 
-# moments around UTC midnights, some written in China Standard Time (the same instant, another local date)
-MOMENTS = [at(0, 0), at(0, 23.99), at(1, 0), at(1, 12).astimezone(dt.timezone(dt.timedelta(hours=8))),
-           at(1, 20).astimezone(dt.timezone(dt.timedelta(hours=8))), at(2, 23.99), at(40, 3)]
+# moments around UTC midnights, a microsecond short of 24 hours apart and 24 hours apart, some written in China
+# Standard Time (the same instant, another local date)
+MOMENTS = [at(0, 0), at(0, 23.99), at(1, 0) - dt.timedelta(microseconds=1), at(1, 0),
+           at(1, 12).astimezone(dt.timezone(dt.timedelta(hours=8))),
+           at(1, 23.99).astimezone(dt.timezone(dt.timedelta(hours=8))), at(2, 0.5), at(40, 3)]
 
 
 @settings(max_examples=300, deadline=None)
@@ -278,10 +307,8 @@ def test_matches_a_plain_reference(rows, persons, linking):
                                                 "devices": max(per_identity, default=0)}
     assert graph.report["shared_devices"] == shared
     # the engine kernels apply the same rule
+    assert kernel_devices(links_of(*rows), set(persons) & set(linking)) == expected_devices
     devices = identity_kernels.device_accounts(links_of(*rows))
-    edges = identity_kernels.identity_edges(devices, pa.array(sorted(set(persons) & set(linking)), pa.string()))
-    assert {v[2:]: u[2:] for u, v in zip(edges["u"].to_pylist(), edges["v"].to_pylist(), strict=True)} \
-        == expected_devices
     assert identity_kernels.shared_devices(devices)["shared_devices"].to_pylist() == [shared]
 
 

@@ -4,13 +4,14 @@ Linking rules (the README's Identity section states them for users):
 
 * A device joins a person's identity only when that person is the *only* account ever signed in on
   it (in every device event the analytics zone holds, whoever signed in: consenting or not, eligible
-  or not), the device is *trusted* (the person signed in on it on at least ``TRUSTED_AFTER_DAYS``
-  = 2 distinct UTC days), and the person allows ``cross_device_sync``. A family tablet, a shop
-  tablet or an internet-cafe PC (two or more accounts) joins nobody, at any count; nor does a device
-  seen on one day only: an intruder's device in an account takeover (one sign-in on the victim's
-  account, then orders within hours) would otherwise join the victim, and sync the victim's data to
-  it. The cost: a person's device used on one day only stays out of their identity (at 10,000
-  synthetic accounts, about a third of the single-account devices; see the README's Measured).
+  or not), the device is *trusted* (the person's first and last sign-in on it are at least
+  ``TRUSTED_AFTER`` = 24 hours apart), and the person allows ``cross_device_sync``. A family
+  tablet, a shop tablet or an internet-cafe PC (two or more accounts) joins nobody, at any count;
+  nor does a device used for less than a day: an intruder's device in an account takeover (a
+  sign-in on the victim's account, then orders within hours) would otherwise join the victim, and
+  sync the victim's data to it. Counting distinct UTC days instead would trust a takeover session
+  of an hour that runs across midnight UTC. The cost: a person's device used within one day only
+  stays out of their identity (see the README's Measured).
 * Two accounts are never linked. Nothing in the data tells one person holding two accounts apart
   from two people sharing a device, a phone plan or an address, so no evidence is strong enough:
   a second account of the same human stays an identity of its own.
@@ -24,13 +25,13 @@ import numpy as np
 import pyarrow as pa
 
 from profiling.identity._inputs import encode_inputs
-from profiling.identity._rules import LINKING_RULE, TRUSTED_AFTER_DAYS
+from profiling.identity._rules import LINKING_RULE, TRUSTED_AFTER, trusted
 
 __all__ = [
     "DEVICE_IDENTITY_SCHEMA",
     "LINKING_RULE",
     "PERSON_IDENTITY_SCHEMA",
-    "TRUSTED_AFTER_DAYS",
+    "TRUSTED_AFTER",
     "IdentityGraph",
     "build_identity_graph",
     "identity_report",
@@ -59,8 +60,8 @@ class IdentityGraph:
 
 
 def build_identity_graph(links: pa.Table, persons: pa.Array, linking_persons: pa.Array) -> IdentityGraph:
-    """One identity per person; a device joins it only when that person alone ever signed in on it, on at least
-    ``TRUSTED_AFTER_DAYS`` (2) distinct UTC days.
+    """One identity per person; a device joins it only when that person alone ever signed in on it, their first and
+    last sign-in there at least ``TRUSTED_AFTER`` (24 hours) apart.
 
     ``links`` needs string columns ``device_id`` and ``person_id`` (pseudonyms) and ``event_at``
     (timestamps with a time zone; other columns are ignored, rows with a null person_id are ignored,
@@ -72,12 +73,12 @@ def build_identity_graph(links: pa.Table, persons: pa.Array, linking_persons: pa
     A device seen with two or more distinct person_ids in ``links`` (consenting or not, eligible or
     not, on any day) is *shared*: it belongs to no identity, whatever the count, so neither a family
     tablet nor an internet-cafe PC merges or mixes its users. A device seen with exactly one person
-    joins that person's identity when it is trusted, the person having signed in on it on at least
-    ``TRUSTED_AFTER_DAYS`` distinct UTC calendar days (a device seen on one day, however often, is
-    not: the device of an intruder's one sign-in on a taken-over account), and the person is in
-    ``persons`` and in ``linking_persons``. Two accounts are
-    never linked: each identity holds exactly one person and is named by its person_id. A device
-    with no sign-in at all belongs to nobody.
+    joins that person's identity when it is trusted, the person's first and last sign-in on it being
+    at least ``TRUSTED_AFTER`` (24 hours, exactly, in the unit of ``event_at``) apart (a device used
+    for less, however often, is not: the device of an intruder's session of a few hours on a
+    taken-over account, across midnight UTC or not), and the person is in ``persons`` and in
+    ``linking_persons``. Two accounts are never linked: each identity holds exactly one person and is
+    named by its person_id. A device with no sign-in at all belongs to nobody.
 
     ``report``: ``persons``, ``identities``, ``linked_devices``, ``shared_devices`` (devices seen
     with two or more accounts), ``linking_rule``, ``largest_identity`` (``{"persons": 1, "devices":
@@ -97,7 +98,7 @@ def build_identity_graph(links: pa.Table, persons: pa.Array, linking_persons: pa
     >>> graph = build_identity_graph(links, pa.array(["A", "B", "C"]), pa.array(["A", "B"]))
     >>> graph.persons.to_pydict()
     {'person_id': ['A', 'B', 'C'], 'identity_id': ['A', 'B', 'C']}
-    >>> graph.devices.to_pydict()  # "new" was seen on one day only: not trusted yet
+    >>> graph.devices.to_pydict()  # "new" was seen once: not trusted yet
     {'device_id': ['phone'], 'identity_id': ['B']}
     >>> graph.report["shared_devices"], graph.report["devices_per_identity"]
     (1, [{'devices': 0, 'identities': 2}, {'devices': 1, 'identities': 1}])
@@ -108,9 +109,9 @@ def build_identity_graph(links: pa.Table, persons: pa.Array, linking_persons: pa
     # Every distinct signed-in person counts, consenting or not, eligible or not.
     accounts_per_device = np.bincount(inputs.link_devices, minlength=n_devices)
     one_account = accounts_per_device[inputs.link_devices] == 1
-    trusted = inputs.link_days >= TRUSTED_AFTER_DAYS
+    is_trusted = trusted(inputs.link_first, inputs.link_last, inputs.time_unit)
     may_link = inputs.eligible & inputs.linking
-    attach = one_account & trusted & may_link[inputs.link_persons]
+    attach = one_account & is_trusted & may_link[inputs.link_persons]
     # rows: (device, person) of devices attached, one row per device (its only account)
     attached_devices = inputs.link_devices[attach]
     attached_persons = inputs.link_persons[attach]

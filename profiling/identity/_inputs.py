@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 
 from profiling._string_hash import _dictionary_encode
 from profiling.errors import SchemaError
-from profiling.identity._rules import utc_days
+from profiling.identity._rules import sign_in_ticks
 
 __all__ = ["EncodedInputs", "encode_inputs"]
 
@@ -30,7 +30,9 @@ class EncodedInputs:
     device_names: pa.Array  # strings in first-seen order, distinct: every device seen with a non-null person
     link_devices: np.ndarray  # int64 device code per distinct (device, person) sign-in link
     link_persons: np.ndarray  # int64 person code, same length as link_devices
-    link_days: np.ndarray  # int64 distinct UTC days the link's person signed in on its device, same length
+    link_first: np.ndarray  # int64 first sign-in of the link's person on its device, ticks of time_unit, same length
+    link_last: np.ndarray  # int64 last sign-in of the link's person on its device, ticks of time_unit, same length
+    time_unit: str  # unit of link_first and link_last ("s", "ms", "us" or "ns"): that of links' event_at
     eligible: np.ndarray  # bool per person code: the person is in `persons`
     linking: np.ndarray  # bool per person code: the person is in `linking_persons`
 
@@ -95,8 +97,8 @@ def encode_inputs(links: object, persons: object, linking_persons: object) -> En
     """Validate the inputs and encode them (see ``build_identity_graph`` for their meaning).
 
     Rows of ``links`` with a null person_id are dropped; a null device_id or event_at beside a
-    non-null person_id is an error naming the row. Duplicate links collapse to one, counting the
-    distinct UTC days of their sign-ins.
+    non-null person_id is an error naming the row. Duplicate links collapse to one, keeping the first
+    and the last of their sign-in times.
     """
     if not isinstance(links, pa.Table):
         raise TypeError(f"links must be a pyarrow Table with columns {list(LINK_COLUMNS)}, "
@@ -132,11 +134,10 @@ def encode_inputs(links: object, persons: object, linking_persons: object) -> En
 
     # rows: distinct (device, person) pairs, as one int64 key each (dictionary codes are int32: no overflow)
     stride = np.int64(max(len(person_names), 1))
-    pairs, days = _days_per_pair(device_codes * stride + person_codes[:n_links], utc_days(times),
-                                 pairs_bound=len(device_names) * int(stride))
+    pairs, first, last = _span_per_pair(device_codes * stride + person_codes[:n_links], sign_in_ticks(times))
     link_devices, link_person_codes = np.divmod(pairs, stride)
-    return EncodedInputs(person_names, device_names, link_devices, link_person_codes, days, eligible, linking)
-
+    return EncodedInputs(person_names, device_names, link_devices, link_person_codes, first, last, times.type.unit,
+                         eligible, linking)
 
 def _codes(values: pa.Array, *, sort: bool) -> tuple[pa.Array, np.ndarray]:
     """The distinct values (in string order if ``sort``, else first-seen order) and each value's code (int64)."""
@@ -152,20 +153,12 @@ def _codes(values: pa.Array, *, sort: bool) -> tuple[pa.Array, np.ndarray]:
     return distinct.take(pa.array(order)), rank[codes]
 
 
-def _days_per_pair(pairs: np.ndarray, days: np.ndarray, *, pairs_bound: int) -> tuple[np.ndarray, np.ndarray]:
-    """The sorted distinct ``pairs`` (non-negative int64 keys below ``pairs_bound``) and how many distinct ``days``
-    each was seen on. One int64 sort of (pair, day) keys when they fit (a sort is faster here than numpy's
-    hashing unique), a two-key sort otherwise."""
+def _span_per_pair(pairs: np.ndarray, ticks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The sorted distinct ``pairs`` (int64 keys) and, for each, the least and the greatest of its ``ticks`` (int64,
+    one per pair occurrence): one int64 sort (faster here than numpy's hashing unique), then a reduction per run."""
     if pairs.size == 0:
-        return pairs, np.zeros(0, dtype=np.int64)
-    first_day = days.min()
-    span = int(days.max() - first_day) + 1
-    if pairs_bound * span < 2**63:
-        keys = np.sort(pairs * np.int64(span) + (days - first_day))
-        sign_ins = keys[np.r_[True, keys[1:] != keys[:-1]]] // np.int64(span)  # one per distinct (pair, day)
-    else:
-        order = np.lexsort((days, pairs))
-        pairs, days = pairs[order], days[order]
-        sign_ins = pairs[np.r_[True, (pairs[1:] != pairs[:-1]) | (days[1:] != days[:-1])]]
-    starts = np.flatnonzero(np.r_[True, sign_ins[1:] != sign_ins[:-1]])
-    return sign_ins[starts], np.diff(np.r_[starts, sign_ins.size]).astype(np.int64)
+        return pairs, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    order = np.argsort(pairs)
+    pairs, ticks = pairs[order], ticks[order]
+    starts = np.flatnonzero(np.r_[True, pairs[1:] != pairs[:-1]])
+    return pairs[starts], np.minimum.reduceat(ticks, starts), np.maximum.reduceat(ticks, starts)

@@ -4,8 +4,8 @@ Vertices are named ``a:<person_id>`` (accounts) and ``d:<device_id>`` (devices),
 least vertex (what ``Engine.connected_components`` names it by) is its least account: the identity
 is named by that person_id. Under the linking rules a device has at most one account, so every
 component is one account with its devices (a star); the components are still computed in general.
-The rule (one account, trusted after ``TRUSTED_AFTER_DAYS`` distinct UTC days) and the UTC day are
-those of ``profiling.identity._rules``, which the in-memory reference ``build_identity_graph`` reads too.
+The rule (one account, trusted once its first and last sign-in are ``TRUSTED_AFTER`` apart) is that of
+``profiling.identity._rules``, which the in-memory reference ``build_identity_graph`` reads too.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from profiling.identity._rules import TRUSTED_AFTER_DAYS, utc_days
+from profiling.identity._rules import sign_in_ticks, trusted
 
 __all__ = ["ACCOUNT", "ACCOUNT_IDENTITY_SCHEMA", "DEVICE", "DEVICE_ACCOUNTS_SCHEMA", "DEVICE_IDENTITY_ROWS",
            "EDGE_SCHEMA", "IDENTITY_SIZES_SCHEMA", "PERSONS_OUTPUT_SCHEMA", "SHARED_SCHEMA", "account_identities",
@@ -25,7 +25,7 @@ ACCOUNT = "a:"   # vertex prefix of an account (person_id); sorts before DEVICE
 DEVICE = "d:"    # vertex prefix of a device (device_id)
 
 DEVICE_ACCOUNTS_SCHEMA = pa.schema([pa.field("device_id", pa.string()), pa.field("person_id", pa.string()),
-                                    pa.field("accounts", pa.int64()), pa.field("days", pa.int64())])
+                                    pa.field("accounts", pa.int64()), pa.field("trusted", pa.bool_())])
 EDGE_SCHEMA = pa.schema([pa.field("u", pa.string()), pa.field("v", pa.string())])
 SHARED_SCHEMA = pa.schema([pa.field("shared_devices", pa.int64())])
 ACCOUNT_IDENTITY_SCHEMA = pa.schema([pa.field("person_id", pa.string()), pa.field("identity_id", pa.string())])
@@ -38,8 +38,9 @@ IDENTITY_SIZES_SCHEMA = pa.schema([pa.field("devices", pa.int64()), pa.field("pe
 
 def device_accounts(links: pa.Table) -> pa.Table:
     """Kernel (per device): sign-in links ``(device_id, person_id, event_at)`` -> one row per device with a
-    sign-in: how many distinct accounts signed in on it (on any day), and when there is exactly one, that
-    account and on how many distinct UTC days it signed in there (``days``; null when shared).
+    sign-in: how many distinct accounts signed in on it (at any time), and when there is exactly one, that
+    account and whether the device is trusted for it (``trusted``: its first and last sign-in there at least
+    ``TRUSTED_AFTER`` apart, exactly, in the unit of ``event_at``; null when shared).
 
     Rows without a person are ignored; a device_id or event_at missing beside a person is a ``ValueError``.
     """
@@ -49,22 +50,20 @@ def device_accounts(links: pa.Table) -> pa.Table:
         if missing:
             raise ValueError(f"table device_events: {missing} row(s) have a person_id but no {name}; "
                              "a sign-in link needs a device_id and an event_at")
-    days = signed_in.column("event_at")
-    days = utc_days(days.combine_chunks() if days.num_chunks else pa.array([], days.type))
-    # rows: distinct (device_id, person_id, UTC day)
-    sign_ins = pa.table([signed_in.column("device_id"), signed_in.column("person_id"), days],
-                        names=["device_id", "person_id", "day"])
-    sign_ins = sign_ins.group_by(["device_id", "person_id", "day"]).aggregate([])
-    # rows: (device_id, person_id, days signed in)
-    pairs = sign_ins.group_by(["device_id", "person_id"]).aggregate([("day", "count")])
-    # rows: (device_id, accounts, least person, its days): the least is the only one when accounts == 1
-    per_device = pairs.group_by("device_id").aggregate([("person_id", "count"), ("person_id", "min"),
-                                                        ("day_count", "max")])
-    accounts = per_device.column("person_id_count").cast(pa.int64())
+    times = signed_in.column("event_at")
+    times = times.combine_chunks() if times.num_chunks else pa.array([], times.type)
+    # rows: (device_id, person_id, sign-in time in ticks of the unit of event_at)
+    sign_ins = pa.table([signed_in.column("device_id"), signed_in.column("person_id"), sign_in_ticks(times)],
+                        names=["device_id", "person_id", "at"])
+    # rows: (device_id, accounts, least person, first and last sign-in): those of its only account when accounts == 1
+    per_device = sign_ins.group_by("device_id").aggregate([("person_id", "count_distinct"), ("person_id", "min"),
+                                                           ("at", "min"), ("at", "max")])
+    accounts = per_device.column("person_id_count_distinct").cast(pa.int64())
     one = pc.equal(accounts, 1)
     only = pc.if_else(one, per_device.column("person_id_min"), pa.scalar(None, pa.string()))
-    only_days = pc.if_else(one, per_device.column("day_count_max").cast(pa.int64()), pa.scalar(None, pa.int64()))
-    return pa.table([per_device.column("device_id"), only, accounts, only_days], schema=DEVICE_ACCOUNTS_SCHEMA)
+    first, last = (per_device.column(name).to_numpy() for name in ("at_min", "at_max"))
+    only_trusted = pc.if_else(one, pa.array(trusted(first, last, times.type.unit)), pa.scalar(None, pa.bool_()))
+    return pa.table([per_device.column("device_id"), only, accounts, only_trusted], schema=DEVICE_ACCOUNTS_SCHEMA)
 
 
 def shared_devices(devices: pa.Table) -> pa.Table:
@@ -75,10 +74,9 @@ def shared_devices(devices: pa.Table) -> pa.Table:
 
 def identity_edges(devices: pa.Table, may_link: pa.Array) -> pa.Table:
     """Kernel: ``device_accounts`` rows -> the edges the linking rules allow, ``(a:person_id, d:device_id)``:
-    a device of exactly one account, trusted (that account signed in on it on ``TRUSTED_AFTER_DAYS`` or more
-    distinct UTC days), that account in ``may_link`` (eligible and allowing cross_device_sync)."""
-    kept = devices.filter(pc.and_(pc.and_(pc.equal(devices.column("accounts"), 1),
-                                          pc.greater_equal(devices.column("days"), TRUSTED_AFTER_DAYS)),
+    a device of exactly one account, trusted for it (see ``device_accounts``), that account in ``may_link``
+    (eligible and allowing cross_device_sync)."""
+    kept = devices.filter(pc.and_(pc.and_(pc.equal(devices.column("accounts"), 1), devices.column("trusted")),
                                   pc.is_in(devices.column("person_id"), value_set=may_link)))
     return pa.table([pc.binary_join_element_wise(ACCOUNT, kept.column("person_id"), ""),
                      pc.binary_join_element_wise(DEVICE, kept.column("device_id"), "")], schema=EDGE_SCHEMA)

@@ -1,27 +1,39 @@
 """The linking rule's one definition, read by the in-memory reference and by the engine kernels alike.
 
-A device is *trusted* for its account once that account signed in on it on at least
-``TRUSTED_AFTER_DAYS`` distinct UTC calendar days: a device seen once (an intruder's one sign-in on a
-taken-over account, a phone borrowed for an evening) joins nobody until it is used again on another day.
+A device is *trusted* for its account once that account's first and last sign-in on it are at least
+``TRUSTED_AFTER`` (24 hours) apart: a device seen for a few hours (an intruder's session on a taken-over
+account, even one running across midnight UTC; a phone borrowed for an evening) joins nobody until it
+is used again a day later.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["LINKING_RULE", "TRUSTED_AFTER_DAYS", "utc_days"]
+__all__ = ["LINKING_RULE", "TRUSTED_AFTER", "sign_in_ticks", "trusted"]
 
-TRUSTED_AFTER_DAYS = 2  # distinct UTC days the only account of a device signed in on it before the device joins it
+TRUSTED_AFTER = dt.timedelta(hours=24)  # first to last sign-in of a device's only account before the device joins it
 
-LINKING_RULE = (f"devices of one account only, signed in on {TRUSTED_AFTER_DAYS} or more distinct UTC days; "
+LINKING_RULE = ("devices of one account only, its first and last sign-in on the device 24 hours or more apart; "
                 "accounts never linked")
 
-_UNITS_PER_DAY = {"s": 86_400, "ms": 86_400 * 10**3, "us": 86_400 * 10**6, "ns": 86_400 * 10**9}
+_TICKS_PER_SECOND = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
 
 
-def utc_days(times: pa.Array) -> np.ndarray:
-    """UTC calendar day (days since 1970-01-01, int64) of each time of ``times``, a timestamp array with a time zone
-    and no nulls: the instant is stored in UTC whatever the zone, so the day is the UTC day on every engine."""
-    since_epoch = times.cast(pa.int64()).to_numpy(zero_copy_only=False)
-    return np.floor_divide(since_epoch, _UNITS_PER_DAY[times.type.unit])
+def sign_in_ticks(times: pa.Array) -> np.ndarray:
+    """The instants of ``times`` (a timestamp array without nulls) as int64 ticks of its own unit since the epoch
+    (UTC, whatever the time zone it is written in); ``trusted`` reads them with that unit."""
+    return times.cast(pa.int64()).to_numpy(zero_copy_only=False)
+
+
+def trusted(first: np.ndarray, last: np.ndarray, unit: str) -> np.ndarray:
+    """Whether a device is trusted for its only account, whose first and last sign-in on it were at ``first`` and
+    ``last`` (int64 ticks of ``unit``, ``"s"``, ``"ms"``, ``"us"`` or ``"ns"``): ``last - first >= TRUSTED_AFTER``,
+    exactly, in that unit (no rounding)."""
+    per_second = _TICKS_PER_SECOND[unit]
+    # the least whole number of ticks not shorter than TRUSTED_AFTER (microseconds are its finest part)
+    threshold = -(-(TRUSTED_AFTER // dt.timedelta(microseconds=1)) * per_second // 10**6)
+    return np.subtract(last, first) >= threshold

@@ -1,5 +1,5 @@
-"""The identity stage is the same on every engine, equals the in-memory reference (devices trusted after sign-ins on
-two UTC days), and on Spark brings no person-level table to the driver."""
+"""The identity stage is the same on every engine, equals the in-memory reference (devices trusted once their first
+and last sign-in are 24 hours apart), and on Spark brings no person-level table to the driver."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from engines.test_driver_rows import driver_rows
 from pipelines.engines import get_engine
 from pipelines.portraits import read_identity, write_identity
 from profiling.consent import ConsentGate, SqliteConsentStore
-from profiling.identity import TRUSTED_AFTER_DAYS, build_identity_graph
+from profiling.identity import TRUSTED_AFTER, build_identity_graph
 
 PARTITIONS = 4
 
@@ -35,13 +35,13 @@ def prepared(tmp_path_factory):
 
 
 def untrusted(links: pa.Table, may_link: set) -> set:
-    """Devices of one account, that account allowed to link, signed in on fewer than TRUSTED_AFTER_DAYS UTC days."""
+    """Devices of one account, that account allowed to link, its first and last sign-in less than TRUSTED_AFTER
+    apart."""
     signed = links.filter(pc.is_valid(links.column("person_id"))).to_pandas()
-    signed["day"] = signed["event_at"].dt.floor("D")
     per_device = signed.groupby("device_id").agg(accounts=("person_id", "nunique"), person=("person_id", "first"),
-                                                 days=("day", "nunique"))
+                                                 first=("event_at", "min"), last=("event_at", "max"))
     return set(per_device[(per_device["accounts"] == 1) & per_device["person"].isin(may_link)
-                          & (per_device["days"] < TRUSTED_AFTER_DAYS)].index)
+                          & (per_device["last"] - per_device["first"] < TRUSTED_AFTER)].index)
 
 
 def written(workspace) -> tuple[pa.Table, pa.Table]:
