@@ -74,7 +74,7 @@ def write_identity(workspace: Workspace, eligible: pa.Table, linking_persons: pa
         allowed = engine.broadcast(may_link)
         events = engine.read(workspace.verified(workspace.pseudonymized("device_events")),
                              columns=["device_id", "person_id", "event_at"], key="device_id")
-        # rows: (device_id, its only account or null, accounts, that account's sign-in days), one per device
+        # rows: (device_id, its only account or null, accounts, whether it is trusted), one per device
         devices = engine.map(events, Kernel(identity_kernels.device_accounts, identity_kernels.DEVICE_ACCOUNTS_SCHEMA,
                                             name="device_accounts"))
         edges = engine.map(devices, Kernel(lambda table: identity_kernels.identity_edges(table, allowed.value),
