@@ -89,6 +89,14 @@ def _portrait(*argv: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONWARNINGS": "error"})
 
 
+def _portrait_on_cue(*argv: str) -> subprocess.Popen:
+    """``portrait *argv`` in a process that has imported everything and waits for a line on stdin to start, so the
+    command reaches the workspace at the moment the test chooses (not after seconds of imports)."""
+    code = "import sys; from pipelines import cli; sys.stdin.readline(); sys.exit(cli.main(sys.argv[1:]))"
+    return subprocess.Popen([sys.executable, "-c", code, "-q", *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONWARNINGS": "error"})
+
+
 def _wait_for_stages(workspace: Workspace, run: subprocess.Popen) -> None:
     """Return once the run is inside its stages: its first staging folder exists."""
     deadline = time.monotonic() + 120
@@ -103,14 +111,14 @@ def test_an_erase_during_a_run_is_never_undone_by_the_run(served):
     delays = random.Random(5).choices([0.0, 0.1, 0.3, 0.6], k=ROUNDS)
     waited = 0
     for round_, ((account, person_id, marketing_id), delay) in enumerate(zip(chosen, delays), 1):
+        erase = _portrait_on_cue("dsr", "erase", "--account", account, "--workspace", str(workspace.root),
+                                 "--key-file", str(key_file))
         run = _portrait("run", "--workspace", str(workspace.root), "--key-file", str(key_file), "--as-of", AS_OF)
         ingest(raw, workspace, key=key, progress=False)  # done long before the run has imported its modules
         _wait_for_stages(workspace, run)
         time.sleep(delay)
-        erase = _portrait("dsr", "erase", "--account", account, "--workspace", str(workspace.root),
-                          "--key-file", str(key_file))
+        erase_out, erase_err = erase.communicate("go\n", timeout=300)
         run_out, run_err = run.communicate(timeout=300)
-        erase_out, erase_err = erase.communicate(timeout=300)
         assert run.returncode == 0, run_err
         assert erase.returncode == 0, erase_err
         assert f"erased account {account}" in erase_out
