@@ -52,7 +52,12 @@ from pipelines.dsr_overlay import (
 from pipelines.dsr_scope import LINK_KINDS, DsrError, LinkedIdentifiers, linked_identifiers, subject_rows
 from pipelines.workspace import Workspace, holding_job_lock, write_json_atomic
 from profiling.consent.events import canonical_account_id
-from profiling.consent.sqlite_store import SqliteConsentStore, ledger_connection, redact_consent_events
+from profiling.consent.sqlite_store import (
+    SqliteConsentStore,
+    immediate_transaction,
+    ledger_connection,
+    redact_consent_events,
+)
 from profiling.csv_cells import write_csv_rows
 from profiling.keys import MasterKey
 from profiling.ledger_chain import REDACTED_ID, appending, register_table
@@ -139,15 +144,10 @@ def _scoped(workspace: Workspace, account_id: str, key: MasterKey) -> tuple[Link
 def _ledger(workspace: Workspace) -> Iterator[sqlite3.Connection]:
     connection = ledger_connection(workspace.ledger)
     try:
-        connection.executescript("BEGIN IMMEDIATE;" + _SCHEMA)
-        try:
+        with immediate_transaction(connection, _SCHEMA):
             register_table(connection, "dsr_requests", key="id", columns=list(_REQUEST_COLUMNS),
                            placeholders={"account_id": REDACTED_ID})
             create_overlay_tables(connection)
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        connection.execute("COMMIT")
         yield connection
     finally:
         connection.close()
@@ -183,10 +183,8 @@ def clear_stale(workspace: Workspace, person_ids: Iterable[str]) -> int:
     ids = sorted(set(person_ids))
     if not ids or not workspace.ledger.is_file():
         return 0
-    with _ledger(workspace) as db:
-        db.execute("BEGIN IMMEDIATE")
+    with _ledger(workspace) as db, immediate_transaction(db):
         removed = sum(db.execute("DELETE FROM dsr_stale WHERE person_id = ?", (pid,)).rowcount for pid in ids)
-        db.execute("COMMIT")
     return removed
 
 
@@ -233,9 +231,8 @@ def export_account(workspace: Workspace, account_id: str, key: MasterKey, out_di
         raise DsrError(f"account {linked.account_id!r} is not in workspace {workspace.root}: no rows and no "
                        f"consent history hold it; check the id")
     with _ledger(workspace) as db:
-        db.execute("BEGIN IMMEDIATE")
-        _record_request(db, [linked.account_id], "export")
-        db.execute("COMMIT")
+        with immediate_transaction(db):
+            _record_request(db, [linked.account_id], "export")
         requests = _rows_as_dicts(db.execute(f"SELECT {', '.join(_REQUEST_COLUMNS)} FROM dsr_requests "
                                              f"WHERE account_id = ? ORDER BY id", (linked.account_id,)))
         corrections = _rows_as_dicts(db.execute("SELECT account_id, field, value, corrected_at FROM dsr_corrections "
@@ -311,17 +308,12 @@ def correct_account(workspace: Workspace, account_id: str, field_name: str, valu
         pq.write_table(corrected, staged / path.name)
         with _ledger(workspace) as db:
             person_id = pseudonymize([account_id], key, PERSON, identifier="account_id")[0].as_py()
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with immediate_transaction(db):
                 _record_request(db, [account_id], "correct", field_name)
                 record_correction(db, account_id, field_name, value, _now())
                 db.execute("INSERT INTO dsr_stale (account_id, person_id, field, since) VALUES (?, ?, ?, ?)",
                            (account_id, person_id, field_name, _now().isoformat()))
                 workspace.publish({folder: staged})
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
     return row.to_pylist()[0]
 
 
@@ -463,12 +455,10 @@ def erase_held(workspace: Workspace, account_ids: Sequence[str], key: MasterKey,
                            f"{' ...' if len(unknown) > 5 else ''} {'are' if len(unknown) > 1 else 'is'} not in "
                            f"workspace {workspace.root}: no rows and no consent history hold "
                            f"{'them' if len(unknown) > 1 else 'it'}; check the id; nothing was erased")
-        with _ledger(workspace) as db:
-            db.execute("BEGIN IMMEDIATE")
+        with _ledger(workspace) as db, immediate_transaction(db):
             report.tombstones = record_tombstones(db, key, {"account_id": list(linked.account_ids),
                                                             "phone": linked.phones,
                                                             "device_id": linked.ids["device_id"]}, _now())
-            db.execute("COMMIT")
         if replacements:
             workspace.publish(replacements)
             record_removed_after_ingest(workspace, report.rows_removed)
@@ -483,8 +473,7 @@ def _redact_ledger(workspace: Workspace, account_ids: Sequence[str], report: Era
     with SqliteConsentStore(workspace.ledger):  # creates the consent tables on a new ledger
         pass
     with _ledger(workspace) as db:
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate_transaction(db):
             report.consent_events_removed = redact_consent_events(db, account_ids, reason="erasure request")
             db.execute("DELETE FROM consent_loads")  # a reload must offer every event again
             report.requests_removed = redact_accounts(db, "dsr_requests", account_ids, reason="erasure request")
@@ -495,10 +484,6 @@ def _redact_ledger(workspace: Workspace, account_ids: Sequence[str], report: Era
                 chunk = account_ids[start:start + 500]
                 db.execute(f"DELETE FROM dsr_stale WHERE account_id IN ({', '.join('?' * len(chunk))})", chunk)
             forget_corrections(db, account_ids)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from profiling.consent.sqlite_store import ledger_connection
+from profiling.consent.sqlite_store import immediate_transaction, ledger_connection
 from profiling.errors import KeyFileError
 from profiling.keys import MasterKey
 from profiling.ledger_chain import REDACTED_ID, appending, redact, register_table
@@ -242,15 +242,10 @@ def remember_erasures(workspace, key: MasterKey, ids: Mapping[str, Iterable[str]
     """
     db = ledger_connection(workspace.ledger)
     try:
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate_transaction(db):
             create_overlay_tables(db)
             added = record_tombstones(db, key, ids, dt.datetime.now(dt.timezone.utc))
             forget_legacy_tombstones(db, legacy)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
     finally:
         db.close()
     return added

@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 
 from pipelines.dsr import erase_held, record_removed_after_ingest
 from pipelines.workspace import Workspace
-from profiling.consent.sqlite_store import SqliteConsentStore, ledger_connection
+from profiling.consent.sqlite_store import SqliteConsentStore, immediate_transaction, ledger_connection
 from profiling.keys import MasterKey
 from profiling.ledger_chain import appending, register_table
 from profiling.schema import INGEST_ORDER, TABLES, TIMESTAMP, Table
@@ -71,14 +71,12 @@ def _iso(moment: dt.datetime) -> str:
 
 def _ledger(workspace: Workspace) -> sqlite3.Connection:
     db = ledger_connection(workspace.ledger)
-    db.executescript("BEGIN IMMEDIATE;" + _SCHEMA)
     try:
-        register_table(db, "dsr_retention", key="id", columns=_COLUMNS)
+        with immediate_transaction(db, _SCHEMA):
+            register_table(db, "dsr_retention", key="id", columns=_COLUMNS)
     except BaseException:
-        db.execute("ROLLBACK")
         db.close()
         raise
-    db.execute("COMMIT")
     return db
 
 
@@ -291,15 +289,9 @@ def enforce_retention(workspace: Workspace, key: MasterKey, as_of: dt.datetime, 
                      "rejects": rejects.get(name, 0), "cutoff": cutoff.date().isoformat() if cutoff else "-"})
     db = _ledger(workspace)
     try:
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            with appending(db, "dsr_retention"):
-                db.executemany("INSERT INTO dsr_retention (as_of, table_name, cutoff, rows_deleted, recorded_at) "
-                               "VALUES (?, ?, ?, ?, ?)", records)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        with immediate_transaction(db), appending(db, "dsr_retention"):
+            db.executemany("INSERT INTO dsr_retention (as_of, table_name, cutoff, rows_deleted, recorded_at) "
+                           "VALUES (?, ?, ?, ?, ?)", records)
     finally:
         db.close()
     return rows

@@ -27,7 +27,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from profiling.consent.sqlite_store import ledger_connection
+from profiling.consent.sqlite_store import immediate_transaction, ledger_connection
 from profiling.keys import MasterKey
 from profiling.ledger_chain import append_rows, appending, register_table
 from profiling.pseudonyms import PERSON, pseudonymize
@@ -93,14 +93,9 @@ class TransferEntry:
 def _log(path: str | os.PathLike) -> Iterator[sqlite3.Connection]:
     connection = ledger_connection(path)
     try:
-        connection.executescript("BEGIN IMMEDIATE;" + _SCHEMA)
-        try:
+        with immediate_transaction(connection, _SCHEMA):
             register_table(connection, "transfer_log", key="id", columns=list(_LOG_COLUMNS))
             register_table(connection, "transfer_persons", key="id", columns=list(_PERSON_COLUMNS))
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        connection.execute("COMMIT")
         yield connection
     finally:
         connection.close()
@@ -111,23 +106,17 @@ def record_transfer(ledger: str | os.PathLike, entry: TransferEntry,
     """Append ``entry`` and its ``(person pseudonym, key version, rows)`` in one transaction; return its id."""
     if entry.outcome not in ("sent", "refused"):
         raise ValueError(f"transfer outcome must be 'sent' or 'refused', not {entry.outcome!r}")
-    with _log(ledger) as db:
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            with appending(db, "transfer_log"):
-                cursor = db.execute(
-                    f"INSERT INTO transfer_log ({', '.join(_LOG_COLUMNS[1:])}) VALUES ({', '.join('?' * 15)})",
-                    (entry.transferred_at.isoformat(timespec="microseconds"), entry.operator, entry.receiver,
-                     entry.country, entry.mechanism, entry.purpose, json.dumps(list(entry.fields)), entry.outcome,
-                     entry.reason, entry.rows, entry.persons, json.dumps(dict(entry.left_out), sort_keys=True),
-                     entry.consent_audit_id, entry.file, entry.file_sha256))
-            transfer_id = int(cursor.lastrowid)
-            append_rows(db, "transfer_persons", [(transfer_id, person, version, rows)
-                                                 for person, version, rows in persons])
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+    with _log(ledger) as db, immediate_transaction(db):
+        with appending(db, "transfer_log"):
+            cursor = db.execute(
+                f"INSERT INTO transfer_log ({', '.join(_LOG_COLUMNS[1:])}) VALUES ({', '.join('?' * 15)})",
+                (entry.transferred_at.isoformat(timespec="microseconds"), entry.operator, entry.receiver,
+                 entry.country, entry.mechanism, entry.purpose, json.dumps(list(entry.fields)), entry.outcome,
+                 entry.reason, entry.rows, entry.persons, json.dumps(dict(entry.left_out), sort_keys=True),
+                 entry.consent_audit_id, entry.file, entry.file_sha256))
+        transfer_id = int(cursor.lastrowid)
+        append_rows(db, "transfer_persons", [(transfer_id, person, version, rows)
+                                             for person, version, rows in persons])
     return transfer_id
 
 

@@ -25,7 +25,7 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +51,7 @@ from profiling.errors import WorkspaceError
 from profiling.pseudonyms import normalize
 from profiling.schema import TIMESTAMP
 
-__all__ = ["CHAINED_TABLES", "SqliteConsentStore", "StaleSnapshotError", "ledger_connection",
+__all__ = ["CHAINED_TABLES", "SqliteConsentStore", "StaleSnapshotError", "immediate_transaction", "ledger_connection",
            "redact_consent_events"]
 
 _SCHEMA = """
@@ -132,7 +132,7 @@ class StaleSnapshotError(ConsentError):
 def ledger_connection(path: str | os.PathLike) -> sqlite3.Connection:
     """A connection to ``ledger.sqlite`` with WAL, full sync, secure deletion and a busy timeout.
 
-    Autocommit mode: callers open transactions with ``BEGIN IMMEDIATE`` (see ``SqliteConsentStore``).
+    Autocommit mode: callers open transactions with ``immediate_transaction``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -151,6 +151,22 @@ def ledger_connection(path: str | os.PathLike) -> sqlite3.Connection:
     connection.execute("PRAGMA secure_delete=ON")
     connection.execute("PRAGMA busy_timeout=30000")
     return connection
+
+
+@contextmanager
+def immediate_transaction(connection: sqlite3.Connection, schema: str = "") -> Iterator[sqlite3.Connection]:
+    """One ``BEGIN IMMEDIATE`` transaction on ``connection`` (``schema``'s statements run first inside it):
+    committed when the block ends, rolled back when it raises."""
+    if schema:
+        connection.executescript("BEGIN IMMEDIATE;" + schema)
+    else:
+        connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield connection
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
 
 
 def _refuse_truncated(path: Path) -> None:
@@ -187,17 +203,15 @@ class SqliteConsentStore:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self._connection = ledger_connection(self.path)
-        self._connection.executescript("BEGIN IMMEDIATE;" + _SCHEMA)
         try:
-            register_table(self._connection, "consent_events", key="seq", columns=_EVENT_COLUMNS,
-                           placeholders=_EVENT_PLACEHOLDERS, replaces_triggers=["consent_events_append_only"])
-            register_table(self._connection, "audit_gate_decisions", key="id", columns=_AUDIT_COLUMNS)
-            register_table(self._connection, "consent_snapshots", key="id", columns=_SNAPSHOT_COLUMNS)
+            with immediate_transaction(self._connection, _SCHEMA):
+                register_table(self._connection, "consent_events", key="seq", columns=_EVENT_COLUMNS,
+                               placeholders=_EVENT_PLACEHOLDERS, replaces_triggers=["consent_events_append_only"])
+                register_table(self._connection, "audit_gate_decisions", key="id", columns=_AUDIT_COLUMNS)
+                register_table(self._connection, "consent_snapshots", key="id", columns=_SNAPSHOT_COLUMNS)
         except BaseException:
-            self._connection.execute("ROLLBACK")
             self._connection.close()
             raise
-        self._connection.execute("COMMIT")
 
     def __repr__(self) -> str:
         return f"SqliteConsentStore({str(self.path)!r})"
@@ -211,15 +225,8 @@ class SqliteConsentStore:
     def close(self) -> None:
         self._connection.close()
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._connection.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._connection
-        except BaseException:
-            self._connection.execute("ROLLBACK")
-            raise
-        self._connection.execute("COMMIT")
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return immediate_transaction(self._connection)
 
     def append(self, events: Iterable[ConsentEvent], *, source: str) -> int:
         checked = [event.checked() for event in events]
