@@ -40,7 +40,7 @@ not depend on who shares their block.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, uint64
 
 __all__: list[str] = []
 
@@ -60,24 +60,31 @@ def underflow_slack(dims: int) -> float:
     return dims * 2.0 ** -126
 
 
-@njit(nogil=True, cache=True, inline="always")
+# Whether any of ``count`` scores from ``start`` reaches ``threshold``, as a maximum compared once:
+# with unsigned indices (no negative-index wraparound in the loop) and the flags that let LLVM
+# reorder a maximum (no NaN or infinity: every score is a finite float32, as the overflow check
+# in ``top_k_batches`` ensures; the sign of a zero cannot change ``>=``), the loop becomes packed
+# vector maxima, about twice as fast as an or of comparisons. Exact: the maximum of finite floats
+# does not depend on the order. ">=": an equal score with a lower item index also beats the K-th
+# best. Inlined in numba's IR: as a call, it is not vectorized.
+@njit(nogil=True, cache=True, inline="always", fastmath={"nnan", "ninf", "nsz", "reassoc"})
 def _group_reaches(row, start, threshold):  # pragma: no cover - compiled
-    # An or-reduction of comparisons over a fixed trip count, not a maximum: LLVM unrolls and
-    # vectorizes it without any fast-math flag (compare and or are exact), about five times
-    # faster than a loop of max(). Inlined in numba's IR: as a call, it is not vectorized.
-    # ">=": an equal score with a lower item index also beats the K-th best.
-    reaches = 0
-    for j in range(start, start + GROUP):
-        reaches |= row[j] >= threshold
-    return reaches
+    first = uint64(start)
+    largest = row[first]
+    for j in range(uint64(1), uint64(GROUP)):
+        score = row[first + j]
+        largest = score if score > largest else largest
+    return largest >= threshold
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True, inline="always", fastmath={"nnan", "ninf", "nsz", "reassoc"})
 def _subgroup_reaches(row, start, threshold):  # pragma: no cover - compiled
-    reaches = 0
-    for j in range(start, start + SUBGROUP):
-        reaches |= row[j] >= threshold
-    return reaches
+    first = uint64(start)
+    largest = row[first]
+    for j in range(uint64(1), uint64(SUBGROUP)):
+        score = row[first + j]
+        largest = score if score > largest else largest
+    return largest >= threshold
 
 
 @njit(nogil=True, cache=True, inline="always")
