@@ -25,7 +25,7 @@ below the K-th best, so no computed score of a skipped item could have reached i
 
 Selection is exact: each row of the score tile is cut into groups of ``GROUP`` items; a group
 none of whose scores reaches the person's current K-th best cannot hold a top-K item and is
-skipped after one vectorized pass (an or of comparisons). Only the few groups that can hold a
+skipped after one vectorized pass (its maximum, compared once). Only the few groups that can hold a
 winner are scanned item by item, and only their candidates are checked against the person's
 exclusions (a binary search in their sorted bought items) and the eligibility table.
 
