@@ -2,9 +2,10 @@
 
 Lives in the workspace's ``ledger.sqlite`` (tables prefixed ``budget_``; the consent ledger
 shares the file under its own prefix), in WAL mode with ``synchronous=FULL``. A release
-is charged in one ``BEGIN IMMEDIATE`` transaction that reads what was spent, refuses the
-charge if it would pass the budget, and writes the charge rows; SQLite lets only one such
-transaction run at a time, so processes racing for the last of a budget cannot both win.
+is charged in one ``BEGIN IMMEDIATE`` transaction (``immediate_transaction``, as every ledger
+write) that reads what was spent, refuses the charge if it would pass the budget, and writes
+the charge rows; SQLite lets only one such transaction run at a time, so processes racing
+for the last of a budget cannot both win.
 The charge is durable before any noisy value is computed: a crash after the charge loses
 budget, never privacy.
 
@@ -43,6 +44,7 @@ from pathlib import Path
 from dp._errors import BudgetExceededError, BudgetNotSetError, PrivacyParameterError
 from dp._mechanisms import APPROXIMATE, ZCDP
 from dp._parameters import check_delta, check_epsilon, check_rho
+from profiling.consent.sqlite_store import immediate_transaction
 from profiling.file_modes import restrict_to_owner
 from profiling.ledger_chain import (
     ChainBrokenError,
@@ -256,20 +258,11 @@ class BudgetLedger:
         restrict_to_owner()  # the ledger names analysts and datasets: owner-only files
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._datasets: dict[str, Dataset] | None = None
-        with self._connect() as connection:
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        connection.execute(statement)
-                self._migrate(connection)
-                for table, columns in _COLUMNS.items():
-                    register_table(connection, table, key="id", columns=columns)
-                self._register_built_in(connection)
-                connection.execute("COMMIT")
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
+        with self._connect() as connection, immediate_transaction(connection, _SCHEMA):
+            self._migrate(connection)
+            for table, columns in _COLUMNS.items():
+                register_table(connection, table, key="id", columns=columns)
+            self._register_built_in(connection)
 
     def __repr__(self) -> str:
         return f"BudgetLedger({str(self.path)!r})"
@@ -288,14 +281,10 @@ class BudgetLedger:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._connect() as connection:
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                yield connection
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
-            connection.execute("COMMIT")
+        """A connection inside one ``BEGIN IMMEDIATE`` transaction (``immediate_transaction``): committed when the
+        block ends, rolled back when it raises."""
+        with self._connect() as connection, immediate_transaction(connection):
+            yield connection
 
     @staticmethod
     def _migrate(connection: sqlite3.Connection) -> None:
