@@ -104,7 +104,7 @@ def _check_eligible(eligible: pd.DataFrame) -> pd.DataFrame:
     return frame.reset_index(drop=True).astype({"person_id": str, "dnd": bool, "non_personalized": bool})
 
 
-def _item_ranking(popularity: pd.Series | None, popularity_release: str | None, item_ids: np.ndarray,
+def _item_ranking(popularity: pd.Series | None, popularity_release: str | None, item_ids: pa.Array,
                   listed_at: pa.ChunkedArray) -> tuple[np.ndarray, str]:
     """Score per catalogue item for the non-personalized lists (NaN: not ranked) and the ranking's name.
 
@@ -126,7 +126,8 @@ def _item_ranking(popularity: pd.Series | None, popularity_release: str | None, 
     values = pd.to_numeric(popularity, errors="coerce")
     if values.isna().any() or not np.all(np.isfinite(values.to_numpy(dtype=np.float64))):
         raise ValueError("popularity holds non-numeric, NaN or infinite values; pass finite scores per item_id")
-    scores = values.groupby(level=0).max().reindex(item_ids).to_numpy(dtype=np.float64)
+    scores = values.groupby(level=0).max().reindex(item_ids.to_numpy(zero_copy_only=False)).to_numpy(
+        dtype=np.float64)
     return scores, f"dp_popularity:{popularity_release}"
 
 
@@ -187,49 +188,36 @@ def write_recommendations(workspace: Workspace, eligible: pd.DataFrame, *, as_of
     _columns(catalogue_set, "catalogue", ["item_id", "served_provinces", "active", "listed_at"])
     catalogue = catalogue_set.to_table(columns=["item_id", "served_provinces", "active", "listed_at"])
     # rows: (item_id, served_provinces, active, listed_at)
-    item_ids = catalogue["item_id"].to_numpy(zero_copy_only=False).astype(object)
-    if len(set(item_ids)) != len(item_ids):
+    item_ids = catalogue["item_id"].combine_chunks()
+    if pc.count_distinct(item_ids, mode="all").as_py() != len(item_ids):
         raise WorkspaceError("pseudonymized catalogue lists an item_id more than once; rerun pseudonymization")
     offered = pc.and_(catalogue["active"], pc.less_equal(catalogue["listed_at"], as_of_scalar))
     offered = pc.fill_null(offered, False).to_numpy(zero_copy_only=False)
 
     accounts_set = _analytics_table(workspace, "accounts")
     _columns(accounts_set, "accounts", ["person_id", "province"])
-    person_ids = eligible["person_id"].to_numpy(dtype=object)
+    person_ids = pa.array(eligible["person_id"].to_numpy(dtype=object), pa.string())
     personalizable = ~eligible["non_personalized"].to_numpy()
-    accounts = accounts_set.to_table(
-        columns=["person_id", "province"],
-        filter=ds.field("person_id").isin(pa.array(person_ids[personalizable], pa.string())))
+    accounts = accounts_set.to_table(columns=["person_id", "province"],
+                                     filter=ds.field("person_id").isin(person_ids.filter(personalizable)))
     # rows: (person_id, province) of persons who allow personalization only
-    province_of = dict(zip(accounts["person_id"].to_pylist(), accounts["province"].to_pylist(), strict=True))
-    provinces = [province_of.get(p) for p in person_ids]
+    provinces = accounts["province"].take(pc.index_in(person_ids, value_set=accounts["person_id"]))
+    # rows: eligible persons -> their province (null: refused personalization, or unknown)
     eligibility = eligibility_by_province(catalogue["served_provinces"].to_pylist(), offered, provinces)
 
     orders_set = _analytics_table(workspace, "orders")
     _columns(orders_set, "orders", ["person_id", "placed_at", "items"])
-    orders = orders_set.to_table(
-        columns=["person_id", "placed_at", "items"],
-        filter=ds.field("person_id").isin(pa.array(person_ids[personalizable], pa.string()))
-        & (ds.field("placed_at") <= as_of_scalar))
-    # rows: (person_id, placed_at, items) of persons who allow personalization, placed by as_of
-    person_index = pd.Index(person_ids)
-    item_index = pd.Index(item_ids)
-    lengths = pc.list_value_length(orders["items"]).fill_null(0).to_numpy()
-    bought_items = item_index.get_indexer(pc.list_flatten(orders["items"]).to_numpy(zero_copy_only=False))
-    buyer = np.repeat(person_index.get_indexer(orders["person_id"].to_numpy(zero_copy_only=False)), lengths)
-    placed = np.repeat(orders["placed_at"].cast(pa.int64()).to_numpy(), lengths)
-    known = bought_items >= 0  # items no longer in the catalogue cannot be recommended or excluded
-    # rows: (buyer, bought_item, age_days) per purchased item
-    age_days = (as_of_scalar.cast(pa.int64()).as_py() - placed[known]) / 1e6 / _SECONDS_PER_DAY
-    feedback = recency_weighted_counts(buyer[known], bought_items[known], age_days,
-                                       persons=len(person_ids), items=len(item_ids),
+    buyer, bought_items, age_days = _purchases(orders_set, person_ids, personalizable, item_ids, as_of_scalar)
+    # rows: (buyer, bought_item, age_days) per purchased catalogue item of a person allowing personalization
+    feedback = recency_weighted_counts(buyer, bought_items, age_days, persons=len(person_ids), items=len(item_ids),
                                        half_life_days=half_life_days)
     has_history = np.diff(feedback.indptr) > 0
-    trained = np.flatnonzero(has_history & personalizable)
+    is_trained = has_history & personalizable
+    trained = np.flatnonzero(is_trained)
 
     popular, ranking = _item_ranking(popularity, popularity_release, item_ids, catalogue["listed_at"])
     fallback_lists = _popular_lists(popular, eligibility.allowed, k)
-    fallback_persons = np.flatnonzero(~np.isin(np.arange(len(person_ids)), trained))
+    fallback_persons = np.flatnonzero(~is_trained)
 
     with contextlib.ExitStack() as owned, workspace.staging() as staging:
         engine = engine or owned.enter_context(LocalEngine(workspace=workspace, progress=progress))
@@ -238,12 +226,12 @@ def write_recommendations(workspace: Workspace, eligible: pd.DataFrame, *, as_of
             model = ImplicitALS(factors=factors, iterations=iterations, random_state=random_state, verbose=progress)
             trained_feedback = feedback[trained]
             model.fit(trained_feedback)
-            scoring = _scoring_table(person_ids[trained], model.person_factors_, trained_feedback, item_ids,
+            scoring = _scoring_table(person_ids.take(trained), model.person_factors_, trained_feedback, item_ids,
                                      eligibility.person_group[trained])
             frame = engine.from_table(scoring, key="person_id",
                                       partitions=max(1, math.ceil(len(trained) / PERSONS_PER_PARTITION)))
             # rows: (person_id, factors, bought item ids, eligibility group), partitioned by person
-            ranked = score_top_k(engine, frame, item_ids=pa.array(item_ids, pa.string()),
+            ranked = score_top_k(engine, frame, item_ids=item_ids,
                                  item_factors=model.item_factors_, k=k, exclude="bought", group="group",
                                  allowed=eligibility.allowed)
             # rows: (person_id, item_id, score, rank), k per person at most
@@ -287,23 +275,61 @@ def _popular_lists(popular: np.ndarray, allowed: np.ndarray, k: int) -> list[np.
     return [ranked[allowed[group, ranked]][:k] for group in range(allowed.shape[0])]
 
 
-def _fallback_batch(persons: np.ndarray, person_ids: np.ndarray, item_ids: np.ndarray, person_group: np.ndarray,
+def _purchases(orders: ds.Dataset, person_ids: pa.Array, personalizable: np.ndarray, item_ids: pa.Array,
+               as_of: pa.TimestampScalar) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(buyer, item, age_days)`` per item bought by a person allowing personalization, placed by ``as_of``.
+
+    ``buyer`` and ``item`` are positions in ``person_ids`` and ``item_ids`` (int64), ``age_days``
+    float64 days before ``as_of``; items no longer in the catalogue are left out (they can be neither
+    recommended nor excluded). The orders are streamed batch by batch and only these three numbers per
+    item are kept, in stored order (an order's items in their listed order): other persons' rows and
+    the identifiers themselves never accumulate.
+    """
+    as_of_us = as_of.cast(pa.int64()).as_py()
+    buyers, items, ages = [], [], []
+    for batch in orders.to_batches(columns=["person_id", "placed_at", "items"],
+                                   filter=ds.field("placed_at") <= as_of):
+        position = pc.index_in(batch.column("person_id"), value_set=person_ids).fill_null(-1).to_numpy(
+            zero_copy_only=False)
+        keep = position >= 0
+        keep[keep] = personalizable[position[keep]]
+        # rows: (person_id, placed_at, items) of persons who allow personalization, placed by as_of
+        lists = batch.column("items").filter(pa.array(keep))
+        lengths = pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False)
+        item = pc.index_in(pc.list_flatten(lists), value_set=item_ids).fill_null(-1).to_numpy(zero_copy_only=False)
+        known = item >= 0
+        placed = np.repeat(batch.column("placed_at").cast(pa.int64()).to_numpy(zero_copy_only=False)[keep],
+                           lengths)[known]
+        buyers.append(np.repeat(position[keep], lengths)[known].astype(np.int64))
+        items.append(item[known].astype(np.int64))
+        ages.append((as_of_us - placed) / 1e6 / _SECONDS_PER_DAY)
+    empty = [np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64)]
+    return tuple(np.concatenate(parts) if parts else none for parts, none in zip((buyers, items, ages), empty,
+                                                                                strict=True))
+
+
+def _fallback_batch(persons: np.ndarray, person_ids: pa.Array, item_ids: pa.Array, person_group: np.ndarray,
                     lists: list[np.ndarray], popular: np.ndarray, schema: pa.Schema) -> pa.RecordBatch:
-    chosen = [lists[person_group[p]] for p in persons]
-    lengths = np.array([len(c) for c in chosen], dtype=np.int64)
-    items = np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
-    rank = np.concatenate([np.arange(1, n + 1) for n in lengths]) if chosen else np.zeros(0)
+    """``schema`` rows of the non-personalized lists of ``persons`` (positions in ``person_ids``): each
+    person's group's list, ranked from 1."""
+    starts = np.concatenate([[0], np.cumsum([len(items) for items in lists])]).astype(np.int64)
+    flat = np.concatenate([*lists, np.zeros(0, np.int64)]).astype(np.int64)
+    group = person_group[persons]
+    lengths = (starts[1:] - starts[:-1])[group]
+    first_row = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    rank = np.arange(len(first_row)) - first_row + 1
+    items = flat[np.repeat(starts[:-1][group], lengths) + rank - 1]
     # rows: (person, item, ranking score, rank)
     return pa.RecordBatch.from_arrays([
-        pa.array(np.repeat(person_ids[persons], lengths).astype(object), pa.string()),
-        pa.array(item_ids[items].astype(object), pa.string()),
+        person_ids.take(pa.array(np.repeat(persons, lengths))),
+        item_ids.take(pa.array(items)),
         pa.array(popular[items], pa.float32()),
         pa.array(rank, pa.int16()),
         pa.array(np.zeros(len(items), dtype=bool), pa.bool_()),
     ], schema=schema)
 
 
-def _scoring_table(person_ids: np.ndarray, person_factors: np.ndarray, bought: sp.csr_array, item_ids: np.ndarray,
+def _scoring_table(person_ids: pa.Array, person_factors: np.ndarray, bought: sp.csr_array, item_ids: pa.Array,
                    group: np.ndarray) -> pa.Table:
     """Rows (person_id, factors, bought item ids, eligibility group) of the persons to score, one each.
 
@@ -316,13 +342,13 @@ def _scoring_table(person_ids: np.ndarray, person_factors: np.ndarray, bought: s
         stop = min(start + _SCORING_SLICE, len(person_ids))
         first, last = bought.indptr[start], bought.indptr[stop]
         slices.append(pa.record_batch({
-            "person_id": pa.array(person_ids[start:stop].astype(object), pa.string()),
+            "person_id": person_ids.slice(start, stop - start),
             "factors": pa.ListArray.from_arrays(
                 pa.array(np.arange(stop - start + 1, dtype=np.int32) * dims),
                 pa.array(np.ascontiguousarray(person_factors[start:stop], np.float32).ravel())),
             "bought": pa.ListArray.from_arrays(
                 pa.array((bought.indptr[start:stop + 1] - first).astype(np.int32)),
-                pa.array(item_ids[bought.indices[first:last]].astype(object), pa.string())),
+                item_ids.take(pa.array(bought.indices[first:last]))),
             "group": pa.array(np.asarray(group[start:stop], dtype=np.int32)),
         }))
     return pa.Table.from_batches(slices)
@@ -346,9 +372,13 @@ def _marketing_audience(marketing: pd.DataFrame | None, eligible: pd.DataFrame) 
     if "dnd" in marketing.columns:
         if marketing["dnd"].isna().any() or not pd.api.types.is_bool_dtype(marketing["dnd"]):
             raise ValueError(f"marketing.dnd must be boolean without nulls, got {marketing['dnd'].dtype}")
-        dnd = dict(zip(marketing["person_id"].astype(str), marketing["dnd"], strict=True))
+        # a person listed twice: the last row's DND state holds
+        dnd = pd.Series(marketing["dnd"].to_numpy(dtype=bool), index=marketing["person_id"].astype(str))
+        dnd = dnd[~dnd.index.duplicated(keep="last")]
     else:
-        dnd = dict(zip(eligible["person_id"], eligible["dnd"], strict=True))
+        dnd = pd.Series(eligible["dnd"].to_numpy(dtype=bool), index=eligible["person_id"])
     candidates = marketing.dropna(subset=["person_id", "marketing_id"]).drop_duplicates("person_id")
-    return sorted(str(m) for p, m in zip(candidates["person_id"].astype(str), candidates["marketing_id"], strict=True)
-                  if p in dnd and not bool(dnd[p]))
+    # rows: candidates -> their place in dnd (-1: DND state known from neither frame, left out)
+    known = dnd.index.get_indexer(candidates["person_id"].astype(str))
+    reachable = (known >= 0) & ~dnd.to_numpy()[np.maximum(known, 0)]
+    return sorted(str(m) for m in candidates["marketing_id"].to_numpy(dtype=object)[reachable])

@@ -10,6 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pipelines.manifest import write_manifests
 from pipelines.recommend import (
@@ -22,6 +24,7 @@ from pipelines.recommend import (
 )
 from pipelines.workspace import Workspace
 from profiling.errors import WorkspaceError
+from profiling.scoring import eligibility_by_province
 
 AS_OF = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
 UTC = pa.timestamp("us", tz="UTC")
@@ -221,10 +224,66 @@ def test_the_scoring_table_is_the_same_in_slices(monkeypatch):
 
     rng = np.random.default_rng(4)
     bought = sp.random(7, 5, density=0.4, random_state=4, format="csr")
-    args = (np.array([f"p{i}" for i in range(7)], dtype=object), rng.normal(size=(7, 3)).astype(np.float32),
-            sp.csr_array(bought), np.array([f"i{i}" for i in range(5)], dtype=object), rng.integers(0, 2, 7))
+    args = (pa.array([f"p{i}" for i in range(7)]), rng.normal(size=(7, 3)).astype(np.float32),
+            sp.csr_array(bought), pa.array([f"i{i}" for i in range(5)]), rng.integers(0, 2, 7))
     whole = recommend._scoring_table(*args)
     monkeypatch.setattr(recommend, "_SCORING_SLICE", 3)
     sliced = recommend._scoring_table(*args)
     assert len(sliced.to_batches()) == 3 and sliced.equals(whole)
     assert sliced.column("bought").to_pylist()[6] == [f"i{i}" for i in bought[[6]].indices]
+
+
+class _OrdersStreamedOnly:
+    """A pseudonymized dataset whose ``to_table`` refuses: the orders must be streamed, never read whole."""
+
+    def __init__(self, dataset):
+        self._dataset = dataset
+
+    def to_table(self, *args, **kwargs):
+        raise AssertionError("the recommendation stage read the whole orders table at once")
+
+    def __getattr__(self, name):
+        return getattr(self._dataset, name)
+
+
+def test_orders_are_streamed_and_give_the_same_lists(result, monkeypatch):
+    """Peak memory: the orders are encoded batch by batch (three numbers per item), never held whole."""
+    from pipelines import recommend
+
+    workspace, _, before = result
+    opened = recommend.ds.dataset
+
+    def dataset(path, **kwargs):
+        found = opened(path, **kwargs)
+        return _OrdersStreamedOnly(found) if "orders" in str(path) else found
+
+    monkeypatch.setattr(recommend.ds, "dataset", dataset)
+    _, after = run(workspace, marketing=MARKETING)
+    pd.testing.assert_frame_equal(before, after)
+
+
+@given(st.lists(st.sampled_from([None, "11", "31", "44", "65"]), max_size=30),
+       st.lists(st.tuples(st.one_of(st.none(), st.lists(st.sampled_from(["11", "31", "44", "99"]), max_size=3)),
+                          st.booleans()), min_size=1, max_size=12))
+def test_eligibility_from_arrow_provinces_is_the_plain_rule(provinces, items):
+    """Arrow province arrays (how the stage passes them) give each person the items the rule allows."""
+    served = [where for where, _ in items]
+    active = [flag for _, flag in items]
+    eligibility = eligibility_by_province(served, active, pa.array(provinces, pa.string()))
+    shown = eligibility.allowed[eligibility.person_group]
+    for person, province in enumerate(provinces):
+        for item, (where, flag) in enumerate(items):
+            assert shown[person, item] == (flag and (where is None or (province is not None and province in where)))
+    listed = eligibility_by_province(served, active, provinces)
+    assert np.array_equal(listed.allowed, eligibility.allowed)
+    assert np.array_equal(listed.person_group, eligibility.person_group)
+
+
+def test_marketing_audience_takes_the_last_dnd_state_of_a_person_listed_twice(result):
+    workspace, _, _ = result
+    marketing = pd.DataFrame({"person_id": ["p00", "p01", "p01", "p02", "p03", None],
+                              "marketing_id": ["m0", "m1", "m1b", None, "m3", "mx"],
+                              "dnd": [False, True, False, False, True, False]})
+    write_recommendations(workspace, eligible_frame(), as_of=AS_OF, k=2, factors=2, iterations=2, marketing=marketing)
+    audience = pq.read_table(workspace.outputs("marketing_audience"))["marketing_id"].to_pylist()
+    assert audience == ["m0", "m1"]  # p01's first marketing id, its last DND state; p02 has no id; p03 is DND

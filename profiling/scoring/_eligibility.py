@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 __all__ = ["ItemEligibility", "eligibility_by_province"]
 
@@ -44,13 +46,14 @@ class ItemEligibility:
 
 
 def eligibility_by_province(served_provinces: Sequence[Sequence[str] | None], active: Sequence[bool],
-                            person_province: Sequence[str | None]) -> ItemEligibility:
+                            person_province: Sequence[str | None] | pa.Array | pa.ChunkedArray) -> ItemEligibility:
     """Eligibility from the catalogue's ``served_provinces`` and ``active`` columns.
 
     An inactive item is allowed to nobody. An item whose ``served_provinces`` is null is served
     nationwide; otherwise it is allowed only to persons whose 2-digit province code is listed.
     A person whose province is unknown (null) is shown only nationwide items, since nothing says
-    a regional item reaches them.
+    a regional item reaches them. Groups: 0 for unknown, then one per province code in sorted
+    order. ``person_province`` may be an Arrow string array (grouped without a Python loop).
 
     >>> e = eligibility_by_province([None, ["11"], ["31", "11"]], [True, True, False], ["11", "31", None])
     >>> e.allowed[e.person_group].astype(int).tolist()
@@ -60,9 +63,10 @@ def eligibility_by_province(served_provinces: Sequence[Sequence[str] | None], ac
     active_mask = np.asarray(active, dtype=bool)
     if active_mask.shape != (len(served),):
         raise ValueError(f"served_provinces has {len(served)} items but active has {active_mask.size}")
-    provinces = [None if p is None else str(p) for p in person_province]
-    codes = sorted({p for p in provinces if p is not None})
-    group_of = {None: 0, **{code: g + 1 for g, code in enumerate(codes)}}
+    provinces = _province_strings(person_province)
+    present = pc.unique(provinces.drop_null())
+    codes = present.take(pc.sort_indices(present))
+    group_of = {code: g + 1 for g, code in enumerate(codes.to_pylist())}
     nationwide = np.array([s is None for s in served], dtype=bool)
     allowed = np.repeat((nationwide & active_mask)[None, :], len(codes) + 1, axis=0)
     for item, where in enumerate(served):
@@ -72,5 +76,15 @@ def eligibility_by_province(served_provinces: Sequence[Sequence[str] | None], ac
             group = group_of.get(str(code))
             if group is not None:
                 allowed[group, item] = True
-    person_group = np.fromiter((group_of[p] for p in provinces), dtype=np.int32, count=len(provinces))
-    return ItemEligibility(allowed, person_group)
+    # rows: persons -> 0 (unknown province) or 1 + the province's place among the sorted codes
+    person_group = pc.index_in(provinces, value_set=codes).fill_null(-1).to_numpy(zero_copy_only=False) + 1
+    return ItemEligibility(allowed, person_group.astype(np.int32))
+
+
+def _province_strings(person_province: Sequence[str | None] | pa.Array | pa.ChunkedArray) -> pa.Array:
+    """The persons' provinces as one Arrow string array (nulls for unknown)."""
+    if isinstance(person_province, pa.ChunkedArray):
+        person_province = person_province.combine_chunks()
+    if isinstance(person_province, pa.Array):
+        return person_province if person_province.type == pa.string() else person_province.cast(pa.string())
+    return pa.array([None if p is None else str(p) for p in person_province], pa.string())
