@@ -10,7 +10,6 @@ The rule (one account, trusted once its first and last sign-in are ``TRUSTED_AFT
 
 from __future__ import annotations
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -52,18 +51,27 @@ def device_accounts(links: pa.Table) -> pa.Table:
                              "a sign-in link needs a device_id and an event_at")
     times = signed_in.column("event_at")
     times = times.combine_chunks() if times.num_chunks else pa.array([], times.type)
-    # rows: (device_id, person_id, sign-in time in ticks of the unit of event_at)
-    sign_ins = pa.table([signed_in.column("device_id"), signed_in.column("person_id"), sign_in_ticks(times)],
-                        names=["device_id", "person_id", "at"])
-    # rows: (device_id, accounts, least person, first and last sign-in): those of its only account when accounts == 1
-    per_device = sign_ins.group_by("device_id").aggregate([("person_id", "count_distinct"), ("person_id", "min"),
-                                                           ("at", "min"), ("at", "max")])
-    accounts = per_device.column("person_id_count_distinct").cast(pa.int64())
+    # device and person pseudonyms as dictionary codes: grouping and counting run on integers
+    devices = _encoded(signed_in.column("device_id"))
+    persons = _encoded(signed_in.column("person_id"))
+    # rows: (device code, person code, sign-in time in ticks of the unit of event_at)
+    sign_ins = pa.table([devices.indices, persons.indices, sign_in_ticks(times)], names=["device", "person", "at"])
+    # rows: (device code, accounts, least person code, first and last sign-in): its only account's when accounts == 1
+    per_device = sign_ins.group_by("device").aggregate([("person", "count_distinct"), ("person", "min"),
+                                                        ("at", "min"), ("at", "max")])
+    accounts = per_device.column("person_count_distinct").cast(pa.int64())
     one = pc.equal(accounts, 1)
-    only = pc.if_else(one, per_device.column("person_id_min"), pa.scalar(None, pa.string()))
+    only = pc.if_else(one, persons.dictionary.take(per_device.column("person_min")), pa.scalar(None, pa.string()))
     first, last = (per_device.column(name).to_numpy() for name in ("at_min", "at_max"))
     only_trusted = pc.if_else(one, pa.array(trusted(first, last, times.type.unit)), pa.scalar(None, pa.bool_()))
-    return pa.table([per_device.column("device_id"), only, accounts, only_trusted], schema=DEVICE_ACCOUNTS_SCHEMA)
+    return pa.table([devices.dictionary.take(per_device.column("device")), only, accounts, only_trusted],
+                    schema=DEVICE_ACCOUNTS_SCHEMA)
+
+
+def _encoded(column: pa.ChunkedArray) -> pa.DictionaryArray:
+    """``column`` (strings) as one dictionary array: int32 codes into its distinct values."""
+    values = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
+    return pc.dictionary_encode(values.cast(pa.string()))
 
 
 def shared_devices(devices: pa.Table) -> pa.Table:
@@ -115,10 +123,13 @@ def person_identities(rows: pa.Table) -> pa.Table:
 def identity_sizes(rows: pa.Table) -> pa.Table:
     """Kernel (per identity) over ``co_partition`` of ``persons`` and ``devices`` by identity_id: how many
     identities hold each (devices, persons) count. Counts only, for the report."""
-    is_person = pc.equal(rows.column("source"), "persons").to_numpy(zero_copy_only=False)
-    names, codes = np.unique(rows.column("identity_id").to_numpy(zero_copy_only=False), return_inverse=True)
-    persons = np.bincount(codes, weights=is_person, minlength=len(names)).astype(np.int64)
-    devices = np.bincount(codes, weights=~is_person, minlength=len(names)).astype(np.int64)
-    held = persons > 0     # a device's identity always holds its person; guard all the same
-    pairs, counts = np.unique(np.stack([devices[held], persons[held]]), axis=1, return_counts=True)
-    return pa.table([pairs[0], pairs[1], counts.astype(np.int64)], schema=IDENTITY_SIZES_SCHEMA)
+    is_person = pc.equal(rows.column("source"), "persons")
+    flags = pa.table({"identity_id": rows.column("identity_id"), "person": is_person.cast(pa.int64()),
+                      "device": pc.invert(is_person).cast(pa.int64())})
+    # rows: (identity_id, persons, devices), one per identity
+    per_identity = flags.group_by("identity_id").aggregate([("person", "sum"), ("device", "sum")])
+    held = per_identity.filter(pc.greater(per_identity.column("person_sum"), 0))  # always; guard all the same
+    sizes = held.group_by(["device_sum", "person_sum"]).aggregate([("person_sum", "count")])
+    sizes = sizes.sort_by([("device_sum", "ascending"), ("person_sum", "ascending")])
+    return pa.table([sizes.column("device_sum"), sizes.column("person_sum"),
+                     sizes.column("person_sum_count").cast(pa.int64())], schema=IDENTITY_SIZES_SCHEMA)
