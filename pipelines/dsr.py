@@ -49,7 +49,14 @@ from pipelines.dsr_overlay import (
     redact_accounts,
     record_tombstones,
 )
-from pipelines.dsr_scope import LINK_KINDS, DsrError, LinkedIdentifiers, linked_identifiers, subject_rows
+from pipelines.dsr_scope import (
+    LINK_KINDS,
+    DsrError,
+    LinkedIdentifiers,
+    ScannedFile,
+    linked_identifiers,
+    subject_rows,
+)
 from pipelines.workspace import Workspace, holding_job_lock, write_json_atomic
 from profiling.consent.events import canonical_account_id
 from profiling.consent.sqlite_store import (
@@ -131,11 +138,11 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-def _scoped(workspace: Workspace, account_id: str, key: MasterKey) -> tuple[LinkedIdentifiers, list]:
+def _scoped(workspace: Workspace, account_id: str, key: MasterKey) -> tuple[LinkedIdentifiers, Iterator[ScannedFile]]:
     if not isinstance(key, MasterKey):
         raise TypeError(f"data-subject requests need a MasterKey (from load_key_file), not {type(key).__name__}")
     linked = linked_identifiers(workspace, account_id)
-    return linked, list(subject_rows(workspace, linked, key))
+    return linked, subject_rows(workspace, linked, key)
 
 
 # --- the ledger's request tables ------------------------------------------------------------------------
@@ -213,16 +220,20 @@ def export_account(workspace: Workspace, account_id: str, key: MasterKey, out_di
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DsrError(f"export folder {out} is not empty; pass a new folder with --out")
-    linked, scopes = _scoped(workspace, account_id, key)
+    linked, scans = _scoped(workspace, account_id, key)
     tables: dict[str, list[dict]] = {}
     left_out: dict[str, int] = {}
-    for scope in scopes:
-        name = _relative_name(workspace, scope.path)
-        rows = scope.rows.filter(pa.array(scope.own)).to_pylist() + scope.named_view()
-        if rows:
-            tables.setdefault(name, []).extend(rows)
-        if scope.shared.any():
-            left_out[name] = left_out.get(name, 0) + int(scope.shared.sum())
+    for scanned in scans:
+        name = _relative_name(workspace, scanned.path)
+        own: list[dict] = []
+        named: list[dict] = []  # after the file's own rows, as one read of the whole file listed them
+        for scope in scanned.scopes:
+            own += scope.rows.filter(pa.array(scope.own)).to_pylist()
+            named += scope.named_view()
+            if scope.shared.any():
+                left_out[name] = left_out.get(name, 0) + int(scope.shared.sum())
+        if own or named:
+            tables.setdefault(name, []).extend(own + named)
     history = []
     if workspace.ledger.is_file():
         with SqliteConsentStore(workspace.ledger) as store:
@@ -365,35 +376,57 @@ def _ledger_accounts(workspace: Workspace, account_ids: Sequence[str]) -> set[st
         return set(store.events(account_ids).column("account_id").to_pylist())
 
 
-def _stage_without_them(workspace: Workspace, stage: Path, scopes: Iterable, report: ErasureReport
+def _stage_without_them(workspace: Workspace, stage: Path, scans: Iterable[ScannedFile], report: ErasureReport
                         ) -> tuple[dict[Path, Path], set[str]]:
     """Write every affected file, without the subjects' rows and with their party blanked, into ``stage``.
 
-    Files are handled one at a time as ``scopes`` yields them (one read, one write each). Returns the
-    staged folder of each affected folder and the subjects' ids and pseudonyms found anywhere.
+    Files are handled one at a time as ``scans`` yields them, each read once and written batch by
+    batch through a ``ParquetWriter`` as it is read (its schema kept); a file that holds nothing of
+    theirs is dropped from staging, and in an affected folder the files left as they are staged as
+    hard links. Returns the staged folder of each affected folder and the subjects' ids and
+    pseudonyms found anywhere.
     """
     replacements: dict[Path, Path] = {}
     found: set[str] = set()
-    for scope in scopes:
-        found |= scope.found
-        name = str(scope.path.relative_to(workspace.root))
-        if scope.shared.any():
-            report.rows_shared[name] = int(scope.shared.sum())
-        if not (scope.own.any() or scope.named_rows().any()):
+    for index, scanned in enumerate(scans):
+        name = str(scanned.path.relative_to(workspace.root))
+        written = stage / f"file-{index:06d}.parquet"
+        removed = redacted = shared = 0
+        with pq.ParquetWriter(written, scanned.schema) as out:
+            for scope in scanned.scopes:
+                found |= scope.found
+                removed += int(scope.own.sum())
+                redacted += int(scope.named_rows().sum())
+                shared += int(scope.shared.sum())
+                kept = scope.redacted(REDACTED)
+                if kept.num_rows:
+                    out.write_table(kept)
+        if shared:
+            report.rows_shared[name] = shared
+        if not (removed or redacted):
+            written.unlink()
             continue
-        folder = scope.path.parent
+        folder = scanned.path.parent
         if folder == workspace.root:
             raise DsrError(f"Parquet files directly in {folder} cannot be rewritten atomically; keep tables in "
                            f"folders (WS/<zone>/<table>/)")
         if folder not in replacements:
             replacements[folder] = stage / f"{len(replacements):04d}-{folder.name}"
-            shutil.copytree(folder, replacements[folder])
-        pq.write_table(scope.redacted(REDACTED), replacements[folder] / scope.path.name)
-        if scope.own.any():
-            report.rows_removed[name] = int(scope.own.sum())
-        if scope.named_rows().any():
-            report.rows_redacted[name] = int(scope.named_rows().sum())
+            shutil.copytree(folder, replacements[folder], copy_function=_link_parquet)
+        os.replace(written, replacements[folder] / scanned.path.name)
+        if removed:
+            report.rows_removed[name] = removed
+        if redacted:
+            report.rows_redacted[name] = redacted
     return replacements, found
+
+
+def _link_parquet(source: str, target: str) -> None:
+    """Stage a Parquet file as a hard link (it is replaced, never written in place), anything else as a copy."""
+    if source.endswith(".parquet"):
+        os.link(source, target)
+    else:
+        shutil.copy2(source, target)
 
 
 def _unknown(workspace: Workspace, linked: LinkedIdentifiers, key: MasterKey, found: set[str],

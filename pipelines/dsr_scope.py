@@ -24,7 +24,9 @@ Several subjects erased together (the job's retention stage) are one subject her
 phone only they used, jointly, is theirs (no living account uses it once they are all erased), a
 row naming only them is theirs, and a row also naming someone outside the set is not. The result
 is what erasing them one after another gives (each erasure leaves the next one's ids as the only
-users), reached with one read of every file.
+users), reached with one read of every file. Files are read ``BATCH_ROWS`` rows at a time and the
+ingested tables' id columns likewise, so what an erasure holds at once is one batch and the
+distinct ids (theirs and everybody else's), never a whole file.
 """
 
 from __future__ import annotations
@@ -47,8 +49,8 @@ from profiling.keys import MasterKey
 from profiling.pseudonyms import DEVICE, MARKETING, ORDER, PERSON, WAYBILL, normalize, pseudonymize
 from profiling.schema import TABLES, PrivacyClass
 
-__all__ = ["DsrError", "LINK_KINDS", "LinkedIdentifiers", "FileScope", "linked_identifiers", "subject_rows",
-           "parquet_files"]
+__all__ = ["DsrError", "LINK_KINDS", "LinkedIdentifiers", "FileScope", "ScannedFile", "BATCH_ROWS",
+           "linked_identifiers", "subject_rows", "parquet_files"]
 
 # Kinds of identifier that link rows to a person, and the pseudonym domain of each in the analytics zone.
 LINK_KINDS: dict[str, str] = {"account_id": PERSON, "device_id": DEVICE, "order_id": ORDER, "waybill_id": WAYBILL}
@@ -112,21 +114,30 @@ class LinkedIdentifiers:
         return pa.concat_arrays([part.cast(pa.string()) for part in parts])
 
 
-def _read_ingested(workspace: Workspace, table: str, columns: list[str]) -> pa.Table | None:
+# rows read, matched and written at once by an erasure or an export: what bounds their memory, whatever the file size
+BATCH_ROWS = 131_072
+
+
+def _batches(workspace: Workspace, table: str, columns: list[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """The ingested rows of ``table`` (``columns`` only), ``batch_rows`` at most at a time."""
     folder = workspace.ingested(table)
-    if not folder.is_dir():
-        return None
-    return ds.dataset(folder, format="parquet").to_table(columns=columns)
+    if folder.is_dir():
+        yield from ds.dataset(folder, format="parquet").to_batches(columns=columns, batch_size=batch_rows)
 
 
-def _trimmed(rows: pa.Table | None, column: str) -> pa.Array:
-    if rows is None:
-        return pa.array([], pa.string())
-    return pc.utf8_trim_whitespace(rows.column(column).combine_chunks().cast(pa.string()))
+def _trimmed(rows: pa.RecordBatch | pa.Table, column: str) -> pa.Array:
+    values = rows.column(column)
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    return pc.utf8_trim_whitespace(values.cast(pa.string()))
 
 
-def _in(values: pa.Array, members: Iterable[str] | pa.Array) -> np.ndarray:
-    members = members if isinstance(members, pa.Array) else pa.array(sorted(set(members)), pa.string())
+def _text_set(values: Iterable[str]) -> pa.Array:
+    """``values`` as the Arrow array ``pc.is_in`` looks rows up in, built once per erasure."""
+    return pa.array(sorted(set(values)), pa.string())
+
+
+def _in(values: pa.Array, members: pa.Array) -> np.ndarray:
     if not len(members) or len(values) == 0:
         return np.zeros(len(values), dtype=bool)
     hit = pc.is_in(values, value_set=members)
@@ -148,6 +159,11 @@ def _distinct(values: pa.Array, mask: np.ndarray | None = None) -> pa.Array:
     return pc.unique(values.drop_null())
 
 
+def _union(parts: list[pa.Array]) -> pa.Array:
+    """The distinct values of several arrays of distinct values (one per batch)."""
+    return pc.unique(pa.concat_arrays(parts)) if parts else pa.array([], pa.string())
+
+
 def _subjects(account_ids: str | Iterable[str]) -> tuple[str, ...]:
     """The account ids as ingest keys them, sorted and distinct; one bad id is a ``DsrError`` naming it."""
     given = [account_ids] if isinstance(account_ids, str) else list(account_ids)
@@ -162,58 +178,89 @@ def _subjects(account_ids: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted(forms))
 
 
-def linked_identifiers(workspace: Workspace, account_ids: str | Iterable[str]) -> LinkedIdentifiers:
+def linked_identifiers(workspace: Workspace, account_ids: str | Iterable[str], *,
+                       batch_rows: int = BATCH_ROWS) -> LinkedIdentifiers:
     """The subjects' own ids and everybody else's, from the ingested zone (see the module docstring).
 
     ``account_ids``: one raw account id, or several whose ids are resolved together in one read of
     each ingested table (what is theirs jointly: a device only they signed in on, a phone only they
-    registered).
+    registered). Each table is read ``batch_rows`` rows at a time, only the columns needed: what is
+    held is the distinct ids (of them and of everybody else), never a whole column.
     """
     subjects = _subjects(account_ids)
-    held = [_distinct(_trimmed(_read_ingested(workspace, table, [name]), name))
-            for table, names in _ACCOUNT_FIELDS.items() for name in names]
-    everyone = pc.unique(pa.concat_arrays(held)) if held else pa.array([], pa.string())
+    subject_set = _text_set(subjects)
+    # distinct account ids of every table's account columns, per batch, trimmed once they are distinct
+    everyone: list[pa.Array] = []
+
+    def held(rows: pa.RecordBatch, table: str) -> None:
+        for name in _ACCOUNT_FIELDS[table]:
+            everyone.append(pc.utf8_trim_whitespace(_distinct(rows.column(name)).cast(pa.string())))
+
     # rows: (account_id, phone, email)
-    accounts = _read_ingested(workspace, "accounts", ["account_id", "phone", "email"])
-    holder = _trimmed(accounts, "account_id")
-    mine = _in(holder, subjects)
-    phones = _picked(_trimmed(accounts, "phone"), mine)
-    emails = _picked(_trimmed(accounts, "email"), mine)
-    normalized = normalize(_trimmed(accounts, "phone"), "phone")
-    their_phones = _distinct(normalized, mine)
-    own_phones = set(their_phones.filter(pa.array(~_in(their_phones, _distinct(normalized, ~mine)))).to_pylist())
+    phones: set[str] = set()
+    emails: set[str] = set()
+    their_phones: list[pa.Array] = []
+    others_phones: list[pa.Array] = []
+    for rows in _batches(workspace, "accounts", ["account_id", "phone", "email"], batch_rows):
+        held(rows, "accounts")
+        mine = _in(_trimmed(rows, "account_id"), subject_set)
+        phones |= _picked(_trimmed(rows, "phone"), mine)
+        emails |= _picked(_trimmed(rows, "email"), mine)
+        normalized = normalize(_trimmed(rows, "phone"), "phone")
+        their_phones.append(_distinct(normalized, mine))
+        others_phones.append(_distinct(normalized, ~mine))
+    their_phones_all = _union(their_phones)
+    own_phones = set(their_phones_all.filter(pa.array(~_in(their_phones_all, _union(others_phones)))).to_pylist())
+    own_phone_set = _text_set(own_phones)
     # rows: (order_id, account_id)
-    orders = _read_ingested(workspace, "orders", ["order_id", "account_id"])
-    order_ids, order_holder = _trimmed(orders, "order_id"), _trimmed(orders, "account_id")
-    of_subjects = _in(order_holder, subjects)
-    own_orders = _picked(order_ids, of_subjects)
+    own_orders: set[str] = set()
+    other_orders: list[pa.Array] = []
+    for rows in _batches(workspace, "orders", ["order_id", "account_id"], batch_rows):
+        held(rows, "orders")
+        order_ids = _trimmed(rows, "order_id")
+        of_subjects = _in(_trimmed(rows, "account_id"), subject_set)
+        own_orders |= _picked(order_ids, of_subjects)
+        other_orders.append(_distinct(order_ids, ~of_subjects))
+    own_order_set = _text_set(own_orders)
     # rows: (waybill_id, order_id, account_id, shipper_phone, receiver_phone)
-    waybills = _read_ingested(workspace, "waybills", ["waybill_id", "order_id", "account_id",
-                                                      *PHONE_FIELDS["waybills"]])
-    waybill_account, waybill_order = _trimmed(waybills, "account_id"), _trimmed(waybills, "order_id")
-    names_phone = np.zeros(len(waybill_account), dtype=bool)
-    for name in PHONE_FIELDS["waybills"]:
-        names_phone |= _in(normalize(_trimmed(waybills, name), "phone"), own_phones)
-    unowned = ~_valid(waybill_account) & ~_valid(waybill_order)
-    own_waybills = _picked(_trimmed(waybills, "waybill_id"),
-                           _in(waybill_account, subjects) | _in(waybill_order, own_orders)
-                           | (names_phone & unowned))
+    own_waybills: set[str] = set()
+    for rows in _batches(workspace, "waybills", ["waybill_id", "order_id", "account_id", *PHONE_FIELDS["waybills"]],
+                         batch_rows):
+        held(rows, "waybills")
+        waybill_account, waybill_order = _trimmed(rows, "account_id"), _trimmed(rows, "order_id")
+        names_phone = np.zeros(len(waybill_account), dtype=bool)
+        for name in PHONE_FIELDS["waybills"]:
+            names_phone |= _in(normalize(_trimmed(rows, name), "phone"), own_phone_set)
+        unowned = ~_valid(waybill_account) & ~_valid(waybill_order)
+        own_waybills |= _picked(_trimmed(rows, "waybill_id"),
+                                _in(waybill_account, subject_set) | _in(waybill_order, own_order_set)
+                                | (names_phone & unowned))
     # rows: (device_id, account_id) of signed-in events
-    events = _read_ingested(workspace, "device_events", ["device_id", "account_id"])
-    device, signed = _trimmed(events, "device_id"), _trimmed(events, "account_id")
-    by_them = _in(signed, subjects)
-    their_devices = _distinct(device, by_them)
-    used_by_others = _in(their_devices, _distinct(device, _valid(signed) & ~by_them))
+    their_devices: list[pa.Array] = []
+    others_devices: list[pa.Array] = []
+    for rows in _batches(workspace, "device_events", ["device_id", "account_id"], batch_rows):
+        held(rows, "device_events")
+        device, signed = _trimmed(rows, "device_id"), _trimmed(rows, "account_id")
+        by_them = _in(signed, subject_set)
+        their_devices.append(_distinct(device, by_them))
+        others_devices.append(_distinct(device, _valid(signed) & ~by_them))
+    their_devices_all = _union(their_devices)
+    used_by_others = _in(their_devices_all, _union(others_devices))
+    for table in set(_ACCOUNT_FIELDS) - {"accounts", "orders", "waybills", "device_events"}:
+        for name in _ACCOUNT_FIELDS[table]:
+            for rows in _batches(workspace, table, [name], batch_rows):
+                held(rows, table)
+    everyone_all = _union(everyone)
     return LinkedIdentifiers(
         subjects,
         {"account_id": frozenset(subjects),
-         "device_id": frozenset(their_devices.filter(pa.array(~used_by_others)).to_pylist()),
+         "device_id": frozenset(their_devices_all.filter(pa.array(~used_by_others)).to_pylist()),
          "order_id": frozenset(own_orders), "waybill_id": frozenset(own_waybills),
          "phone": frozenset(phones), "email": frozenset(emails)},
-        phones=frozenset(own_phones), shared_devices=frozenset(their_devices.filter(pa.array(used_by_others))
+        phones=frozenset(own_phones), shared_devices=frozenset(their_devices_all.filter(pa.array(used_by_others))
                                                                .to_pylist()),
-        other_accounts=everyone.filter(pa.array(~_in(everyone, subjects))),
-        other_orders=_distinct(order_ids, ~of_subjects))
+        other_accounts=everyone_all.filter(pa.array(~_in(everyone_all, subject_set))),
+        other_orders=_union(other_orders))
 
 
 def parquet_files(workspace: Workspace) -> list[Path]:
@@ -253,7 +300,7 @@ def _matching_rows(rows: pa.Table, columns: list[str], targets: pa.Array) -> np.
 
 @dataclass
 class FileScope:
-    """One Parquet file's rows as they concern the subject (masks over ``rows``).
+    """One batch of a Parquet file's rows as they concern the subject (masks over ``rows``).
 
     ``named`` maps a phone column to the rows naming the subject as that party on a row that is
     someone else's; ``party`` maps it to that party's columns.
@@ -303,6 +350,19 @@ class FileScope:
         return rows.filter(pa.array(~self.own))
 
 
+@dataclass
+class ScannedFile:
+    """One Parquet file being scanned: its schema and the ``FileScope`` of each batch of its rows.
+
+    ``scopes`` yields every batch in file order (those holding nothing of the subjects too) and can
+    be consumed once, before the next file is asked for.
+    """
+
+    path: Path
+    schema: pa.Schema
+    scopes: Iterator[FileScope]
+
+
 def _present(rows: pa.Table, columns: list[str], universe: pa.Array) -> pa.Array:
     """The values of ``universe`` that ``columns`` of ``rows`` hold (trimmed; list elements too).
 
@@ -321,40 +381,62 @@ def _present(rows: pa.Table, columns: list[str], universe: pa.Array) -> pa.Array
     return universe.filter(pc.fill_null(pc.is_in(universe, value_set=values), False))
 
 
-def subject_rows(workspace: Workspace, linked: LinkedIdentifiers, key: MasterKey) -> Iterator[FileScope]:
-    """The scope of every Parquet file holding any of the subjects' ids, pseudonyms or phones, one file at a time.
+def subject_rows(workspace: Workspace, linked: LinkedIdentifiers, key: MasterKey, *,
+                 batch_rows: int = BATCH_ROWS) -> Iterator[ScannedFile]:
+    """Every Parquet file of the workspace, scanned for the subjects' ids, pseudonyms and phones, one file at a time.
 
-    Each file is read once, whatever the number of subjects; a row is theirs when it holds no one
-    else's id (see the module docstring).
+    Each file is read once, whatever the number of subjects, and ``batch_rows`` rows at a time,
+    never whole; a row is theirs when it holds no one else's id (see the module docstring). The
+    lookup arrays (their ids and pseudonyms, their phones, everybody else's ids) are built once.
     """
     own_ids = (linked.raw_values() - linked.ids["phone"]) | linked.pseudonyms(key)
-    own_targets = pa.array(sorted(own_ids), pa.string())
+    own_targets = _text_set(own_ids)
     # A file of no registry table (a zone added later) has no known phone columns: their phones are
     # looked for in every text column, as written and normalized.
-    anywhere = pa.array(sorted(own_ids | linked.ids["phone"] | linked.phones), pa.string())
+    anywhere = _text_set(own_ids | linked.ids["phone"] | linked.phones)
+    phone_set = _text_set(linked.phones)
     others = linked.others(key)
     for path in parquet_files(workspace):
-        rows = pq.read_table(path)
-        table = TABLES.get(path.parent.name)
-        phones = [name for name in PHONE_FIELDS.get(table.name, []) if name in rows.column_names] if table else []
-        text = [name for name in _text_columns(rows.schema) if name not in phones]
-        targets = own_targets if table else anywhere
-        own_hit = _matching_rows(rows, text, targets)
-        phone_hit = {name: _in(normalize(pc.utf8_trim_whitespace(rows.column(name).combine_chunks()
-                                                                  .cast(pa.string())), "phone"), linked.phones)
-                     for name in phones}
-        any_phone = np.zeros(rows.num_rows, dtype=bool)
-        for hit in phone_hit.values():
-            any_phone |= hit
-        if not (own_hit | any_phone).any():
-            continue
-        foreign = np.zeros(rows.num_rows, dtype=bool)  # others' ids, looked for on the rows that concern them only
-        candidates = np.flatnonzero(own_hit | any_phone)
-        concerned = rows.take(pa.array(candidates))
-        foreign[candidates] = _matching_rows(concerned, text, _present(concerned, text, others))
-        party = {name: columns for name, columns in phone_sides(table).items() if name in phone_hit} if table else {}
-        named = {name: phone_hit[name] & foreign & ~own_hit for name in party}
-        found = frozenset(_present(concerned, text, targets).to_pylist())
-        scope = FileScope(path, rows, (own_hit | any_phone) & ~foreign, named, party, np.zeros(0, dtype=bool), found)
-        scope.shared = (own_hit | any_phone) & foreign & ~scope.named_rows()
-        yield scope
+        with pq.ParquetFile(path) as source:
+            schema = source.schema_arrow
+            table = TABLES.get(path.parent.name)
+            phones = [name for name in PHONE_FIELDS.get(table.name, []) if name in schema.names] if table else []
+            party = {name: columns for name, columns in phone_sides(table).items() if name in phones} if table else {}
+            columns = _Columns(text=[name for name in _text_columns(schema) if name not in phones], phones=phones,
+                               party=party)
+            targets = own_targets if table else anywhere
+            yield ScannedFile(path, schema, (_scope(path, pa.Table.from_batches([batch]), columns, targets,
+                                                    phone_set, others)
+                                             for batch in source.iter_batches(batch_size=batch_rows)))
+
+
+@dataclass(frozen=True)
+class _Columns:
+    """A file's columns as the scan reads them: text (ids, pseudonyms), phone columns, each phone's party."""
+
+    text: list[str]
+    phones: list[str]
+    party: dict[str, list[str]]
+
+
+def _scope(path: Path, rows: pa.Table, columns: _Columns, targets: pa.Array, phone_set: pa.Array,
+           others: pa.Array) -> FileScope:
+    """One batch of ``path`` as its rows concern the subjects (``targets``: their ids and pseudonyms)."""
+    own_hit = _matching_rows(rows, columns.text, targets)
+    phone_hit = {name: _in(normalize(pc.utf8_trim_whitespace(rows.column(name).combine_chunks().cast(pa.string())),
+                                     "phone"), phone_set)
+                 for name in columns.phones}
+    concerned = own_hit.copy()
+    for hit in phone_hit.values():
+        concerned |= hit
+    foreign = np.zeros(rows.num_rows, dtype=bool)  # others' ids, looked for on the rows that concern them only
+    found: frozenset[str] = frozenset()
+    if concerned.any():
+        candidates = np.flatnonzero(concerned)
+        theirs = rows.take(pa.array(candidates))
+        foreign[candidates] = _matching_rows(theirs, columns.text, _present(theirs, columns.text, others))
+        found = frozenset(_present(theirs, columns.text, targets).to_pylist())
+    named = {name: phone_hit[name] & foreign & ~own_hit for name in columns.party}
+    scope = FileScope(path, rows, concerned & ~foreign, named, columns.party, np.zeros(0, dtype=bool), found)
+    scope.shared = concerned & foreign & ~scope.named_rows()
+    return scope

@@ -175,9 +175,9 @@ def test_the_retention_stage_reads_each_file_once_for_all_due_accounts(base, tmp
 
     def counted(path, *args, **kwargs):
         reads[str(path)] += 1
-        return pq.read_table(path, *args, **kwargs)
+        return pq.ParquetFile(path, *args, **kwargs)
 
-    monkeypatch.setattr(dsr_scope, "pq", SimpleNamespace(read_table=counted))
+    monkeypatch.setattr(dsr_scope, "pq", SimpleNamespace(ParquetFile=counted))
     with workspace.job_lock("portrait run"):
         rows = enforce_retention(workspace, load_key_file(site.key), dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc),
                                  grace_days=14)
