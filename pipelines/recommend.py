@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from pipelines.engines import Engine, Kernel, LocalEngine
 from pipelines.engine_jobs import score_top_k
 from pipelines.workspace import Workspace
+from profiling._string_hash import StringIndex
 from profiling.checks import check_int
 from profiling.errors import WorkspaceError
 from profiling.factors import ImplicitALS, recency_weighted_counts
@@ -189,7 +190,9 @@ def write_recommendations(workspace: Workspace, eligible: pd.DataFrame, *, as_of
     catalogue = catalogue_set.to_table(columns=["item_id", "served_provinces", "active", "listed_at"])
     # rows: (item_id, served_provinces, active, listed_at)
     item_ids = catalogue["item_id"].combine_chunks()
-    if pc.count_distinct(item_ids, mode="all").as_py() != len(item_ids):
+    if item_ids.null_count:
+        raise WorkspaceError("pseudonymized catalogue has a row without item_id; rerun pseudonymization")
+    if pc.count_distinct(item_ids).as_py() != len(item_ids):
         raise WorkspaceError("pseudonymized catalogue lists an item_id more than once; rerun pseudonymization")
     offered = pc.and_(catalogue["active"], pc.less_equal(catalogue["listed_at"], as_of_scalar))
     offered = pc.fill_null(offered, False).to_numpy(zero_copy_only=False)
@@ -286,22 +289,22 @@ def _purchases(orders: ds.Dataset, person_ids: pa.Array, personalizable: np.ndar
     the identifiers themselves never accumulate.
     """
     as_of_us = as_of.cast(pa.int64()).as_py()
+    person_index, item_index = StringIndex(person_ids), StringIndex(item_ids)  # built once, probed per batch
     buyers, items, ages = [], [], []
     for batch in orders.to_batches(columns=["person_id", "placed_at", "items"],
                                    filter=ds.field("placed_at") <= as_of):
-        position = pc.index_in(batch.column("person_id"), value_set=person_ids).fill_null(-1).to_numpy(
-            zero_copy_only=False)
+        position = person_index.positions(batch.column("person_id"))
         keep = position >= 0
         keep[keep] = personalizable[position[keep]]
         # rows: (person_id, placed_at, items) of persons who allow personalization, placed by as_of
         lists = batch.column("items").filter(pa.array(keep))
         lengths = pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False)
-        item = pc.index_in(pc.list_flatten(lists), value_set=item_ids).fill_null(-1).to_numpy(zero_copy_only=False)
+        item = item_index.positions(pc.list_flatten(lists))
         known = item >= 0
         placed = np.repeat(batch.column("placed_at").cast(pa.int64()).to_numpy(zero_copy_only=False)[keep],
                            lengths)[known]
-        buyers.append(np.repeat(position[keep], lengths)[known].astype(np.int64))
-        items.append(item[known].astype(np.int64))
+        buyers.append(np.repeat(position[keep], lengths)[known])
+        items.append(item[known])
         ages.append((as_of_us - placed) / 1e6 / _SECONDS_PER_DAY)
     empty = [np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64)]
     return tuple(np.concatenate(parts) if parts else none for parts, none in zip((buyers, items, ages), empty,
