@@ -118,11 +118,11 @@ class LinkedIdentifiers:
 BATCH_ROWS = 131_072
 
 
-def _batches(workspace: Workspace, table: str, columns: list[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
-    """The ingested rows of ``table`` (``columns`` only), ``batch_rows`` at most at a time."""
+def _batches(workspace: Workspace, table: str, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """The ingested rows of ``table`` (``columns`` only), ``BATCH_ROWS`` at most at a time."""
     folder = workspace.ingested(table)
     if folder.is_dir():
-        yield from ds.dataset(folder, format="parquet").to_batches(columns=columns, batch_size=batch_rows)
+        yield from ds.dataset(folder, format="parquet").to_batches(columns=columns, batch_size=BATCH_ROWS)
 
 
 def _trimmed(rows: pa.RecordBatch | pa.Table, column: str) -> pa.Array:
@@ -178,13 +178,12 @@ def _subjects(account_ids: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted(forms))
 
 
-def linked_identifiers(workspace: Workspace, account_ids: str | Iterable[str], *,
-                       batch_rows: int = BATCH_ROWS) -> LinkedIdentifiers:
+def linked_identifiers(workspace: Workspace, account_ids: str | Iterable[str]) -> LinkedIdentifiers:
     """The subjects' own ids and everybody else's, from the ingested zone (see the module docstring).
 
     ``account_ids``: one raw account id, or several whose ids are resolved together in one read of
     each ingested table (what is theirs jointly: a device only they signed in on, a phone only they
-    registered). Each table is read ``batch_rows`` rows at a time, only the columns needed: what is
+    registered). Each table is read ``BATCH_ROWS`` rows at a time, only the columns needed: what is
     held is the distinct ids (of them and of everybody else), never a whole column.
     """
     subjects = _subjects(account_ids)
@@ -201,7 +200,7 @@ def linked_identifiers(workspace: Workspace, account_ids: str | Iterable[str], *
     emails: set[str] = set()
     their_phones: list[pa.Array] = []
     others_phones: list[pa.Array] = []
-    for rows in _batches(workspace, "accounts", ["account_id", "phone", "email"], batch_rows):
+    for rows in _batches(workspace, "accounts", ["account_id", "phone", "email"]):
         held(rows, "accounts")
         mine = _in(_trimmed(rows, "account_id"), subject_set)
         phones |= _picked(_trimmed(rows, "phone"), mine)
@@ -215,7 +214,7 @@ def linked_identifiers(workspace: Workspace, account_ids: str | Iterable[str], *
     # rows: (order_id, account_id)
     own_orders: set[str] = set()
     other_orders: list[pa.Array] = []
-    for rows in _batches(workspace, "orders", ["order_id", "account_id"], batch_rows):
+    for rows in _batches(workspace, "orders", ["order_id", "account_id"]):
         held(rows, "orders")
         order_ids = _trimmed(rows, "order_id")
         of_subjects = _in(_trimmed(rows, "account_id"), subject_set)
@@ -224,8 +223,7 @@ def linked_identifiers(workspace: Workspace, account_ids: str | Iterable[str], *
     own_order_set = _text_set(own_orders)
     # rows: (waybill_id, order_id, account_id, shipper_phone, receiver_phone)
     own_waybills: set[str] = set()
-    for rows in _batches(workspace, "waybills", ["waybill_id", "order_id", "account_id", *PHONE_FIELDS["waybills"]],
-                         batch_rows):
+    for rows in _batches(workspace, "waybills", ["waybill_id", "order_id", "account_id", *PHONE_FIELDS["waybills"]]):
         held(rows, "waybills")
         waybill_account, waybill_order = _trimmed(rows, "account_id"), _trimmed(rows, "order_id")
         names_phone = np.zeros(len(waybill_account), dtype=bool)
@@ -238,7 +236,7 @@ def linked_identifiers(workspace: Workspace, account_ids: str | Iterable[str], *
     # rows: (device_id, account_id) of signed-in events
     their_devices: list[pa.Array] = []
     others_devices: list[pa.Array] = []
-    for rows in _batches(workspace, "device_events", ["device_id", "account_id"], batch_rows):
+    for rows in _batches(workspace, "device_events", ["device_id", "account_id"]):
         held(rows, "device_events")
         device, signed = _trimmed(rows, "device_id"), _trimmed(rows, "account_id")
         by_them = _in(signed, subject_set)
@@ -248,7 +246,7 @@ def linked_identifiers(workspace: Workspace, account_ids: str | Iterable[str], *
     used_by_others = _in(their_devices_all, _union(others_devices))
     for table in set(_ACCOUNT_FIELDS) - {"accounts", "orders", "waybills", "device_events"}:
         for name in _ACCOUNT_FIELDS[table]:
-            for rows in _batches(workspace, table, [name], batch_rows):
+            for rows in _batches(workspace, table, [name]):
                 held(rows, table)
     everyone_all = _union(everyone)
     return LinkedIdentifiers(
@@ -381,11 +379,10 @@ def _present(rows: pa.Table, columns: list[str], universe: pa.Array) -> pa.Array
     return universe.filter(pc.fill_null(pc.is_in(universe, value_set=values), False))
 
 
-def subject_rows(workspace: Workspace, linked: LinkedIdentifiers, key: MasterKey, *,
-                 batch_rows: int = BATCH_ROWS) -> Iterator[ScannedFile]:
+def subject_rows(workspace: Workspace, linked: LinkedIdentifiers, key: MasterKey) -> Iterator[ScannedFile]:
     """Every Parquet file of the workspace, scanned for the subjects' ids, pseudonyms and phones, one file at a time.
 
-    Each file is read once, whatever the number of subjects, and ``batch_rows`` rows at a time,
+    Each file is read once, whatever the number of subjects, and ``BATCH_ROWS`` rows at a time,
     never whole; a row is theirs when it holds no one else's id (see the module docstring). The
     lookup arrays (their ids and pseudonyms, their phones, everybody else's ids) are built once.
     """
@@ -407,7 +404,7 @@ def subject_rows(workspace: Workspace, linked: LinkedIdentifiers, key: MasterKey
             targets = own_targets if table else anywhere
             yield ScannedFile(path, schema, (_scope(path, pa.Table.from_batches([batch]), columns, targets,
                                                     phone_set, others)
-                                             for batch in source.iter_batches(batch_size=batch_rows)))
+                                             for batch in source.iter_batches(batch_size=BATCH_ROWS)))
 
 
 @dataclass(frozen=True)

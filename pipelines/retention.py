@@ -39,7 +39,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.dsr import erase_held, record_removed_after_ingest
-from pipelines.dsr_scope import BATCH_ROWS
+from pipelines import dsr_scope
 from pipelines.workspace import Workspace
 from profiling.consent.sqlite_store import SqliteConsentStore, immediate_transaction, ledger_connection
 from profiling.keys import MasterKey
@@ -216,8 +216,8 @@ def _expired_in_files(expiry: Expiry, table: Table, files: list[Path]) -> dict[P
     counts = {}
     for path in files:
         with pq.ParquetFile(path) as source:
-            expired = sum(int(expiry.expired_rows(table, batch).sum())
-                          for batch in source.iter_batches(batch_size=BATCH_ROWS, columns=expiry.columns(table)))
+            batches = source.iter_batches(batch_size=dsr_scope.BATCH_ROWS, columns=expiry.columns(table))
+            expired = sum(int(expiry.expired_rows(table, batch).sum()) for batch in batches)
         if expired:
             counts[path] = expired
     return counts
@@ -226,7 +226,7 @@ def _expired_in_files(expiry: Expiry, table: Table, files: list[Path]) -> dict[P
 def _rewrite_without_expired(expiry: Expiry, table: Table, path: Path, target: Path) -> None:
     """``path`` without its expired rows, to ``target``, streamed in record batches (schema kept)."""
     with pq.ParquetFile(path) as source, pq.ParquetWriter(target, source.schema_arrow) as out:
-        for batch in source.iter_batches(batch_size=BATCH_ROWS):
+        for batch in source.iter_batches(batch_size=dsr_scope.BATCH_ROWS):
             kept = batch.filter(pa.array(~expiry.expired_rows(table, batch)))
             if kept.num_rows:
                 out.write_batch(kept)
@@ -278,8 +278,8 @@ def enforce_retention(workspace: Workspace, key: MasterKey, as_of: dt.datetime, 
     """
     due, waiting = due_cancellations(workspace, as_of, grace_days)
     erase_held(workspace, due, key, cause="cancellation")  # one pass for all of them
-    expiry = Expiry.build(as_of, lambda name, columns: workspace.dataset(name).to_batches(columns=columns,
-                                                                                          batch_size=BATCH_ROWS))
+    expiry = Expiry.build(as_of, lambda name, columns: workspace.dataset(name).to_batches(
+        columns=columns, batch_size=dsr_scope.BATCH_ROWS))
     ingested, rejects = _delete_expired(workspace, expiry)
     now = _iso(dt.datetime.now(dt.timezone.utc))
     records = [(_iso(as_of), "accounts", None, len(due), now)]

@@ -198,3 +198,32 @@ def test_a_set_with_an_account_the_workspace_does_not_hold_changes_nothing(base,
 def test_one_account_id_given_as_text_is_refused(base):
     with pytest.raises(TypeError, match=r"list of account ids.*pass \['A0000000001'\] for one"):
         erase_held(Workspace(base.ws), "A0000000001", load_key_file(base.key))
+
+
+def test_erasure_and_expiry_stream_each_file_in_batches_and_leave_what_whole_files_leave(base, tmp_path, monkeypatch):
+    whole, batched = base.copy(tmp_path / "whole"), base.copy(tmp_path / "batched")
+    as_of = dt.datetime(2027, 2, 1, tzinfo=dt.timezone.utc)  # three months of device events more expire
+
+    def erase_and_expire(site: Site) -> None:
+        workspace = Workspace(site.ws)
+        with workspace.job_lock("portrait run"):
+            erase_held(workspace, base.erased, load_key_file(site.key), cause="cancellation")
+            enforce_retention(workspace, load_key_file(site.key), as_of, grace_days=36500)
+
+    erase_and_expire(whole)
+    monkeypatch.setattr(dsr_scope, "BATCH_ROWS", 64)
+    scanned: list[int] = []  # rows of each batch the erasure matched at once
+    scope = dsr_scope._scope
+    monkeypatch.setattr(dsr_scope, "_scope", lambda path, rows, *rest: scanned.append(rows.num_rows)
+                        or scope(path, rows, *rest))
+    erase_and_expire(batched)
+    assert scanned and max(scanned) <= 64 and sum(scanned) > 10 * 64
+    assert _state(batched) == _state(whole)
+    counts = [json.loads((site.ws / "ingest-report.json").read_text())["tables"]["device_events"]
+              ["expired_after_ingest"] for site in (base, batched)]
+    assert counts[1] > counts[0]  # the expiry deleted rows too
+    # What the erasure and the expiry rewrote was written as it was read: row groups of one batch at most.
+    for folder in ("ingested/accounts", "ingested/device_events", "ingested/devices", "pseudonymized/device_events"):
+        metadata = pq.ParquetFile(next((batched.ws / folder).glob("*.parquet"))).metadata
+        sizes = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+        assert len(sizes) > 1 and max(sizes) <= 64, (folder, sizes)
