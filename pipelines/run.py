@@ -195,7 +195,7 @@ def load_consent_events(workspace: Workspace) -> LoadReport:
         if store.has_loaded(fingerprint):
             offered = sum(pq.read_metadata(path).num_rows for path in files)
             return LoadReport(offered=offered, recorded=0, already_present=offered)
-        return store.append_table(workspace.read("consent_events"), source="ingest", fingerprint=fingerprint)
+        return store.append_table(workspace.dataset("consent_events"), source="ingest", fingerprint=fingerprint)
 
 
 def _fingerprint(files: Sequence[Path]) -> str:

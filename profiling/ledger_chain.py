@@ -532,45 +532,56 @@ def _canonical_texts(columns: Sequence[pa.Array]) -> pa.Array:
     return texts
 
 
-def append_arrow(db: sqlite3.Connection, table: str, rows: pa.Table, *, batch_rows: int = 100_000) -> int:
+def append_arrow(db: sqlite3.Connection, table: str, rows: pa.Table | Iterable[pa.Table], *,
+                 batch_rows: int = 100_000) -> int:
     """``append_rows`` for rows held in Arrow: the same rows, keys and hashes, hashed by compiled kernels.
 
-    ``rows`` has the registered content columns other than the key (by name; row order is the
-    append order). Columns that are not integers or strings, or whose type does not match the
-    column's affinity, go through ``append_rows``. Call it inside the caller's transaction.
+    ``rows`` is one table or an iterable of tables with the same schema (taken one at a time, so
+    only one batch of at most ``batch_rows`` rows is held as Python values), each with the
+    registered content columns other than the key (by name; row order is the append order).
+    Columns that are not integers or strings, or whose type does not match the column's
+    affinity, go through ``append_rows``. Call it inside the caller's transaction.
     """
     chain = _chain(db, table)
     names = [c for c in chain.columns if c != chain.key]
-    missing = [c for c in names if c not in rows.column_names]
-    if missing:
-        raise PortraitError(f"append_arrow({table!r}): the rows lack column(s) {', '.join(missing)}")
-    rows = rows.select(names)
-    declared = {row[1]: row[2] for row in _execute(db, f"PRAGMA table_info({_quote(table)})")}
-    if not all(_arrow_fits(rows.column(c), _affinity(declared[c])) for c in names):
-        return append_rows(db, table, zip(*(rows.column(c).to_pylist() for c in names)), batch_rows=batch_rows)
-    if rows.num_rows == 0:
+    pieces = iter([rows] if isinstance(rows, pa.Table) else rows)
+    first = next(pieces, None)
+    if first is None:
         _require_appendable(db, chain)
         return 0
+    missing = [c for c in names if c not in first.column_names]
+    if missing:
+        raise PortraitError(f"append_arrow({table!r}): the rows lack column(s) {', '.join(missing)}")
+    pieces = itertools.chain([first], pieces)
+    declared = {row[1]: row[2] for row in _execute(db, f"PRAGMA table_info({_quote(table)})")}
+    if not all(_arrow_fits(first.column(c), _affinity(declared[c])) for c in names):
+        return append_rows(db, table, (row for piece in pieces for row in zip(
+            *(piece.column(c).to_pylist() for c in names))), batch_rows=batch_rows)
     rows_before, previous, next_key, _ = _append_start(db, chain)
     key_index = chain.columns.index(chain.key)
     insert, prefix = _insert_sql(chain), _row_prefix(table)
-    for start in range(0, rows.num_rows, batch_rows):
-        batch = rows.slice(start, batch_rows)
-        keys = pa.array(np.arange(next_key + start, next_key + start + batch.num_rows, dtype=np.int64))
-        columns = [c.combine_chunks() for c in batch.columns]
-        columns.insert(key_index, keys)
-        # rows: (content columns...) -> canonical JSON -> content hash -> chain hash
-        texts = _canonical_texts(columns)
-        offsets, data = _offsets_and_data(texts)
-        contents = content_digests(prefix, offsets, data)
-        hashes = link_digests(contents, first_previous=previous)
-        chain_hashes = hex_strings(hashes)
-        previous_hashes = [previous, *chain_hashes[:-1]]
-        db.executemany(insert, zip(*(c.to_pylist() for c in columns), hex_strings(contents), previous_hashes,
-                                   chain_hashes))
-        previous = chain_hashes[-1]
-    _append_end(db, chain, rows_before + rows.num_rows, previous, next_key + rows.num_rows - 1)
-    return rows.num_rows
+    appended = 0
+    for piece in pieces:
+        piece = piece.select(names)
+        for start in range(0, piece.num_rows, batch_rows):
+            batch = piece.slice(start, batch_rows)
+            keys = pa.array(np.arange(next_key + appended, next_key + appended + batch.num_rows, dtype=np.int64))
+            columns = [c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c for c in batch.columns]
+            columns.insert(key_index, keys)
+            # rows: (content columns...) -> canonical JSON -> content hash -> chain hash
+            texts = _canonical_texts(columns)
+            offsets, data = _offsets_and_data(texts)
+            contents = content_digests(prefix, offsets, data)
+            hashes = link_digests(contents, first_previous=previous)
+            chain_hashes = hex_strings(hashes)
+            previous_hashes = [previous, *chain_hashes[:-1]]
+            db.executemany(insert, zip(*(c.to_pylist() for c in columns), hex_strings(contents), previous_hashes,
+                                       chain_hashes))
+            previous = chain_hashes[-1]
+            appended += batch.num_rows
+    if appended:
+        _append_end(db, chain, rows_before + appended, previous, next_key + appended - 1)
+    return appended
 
 
 def redact(db: sqlite3.Connection, table: str, where: str, params: Sequence[object] = (), *, reason: str) -> int:
