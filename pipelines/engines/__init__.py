@@ -20,11 +20,12 @@ jobs are beside the other stages (``pipelines.engine_jobs``, ``pipelines.portrai
 
 from __future__ import annotations
 
+from pipelines.engines._factors import FactorSettings
 from pipelines.engines._partitioning import partition_of
 from pipelines.engines._protocol import Broadcast, Engine, Frame, Kernel, PartitioningError
 from pipelines.engines.local import LocalEngine
 
-__all__ = ["ENGINES", "Broadcast", "Engine", "Frame", "Kernel", "LocalEngine", "PartitioningError", "get_engine",
+__all__ = ["ENGINES", "Broadcast", "Engine", "FactorSettings", "Frame", "Kernel", "LocalEngine", "PartitioningError", "get_engine",
            "partition_of"]
 
 ENGINES = ("local", "spark")

@@ -23,6 +23,7 @@ from typing import Any, Generic, TypeVar
 
 import pyarrow as pa
 
+from pipelines.engines._factors import FactorSettings
 from profiling.checks import check_int
 from profiling.errors import PortraitError, SchemaError
 
@@ -152,6 +153,19 @@ class Engine(abc.ABC):
         ``vertex``. Local: scipy's ``connected_components``; Spark: large-star/small-star (Kiveris
         et al., SoCC 2014), nothing collected to the driver but two counts per round. Deterministic:
         the same rows on both engines.
+        """
+
+    @abc.abstractmethod
+    def implicit_factors(self, feedback: Frame, *, row: str, column: str, weight: str,
+                         settings: FactorSettings = FactorSettings()) -> tuple[Frame, pa.Table]:
+        """Implicit-feedback ALS factors of the (``row``, ``column``, ``weight``) rows of ``feedback``.
+
+        Returns the row factors, a frame ``(row, factors)`` hash-partitioned by ``row`` into
+        ``feedback``'s partition count, and the column factors, a small table ``(column, factors)``
+        in string order (factors: list of float32, ``settings.factors`` long). Stored pairs are the
+        rows with a positive weight (repeats add up); a negative or non-finite weight is a
+        ``ValueError``. Local: the compiled conjugate-gradient solver; Spark: MLlib's ALS, nothing
+        person-level collected (see ``pipelines.engines._factors``): the same quality, not the same factors.
         """
 
     @abc.abstractmethod

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from pipelines.engines._components import check_edges, components_in_memory
+from pipelines.engines._factors import FactorSettings, check_feedback, factors_in_memory
 from pipelines.engines._partitioning import call_kernel, partition_of
 from pipelines.engines._protocol import (
     Broadcast,
@@ -216,6 +217,15 @@ class LocalEngine(Engine):
         # rows: (vertex, component), by scipy over the edges' ends (this process holds them anyway)
         components = components_in_memory(self.collect(edges).select(list(ends)), ends)
         return self.from_table(components, key="vertex")
+
+    def implicit_factors(self, feedback: Frame, *, row: str, column: str, weight: str,
+                         settings: FactorSettings = FactorSettings()) -> tuple[Frame, pa.Table]:
+        self._check_frame(feedback)
+        check_feedback(feedback.schema, row, column, weight)
+        # rows: (row, column, weight), all of them: the compiled solver holds the matrix in this process
+        table = self.collect(feedback).select([row, column, weight])
+        row_factors, column_factors = factors_in_memory(table, row, column, weight, settings)
+        return self.from_table(row_factors, key=row, partitions=feedback.partitions), column_factors
 
     def collect(self, frame: Frame) -> pa.Table:
         return pa.concat_tables([frame.schema.empty_table(), *self._tables(frame)])

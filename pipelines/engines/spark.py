@@ -25,6 +25,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipelines.engines._components import COMPONENTS_SCHEMA, check_edges, components_on_spark
+from pipelines.engines._factors import FactorSettings, check_feedback, factors_on_spark, factors_schema
 from pipelines.engines._optional import import_optional
 from pipelines.engines._partitioning import call_kernel
 from pipelines.engines._protocol import (
@@ -180,6 +181,15 @@ class SparkEngine(Engine):
         check_edges(edges.schema, ends)
         # rows: (vertex, component) by large-star/small-star, then hash-partitioned by vertex
         return self._partitioned(components_on_spark(edges.handle, ends), "vertex", None, COMPONENTS_SCHEMA)
+
+    def implicit_factors(self, feedback: Frame, *, row: str, column: str, weight: str,
+                         settings: FactorSettings = FactorSettings()) -> tuple[Frame, pa.Table]:
+        self._check_frame(feedback)
+        check_feedback(feedback.schema, row, column, weight)
+        row_factors, column_factors = factors_on_spark(self.spark, feedback.handle, row, column, weight, settings,
+                                                       blocks=feedback.partitions)
+        # rows: (row, factors) from MLlib's blocks, then hash-partitioned by row as read does
+        return self._partitioned(row_factors, row, feedback.partitions, factors_schema(row)), column_factors
 
     def collect(self, frame: Frame) -> pa.Table:
         self._check_frame(frame)
