@@ -82,6 +82,57 @@ def test_ip_prefix_matches_ipaddress(addresses):
     assert ip_prefix(pa.array(addresses, pa.string())).to_pylist() == expected
 
 
+def _slow_ipv6_prefix(text: str) -> str | None:
+    """The row-by-row /48 the door used before its compiled parser: the reference it must match."""
+    try:
+        address = ipaddress.IPv6Address(text)
+    except ValueError:
+        return None
+    return str(ipaddress.IPv6Network((int(address) >> 80 << 80, 48)))
+
+
+def _slow_ip_prefix(text: str | None) -> str | None:
+    if text is None:
+        return None
+    text = text.strip()
+    octets = text.split(".")
+    if len(octets) == 4 and all(o.isascii() and o.isdigit() and len(o) <= 3 and (o == "0" or o[0] != "0")
+                                and int(o) <= 255 for o in octets):
+        return ".".join(octets[:3]) + ".0/24"
+    return _slow_ipv6_prefix(text) if ":" in text else None
+
+
+_hextets = st.one_of(st.integers(0, 0xFFFF).map(lambda h: f"{h:x}"), st.integers(0, 0xFFFF).map(lambda h: f"{h:04X}"),
+                     st.sampled_from(["0", "00000", "", "g", "12345", "1.2.3.4", "01.2.3.4", "1.2.3.256", "١"]))
+_scopes = st.one_of(st.just(""), st.text(alphabet="%ae0 ٣/", max_size=5).map(lambda t: "%" + t))
+_near_ipv6 = st.builds(lambda parts, scope, pad: pad + ":".join(parts) + scope + pad,
+                       st.lists(_hextets, min_size=0, max_size=11), _scopes, st.sampled_from(["", " ", "\t"]))
+_ipv6_texts = st.one_of(_near_ipv6, st.ip_addresses(v=6).map(str), st.ip_addresses(v=6).map(lambda a: a.exploded),
+                        st.builds(lambda a, s: f"{a}%{s}", st.ip_addresses(v=6), st.text(min_size=1, max_size=4)),
+                        st.text(alphabet="0123456789abcdefABCDEF.:%/ g", max_size=24), st.text(max_size=12))
+
+
+@given(st.lists(st.one_of(st.none(), _ipv6_texts), max_size=40))
+def test_ipv6_prefix_matches_the_row_by_row_reference(addresses):
+    """Every text ipaddress takes (scope ids, dotted-quad tails, '::' anywhere, upper case, spaces
+    around) gives the same /48 string; every text it refuses gives null."""
+    expected = [_slow_ip_prefix(a) for a in addresses]
+    assert ip_prefix(pa.array(addresses, pa.string())).to_pylist() == expected
+    # the same through a sliced array (offsets and validity bits not starting at zero)
+    padded = pa.array([None, "1:2:3::", *addresses], pa.string()).slice(2)
+    assert ip_prefix(padded).to_pylist() == expected
+
+
+def test_ipv6_prefix_edges():
+    cases = {"1:2:3:4:5:6:7::": "1:2:3::/48", "::1:2:3:4:5:6:7": "0:1:2::/48", "1:0:0:1::": "1::/48",
+             "0:0:1::": "0:0:1::/48", "::ffff:1.2.3.4": "::/48", "1:2::1.2.3.4": "1:2::/48",
+             "fe80::1%eth0": "fe80::/48", "ABCD:EF01:2345:6789::": "abcd:ef01:2345::/48",
+             "1:2:3:4:5:6:7:8:9": None, "1::2::3": None, "fe80::1%": None, "fe80::1%a%b": None,
+             "2001:db8::/48": None, ":1:2:3:4:5:6:7": None, "1:2:3:4:5:6:1.2.3.04": None, "12345::": None}
+    assert ip_prefix(pa.array(list(cases), pa.string())).to_pylist() == list(cases.values())
+    assert [_slow_ip_prefix(text) for text in cases] == list(cases.values())
+
+
 @given(st.lists(st.tuples(st.floats(-90, 90), st.floats(-180, 180)), max_size=30), st.integers(1, 9))
 def test_geohash_matches_reference(points, precision):
     lats, lons = [p[0] for p in points], [p[1] for p in points]
