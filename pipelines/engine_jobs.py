@@ -100,6 +100,17 @@ def _bounded_totals(engine: Engine, frame: Frame, *, person: str, group: str, ke
     return totals
 
 
+def _count_plan(columns: pa.Schema, privacy_unit: str, *, dataset: str, group: str, keys: Sequence,
+                epsilon: float | None, delta: float, rho: float | None, mechanism: str, max_partitions: int,
+                max_rows_per_partition: int, accounts_per_human: int) -> QueryPlan:
+    """The plan of ``release_group_counts`` over rows with ``columns``, before it is compiled (nothing charged)."""
+    return (QueryPlan.start(columns=columns, privacy_unit=privacy_unit, source=f"dataset {dataset!r}",
+                            epsilon=epsilon, delta=delta, rho=rho, mechanism=mechanism,
+                            accounts_per_human=accounts_per_human)
+            .group_by(group, keys=keys).bound(max_partitions=max_partitions,
+                                              max_rows_per_partition=max_rows_per_partition).count())
+
+
 def release_group_counts(engine: Engine, frame: Frame, *, group: str, keys: Sequence, ledger: BudgetLedger,
                          dataset: str, purpose: str, epsilon: float | None = None, delta: float = 0.0,
                          rho: float | None = None, mechanism: str = "laplace", max_partitions: int = 1,
@@ -118,11 +129,9 @@ def release_group_counts(engine: Engine, frame: Frame, *, group: str, keys: Sequ
     """
     if frame.key is None:
         raise ValueError("release_group_counts needs a frame partitioned by the person key; read it with key=...")
-    plan = (QueryPlan.start(columns=frame.schema, privacy_unit=frame.key, source=f"dataset {dataset!r}",
-                            epsilon=epsilon, delta=delta, rho=rho, mechanism=mechanism,
-                            accounts_per_human=accounts_per_human)
-            .group_by(group, keys=keys).bound(max_partitions=max_partitions,
-                                              max_rows_per_partition=max_rows_per_partition).count())
+    plan = _count_plan(frame.schema, frame.key, dataset=dataset, group=group, keys=keys, epsilon=epsilon, delta=delta,
+                       rho=rho, mechanism=mechanism, max_partitions=max_partitions,
+                       max_rows_per_partition=max_rows_per_partition, accounts_per_human=accounts_per_human)
     compiled = plan.compile(ledger=ledger, dataset=dataset, purpose=purpose, analyst=analyst, period=period)
     totals = _bounded_totals(engine, frame, person=frame.key, group=group, keys=[key for key, in plan.keys.rows],
                              order_by=order_by, max_partitions=max_partitions,
@@ -176,12 +185,20 @@ def release_item_buyers(engine: Engine, workspace: Workspace, persons: pa.Array,
         persons = persons.combine_chunks()
     catalogue = ds.dataset(workspace.verified(workspace.pseudonymized("catalogue")), format="parquet").to_table(columns=["item_id"])
     keys = catalogue.column("item_id").to_pylist()
+    schedule = popularity_schedule(workspace)
+    if schedule is None:
+        try:  # a release the budget refuses is refused before a single order is read
+            _count_plan(PURCHASES_SCHEMA, "person_id", dataset=DATASET, group="item_id", keys=keys, epsilon=epsilon,
+                        delta=0.0, rho=None, mechanism="laplace", max_partitions=ITEMS_PER_PERSON,
+                        max_rows_per_partition=1, accounts_per_human=1).compile(
+                ledger=BudgetLedger(workspace.ledger), dataset=DATASET, purpose="product_improvement", analyst=analyst)
+        except (BudgetNotSetError, BudgetExceededError) as refusal:
+            return _refused(refusal)
     orders = engine.read(workspace.verified(workspace.pseudonymized("orders")), columns=["order_id", "placed_at", "items"],
                          key="person_id", partitions=partitions)
     # rows: (person_id, order_id, placed_at, items), partitioned by person
     bought = engine.map(orders, purchases_kernel(persons=engine.broadcast(persons), before=as_of))
     # rows: (person_id, item_id, placed_at, order_id, position), one per item bought, still by person
-    schedule = popularity_schedule(workspace)
     if schedule is not None:
         return release_scheduled_popularity(engine, workspace, bought, schedule, keys, as_of)
     try:
@@ -190,14 +207,19 @@ def release_item_buyers(engine: Engine, workspace: Workspace, persons: pa.Array,
                                      max_partitions=ITEMS_PER_PERSON, max_rows_per_partition=1,
                                      order_by=PURCHASE_ORDER)
     except (BudgetNotSetError, BudgetExceededError) as refusal:
-        return {"stage": "popularity", "table": "popularity", "rows": 0, "epsilon": 0.0,
-                "note": str(refusal).splitlines()[0]}
+        return _refused(refusal)
     write_popularity(workspace, frame)
     left = BudgetLedger(workspace.ledger).remaining(DATASET)
     # public figures only: one row per catalogue item, the epsilon asked, the budget left (no count of persons)
     return {"stage": "popularity", "table": "popularity", "rows": len(keys), "epsilon": epsilon,
             "engine": engine.name,
             "note": "budget left: " + ", ".join(f"{k} {v:.3g}" for k, v in left.items() if v is not None)}
+
+
+def _refused(refusal: Exception) -> dict:
+    """The popularity summary row of a release the budget refused (nothing was released)."""
+    return {"stage": "popularity", "table": "popularity", "rows": 0, "epsilon": 0.0,
+            "note": str(refusal).splitlines()[0]}
 
 
 def top_k_kernel(*, person: str, factors: str, items: Broadcast[tuple[pa.Array, np.ndarray, np.ndarray | None]],
