@@ -40,6 +40,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from pipelines.workspace import Workspace
+from profiling._string_hash import StringIndex
 from profiling.errors import WorkspaceError
 from profiling.risk import FEATURE_COLUMNS, RULES, RiskModel, risk_features, rule_scores
 
@@ -70,13 +71,16 @@ def _metadata(table: str) -> dict[bytes, bytes]:
     return {b"table": f"outputs/{OUTPUT}/{table}".encode(), b"purpose": PURPOSE.encode()}
 
 
-def _analytics_rows(workspace: Workspace, table: str, persons: pa.Array) -> pa.Table:
+def _analytics_rows(workspace: Workspace, table: str, gated: StringIndex) -> pa.Table:
+    """The ``INPUTS`` columns of ``table``'s rows whose person is among the ``gated`` ones, in stored order."""
     folder = workspace.pseudonymized(table)
     if not folder.is_dir():
         raise WorkspaceError(f"{folder} is missing: the risk stage reads the pseudonymized {table}; "
                              "run the pseudonymization stage first")
-    return ds.dataset(workspace.verified(folder), format="parquet").to_table(
-        columns=INPUTS[table], filter=pc.field("person_id").isin(persons))
+    scanner = ds.dataset(workspace.verified(folder), format="parquet").scanner(columns=INPUTS[table])
+    # rows: the table's INPUTS columns, batch by batch -> only the rows of gated persons, in stored order
+    return pa.Table.from_batches([batch.filter(pa.array(gated.positions(batch.column("person_id")) >= 0))
+                                  for batch in scanner.to_batches()], schema=scanner.projected_schema)
 
 
 def write_risk(workspace: Workspace, persons: pa.Array, *, as_of: dt.datetime, scored_weeks: int = SCORED_WEEKS,
@@ -89,7 +93,10 @@ def write_risk(workspace: Workspace, persons: pa.Array, *, as_of: dt.datetime, s
     if scored_weeks < 1 or training_weeks < 1:
         raise ValueError(f"scored_weeks and training_weeks must be at least 1, got {scored_weeks} and "
                          f"{training_weeks}")
-    rows = {name: _analytics_rows(workspace, name, persons) for name in INPUTS}
+    # One hash table of the persons for every table: a scan filter ``isin(persons)`` rebuilds it
+    # for every record batch, which took most of the read.
+    gated = StringIndex(pc.unique(persons).drop_null())
+    rows = {name: _analytics_rows(workspace, name, gated) for name in INPUTS}
     # rows: (person_id, week, week_start, week_end, features), week 0 ends at as_of
     features = risk_features(rows["orders"], rows["waybills"], rows["device_events"], as_of=as_of,
                              weeks=scored_weeks + training_weeks)

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+from numba import njit
 
 __all__ = ["FEATURE_COLUMNS", "WEEK", "risk_features"]
 
@@ -155,20 +156,48 @@ def risk_features(orders: pa.Table | pd.DataFrame, waybills: pa.Table | pd.DataF
     return features[["person_id", "week", "week_start", "week_end", *FEATURE_COLUMNS]]
 
 
+@njit(nogil=True, cache=True)
+def _earlier_medians(order_week, order_amount, block_start, block_end, scored_week):
+    """For each scored person-week: the median amount (NaN skipped, as pandas does) of the person's
+    orders in weeks before it, NaN when there are none.
+
+    A person's orders are ``order_*[block_start[i]:block_end[i]]``, in descending week order (oldest
+    first), so the earlier weeks' orders are a prefix of the block.
+    """
+    medians = np.full(len(scored_week), np.nan)
+    buffer = np.empty(max(1, int(np.max(block_end - block_start)) if len(block_end) else 1), dtype=np.float64)
+    for i in range(len(scored_week)):
+        count = 0
+        for j in range(block_start[i], block_end[i]):
+            if order_week[j] <= scored_week[i]:
+                break
+            if not np.isnan(order_amount[j]):
+                buffer[count] = order_amount[j]
+                count += 1
+        if count == 0:
+            continue
+        ordered = np.sort(buffer[:count])
+        half = count // 2
+        medians[i] = ordered[half] if count % 2 else (ordered[half] + ordered[half - 1]) / 2
+    return medians
+
+
 def _amount_ratio(orders: pd.DataFrame, features: pd.DataFrame) -> pd.Series:
     """The week's largest order over the median of the person's orders in earlier weeks."""
-    scored_weeks = features.index.get_level_values("week")
-    history = orders[orders["person"].isin(features.index.get_level_values("person").unique())]
-    ratios = []
-    for week in np.unique(scored_weeks):
-        in_week = features[scored_weeks == week]
-        persons = in_week.index.get_level_values("person")
-        earlier = history[(history["week"] > week) & history["person"].isin(persons)]
-        median = earlier.groupby("person")["amount"].median().reindex(persons).to_numpy()
-        ratio = np.where(np.isnan(median), _NO_HISTORY_RATIO,
-                         in_week["max_amount"].to_numpy() / np.maximum(np.nan_to_num(median), 1.0))
-        ratios.append(pd.Series(ratio, index=in_week.index))
-    return pd.concat(ratios) if ratios else pd.Series(dtype=float)
+    if features.empty:
+        return pd.Series(dtype=float)
+    # rows: the orders by person, then week descending (oldest first)
+    person = orders["person"].to_numpy()
+    week = orders["week"].to_numpy()
+    order = np.lexsort((-week, person))
+    person, week, amount = person[order], week[order], orders["amount"].to_numpy(np.float64)[order]
+    scored_person = features.index.get_level_values("person").to_numpy()
+    median = _earlier_medians(week, amount, np.searchsorted(person, scored_person, side="left"),
+                              np.searchsorted(person, scored_person, side="right"),
+                              features.index.get_level_values("week").to_numpy().astype(np.int64))
+    ratio = np.where(np.isnan(median), _NO_HISTORY_RATIO,
+                     features["max_amount"].to_numpy() / np.maximum(np.nan_to_num(median), 1.0))
+    return pd.Series(ratio, index=features.index)
 
 
 def _hours_new_device_to_order(events: pd.DataFrame, scored: pd.DataFrame) -> pd.Series:
