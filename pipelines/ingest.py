@@ -52,7 +52,7 @@ from pipelines.dsr_overlay import (
     remember_erasures,
 )
 from pipelines.retention import Expiry, retention_horizon
-from pipelines.workspace import Workspace, holding_job_lock, write_json_atomic
+from pipelines.workspace import Workspace, holding_job_lock
 from profiling.errors import InternalError, SchemaError, WorkspaceError
 from profiling.keys import MasterKey
 from profiling.pseudonyms import normalize
@@ -582,11 +582,12 @@ def ingest(raw_dir: str | os.PathLike, workspace: Workspace, *, now: dt.datetime
             context = CheckContext(now=now, parent_keys=parent_keys)
             parent_keys.update(_ingest_table(TABLES[name], sources[name], stage, context, batch_rows,
                                              reports[name], progress, erased))
-        # Ingest replaces every table, so both zones are swapped whole: two renames, not fourteen.
+        # Ingest replaces every table, so both zones are swapped whole: two renames, not fourteen; the report
+        # is published in the same step (the next run checks the tables against it).
         workspace.publish({workspace.ingested(INGEST_ORDER[0]).parent: stage / "ingested",
-                           workspace.rejects(INGEST_ORDER[0]).parent: stage / "rejects"})
-    write_json_atomic(workspace.ingest_report, {
-        "raw_dir": str(raw), "ingested_at": dt.datetime.now(dt.timezone.utc).isoformat(), "clock": now.isoformat(),
-        "tables": {name: asdict(report) for name, report in reports.items()},
-    })
+                           workspace.rejects(INGEST_ORDER[0]).parent: stage / "rejects"},
+                          reports={workspace.ingest_report: {
+                              "raw_dir": str(raw), "ingested_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+                              "clock": now.isoformat(),
+                              "tables": {name: asdict(report) for name, report in reports.items()}}})
     return reports

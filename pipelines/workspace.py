@@ -15,8 +15,12 @@ ledger's mode); each stage also takes group and other permissions off the root a
 
 Folders are replaced whole: a stage writes into a staging folder inside the workspace and
 ``publish`` renames the results into place, so a failed or interrupted stage leaves the
-previous contents as they were. Hidden entries (``.staging-*``, ``.retired-*``, ``.lock``) are the
-machinery of that and are cleared by the next stage that runs. ``publish`` also writes a
+previous contents as they were. A stage's report (``WS/ingest-report.json``,
+``WS/identity-report.json``) is published in the same step as its folders: a journal
+(``.publish-*.json``) records every rename first, and a job killed midway is finished by the next
+one, so a report never describes other data than the folders beside it. Hidden entries
+(``.staging-*``, ``.retired-*``, ``.publish-*``, ``.lock``) are the machinery of that and are
+settled by the next stage that runs or job that takes the job lock. ``publish`` also writes a
 ``_manifest.json`` (each file's size and SHA-256) into every folder it publishes, and readers
 check it through ``verified`` (``pipelines.manifest``): a damaged file stops the stage, named.
 
@@ -62,16 +66,22 @@ def write_json_atomic(path: Path, payload: object) -> None:
     """Write JSON to ``path`` through a temporary file in the same folder and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True, default=str)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        _write_json(Path(temporary), payload)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _write_json(path: Path, payload: object) -> None:
+    """``payload`` as indented JSON (keys sorted) in ``path``, on disk before this returns."""
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(payload, handle, indent=2, sort_keys=True, default=str)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 class Workspace:
@@ -170,36 +180,75 @@ class Workspace:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
-    def publish(self, replacements: Mapping[Path, Path]) -> None:
-        """Move each staged folder onto its destination, replacing what was there.
+    def publish(self, replacements: Mapping[Path, Path], *, reports: Mapping[Path, object] | None = None) -> None:
+        """Move each staged folder onto its destination, replacing what was there, and write each of ``reports``
+        (a workspace file such as ``WS/ingest-report.json``: its JSON payload) in the same step.
 
-        All old folders are moved aside first, then all new ones moved in, then the old ones
-        deleted, under an exclusive lock on the workspace. A reader never sees a half-written
-        folder; a job killed midway leaves the old folders aside, and ``sweep`` puts back any
-        whose replacement never arrived. Each staged folder gets its manifests first.
+        Under an exclusive lock on the workspace, a journal (``WS/.publish-<id>.json``) records every
+        move first; then all old folders are moved aside, all new ones moved in, each report renamed
+        onto its file, the journal removed and the old folders deleted. A reader never sees a
+        half-written folder or report. A job killed midway leaves its journal and staged data, and
+        ``sweep`` (the next stage or job) finishes the moves: the folders and their reports are
+        published together. Each staged folder gets its manifests first.
         """
         for destination, staged in replacements.items():
             if not staged.is_dir():
                 raise WorkspaceError(f"nothing staged for {destination}")
             write_manifests(staged)
-        with self._lock():
-            retired = []
-            for destination in replacements:
+        publication = uuid.uuid4().hex
+        held_reports = self.root / f".staging-{os.getpid()}-{publication}"  # swept like any staging folder
+        try:
+            files = []
+            for number, (path, payload) in enumerate((reports or {}).items()):
+                held_reports.mkdir(exist_ok=True)
+                files.append((held_reports / f"{number}-{Path(path).name}", Path(path)))
+                _write_json(files[-1][0], payload)
+            moves = [(staged, destination, destination.parent / f"{_RETIRED}{destination.name}-{publication}")
+                     for destination, staged in replacements.items()]
+            with self._lock():
+                journal = self.root / f"{_JOURNAL}{publication}.json"
+                write_json_atomic(journal, {"folders": [[self._relative(p) for p in move] for move in moves],
+                                            "reports": [[self._relative(p) for p in pair] for pair in files]})
+                self._settle(journal)
+        finally:
+            shutil.rmtree(held_reports, ignore_errors=True)
+
+    def _relative(self, path: Path) -> str:
+        """``path`` relative to the workspace root (a journal stays valid when the workspace is moved)."""
+        return os.path.relpath(os.path.abspath(path), os.path.abspath(self.root))
+
+    def _settle(self, journal: Path) -> None:
+        """Do what the publish ``journal`` records, skipping each step already done; then remove the journal and
+        the old folders (an old folder whose replacement is gone, its staging removed, is put back)."""
+        plan = json.loads(journal.read_text(encoding="utf-8"))
+        moves = [[self.root / p for p in move] for move in plan["folders"]]
+        for staged, destination, aside in moves:
+            if staged.is_dir() and destination.exists():
+                os.rename(destination, aside)
+        for staged, destination, _ in moves:
+            if staged.is_dir():
                 destination.parent.mkdir(parents=True, exist_ok=True)
-                if destination.exists():
-                    aside = destination.parent / f"{_RETIRED}{destination.name}-{uuid.uuid4().hex}"
-                    os.rename(destination, aside)
-                    retired.append(aside)
-            for destination, staged in replacements.items():
                 os.rename(staged, destination)
-            for aside in retired:
+        for staged_report, destination in ([self.root / p for p in pair] for pair in plan["reports"]):
+            if staged_report.is_file():
+                os.replace(staged_report, destination)
+        journal.unlink()
+        for _, destination, aside in moves:
+            if destination.exists():
                 shutil.rmtree(aside, ignore_errors=True)
+            elif aside.exists():
+                os.rename(aside, destination)
 
     def sweep(self) -> None:
-        """Remove staging folders of jobs that are no longer running and settle half-finished publishes."""
+        """Finish publishes a killed job left half done (their journals), remove staging folders of jobs that
+        are no longer running, and put back old folders whose replacement never arrived."""
         if not self.root.is_dir():
             return
         with self._lock():
+            for leftover in self.root.glob(f".{_JOURNAL}*"):  # a journal whose writing was cut short: not begun
+                leftover.unlink(missing_ok=True)
+            for journal in sorted(self.root.glob(f"{_JOURNAL}*.json")):  # before staged data is removed
+                self._settle(journal)
             for folder in self.root.glob(".staging-*"):
                 pid = folder.name.split("-")[1]
                 if not (pid.isdigit() and _alive(int(pid))):
@@ -241,6 +290,7 @@ class Workspace:
         handle = self._acquire_job_lock(holder, create=create)
         held.add(identity)
         try:
+            self.sweep()  # what a killed job left half published is finished before this one reads anything
             yield
         finally:
             held.discard(identity)
@@ -339,6 +389,7 @@ def _describe_holder(text: str) -> str:
 
 
 _RETIRED = ".retired-"
+_JOURNAL = ".publish-"
 
 
 def _alive(pid: int) -> bool:
