@@ -21,7 +21,8 @@ revocation would step around it):
 Every transfer, and every refusal (no person's consent holds, or no cross-border waybill), is
 appended to the transfer log (``profiling.transfer_log``) before the file is renamed into place:
 who, when, receiver, fields, rows, and the persons as pseudonyms. A refusal writes no file and
-raises ``TransferRefusedError`` after it is logged.
+raises ``TransferRefusedError`` after it is logged. ``portrait export`` runs a transfer under the
+workspace's job lock, so transfers take turns with each other, with jobs and with erasures.
 
 No k-anonymity here: a receiver abroad must deliver or declare each parcel to a named person, so
 its rows identify by purpose (like a payment institution's order numbers). What protects is the

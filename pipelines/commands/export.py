@@ -4,6 +4,10 @@ A recipient in the mainland (``profiling.recipients``) gets its rows as of ``--a
 overseas receiver (``profiling.overseas``) gets cross-border waybills of persons whose separate
 consent holds at the moment of the transfer, which is logged (it needs the master key, for the
 persons' pseudonyms in the log and for ID numbers from the vault).
+
+An export holds the workspace's job lock from the consent load to the files' rename: two exports,
+or an export and a job or an erasure, take turns (the later one says it waits), so each transfer
+is logged once, on one chain, and a folder's file always sits beside its own report.
 """
 
 from __future__ import annotations
@@ -29,9 +33,10 @@ def _export(args: argparse.Namespace) -> None:
     out = outside_workspace(args.out, workspace)
     as_of = parse_as_of(args.as_of) if args.as_of else None
     checked_request(args.recipient, fields=fields, institution=args.institution, file_format=args.format)
-    load_consent_events(workspace)  # the gate decides on every ingested event, as `portrait run` does
-    result = export_for_recipient(workspace, args.recipient, out, fields=fields,
-                                  institution=args.institution, file_format=args.format, as_of=as_of)
+    with workspace.job_lock("portrait export"):
+        load_consent_events(workspace)  # the gate decides on every ingested event, as `portrait run` does
+        result = export_for_recipient(workspace, args.recipient, out, fields=fields,
+                                      institution=args.institution, file_format=args.format, as_of=as_of)
     print(result.summary())
 
 
@@ -46,9 +51,10 @@ def _transfer(args: argparse.Namespace, fields: list[str] | None) -> None:
     workspace = existing_workspace(args.workspace)
     out = outside_workspace(args.out, workspace)
     key = load_master_key(args.key_file)
-    load_consent_events(workspace)
-    result = transfer_to_overseas(workspace, args.recipient, out, key, fields=fields, file_format=args.format,
-                                  operator=args.by)
+    with workspace.job_lock("portrait export"):
+        load_consent_events(workspace)
+        result = transfer_to_overseas(workspace, args.recipient, out, key, fields=fields, file_format=args.format,
+                                      operator=args.by)
     print(result.summary())
 
 
