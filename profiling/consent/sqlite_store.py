@@ -479,12 +479,28 @@ class SqliteConsentStore:
         return [verify(self._connection, table) for table in CHAINED_TABLES]
 
     def require_intact(self) -> None:
-        """Raise ``ChainBrokenError`` (one line) unless every consent chain verifies."""
+        """Raise ``ChainBrokenError`` (one line) unless the consent history a job reads is the recorded one.
+
+        Every consent chain is verified from its first row (an edit of any row, however old, is found:
+        an edit leaves no cheaper trace than the row itself, and stages read old rows through SQL,
+        retention's cancellations among them). Then the Arrow snapshot the gate reads is checked
+        against its chained record (``_snapshot_problem``): its bytes must match their SHA-256, and
+        the chain must still pass through the position it was written at (not rewound behind it).
+        """
         for report in self.verify():
             if not report.ok:
                 raise ChainBrokenError(f"consent ledger {self.path} is broken: {report.table} at row "
                                        f"{report.broken_at} ({report.problem}); no job runs on it: run `portrait "
                                        f"ledger verify` and restore the ledger from a copy")
+        db = self._connection
+        db.execute("BEGIN")   # one state of the file
+        try:
+            problem = _snapshot_problem(db)
+        finally:
+            db.execute("COMMIT")
+        if problem:
+            raise ChainBrokenError(f"consent ledger {self.path} is broken: {problem}; no job runs on it: restore "
+                                   f"the ledger from a copy whose heads match the last published review")
 
     def checkpoint(self) -> None:
         """Move the WAL into the database file and truncate it, so erased rows leave no copy behind."""
@@ -575,7 +591,40 @@ def _current_snapshot(db: sqlite3.Connection) -> pa.Table | None:
                      "WHERE s.id = (SELECT MAX(id) FROM consent_snapshots)").fetchone()
     if row is None or tuple(row[:3]) != position:
         return None
+    problem = _snapshot_problem(db)   # a snapshot edited in place is never carried into the next one
+    if problem:
+        raise ChainBrokenError(f"consent ledger: {problem}; run `portrait ledger verify` and restore the ledger "
+                               f"from a copy")
     return pq.read_table(pa.BufferReader(row[3])).cast(_SNAPSHOT_SCHEMA)
+
+
+def _snapshot_problem(db: sqlite3.Connection) -> str | None:
+    """Inside a transaction: why the latest snapshot record contradicts the ledger, or None.
+
+    The record (``consent_snapshots``, chained) names the position it was written at: consent_events'
+    rows, head hash and redactions. The ledger may only have moved forward from it: no fewer rows or
+    redactions, and the chain's row at that count still has that head hash (a chain rebuilt or cut
+    back behind a snapshot is caught even when it is consistent in itself). When the record's bytes
+    are still held, they must match its SHA-256.
+    """
+    record = db.execute("SELECT s.id, s.ledger_rows, s.ledger_head, s.redactions, s.sha256, "
+                        "CAST(d.parquet AS BLOB) FROM consent_snapshots s "
+                        "LEFT JOIN consent_snapshot_data d ON d.snapshot = s.id "
+                        "WHERE s.id = (SELECT MAX(id) FROM consent_snapshots)").fetchone()
+    if record is None:
+        return None
+    snapshot, rows, head, redactions, sha256, data = record
+    now = _position(db)
+    if now[0] < rows or now[2] < redactions:
+        return (f"consent_events holds {now[0]} rows and {now[2]} redactions, fewer than the {rows} and "
+                f"{redactions} its snapshot {snapshot} recorded (rows were removed and the chain rewound)")
+    at = db.execute("SELECT chain_hash FROM consent_events ORDER BY seq LIMIT 1 OFFSET ?", (rows - 1,)).fetchone()
+    if rows and (at is None or at[0] != head):
+        return (f"consent_events no longer passes through head {head[:16]}... at row {rows}, where its snapshot "
+                f"{snapshot} recorded it (the chain was rebuilt behind the snapshot)")
+    if data is not None and hashlib.sha256(data).hexdigest() != sha256:
+        return f"the Arrow snapshot does not match its recorded SHA-256 (snapshot {snapshot})"
+    return None
 
 
 def _sql_snapshot(db: sqlite3.Connection, *, chunk_rows: int = 200_000) -> pa.Table:
