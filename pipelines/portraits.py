@@ -30,7 +30,6 @@ import pyarrow.dataset as ds
 
 from pipelines.engines import Broadcast, Engine, Kernel, LocalEngine
 from pipelines.workspace import Workspace
-from profiling._string_hash import StringIndex
 from profiling.identity import _kernels as identity_kernels
 from profiling.identity import identity_report
 from profiling.portrait import (
@@ -190,17 +189,14 @@ def _activity_kernel(source: str, folder, identities: Broadcast[tuple[pa.Array, 
     schema = pa.schema([pa.field("identity_id", pa.string()), pa.field("person_id", pa.string()),
                         pa.field("at", TIMESTAMP), *(pa.field(c, stored.field(c).type) for c in other)])
     until = pa.scalar(as_of, TIMESTAMP)
-    built: list[StringIndex] = []  # the eligible persons' index, built by the first call where the kernel runs
 
     def activity(table: pa.Table) -> pa.Table:
         person_ids, identity_ids = identities.value
-        if not built:
-            built.append(StringIndex(person_ids))
-        position = built[0].positions(table.column("person_id"))
-        kept = pc.and_(pa.array(position >= 0), pc.less_equal(table.column(times), until))
+        position = pc.index_in(table.column("person_id"), value_set=person_ids)
+        kept = pc.and_(position.is_valid(), pc.less_equal(table.column(times), until))
         # rows: (person_id, time, other) of eligible persons up to as_of, each with its identity
         table = table.filter(kept)
-        identity = identity_ids.take(pa.array(position).filter(kept))
+        identity = identity_ids.take(position.filter(kept))
         return pa.table([identity, *(table.column(c) for c in ["person_id", times, *other])], schema=schema)
 
     return Kernel(activity, schema, name=f"{source}_by_identity", by_person=False)
