@@ -3,8 +3,11 @@
     python benchmarks/bench_consent_ledger.py --accounts 200000 [--repeats 2]
 
 Generates the synthetic consent events of ``--accounts`` accounts, then, interleaved: the first
-load row by row (``ledger_chain.append_rows`` over Python rows) and from Arrow
-(``SqliteConsentStore.append_table``); verifying the chain row by row and chunk by chunk; the
+load row by row (``ledger_chain.append_rows`` over Python rows), from Arrow with the indexes of
+``consent_events`` kept up row by row (the earlier bulk path) and from Arrow with the indexes built
+after the rows (``SqliteConsentStore.append_table``, as the job's first load does); the ledger's
+bytes per event; the per-run check ``require_intact`` (every chain verified, then the snapshot
+checked against its record) and its snapshot part alone; verifying the chain row by row and chunk by chunk; the
 whole history for the gate read through SQL (``events_sql``) and from the Arrow snapshot
 (``events``), each prepared by ``ConsentSnapshot.from_arrow``. The two ledgers' heads and the two
 histories must agree. Last line: one JSON object with the medians, ratios and the CPU.
@@ -25,7 +28,7 @@ from _machine import cpu_model
 
 from pipelines.synthetic import generate
 from profiling import ledger_chain
-from profiling.consent import ConsentSnapshot, SqliteConsentStore
+from profiling.consent import ConsentSnapshot, SqliteConsentStore, sqlite_store
 from profiling.pseudonyms import normalize
 
 
@@ -61,6 +64,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     times: dict[str, list[float]] = {}
+    sqlite_store._now_micros = lambda: 1_750_000_000_000_000   # the recording time of _row_by_row: same heads
     with tempfile.TemporaryDirectory(prefix="bench-consent-ledger-") as scratch:
         raw = Path(scratch) / "raw"
         generate(raw, accounts=args.accounts, seed=0, progress=False)
@@ -69,10 +73,29 @@ def main() -> None:
         for repeat in range(args.repeats):
             with SqliteConsentStore(Path(scratch) / f"plain-{repeat}.sqlite") as plain:
                 times.setdefault("load_row_by_row", []).append(_timed(lambda: _row_by_row(plain, events))[0])
-            with SqliteConsentStore(Path(scratch) / f"bulk-{repeat}.sqlite") as store:
+                plain_head = plain.verify()[0].head
+            drop = sqlite_store._drop_indexes
+            sqlite_store._drop_indexes = lambda *unused: []   # every index kept up row by row
+            try:
+                with SqliteConsentStore(Path(scratch) / f"indexed-{repeat}.sqlite") as indexed:
+                    times.setdefault("load_arrow_indexes_kept", []).append(
+                        _timed(lambda: indexed.append_table(events, source="ingest"))[0])
+                    indexed_head = indexed.verify()[0].head
+            finally:
+                sqlite_store._drop_indexes = drop
+            path = Path(scratch) / f"bulk-{repeat}.sqlite"
+            with SqliteConsentStore(path) as store:
                 times.setdefault("load_arrow", []).append(_timed(lambda: store.append_table(events,
                                                                                            source="ingest"))[0])
                 db = store._connection
+                times.setdefault("require_intact", []).append(_timed(store.require_intact)[0])
+                db.execute("BEGIN")
+                try:
+                    times.setdefault("snapshot_check", []).append(_timed(lambda: sqlite_store._snapshot_problem(db))[0])
+                finally:
+                    db.execute("COMMIT")
+                store.checkpoint()
+                bytes_per_event = path.stat().st_size / events.num_rows
                 fast = ledger_chain._fast_chunk
                 ledger_chain._fast_chunk = lambda *unused: None   # every row through the row-by-row check
                 try:
@@ -82,7 +105,7 @@ def main() -> None:
                 times.setdefault("verify_row_by_row", []).append(seconds)
                 seconds, chunked = _timed(lambda: ledger_chain.verify(db, "consent_events"))
                 times.setdefault("verify_chunked", []).append(seconds)
-                if not (exact.ok and chunked.ok and exact.head == chunked.head):
+                if not (exact.ok and chunked.ok and exact.head == chunked.head == indexed_head == plain_head):
                     raise SystemExit("the two verifications disagree")
                 seconds, by_sql = _timed(lambda: ConsentSnapshot.from_arrow(store.events_sql()))
                 times.setdefault("history_sql", []).append(seconds)
@@ -95,6 +118,8 @@ def main() -> None:
     medians = {name: round(statistics.median(values), 2) for name, values in times.items()}
     summary = {"accounts": args.accounts, "events": events.num_rows, "cpu": cpu_model(), **medians,
                "load_speedup": round(medians["load_row_by_row"] / medians["load_arrow"], 2),
+               "index_after_speedup": round(medians["load_arrow_indexes_kept"] / medians["load_arrow"], 2),
+               "ledger_bytes_per_event": round(bytes_per_event),
                "verify_speedup": round(medians["verify_row_by_row"] / medians["verify_chunked"], 2),
                "history_speedup": round(medians["history_sql"] / medians["history_snapshot"], 2)}
     print(json.dumps(summary))
