@@ -36,6 +36,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from numba import njit
 
+from profiling._string_hash import StringIndex
+
 __all__ = ["FEATURE_COLUMNS", "WEEK", "risk_features"]
 
 WEEK = dt.timedelta(days=7)
@@ -53,19 +55,17 @@ def _arrow(table: pa.Table | pd.DataFrame) -> pa.Table:
     return table if isinstance(table, pa.Table) else pa.Table.from_pandas(table, preserve_index=False)
 
 
-def _codes(values: pa.ChunkedArray, value_set: pa.Array | None = None) -> np.ndarray:
+def _codes(values: pa.ChunkedArray) -> np.ndarray:
     """An integer per value (-1 for null; equal values, equal codes): grouping on these is fast."""
-    if value_set is None:
-        value_set = pc.unique(values)
-    codes = pc.index_in(values, value_set=value_set, skip_nulls=True).fill_null(-1)
-    return codes.to_numpy(zero_copy_only=False).astype(np.int64)
+    encoded = pc.dictionary_encode(values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values)
+    return encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-def _frame(table: pa.Table, time: str, keys: list[str], persons: pa.Array, as_of_us: int) -> pd.DataFrame:
+def _frame(table: pa.Table, time: str, keys: list[str], persons: StringIndex, as_of_us: int) -> pd.DataFrame:
     """``person`` (index into ``persons``), ``t`` (µs since the epoch) and the ``keys`` as codes (-1: null)
     of the rows with a person before ``as_of_us``; ``amount`` too when the table has it."""
     micros = pc.cast(pc.cast(table[time], pa.timestamp("us", tz="UTC")), pa.int64())
-    frame = pd.DataFrame({"person": _codes(table["person_id"], persons),
+    frame = pd.DataFrame({"person": persons.positions(table["person_id"].cast(pa.string())),
                           "t": micros.to_numpy(zero_copy_only=False).astype(np.int64),
                           **{key: _codes(table[key]) for key in keys}})
     if "amount" in table.column_names:
@@ -114,9 +114,10 @@ def risk_features(orders: pa.Table | pd.DataFrame, waybills: pa.Table | pd.DataF
     tables = [_arrow(orders), _arrow(waybills), _arrow(device_events)]
     chunks = [chunk for t in tables for chunk in t["person_id"].cast(pa.string()).chunks]
     persons = pc.unique(pa.chunked_array(chunks, type=pa.string()).drop_null())  # person codes index this
-    orders = _frame(tables[0], "placed_at", [], persons, as_of_us)
-    waybills = _frame(tables[1], "created_at", ["destination_province"], persons, as_of_us)
-    events = _frame(tables[2], "event_at", ["device_id", "coarse_province", "ip_prefix"], persons, as_of_us)
+    index = StringIndex(persons)
+    orders = _frame(tables[0], "placed_at", [], index, as_of_us)
+    waybills = _frame(tables[1], "created_at", ["destination_province"], index, as_of_us)
+    events = _frame(tables[2], "event_at", ["device_id", "coarse_province", "ip_prefix"], index, as_of_us)
     for frame in (orders, waybills, events):
         frame["week"] = _week_of(frame["t"], as_of_us)
     # rows: (person, week) of the scored person-weeks
@@ -152,7 +153,11 @@ def risk_features(orders: pa.Table | pd.DataFrame, waybills: pa.Table | pd.DataF
     features["week_end"] = pd.to_datetime(week_end_us, unit="us", utc=True)
     features["week_start"] = features["week_end"] - pd.Timedelta(WEEK)
     features["person_id"] = persons.take(pa.array(features["person"].to_numpy())).to_pandas()
-    features = features.sort_values(["week", "person_id"], kind="stable").reset_index(drop=True)
+    # sorted by week, then person_id: each person code's rank among the sorted pseudonyms stands for it
+    rank = np.empty(len(persons), dtype=np.int64)
+    rank[pc.sort_indices(persons).to_numpy()] = np.arange(len(persons))
+    order = np.lexsort((rank[features["person"].to_numpy()], features["week"].to_numpy()))
+    features = features.iloc[order].reset_index(drop=True)
     return features[["person_id", "week", "week_start", "week_end", *FEATURE_COLUMNS]]
 
 
@@ -161,24 +166,39 @@ def _earlier_medians(order_week, order_amount, block_start, block_end, scored_we
     """For each scored person-week: the median amount (NaN skipped, as pandas does) of the person's
     orders in weeks before it, NaN when there are none.
 
-    A person's orders are ``order_*[block_start[i]:block_end[i]]``, in descending week order (oldest
-    first), so the earlier weeks' orders are a prefix of the block.
+    A person's orders are ``order_*[block_start[i]:block_end[i]]`` in descending week order (oldest
+    first), so the earlier weeks' orders are a prefix of the block; a person's scored weeks are
+    consecutive and in descending week order, so each prefix extends the last one: its amounts are
+    kept sorted by insertion.
     """
-    medians = np.full(len(scored_week), np.nan)
-    buffer = np.empty(max(1, int(np.max(block_end - block_start)) if len(block_end) else 1), dtype=np.float64)
-    for i in range(len(scored_week)):
+    n = len(scored_week)
+    medians = np.full(n, np.nan)
+    longest = 1
+    for i in range(n):
+        longest = max(longest, block_end[i] - block_start[i])
+    ordered = np.empty(longest, dtype=np.float64)
+    i = 0
+    while i < n:
         count = 0
-        for j in range(block_start[i], block_end[i]):
-            if order_week[j] <= scored_week[i]:
-                break
-            if not np.isnan(order_amount[j]):
-                buffer[count] = order_amount[j]
+        position = block_start[i]
+        while True:
+            while position < block_end[i] and order_week[position] > scored_week[i]:
+                value = order_amount[position]
+                position += 1
+                if np.isnan(value):
+                    continue
+                k = count
+                while k > 0 and ordered[k - 1] > value:
+                    ordered[k] = ordered[k - 1]
+                    k -= 1
+                ordered[k] = value
                 count += 1
-        if count == 0:
-            continue
-        ordered = np.sort(buffer[:count])
-        half = count // 2
-        medians[i] = ordered[half] if count % 2 else (ordered[half] + ordered[half - 1]) / 2
+            if count:
+                half = count // 2
+                medians[i] = ordered[half] if count % 2 else (ordered[half] + ordered[half - 1]) / 2
+            i += 1
+            if i == n or block_start[i] != block_start[i - 1]:
+                break
     return medians
 
 
@@ -186,15 +206,17 @@ def _amount_ratio(orders: pd.DataFrame, features: pd.DataFrame) -> pd.Series:
     """The week's largest order over the median of the person's orders in earlier weeks."""
     if features.empty:
         return pd.Series(dtype=float)
-    # rows: the orders by person, then week descending (oldest first)
-    person = orders["person"].to_numpy()
-    week = orders["week"].to_numpy()
+    # rows: the orders, then the scored person-weeks, each by person, then week descending (oldest first)
+    person, week = orders["person"].to_numpy(), orders["week"].to_numpy()
     order = np.lexsort((-week, person))
     person, week, amount = person[order], week[order], orders["amount"].to_numpy(np.float64)[order]
     scored_person = features.index.get_level_values("person").to_numpy()
-    median = _earlier_medians(week, amount, np.searchsorted(person, scored_person, side="left"),
-                              np.searchsorted(person, scored_person, side="right"),
-                              features.index.get_level_values("week").to_numpy().astype(np.int64))
+    scored_week = features.index.get_level_values("week").to_numpy().astype(np.int64)
+    scored = np.lexsort((-scored_week, scored_person))
+    median = np.empty(len(scored))
+    median[scored] = _earlier_medians(week, amount, np.searchsorted(person, scored_person[scored], side="left"),
+                                      np.searchsorted(person, scored_person[scored], side="right"),
+                                      scored_week[scored])
     ratio = np.where(np.isnan(median), _NO_HISTORY_RATIO,
                      features["max_amount"].to_numpy() / np.maximum(np.nan_to_num(median), 1.0))
     return pd.Series(ratio, index=features.index)
