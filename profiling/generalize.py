@@ -130,7 +130,7 @@ def _ipv6_networks48(offsets, data, bitmap, bit_offset):
     """
     n = len(offsets) - 1
     has_nulls = len(bitmap) > 0
-    hextets = np.zeros((n, 3), dtype=np.int64)
+    hextets = np.zeros((n, 3), dtype=np.uint16)
     valid = np.zeros(n, dtype=np.bool_)
     starts = np.empty(_MAX_PARTS + 1, dtype=np.int64)
     ends = np.empty(_MAX_PARTS + 1, dtype=np.int64)
@@ -276,7 +276,7 @@ def _network_texts(hextets, valid):
             length = len(_NETWORK_END)
             kept = 3 if hextets[row, 2] else 2 if hextets[row, 1] else 1 if hextets[row, 0] else 0
             for k in range(kept):
-                value = hextets[row, k]
+                value = np.int64(hextets[row, k])
                 length += (1 if value < 0x10 else 2 if value < 0x100 else 3 if value < 0x1000 else 4) + (k > 0)
         offsets[row + 1] = offsets[row] + length
     texts = np.empty(offsets[n], dtype=np.uint8)
@@ -289,7 +289,7 @@ def _network_texts(hextets, valid):
             if k:
                 texts[position] = _COLON
                 position += 1
-            value = hextets[row, k]
+            value = np.int64(hextets[row, k])
             digits = 1 if value < 0x10 else 2 if value < 0x100 else 3 if value < 0x1000 else 4
             for d in range(digits):
                 texts[position + d] = _HEX_DIGITS[(value >> (4 * (digits - 1 - d))) & 0xF]
