@@ -72,6 +72,7 @@ import itertools
 import json
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -698,26 +699,37 @@ def _verify(db: sqlite3.Connection, chain: _Chain, chunk_rows: int) -> ChainRepo
 
     key = _quote(chain.key)
     if _keyed_by_rowid(db, chain):
-        after = None
-        while True:
-            where = "" if after is None else f"WHERE {key} > ?"
-            params = () if after is None else (after,)
-            checked = _fast_chunk(db, chain, where, params, chunk_rows, walk.previous)
-            if checked is None:   # the exact check decides
-                rows = _execute(db, f"SELECT {select} FROM {_quote(table)} {where} ORDER BY {key} LIMIT ?",
-                                (*params, chunk_rows)).fetchall()
-                if not rows:
-                    break
-                broken = check_rows(rows)
-                if broken is not None:
-                    return broken
-                after = rows[-1][key_index]
-            else:
-                count, last_key, last_hash = checked
-                if count == 0:
-                    break
-                walk.position += count
-                walk.previous, after = last_hash, last_key
+        def after(last: object) -> tuple[str, tuple]:
+            return ("", ()) if last is None else (f"WHERE {key} > ?", (last,))
+
+        # While one chunk is hashed (compiled kernels, without the GIL), SQLite reads the next one.
+        # Chunks are checked in order, each from the hash the one before it was found to end on.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-verify") as hasher:
+            last, fetched = None, _fetch_chunk(db, chain, *after(None), chunk_rows)
+            while True:
+                checking = hasher.submit(_fast_chunk, chain, fetched, walk.previous)
+                upcoming = (None if fetched is None or fetched[0] == 0
+                            else _fetch_chunk(db, chain, *after(fetched[1]), chunk_rows))
+                checked = checking.result()
+                if checked is None:   # the exact check decides
+                    where, params = after(last)
+                    rows = _execute(db, f"SELECT {select} FROM {_quote(table)} {where} ORDER BY {key} LIMIT ?",
+                                    (*params, chunk_rows)).fetchall()
+                    if not rows:
+                        break
+                    broken = check_rows(rows)
+                    if broken is not None:
+                        return broken
+                    last = rows[-1][key_index]
+                    if fetched is None or fetched[1] != last:   # the chunk read ahead began elsewhere
+                        upcoming = _fetch_chunk(db, chain, *after(last), chunk_rows)
+                else:
+                    count, last_key, last_hash = checked
+                    if count == 0:
+                        break
+                    walk.position += count
+                    walk.previous, last = last_hash, last_key
+                fetched = upcoming
     else:
         broken = check_rows(_execute(db, f"SELECT {select} FROM {_quote(table)} ORDER BY {key}"))
         if broken is not None:
@@ -751,9 +763,9 @@ def _keyed_by_rowid(db: sqlite3.Connection, chain: _Chain) -> bool:
     return len(keys) == 1 and keys[0][1] == chain.key and keys[0][2].upper() == "INTEGER"
 
 
-def _fast_chunk(db: sqlite3.Connection, chain: _Chain, where: str, params: tuple, limit: int,
-                previous: str) -> tuple[int, object, str] | None:
-    """(rows, last key, last chain hash) of the next chunk when it checks out by SQLite's JSON; else None."""
+def _fetch_chunk(db: sqlite3.Connection, chain: _Chain, where: str, params: tuple, limit: int) -> tuple | None:
+    """The next chunk as SQLite's JSON of each row: (rows, last key, JSON bytes one row a line, the rows'
+    three hashes concatenated, redacted rows, reals); None when a value cannot be JSON (a blob)."""
     columns = [_quote(c) for c in chain.columns]
     # A real's JSON text is rounded to 15 digits, so reals go to the exact check. TEXT affinity
     # stores numbers as text and the INTEGER PRIMARY KEY holds integers: only other columns can
@@ -761,30 +773,40 @@ def _fast_chunk(db: sqlite3.Connection, chain: _Chain, where: str, params: tuple
     declared = {row[1]: row[2] for row in _execute(db, f"PRAGMA table_info({_quote(chain.table)})")}
     odd = " + ".join(f"(typeof({_quote(c)}) = 'real')" for c in chain.columns
                      if c != chain.key and _affinity(declared[c]) != "text") or "0"
-    sql = (f"SELECT count(*), max(k), group_concat(j, char(10)), group_concat(h, ''), total(r), total(odd) FROM ("
+    # Bytes (CAST AS BLOB), not text: the hashes are over UTF-8 bytes, so nothing is decoded and encoded again.
+    sql = (f"SELECT count(*), max(k), CAST(group_concat(j, char(10)) AS BLOB), CAST(group_concat(h, '') AS BLOB), "
+           f"total(r), total(odd) FROM ("
            f"SELECT {_quote(chain.key)} AS k, json_array({', '.join(columns)}) AS j, "
            f"ifnull(chain_content, '') || ifnull(chain_prev, '') || ifnull(chain_hash, '') AS h, "
            f"chain_redacted AS r, {odd} AS odd FROM {_quote(chain.table)} {where} ORDER BY {_quote(chain.key)} "
            f"LIMIT ?)")
     try:
-        count, last_key, texts, hashes, redacted, odd_values = _execute(db, sql, (*params, limit)).fetchone()
+        return _execute(db, sql, (*params, limit)).fetchone()
     except sqlite3.DataError:   # json_array of a blob: the exact check says what it is
         return None
     except sqlite3.OperationalError as error:
         if "JSON cannot hold BLOB" in str(error):
             return None
         raise
+
+
+def _fast_chunk(chain: _Chain, fetched: tuple | None, previous: str) -> tuple[int, object, str] | None:
+    """(rows, last key, last chain hash) of a fetched chunk (``_fetch_chunk``) when it checks out by SQLite's
+    JSON, linking to ``previous``; else None (the exact check decides)."""
+    if fetched is None:
+        return None
+    count, last_key, texts, hashes, redacted, odd_values = fetched
     if count == 0:
         return 0, None, previous
     if redacted or odd_values or len(hashes) != 192 * count or not hashes.isascii():
         return None
-    data = np.frombuffer(texts.encode(), dtype=np.uint8)
+    data = np.frombuffer(texts, dtype=np.uint8)
     breaks = np.flatnonzero(data == 10)
     if len(breaks) != count - 1:
         return None
     offsets = np.concatenate(([0], breaks + 1, [len(data) + 1])).astype(np.int64)
     ends = offsets[1:] - 1   # rows: (start, end) of each row's JSON, the newline between rows left out
-    stored = np.frombuffer(hashes.encode(), dtype=np.uint8).reshape(count, 3, 64)
+    stored = np.frombuffer(hashes, dtype=np.uint8).reshape(count, 3, 64)
     contents = content_digests_between(_row_prefix(chain.table), offsets[:-1], ends, data)
     prevs = stored[:, 1]
     linked = link_digests(stored[:, 0], previous_hashes=prevs)
