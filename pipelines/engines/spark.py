@@ -47,10 +47,12 @@ __all__ = ["SESSION_DEFAULTS", "SparkEngine"]
 
 _PURPOSE = "the Spark engine"
 # Settings of a session the engine starts, under the caller's ``config``: no web UI or console
-# progress bars in batch jobs, and a driver heap that holds the broadcast tables of a million
-# persons (Spark's default is 1g; in local mode the driver runs the tasks too).
+# progress bars in batch jobs, a driver heap that holds the broadcast tables of a million
+# persons (Spark's default is 1g; in local mode the driver runs the tasks too), and Arrow
+# batches to the Python workers of the local engine's size instead of 10,000 rows (a kernel
+# takes its whole partition anyway; at 200,000 accounts this took a third off a map of the orders).
 SESSION_DEFAULTS = {"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
-                    "spark.driver.memory": "4g"}
+                    "spark.driver.memory": "4g", "spark.sql.execution.arrow.maxRecordsPerBatch": "131072"}
 # PySpark 4.3 warns on every mapInArrow that it does not fully support pandas 3; mapInArrow does
 # not go through pandas at all, so that one warning is silenced where mapInArrow is called.
 _PANDAS_WARNING = "PySpark does not yet fully support pandas"
