@@ -255,7 +255,7 @@ class SqliteConsentStore:
         return len(checked)
 
     @contextmanager
-    def _bulk_settings(self, cache_mebibytes: int = 64) -> Iterator[None]:
+    def _bulk_settings(self, cache_mebibytes: int = 32) -> Iterator[None]:
         """For a bulk load: a larger page cache (fewer pages spilled to the WAL and written again) and
         SQLite's sort threads for the index builds; both connection settings, restored after."""
         db = self._connection
@@ -296,7 +296,6 @@ class SqliteConsentStore:
             before = _current_snapshot(db)
             keep = self._new_rows(db, ids)   # rows: indices into events, in input order
             rebuilt = _drop_indexes(db, "consent_events") if keep.size and _is_empty(db, "consent_events") else []
-            kept: list[pa.Table] = []   # rows: the snapshot's columns but seq, of the recorded events
 
             def batches() -> Iterator[pa.Table]:
                 # rows: (event_id, account_id, event_at, event_type, purpose, policy_version, channel, source,
@@ -308,7 +307,6 @@ class SqliteConsentStore:
                     if hi == lo:
                         continue
                     batch = _as_recorded(piece.take(pa.array(keep[lo:hi] - start)))
-                    kept.append(batch.select(_SNAPSHOT_SCHEMA.names[1:]))
                     yield batch.append_column("source", pa.array([source] * batch.num_rows, pa.string())
                                               ).append_column("recorded_at", pa.array(
                                                   np.full(batch.num_rows, now, dtype=np.int64)))
@@ -319,8 +317,11 @@ class SqliteConsentStore:
             if before is not None and recorded:
                 last = db.execute("SELECT last_key FROM ledger_chains "
                                   "WHERE chain_table = 'consent_events'").fetchone()[0]
-                added = pa.concat_tables(kept)
-                kept.clear()
+                # Read again rather than held through the insert: the snapshot's columns of the recorded events.
+                added = pa.concat_tables([_SNAPSHOT_SCHEMA.empty_table().drop_columns(["seq"])] + [
+                    _as_recorded(piece.take(pa.array(keep[lo:hi] - start))).cast(_SNAPSHOT_SCHEMA.remove(0))
+                    for start, piece in _pieces(events, _SNAPSHOT_SCHEMA.names[1:], batch_rows)
+                    for lo, hi in [np.searchsorted(keep, [start, start + piece.num_rows])] if hi > lo])
                 added = added.add_column(0, "seq", pa.array(np.arange(last - recorded + 1, last + 1, dtype=np.int64)))
                 _write_snapshot(db, pa.concat_tables([before, added.cast(_SNAPSHOT_SCHEMA)]))
             if fingerprint is not None:
