@@ -153,11 +153,12 @@ def write_portraits(workspace: Workspace, eligible: pa.Table, *, as_of, progress
         inputs = {name: engine.map(engine.read(folder, columns=_activity_columns(name), key=None),
                                    _activity_kernel(name, folder, identities, as_of))
                   for name, folder in sources.items()}
-        # rows: (identity_id, person_id, at, the source's columns) of eligible persons up to as_of, as stored
+        # rows: (identity_id, at, the source's columns) of eligible persons up to as_of, as stored
         inputs["persons"] = engine.from_table(persons.select(list(PERSONS_COLUMNS)), key=None)
         inputs["devices"] = engine.from_table(devices.select(list(DEVICES_COLUMNS)), key=None)
         activity = engine.co_partition(inputs, key="identity_id", partitions=partitions)
-        # rows: (source, identity_id, person_id, at, every source's columns), one identity's rows in one partition
+        # rows: (source, identity_id, at, every source's columns), one identity's rows in one partition
+        # (person_id only on the persons' rows)
         folder = stage / PORTRAITS
         engine.save(engine.map(activity, Kernel(functools.partial(portrait_kernel, as_of=as_of), portrait_schema(),
                                                 name="portraits")), folder)
@@ -186,18 +187,18 @@ def _activity_kernel(source: str, folder, identities: Broadcast[tuple[pa.Array, 
     their identity and the time column named ``at``."""
     times, other = _ACTIVITY_SOURCES[source]
     stored = ds.dataset(folder, format="parquet").schema
-    schema = pa.schema([pa.field("identity_id", pa.string()), pa.field("person_id", pa.string()),
-                        pa.field("at", TIMESTAMP), *(pa.field(c, stored.field(c).type) for c in other)])
+    schema = pa.schema([pa.field("identity_id", pa.string()), pa.field("at", TIMESTAMP),
+                        *(pa.field(c, stored.field(c).type) for c in other)])
     until = pa.scalar(as_of, TIMESTAMP)
 
     def activity(table: pa.Table) -> pa.Table:
         person_ids, identity_ids = identities.value
         position = pc.index_in(table.column("person_id"), value_set=person_ids)
         kept = pc.and_(position.is_valid(), pc.less_equal(table.column(times), until))
-        # rows: (person_id, time, other) of eligible persons up to as_of, each with its identity
-        table = table.filter(kept)
+        # rows: (time, other) of eligible persons up to as_of, each with its identity (the person is not needed)
+        table = table.select([times, *other]).filter(kept)
         identity = identity_ids.take(position.filter(kept))
-        return pa.table([identity, *(table.column(c) for c in ["person_id", times, *other])], schema=schema)
+        return pa.table([identity, *(table.column(c) for c in [times, *other])], schema=schema)
 
     return Kernel(activity, schema, name=f"{source}_by_identity", by_person=False)
 
@@ -209,7 +210,7 @@ def portrait_kernel(activity: pa.Table, *, as_of) -> pa.Table:
         part = activity.select(columns).filter(pc.equal(activity.column("source"), source))
         return part.rename_columns([times if c == "at" and times else c for c in columns])
 
-    tables = {name: rows(name, ["person_id", "at", *other], times)
+    tables = {name: rows(name, ["identity_id", "at", *other], times)
               for name, (times, other) in _ACTIVITY_SOURCES.items()}
     return portraits(rows("persons", list(PERSONS_COLUMNS)), rows("devices", list(DEVICES_COLUMNS)),
                      tables["orders"], tables["waybills"], tables["device_events"], as_of=as_of)

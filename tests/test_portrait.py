@@ -186,6 +186,27 @@ def test_partitions_and_batches_do_not_change_a_feature(tmp_path_factory, histor
     assert_matches(whole, reference(*history))
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories())
+def test_rows_attributed_to_identities_give_the_same_features(history):
+    """The portrait stage's engine rows carry the identity instead of the person (a smaller shuffle); rows of
+    strangers get no identity and never count."""
+    persons, devices, orders, waybills, events = _tables(*history)
+    identity_of = dict(zip(persons.column("person_id").to_pylist(), persons.column("identity_id").to_pylist(),
+                           strict=True))
+
+    def by_identity(table: pa.Table) -> pa.Table:
+        identity = pa.array([identity_of.get(p, "nobody") for p in table.column("person_id").to_pylist()],
+                            pa.string())
+        return table.drop_columns(["person_id"]).append_column("identity_id", identity)
+
+    builder = PortraitBuilder(persons, devices, as_of=AS_OF)
+    builder.add_orders(by_identity(orders))
+    builder.add_waybills(by_identity(waybills))
+    builder.add_device_events(by_identity(events))
+    assert_matches(next(builder.tables()), reference(*history))
+
+
 def test_empty_history_single_order_and_many_devices():
     persons = [{"person_id": p, "identity_id": p, "dnd": False, "non_personalized": False,
                 "cross_device_sync": True} for p in ("a", "b", "c")]

@@ -142,7 +142,9 @@ class PortraitBuilder:
     account allowed to be portrayed (the consent gate's eligible persons, mapped to identities by
     the identity graph). Rows of any other person are dropped as batches arrive, so no one else's
     data reaches a feature. ``devices``: ``device_id, identity_id, device_type``, the identity
-    graph's linked devices. Features are evaluated at ``as_of``: later rows are ignored.
+    graph's linked devices. Features are evaluated at ``as_of``: later rows are ignored. Source rows
+    name their person (``person_id``), or, already attributed by an engine, their identity
+    (``identity_id`` instead): then rows of identities not among ``persons``' are dropped alike.
     """
 
     def __init__(self, persons: pa.Table, devices: pa.Table, *, as_of: dt.datetime,
@@ -213,20 +215,30 @@ class PortraitBuilder:
         columns["device_ids"] = _lists(devices.column("device_id").combine_chunks(), device_owner, n)
         return columns
 
-    def _ident(self, batch: pa.RecordBatch, time_column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(keep, ident of kept rows, UTC micros of kept rows)``: rows of eligible persons up to as_of."""
-        positions = self._persons.positions(batch.column("person_id"))
+    def _ident(self, batch: pa.RecordBatch, source: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(keep, ident of kept rows, UTC micros of kept rows)``: rows of eligible persons up to as_of.
+
+        A row names its person (``person_id``) or, when the batch has ``identity_id`` and no ``person_id``,
+        the identity an engine already attributed it to (rows of other identities are dropped alike).
+        """
+        keyed_by_identity = "identity_id" in batch.schema.names and "person_id" not in batch.schema.names
+        key, time_column, *other = SOURCE_COLUMNS[source]
+        _require_columns(batch, ("identity_id" if keyed_by_identity else key, time_column, *other), source)
+        if keyed_by_identity:
+            positions = self._identity_index.positions(batch.column("identity_id"))
+        else:
+            positions = self._persons.positions(batch.column(key))
         micros = _micros(batch.column(time_column))
         keep = positions >= 0
         if batch.column(time_column).null_count:
             keep &= ~batch.column(time_column).is_null().to_numpy(zero_copy_only=False)
         keep &= micros <= self._as_of_us
-        return keep, self._person_ident[positions[keep]], micros[keep]
+        kept = positions[keep]
+        return keep, kept.astype(np.int32) if keyed_by_identity else self._person_ident[kept], micros[keep]
 
     def add_orders(self, batch: pa.RecordBatch | pa.Table) -> None:
         """Take one batch of ``pseudonymized/orders`` rows."""
-        _require_columns(batch, SOURCE_COLUMNS["orders"], "orders")
-        keep, ident, micros = self._ident(batch, "placed_at")
+        keep, ident, micros = self._ident(batch, "orders")
         currency = _codes(batch.column("currency"), CURRENCIES, "orders", "currency", keep)[keep]
         amount = batch.column("amount").to_numpy(zero_copy_only=False)[keep]
         if not np.isfinite(amount).all():
@@ -241,8 +253,7 @@ class PortraitBuilder:
 
     def add_waybills(self, batch: pa.RecordBatch | pa.Table) -> None:
         """Take one batch of ``pseudonymized/waybills`` rows (waybills without a person are skipped)."""
-        _require_columns(batch, SOURCE_COLUMNS["waybills"], "waybills")
-        keep, ident, _ = self._ident(batch, "created_at")
+        keep, ident, _ = self._ident(batch, "waybills")
         weight = batch.column("weight_kg").to_numpy(zero_copy_only=False)[keep]
         if not np.isfinite(weight).all():
             raise ValueError("waybills.weight_kg holds a null, NaN or infinite weight")
@@ -258,8 +269,7 @@ class PortraitBuilder:
 
     def add_device_events(self, batch: pa.RecordBatch | pa.Table) -> None:
         """Take one batch of ``pseudonymized/device_events`` rows (events without a signed-in person are skipped)."""
-        _require_columns(batch, SOURCE_COLUMNS["device_events"], "device_events")
-        _, ident, micros = self._ident(batch, "event_at")
+        _, ident, micros = self._ident(batch, "device_events")
         hour = ((micros + _LOCAL_OFFSET_US) // MICROS_PER_HOUR) % 24
         self._rows.append("device_events", ident, {"hour": hour.astype(np.int8)})
 
