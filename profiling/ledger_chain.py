@@ -615,14 +615,18 @@ def head(db: sqlite3.Connection, table: str) -> str:
     return _execute(db, "SELECT head FROM ledger_chains WHERE chain_table = ?", (table,)).fetchone()[0]
 
 
-def verify(db: sqlite3.Connection, table: str, *, chunk_rows: int = 100_000) -> ChainReport:
+def verify(db: sqlite3.Connection, table: str, *, chunk_rows: int = 100_000,
+           waypoints: Mapping[int, str] | None = None) -> ChainReport:
     """Recompute ``table``'s chain from its first row; the report names the first row that does not fit.
 
     Checks, row by row in key order: the row is sealed; ``chain_prev`` is the previous row's hash;
     ``chain_content`` is the hash of the row's content (for a redacted row: the content is exactly
     the placeholders and a redaction entry holds its content hash); ``chain_hash`` links the two.
     Then that the rows and head match what was recorded at the last append, and that the
-    append-only triggers are in place. Reads one consistent state of the file.
+    append-only triggers are in place. ``waypoints`` maps row counts to the chain hash recorded
+    elsewhere as the head at that count (such as beside a snapshot of the table): the chain must
+    pass through each, so a chain cut back or rebuilt behind one, consistent in itself, is broken.
+    Reads one consistent state of the file.
 
     How it is fast (every row is still checked): a table keyed by its INTEGER PRIMARY KEY is read
     ``chunk_rows`` rows at a time as SQLite's own JSON text of each row (``json_array``), which is
@@ -638,7 +642,7 @@ def verify(db: sqlite3.Connection, table: str, *, chunk_rows: int = 100_000) -> 
     if began:
         _execute(db, "BEGIN")   # one read snapshot for every chunk
     try:
-        return _verify(db, chain, chunk_rows)
+        return _verify(db, chain, chunk_rows, dict(waypoints or {}))
     finally:
         if began:
             _execute(db, "COMMIT")
@@ -652,7 +656,7 @@ class _Walk:
     position: int = 0
 
 
-def _verify(db: sqlite3.Connection, chain: _Chain, chunk_rows: int) -> ChainReport:
+def _verify(db: sqlite3.Connection, chain: _Chain, chunk_rows: int, waypoints: dict[int, str]) -> ChainReport:
     table = chain.table
     recorded_rows, recorded_head, migrated = _execute(
         db, "SELECT rows, head, migrated_rows FROM ledger_chains WHERE chain_table = ?", (table,)).fetchone()
@@ -695,6 +699,8 @@ def _verify(db: sqlite3.Connection, chain: _Chain, chunk_rows: int) -> ChainRepo
                 return report(f"{chain.key} {values[key_index]} has a chain hash that does not match its content "
                               f"and link", walk.position)
             walk.previous = hashed
+            if waypoints.get(walk.position, hashed) != hashed:
+                return report(_off_waypoint(walk.position, waypoints[walk.position]), walk.position)
         return None
 
     key = _quote(chain.key)
@@ -724,9 +730,12 @@ def _verify(db: sqlite3.Connection, chain: _Chain, chunk_rows: int) -> ChainRepo
                     if fetched is None or fetched[1] != last:   # the chunk read ahead began elsewhere
                         upcoming = _fetch_chunk(db, chain, *after(last), chunk_rows)
                 else:
-                    count, last_key, last_hash = checked
+                    count, last_key, last_hash, hashes = checked
                     if count == 0:
                         break
+                    for at in sorted(at for at in waypoints if walk.position < at <= walk.position + count):
+                        if hashes[at - walk.position - 1].tobytes() != waypoints[at].encode():
+                            return report(_off_waypoint(at, waypoints[at]), at)
                     walk.position += count
                     walk.previous, last = last_hash, last_key
                 fetched = upcoming
@@ -735,6 +744,9 @@ def _verify(db: sqlite3.Connection, chain: _Chain, chunk_rows: int) -> ChainRepo
         if broken is not None:
             return broken
     position, previous = walk.position, walk.previous
+    beyond = [at for at in waypoints if at > position]
+    if beyond:
+        return report(_off_waypoint(min(beyond), waypoints[min(beyond)]), position + 1)
     if position < recorded_rows:
         return report(f"{recorded_rows - position} row(s) missing at the end (recorded head {recorded_head[:16]}...)",
                       position + 1)
@@ -790,14 +802,14 @@ def _fetch_chunk(db: sqlite3.Connection, chain: _Chain, where: str, params: tupl
         raise
 
 
-def _fast_chunk(chain: _Chain, fetched: tuple | None, previous: str) -> tuple[int, object, str] | None:
-    """(rows, last key, last chain hash) of a fetched chunk (``_fetch_chunk``) when it checks out by SQLite's
+def _fast_chunk(chain: _Chain, fetched: tuple | None, previous: str) -> tuple[int, object, str, np.ndarray] | None:
+    """(rows, last key, last chain hash, every row's chain hash as (rows, 64) hex digits) of a fetched chunk (``_fetch_chunk``) when it checks out by SQLite's
     JSON, linking to ``previous``; else None (the exact check decides)."""
     if fetched is None:
         return None
     count, last_key, texts, hashes, redacted, odd_values = fetched
     if count == 0:
-        return 0, None, previous
+        return 0, None, previous, np.empty((0, 64), np.uint8)
     if redacted or odd_values or len(hashes) != 192 * count or not hashes.isascii():
         return None
     data = np.frombuffer(texts, dtype=np.uint8)
@@ -813,7 +825,12 @@ def _fast_chunk(chain: _Chain, fetched: tuple | None, previous: str) -> tuple[in
     if not (np.array_equal(contents, stored[:, 0]) and np.array_equal(linked, stored[:, 2])
             and prevs[0].tobytes() == previous.encode() and np.array_equal(prevs[1:], stored[:-1, 2])):
         return None
-    return count, last_key, stored[-1, 2].tobytes().decode()
+    return count, last_key, stored[-1, 2].tobytes().decode(), stored[:, 2]
+
+
+def _off_waypoint(at: int, head: str) -> str:
+    return (f"the chain does not pass through head {head[:16]}... at row {at}, where it was recorded (rows were "
+            f"removed or rewritten and the chain rewound)")
 
 
 def _redacted_value(placeholder: object, content: str) -> object:

@@ -150,3 +150,27 @@ def test_append_rows_hashes_values_as_sqlite_stores_them():
     assert verify(db, "notes").ok and verify(db, "notes").rows == 3
     with pytest.raises(TypeError, match="str value cannot be appended to a real column"):
         append_rows(db, "notes", [("dee", "2", None)])
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_a_chain_cut_back_behind_a_waypoint_is_broken_though_consistent_in_itself(monkeypatch, exact):
+    from profiling import ledger_chain
+    if exact:
+        monkeypatch.setattr(ledger_chain, "_fast_chunk", lambda *args: None)   # every row through the Python check
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    db.execute("CREATE TABLE marks (id INTEGER PRIMARY KEY AUTOINCREMENT, who TEXT NOT NULL)")
+    register_table(db, "marks", key="id", columns=["id", "who"])
+    db.execute("BEGIN IMMEDIATE")
+    append_rows(db, "marks", [(f"p{i}",) for i in range(2500)])
+    db.execute("COMMIT")
+    at = {n: db.execute("SELECT chain_hash FROM marks WHERE id = ?", (n,)).fetchone()[0] for n in (1500, 2500)}
+    assert verify(db, "marks", chunk_rows=1000, waypoints=at).ok
+    wrong = verify(db, "marks", chunk_rows=1000, waypoints={1700: at[1500]})
+    assert (wrong.ok, wrong.broken_at) == (False, 1700) and "does not pass through" in wrong.problem
+    db.execute("DROP TRIGGER marks_chain_no_delete")
+    db.execute("DELETE FROM marks WHERE id > 2000")   # cut back, the recorded head moved with it
+    db.execute("UPDATE ledger_chains SET rows = 2000, last_key = 2000, head = (SELECT chain_hash FROM marks "
+               "WHERE id = 2000) WHERE chain_table = 'marks'")
+    assert verify(db, "marks", chunk_rows=1000).problem.startswith("append-only trigger")   # the chain itself holds
+    cut = verify(db, "marks", chunk_rows=1000, waypoints=at)
+    assert (cut.ok, cut.broken_at) == (False, 2001) and "rewound" in cut.problem
