@@ -8,7 +8,6 @@ milliseconds of each other. One workspace is built once (``synth``, ``ingest``, 
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import os
@@ -95,37 +94,31 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-# --- two cross-border transfers at once -------------------------------------------------------------------------
+# --- three cross-border transfers at once-------------------------------------------------------------------------
 
-TRANSFER_ROUNDS = 3
-
-
-def test_two_transfers_at_once_are_each_logged_once_and_leave_whole_files(site):
+def test_three_transfers_at_once_are_each_logged_once_and_leave_whole_files(site):
     ws, key = site / "ws", site / "keys" / "master.key"
     shared, own = site / "out-shared", site / "out-own"
-    waited = 0
-    for round_ in range(TRANSFER_ROUNDS):
-        before = _rows(ws, "SELECT COUNT(*) FROM transfer_log")[0][0] if round_ else 0
-        results = _race(*(["export", "--recipient", BROKER, "--out", out, "--workspace", ws, "--key-file", key,
-                           "--by", f"operator {n}"] for n, out in enumerate((shared, shared, own))))
-        for code, out, err in results:
-            assert code == 0, err
-        waited += sum("waiting for the job holding workspace" in err for _, _, err in results)
-        ids = [int(out.split("transfer log entry ")[1].split(";")[0]) for _, out, _ in results]
-        log = {row[0]: row for row in _rows(ws, "SELECT id, outcome, file_sha256, operator FROM transfer_log "
-                                                "WHERE id > ?", before)}
-        # each transfer logged exactly once, by its own process, on a chain that verifies
-        assert sorted(log) == sorted(ids) == list(range(before + 1, before + 4)), f"round {round_}: {log}"
-        assert [log[i][3] for i in ids] == ["operator 0", "operator 1", "operator 2"]
-        assert _ledger_verifies(ws)
-        # whole files: each folder holds one file and its report, the report naming the log entry that file is
-        for out in (shared, own):
-            assert sorted(p.name for p in out.iterdir()) == [f"{BROKER}.csv", f"{BROKER}.report.json"]
-            report = json.loads((out / f"{BROKER}.report.json").read_text())
-            assert report["transfer_id"] in ids
-            assert log[report["transfer_id"]][2] == _sha256(out / f"{BROKER}.csv"), \
-                f"round {round_}: {out.name} holds a file its report's transfer did not send"
-    assert waited > 0  # the transfers took turns: some waited for the one holding the workspace
+    results = _race(*(["export", "--recipient", BROKER, "--fields", "waybill_id,weight_kg", "--out", out,
+                       "--workspace", ws, "--key-file", key, "--by", f"operator {n}"]
+                      for n, out in enumerate((shared, shared, own))))
+    for code, _, err in results:
+        assert code == 0, err
+    # the transfers took turns: the later ones waited for the one holding the workspace
+    assert sum("waiting for the job holding workspace" in err for _, _, err in results) >= 1
+    ids = [int(out.split("transfer log entry ")[1].split(";")[0]) for _, out, _ in results]
+    log = {row[0]: row for row in _rows(ws, "SELECT id, outcome, file_sha256, operator FROM transfer_log")}
+    # each transfer logged exactly once, by its own process, on a chain that verifies
+    assert sorted(log) == sorted(ids) == [1, 2, 3]
+    assert [(log[i][1], log[i][3]) for i in ids] == [("sent", f"operator {n}") for n in range(3)]
+    assert _ledger_verifies(ws)
+    # whole files: each folder holds one file and its report, the report naming the log entry of that very file
+    for out in (shared, own):
+        assert sorted(p.name for p in out.iterdir()) == [f"{BROKER}.csv", f"{BROKER}.report.json"]
+        report = json.loads((out / f"{BROKER}.report.json").read_text())
+        assert report["transfer_id"] in ids
+        assert log[report["transfer_id"]][2] == _sha256(out / f"{BROKER}.csv"), \
+            f"{out.name} holds a file its report's transfer did not send"
 
 
 # --- continual schedules and releases racing for a budget ----------------------------------------------------
@@ -156,12 +149,6 @@ def test_two_schedules_at_once_charge_the_horizon_once(site):
     assert spent == [(2, pytest.approx(1.4))]
     assert len(_rows(ws, "SELECT 1 FROM budget_schedules")) == 1 + (results[0][0] == 0)
     assert _ledger_verifies(ws)
-    # the latest schedule releases its day through the job, charging nothing more
-    latest = _rows(ws, "SELECT schedule_id, start FROM budget_schedules ORDER BY id DESC LIMIT 1")[0]
-    as_of = (dt.datetime.fromisoformat(latest[1]) + dt.timedelta(days=2, hours=6)).isoformat()
-    assert run_cli("run", "--workspace", ws, "--key-file", site / "keys" / "master.key", "--as-of", as_of) == 0
-    assert _rows(ws, "SELECT day FROM budget_schedule_days WHERE schedule_id = ?", latest[0]) == [(2,)]
-    assert _rows(ws, "SELECT COUNT(*), SUM(epsilon) FROM budget_charges WHERE dataset = 'orders'") == spent
 
 
 def test_releases_racing_for_the_last_of_a_budget_never_overspend(site):
@@ -169,11 +156,11 @@ def test_releases_racing_for_the_last_of_a_budget_never_overspend(site):
     assert run_cli("budget", "set", "--workspace", ws, "--dataset", "orders", "--epsilon", 1) == 0
     query = ["dp", "--workspace", ws, "--table", "orders", "--count", "--key-file", key, "--as-of", AS_OF,
              "--purpose", "product_improvement"]
-    results = _race(*([*query, "--epsilon", 0.4] for _ in range(3)))  # 1.2 asked of 1: two fit
-    assert sorted(code for code, _, _ in results) == [0, 0, 2], results
+    results = _race(*([*query, "--epsilon", 0.6] for _ in range(2)))  # 1.2 asked of 1: one fits
+    assert sorted(code for code, _, _ in results) == [0, 2], results
     assert "release refused, nothing charged or released" in [r for r in results if r[0] == 2][0][2]
     charged = _rows(ws, "SELECT COUNT(*), SUM(epsilon) FROM budget_charges WHERE dataset = 'orders'")
-    assert charged == [(2, pytest.approx(0.8))]
+    assert charged == [(1, pytest.approx(0.6))]
     assert _ledger_verifies(ws)
 
 
@@ -220,15 +207,6 @@ def _report_matches_ingested(ws: Path) -> dict[str, tuple[int, int]]:
             if held[name] != report[name]["accepted"]}
 
 
-def _wait_for_holder(ws: Path, holder: str, processes: list[subprocess.Popen]) -> None:
-    """Return once ``holder`` (one of ``processes``) holds the workspace's job lock."""
-    deadline = time.monotonic() + 120
-    while holder not in ((ws / ".job-lock").read_text() if (ws / ".job-lock").is_file() else ""):
-        assert any(p.poll() is None for p in processes), f"{holder} ended before it was seen holding the workspace"
-        assert time.monotonic() < deadline, f"{holder} never held the workspace"
-        time.sleep(0.002)
-
-
 def _wait_for_stages(ws: Path, run: subprocess.Popen) -> None:
     deadline = time.monotonic() + 120
     while not list(ws.glob(f".staging-{run.pid}-*")):
@@ -237,8 +215,7 @@ def _wait_for_stages(ws: Path, run: subprocess.Popen) -> None:
         time.sleep(0.005)
 
 
-@pytest.mark.parametrize("erase_first", [False, True], ids=["erase-during-run", "erase-before-run"])
-def test_retention_and_an_erasure_at_once_are_serialized(site, erase_first):
+def test_retention_and_an_erasure_at_once_are_serialized(site):
     ws, key = site / "ws", site / "keys" / "master.key"
     cancelled = _last_cancelled(site)
     bystander = next(a for a in ds.dataset(ws / "ingested" / "accounts").to_table(columns=["account_id"])
@@ -248,32 +225,25 @@ def test_retention_and_an_erasure_at_once_are_serialized(site, erase_first):
     erases = [_on_cue("dsr", "erase", "--account", account, "--workspace", ws, "--key-file", key)
               for account in (cancelled, bystander)]
     run = _on_cue("run", "--workspace", ws, "--key-file", key, "--as-of", RETENTION_AS_OF)
-    if erase_first:
-        for erase in erases:
-            erase.stdin.write("go\n")
-            erase.stdin.flush()
-        _wait_for_holder(ws, "portrait dsr erase", erases)
-        run.stdin.write("go\n")
-        run.stdin.flush()
-    else:
-        run.stdin.write("go\n")
-        run.stdin.flush()
-        _wait_for_stages(ws, run)
-        for erase in erases:
-            erase.stdin.write("go\n")
-            erase.stdin.flush()
+    run.stdin.write("go\n")
+    run.stdin.flush()
+    _wait_for_stages(ws, run)  # the run holds the workspace: the erasures wait for it, then erase what it left
+    for erase in erases:
+        erase.stdin.write("go\n")
+        erase.stdin.flush()
     run_out, run_err = run.communicate(timeout=300)
     assert run.returncode == 0, run_err
     outcomes = {}
     for account, erase in zip((cancelled, bystander), erases):
         out, err = erase.communicate(timeout=300)
         outcomes[account] = (erase.returncode, out, err)
-    # the bystander is erased by the request; the cancelled account by whichever came first, the other says so
+    assert all("waiting for the job holding workspace" in err for _, _, err in outcomes.values())
+    # the bystander is erased by the request; the cancelled account by the run's retention stage, so the request
+    # for it finds nobody: one error line, nothing recorded
     assert outcomes[bystander][0] == 0 and f"erased account {bystander}" in outcomes[bystander][1]
-    code, out, err = outcomes[cancelled]
+    code, _, err = outcomes[cancelled]
     error = [line for line in err.splitlines() if not line.startswith("portrait: waiting for the job holding")]
-    assert code == 0 and f"erased account {cancelled}" in out or \
-        code == 2 and len(error) == 1 and error[0].startswith("portrait: error: account "), outcomes[cancelled]
+    assert code == 2 and len(error) == 1 and error[0].startswith("portrait: error: account "), outcomes[cancelled]
     # nobody republished: neither account is anywhere, and the ledger and the ingest report agree
     assert _holding(ws, names[cancelled] | names[bystander]) == []
     assert _ledger_verifies(ws)
