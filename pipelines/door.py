@@ -54,7 +54,7 @@ from profiling.errors import InternalError
 from profiling.generalize import age_band, ip_prefix, province
 from profiling.keys import MasterKey, derive_key
 from profiling.pseudonyms import DEVICE, ORDER, PERSON, WAYBILL, pseudonymize_with_key
-from profiling.schema import TABLE_NAMES, Field, Format, PrivacyClass, Table, table
+from profiling.schema import TABLE_NAMES, Field, Format, PrivacyClass, Table, arrow_schema, table
 
 __all__ = ["PSEUDONYM_DOMAINS", "ColumnRule", "door_plan", "analytics_schema", "pseudonymize_workspace"]
 
@@ -232,7 +232,7 @@ def pseudonymize_workspace(workspace: Workspace, key: MasterKey, *, as_of: dt.da
             # Parquet dictionary, which they would overflow anyway.
             coarse = [r.output for r in rules if r.action in ("pass", "generalize")]
             with pq.ParquetWriter(folder / "part-00000.parquet", schema, use_dictionary=coarse) as writer:
-                for batch in workspace.dataset(name).to_batches(batch_size=batch_rows, columns=kept):
+                for batch in _stored_rows(workspace, name, rules).to_batches(batch_size=batch_rows, columns=kept):
                     writer.write_batch(_transform(batch, rules, schema, domain_keys, as_of))
                     rows += batch.num_rows
             _check_written(name, rows, pq.read_metadata(folder / "part-00000.parquet").num_rows)
@@ -240,6 +240,21 @@ def pseudonymize_workspace(workspace: Workspace, key: MasterKey, *, as_of: dt.da
                                        "dropped": [r.source for r in rules if r.action == "drop"]}
         workspace.publish({workspace.pseudonymized(TABLE_NAMES[0]).parent: stage / "pseudonymized"})
     return summary
+
+
+def _stored_rows(workspace: Workspace, name: str, rules: list[ColumnRule]) -> ds.Dataset:
+    """The ingested rows of ``name``, checked first, with the identifiers that repeat (pseudonymized
+    columns other than the table's primary key: a person's orders, a device's events) read
+    dictionary-encoded as Parquet stores them, so each batch's distinct values are hashed without
+    an encoding pass over its rows."""
+    workspace.require_ingested()
+    repeated = [r.source for r in rules if r.action == "pseudonym" and r.source != table(name).primary_key]
+    schema = arrow_schema(name)
+    for column in repeated:
+        index = schema.get_field_index(column)
+        schema = schema.set(index, schema.field(index).with_type(pa.dictionary(pa.int32(), schema.field(index).type)))
+    stored = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=repeated))
+    return ds.dataset(workspace.verified(workspace.ingested(name)), format=stored, schema=schema)
 
 
 def _check_written(name: str, read: int, written: int) -> None:
