@@ -495,6 +495,7 @@ def erase_held(workspace: Workspace, account_ids: Sequence[str], key: MasterKey,
         if replacements:
             workspace.publish(replacements)
             record_removed_after_ingest(workspace, report.rows_removed)
+    pa.default_memory_pool().release_unused()  # the scan's freed buffers back to the system before the ledger's work
     _redact_ledger(workspace, linked.account_ids, report, cause)
     report.other_files_naming_them = _other_files_naming(workspace, linked.raw_values() | linked.pseudonyms(key))
     return report

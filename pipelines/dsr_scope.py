@@ -24,7 +24,7 @@ Several subjects erased together (the job's retention stage) are one subject her
 phone only they used, jointly, is theirs (no living account uses it once they are all erased), a
 row naming only them is theirs, and a row also naming someone outside the set is not. The result
 is what erasing them one after another gives (each erasure leaves the next one's ids as the only
-users), reached with one read of every file. Files are read ``BATCH_ROWS`` rows at a time and the
+users), reached with one read of every file. Files are read ``BATCH_CELLS`` cells at a time and the
 ingested tables' id columns likewise, so what an erasure holds at once is one batch and the
 distinct ids (theirs and everybody else's), never a whole file.
 """
@@ -38,19 +38,19 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from pipelines.dsr_overlay import PHONE_FIELDS, phone_sides
 from pipelines.workspace import Workspace
+from profiling._string_hash import StringIndex
 from profiling.consent.events import canonical_account_id
 from profiling.errors import PortraitError
 from profiling.keys import MasterKey
 from profiling.pseudonyms import DEVICE, MARKETING, ORDER, PERSON, WAYBILL, normalize, pseudonymize
 from profiling.schema import TABLES, PrivacyClass
 
-__all__ = ["DsrError", "LINK_KINDS", "LinkedIdentifiers", "FileScope", "ScannedFile", "BATCH_ROWS",
-           "linked_identifiers", "subject_rows", "parquet_files"]
+__all__ = ["DsrError", "LINK_KINDS", "LinkedIdentifiers", "FileScope", "ScannedFile", "BATCH_CELLS",
+           "batch_rows", "linked_identifiers", "subject_rows", "parquet_files", "open_parquet"]
 
 # Kinds of identifier that link rows to a person, and the pseudonym domain of each in the analytics zone.
 LINK_KINDS: dict[str, str] = {"account_id": PERSON, "device_id": DEVICE, "order_id": ORDER, "waybill_id": WAYBILL}
@@ -70,7 +70,8 @@ class LinkedIdentifiers:
     subjects signed in on (one of them, or several of them jointly: once they are all erased no
     living account uses the device); ``shared_devices`` those someone else signed in on too.
     ``phones`` are their phones normalized, less any an account outside the subjects registered.
-    ``other_accounts`` and ``other_orders`` are the raw ids (distinct) of every other person in the workspace.
+    ``other_accounts`` (distinct) and ``other_orders`` (distinct in each batch read) are the raw ids of every
+    other person in the workspace: what a row is looked up in, where a repeated value changes nothing.
     """
 
     account_ids: tuple[str, ...]
@@ -114,15 +115,29 @@ class LinkedIdentifiers:
         return pa.concat_arrays([part.cast(pa.string()) for part in parts])
 
 
-# rows read, matched and written at once by an erasure or an export: what bounds their memory, whatever the file size
-BATCH_ROWS = 131_072
+# cells (rows x columns) read, matched and written at once by an erasure, an export or the retention stage: what
+# bounds their memory whatever the file size (131,072 rows of 8 columns; a read of two columns takes 4 times more rows)
+BATCH_CELLS = 1 << 20
+
+
+def batch_rows(columns: int) -> int:
+    """Rows per batch for a read of ``columns`` columns (``BATCH_CELLS`` cells at most, one row at least)."""
+    return max(1, BATCH_CELLS // max(1, columns))
 
 
 def _batches(workspace: Workspace, table: str, columns: list[str]) -> Iterator[pa.RecordBatch]:
-    """The ingested rows of ``table`` (``columns`` only), ``BATCH_ROWS`` at most at a time."""
+    """The ingested rows of ``table`` (``columns`` only), ``batch_rows`` at a time, one file after another
+    (no read-ahead: a dataset scan would hold many batches at once)."""
     folder = workspace.ingested(table)
     if folder.is_dir():
-        yield from ds.dataset(folder, format="parquet").to_batches(columns=columns, batch_size=BATCH_ROWS)
+        for path in sorted(p for p in folder.glob("*.parquet") if not p.name.startswith((".", "_"))):
+            with open_parquet(path) as source:
+                yield from source.iter_batches(batch_size=batch_rows(len(columns)), columns=columns)
+
+
+def open_parquet(path: Path) -> pq.ParquetFile:
+    """``path`` for reading batch by batch: column chunks read through a 1 MiB buffer, not whole in advance."""
+    return pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
 
 
 def _trimmed(rows: pa.RecordBatch | pa.Table, column: str) -> pa.Array:
@@ -135,6 +150,11 @@ def _trimmed(rows: pa.RecordBatch | pa.Table, column: str) -> pa.Array:
 def _text_set(values: Iterable[str]) -> pa.Array:
     """``values`` as the Arrow array ``pc.is_in`` looks rows up in, built once per erasure."""
     return pa.array(sorted(set(values)), pa.string())
+
+
+def _index(values: pa.Array) -> StringIndex:
+    """A lookup of ``values`` (distinct, non-null strings) built once and probed batch after batch."""
+    return StringIndex(values.cast(pa.string()))
 
 
 def _in(values: pa.Array, members: pa.Array) -> np.ndarray:
@@ -183,7 +203,7 @@ def linked_identifiers(workspace: Workspace, account_ids: str | Iterable[str]) -
 
     ``account_ids``: one raw account id, or several whose ids are resolved together in one read of
     each ingested table (what is theirs jointly: a device only they signed in on, a phone only they
-    registered). Each table is read ``BATCH_ROWS`` rows at a time, only the columns needed: what is
+    registered). Each table is read in batches, only the columns needed: what is
     held is the distinct ids (of them and of everybody else), never a whole column.
     """
     subjects = _subjects(account_ids)
@@ -194,6 +214,8 @@ def linked_identifiers(workspace: Workspace, account_ids: str | Iterable[str]) -
     def held(rows: pa.RecordBatch, table: str) -> None:
         for name in _ACCOUNT_FIELDS[table]:
             everyone.append(pc.utf8_trim_whitespace(_distinct(rows.column(name)).cast(pa.string())))
+        if len(everyone) > 16:  # kept to the distinct ids, not one array per batch read
+            everyone[:] = [_union(everyone)]
 
     # rows: (account_id, phone, email)
     phones: set[str] = set()
@@ -258,7 +280,7 @@ def linked_identifiers(workspace: Workspace, account_ids: str | Iterable[str]) -
         phones=frozenset(own_phones), shared_devices=frozenset(their_devices_all.filter(pa.array(used_by_others))
                                                                .to_pylist()),
         other_accounts=everyone_all.filter(pa.array(~_in(everyone_all, subject_set))),
-        other_orders=_union(other_orders))
+        other_orders=pa.concat_arrays(other_orders) if other_orders else pa.array([], pa.string()))
 
 
 def parquet_files(workspace: Workspace) -> list[Path]:
@@ -279,7 +301,7 @@ def _text_columns(schema: pa.Schema) -> list[str]:
             if _is_text(f.type) or (pa.types.is_list(f.type) and _is_text(f.type.value_type))]
 
 
-def _matching_rows(rows: pa.Table, columns: list[str], targets: pa.Array) -> np.ndarray:
+def _matching_rows(rows: pa.Table, columns: list[str], targets: StringIndex) -> np.ndarray:
     """True on rows where any of ``columns``, trimmed, is one of ``targets`` (or any element of a list column is)."""
     mask = np.zeros(rows.num_rows, dtype=bool)
     if len(targets) == 0:
@@ -287,12 +309,10 @@ def _matching_rows(rows: pa.Table, columns: list[str], targets: pa.Array) -> np.
     for name in columns:
         column = rows.column(name).combine_chunks()
         if pa.types.is_list(column.type):
-            hit = pc.is_in(pc.utf8_trim_whitespace(pc.list_flatten(column)), value_set=targets)
-            owners = pc.list_parent_indices(column).to_numpy(zero_copy_only=False)
-            mask[owners[pc.fill_null(hit, False).to_numpy(zero_copy_only=False)]] = True
+            hit = targets.positions(pc.utf8_trim_whitespace(pc.list_flatten(column))) >= 0
+            mask[pc.list_parent_indices(column).to_numpy(zero_copy_only=False)[hit]] = True
             continue
-        hit = pc.is_in(pc.utf8_trim_whitespace(column), value_set=targets)
-        mask |= np.asarray(pc.fill_null(hit, False).to_numpy(zero_copy_only=False), dtype=bool)
+        mask |= targets.positions(pc.utf8_trim_whitespace(column)) >= 0
     return mask
 
 
@@ -382,19 +402,19 @@ def _present(rows: pa.Table, columns: list[str], universe: pa.Array) -> pa.Array
 def subject_rows(workspace: Workspace, linked: LinkedIdentifiers, key: MasterKey) -> Iterator[ScannedFile]:
     """Every Parquet file of the workspace, scanned for the subjects' ids, pseudonyms and phones, one file at a time.
 
-    Each file is read once, whatever the number of subjects, and ``BATCH_ROWS`` rows at a time,
+    Each file is read once, whatever the number of subjects, and ``batch_rows`` rows at a time,
     never whole; a row is theirs when it holds no one else's id (see the module docstring). The
     lookup arrays (their ids and pseudonyms, their phones, everybody else's ids) are built once.
     """
     own_ids = (linked.raw_values() - linked.ids["phone"]) | linked.pseudonyms(key)
-    own_targets = _text_set(own_ids)
+    own_targets = _index(_text_set(own_ids))
     # A file of no registry table (a zone added later) has no known phone columns: their phones are
     # looked for in every text column, as written and normalized.
-    anywhere = _text_set(own_ids | linked.ids["phone"] | linked.phones)
+    anywhere = _index(_text_set(own_ids | linked.ids["phone"] | linked.phones))
     phone_set = _text_set(linked.phones)
     others = linked.others(key)
     for path in parquet_files(workspace):
-        with pq.ParquetFile(path) as source:
+        with open_parquet(path) as source:
             schema = source.schema_arrow
             table = TABLES.get(path.parent.name)
             phones = [name for name in PHONE_FIELDS.get(table.name, []) if name in schema.names] if table else []
@@ -404,7 +424,7 @@ def subject_rows(workspace: Workspace, linked: LinkedIdentifiers, key: MasterKey
             targets = own_targets if table else anywhere
             yield ScannedFile(path, schema, (_scope(path, pa.Table.from_batches([batch]), columns, targets,
                                                     phone_set, others)
-                                             for batch in source.iter_batches(batch_size=BATCH_ROWS)))
+                                             for batch in source.iter_batches(batch_size=batch_rows(len(schema)))))
 
 
 @dataclass(frozen=True)
@@ -416,7 +436,7 @@ class _Columns:
     party: dict[str, list[str]]
 
 
-def _scope(path: Path, rows: pa.Table, columns: _Columns, targets: pa.Array, phone_set: pa.Array,
+def _scope(path: Path, rows: pa.Table, columns: _Columns, targets: StringIndex, phone_set: pa.Array,
            others: pa.Array) -> FileScope:
     """One batch of ``path`` as its rows concern the subjects (``targets``: their ids and pseudonyms)."""
     own_hit = _matching_rows(rows, columns.text, targets)
@@ -431,8 +451,9 @@ def _scope(path: Path, rows: pa.Table, columns: _Columns, targets: pa.Array, pho
     if concerned.any():
         candidates = np.flatnonzero(concerned)
         theirs = rows.take(pa.array(candidates))
-        foreign[candidates] = _matching_rows(theirs, columns.text, _present(theirs, columns.text, others))
-        found = frozenset(_present(theirs, columns.text, targets).to_pylist())
+        foreign[candidates] = _matching_rows(theirs, columns.text,
+                                             _index(pc.unique(_present(theirs, columns.text, others))))
+        found = frozenset(_present(theirs, columns.text, targets.keys).to_pylist())
     named = {name: phone_hit[name] & foreign & ~own_hit for name in columns.party}
     scope = FileScope(path, rows, concerned & ~foreign, named, columns.party, np.zeros(0, dtype=bool), found)
     scope.shared = concerned & foreign & ~scope.named_rows()

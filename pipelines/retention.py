@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 from pipelines.dsr import erase_held, record_removed_after_ingest
 from pipelines import dsr_scope
 from pipelines.workspace import Workspace
+from profiling._string_hash import StringIndex
 from profiling.consent.sqlite_store import SqliteConsentStore, immediate_transaction, ledger_connection
 from profiling.keys import MasterKey
 from profiling.ledger_chain import appending, register_table
@@ -114,13 +115,6 @@ def due_cancellations(workspace: Workspace, as_of: dt.datetime, grace_days: int)
     return due, len(cancelled) - len(due)
 
 
-def _members(values: pa.Array, members: pa.Array) -> np.ndarray:
-    if len(members) == 0 or len(values) == 0:
-        return np.zeros(len(values), dtype=bool)
-    return np.asarray(pc.fill_null(pc.is_in(values, value_set=members), False).to_numpy(zero_copy_only=False),
-                      dtype=bool)
-
-
 def _ids(table: Table, name: str, values: pa.Array) -> pa.Array:
     """Identifier values as ingest keys them: text, whitespace around them removed."""
     if isinstance(values, pa.ChunkedArray):
@@ -151,6 +145,15 @@ class Expiry:
     as_of: dt.datetime
     expired_ids: dict[str, pa.Array] = field(default_factory=dict)
     live_references: dict[str, pa.Array] = field(default_factory=dict)
+    # lookups of those keys, built once and probed batch after batch
+    _indexes: dict[tuple[str, str], StringIndex] = field(default_factory=dict, init=False, repr=False,
+                                                         compare=False)
+
+    def _members(self, kind: str, table: str, values: pa.Array) -> np.ndarray:
+        """True on ``values`` that are keys of ``table`` in ``kind`` (``expired_ids`` or ``live_references``)."""
+        if (kind, table) not in self._indexes:
+            self._indexes[kind, table] = StringIndex(getattr(self, kind)[table].drop_null())
+        return self._indexes[kind, table].positions(values) >= 0
 
     def cutoff(self, table: str) -> dt.datetime | None:
         """Rows of ``table`` whose time column is before this moment are expired (None: no period)."""
@@ -172,11 +175,11 @@ class Expiry:
         """True on the rows of ``table`` (raw or typed columns) that are past retention."""
         expired = self._past_period(table, rows)
         if table.retention.while_referenced and table.name in self.live_references and expired.any():
-            expired &= ~_members(_ids(table, table.primary_key, rows.column(table.primary_key)),
-                                 self.live_references[table.name])
+            expired &= ~self._members("live_references", table.name,
+                                      _ids(table, table.primary_key, rows.column(table.primary_key)))
         for column, parent in _references(table):
             if column in rows.column_names and len(self.expired_ids.get(parent, ())):
-                expired |= _members(_ids(table, column, rows.column(column)), self.expired_ids[parent])
+                expired |= self._members("expired_ids", parent, _ids(table, column, rows.column(column)))
         return expired
 
     def columns(self, table: Table) -> list[str]:
@@ -215,8 +218,9 @@ def _expired_in_files(expiry: Expiry, table: Table, files: list[Path]) -> dict[P
     """Expired rows per file (files without any left out), reading only the columns the rules need, in batches."""
     counts = {}
     for path in files:
-        with pq.ParquetFile(path) as source:
-            batches = source.iter_batches(batch_size=dsr_scope.BATCH_ROWS, columns=expiry.columns(table))
+        with dsr_scope.open_parquet(path) as source:
+            columns = expiry.columns(table)
+            batches = source.iter_batches(batch_size=dsr_scope.batch_rows(len(columns)), columns=columns)
             expired = sum(int(expiry.expired_rows(table, batch).sum()) for batch in batches)
         if expired:
             counts[path] = expired
@@ -225,8 +229,8 @@ def _expired_in_files(expiry: Expiry, table: Table, files: list[Path]) -> dict[P
 
 def _rewrite_without_expired(expiry: Expiry, table: Table, path: Path, target: Path) -> None:
     """``path`` without its expired rows, to ``target``, streamed in record batches (schema kept)."""
-    with pq.ParquetFile(path) as source, pq.ParquetWriter(target, source.schema_arrow) as out:
-        for batch in source.iter_batches(batch_size=dsr_scope.BATCH_ROWS):
+    with dsr_scope.open_parquet(path) as source, pq.ParquetWriter(target, source.schema_arrow) as out:
+        for batch in source.iter_batches(batch_size=dsr_scope.batch_rows(len(source.schema_arrow))):
             kept = batch.filter(pa.array(~expiry.expired_rows(table, batch)))
             if kept.num_rows:
                 out.write_batch(kept)
@@ -276,10 +280,11 @@ def enforce_retention(workspace: Workspace, key: MasterKey, as_of: dt.datetime, 
     The caller holds the workspace's job lock (``portrait run``). Returns the run summary's rows:
     accounts erased and still in their grace period, and rows deleted per table with the cutoff.
     """
+    pa.default_memory_pool().release_unused()  # what earlier stages freed, back to the system
     due, waiting = due_cancellations(workspace, as_of, grace_days)
     erase_held(workspace, due, key, cause="cancellation")  # one pass for all of them
     expiry = Expiry.build(as_of, lambda name, columns: workspace.dataset(name).to_batches(
-        columns=columns, batch_size=dsr_scope.BATCH_ROWS))
+        columns=columns, batch_size=dsr_scope.batch_rows(len(columns)), batch_readahead=0, fragment_readahead=1))
     ingested, rejects = _delete_expired(workspace, expiry)
     now = _iso(dt.datetime.now(dt.timezone.utc))
     records = [(_iso(as_of), "accounts", None, len(due), now)]
