@@ -65,7 +65,9 @@ def _frame(table: pa.Table, time: str, keys: list[str], persons: StringIndex, as
     """``person`` (index into ``persons``), ``t`` (µs since the epoch) and the ``keys`` as codes (-1: null)
     of the rows with a person before ``as_of_us``; ``amount`` too when the table has it."""
     micros = pc.cast(pc.cast(table[time], pa.timestamp("us", tz="UTC")), pa.int64())
-    frame = pd.DataFrame({"person": persons.positions(table["person_id"].cast(pa.string())),
+    chunks = table["person_id"].cast(pa.string()).chunks  # looked up chunk by chunk: no copy of the column
+    frame = pd.DataFrame({"person": np.concatenate([persons.positions(chunk) for chunk in chunks] or
+                                                   [np.zeros(0, np.int64)]),
                           "t": micros.to_numpy(zero_copy_only=False).astype(np.int64),
                           **{key: _codes(table[key]) for key in keys}})
     if "amount" in table.column_names:
