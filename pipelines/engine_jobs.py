@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import scipy.sparse as sp
 
+from dp import KeySet
 from dp._bounding import GroupCodes, bound_contributions, encode_persons
 from dp._errors import BudgetExceededError, BudgetNotSetError
 from dp._parameters import check_positive_int
@@ -54,8 +55,14 @@ BOUNDED_COUNTS_SCHEMA = pa.schema([pa.field("key_index", pa.int32(), nullable=Fa
 
 
 def _ordered(table: pa.Table, person: str, order_by: Sequence[str]) -> pa.Table:
-    """The partition in (person, *order_by) order (Arrow's sort is stable), whatever order the engine gave it."""
-    return table.sort_by([(person, "ascending"), *((column, "ascending") for column in order_by)])
+    """The partition grouped by person, each person's rows in ``order_by`` order (Arrow's sort is stable),
+    whatever order the engine gave it. Persons come in order of first appearance: only the grouping
+    matters to the bounding, and sorting on their dictionary codes spares comparing pseudonyms."""
+    sort_keys = pa.table({"person_code": pc.dictionary_encode(table.column(person).combine_chunks()).indices,
+                          **{column: table.column(column) for column in order_by}})
+    order = pc.sort_indices(sort_keys, sort_keys=[(name, "ascending") for name in sort_keys.column_names])
+    del sort_keys  # the codes go before the rows are copied in order
+    return table.take(order)
 
 
 def bounded_counts_kernel(*, person: str, group: str, keys: Broadcast[pa.Array], order_by: Sequence[str] = (),
@@ -185,10 +192,11 @@ def release_item_buyers(engine: Engine, workspace: Workspace, persons: pa.Array,
         persons = persons.combine_chunks()
     catalogue = ds.dataset(workspace.verified(workspace.pseudonymized("catalogue")), format="parquet").to_table(columns=["item_id"])
     keys = catalogue.column("item_id").to_pylist()
+    item_keys = KeySet.from_dict({"item_id": keys})  # checked once, for both plans below
     schedule = popularity_schedule(workspace)
     if schedule is None:
         try:  # a release the budget refuses is refused before a single order is read
-            _count_plan(PURCHASES_SCHEMA, "person_id", dataset=DATASET, group="item_id", keys=keys, epsilon=epsilon,
+            _count_plan(PURCHASES_SCHEMA, "person_id", dataset=DATASET, group="item_id", keys=item_keys, epsilon=epsilon,
                         delta=0.0, rho=None, mechanism="laplace", max_partitions=ITEMS_PER_PERSON,
                         max_rows_per_partition=1, accounts_per_human=1).compile(
                 ledger=BudgetLedger(workspace.ledger), dataset=DATASET, purpose="product_improvement", analyst=analyst)
@@ -202,7 +210,7 @@ def release_item_buyers(engine: Engine, workspace: Workspace, persons: pa.Array,
     if schedule is not None:
         return release_scheduled_popularity(engine, workspace, bought, schedule, keys, as_of)
     try:
-        frame = release_group_counts(engine, bought, group="item_id", keys=keys, ledger=BudgetLedger(workspace.ledger),
+        frame = release_group_counts(engine, bought, group="item_id", keys=item_keys, ledger=BudgetLedger(workspace.ledger),
                                      dataset=DATASET, purpose="product_improvement", analyst=analyst, epsilon=epsilon,
                                      max_partitions=ITEMS_PER_PERSON, max_rows_per_partition=1,
                                      order_by=PURCHASE_ORDER)
