@@ -31,7 +31,7 @@ import shutil
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -495,7 +495,9 @@ def erase_held(workspace: Workspace, account_ids: Sequence[str], key: MasterKey,
         if replacements:
             workspace.publish(replacements)
             record_removed_after_ingest(workspace, report.rows_removed)
-    pa.default_memory_pool().release_unused()  # the scan's freed buffers back to the system before the ledger's work
+    # Everybody else's ids served the scan: dropped, and its freed buffers handed back, before the ledger's work.
+    linked = replace(linked, other_accounts=pa.array([], pa.string()), other_orders=pa.array([], pa.string()))
+    pa.default_memory_pool().release_unused()
     _redact_ledger(workspace, linked.account_ids, report, cause)
     report.other_files_naming_them = _other_files_naming(workspace, linked.raw_values() | linked.pseudonyms(key))
     return report
