@@ -803,8 +803,9 @@ def _fetch_chunk(db: sqlite3.Connection, chain: _Chain, where: str, params: tupl
 
 
 def _fast_chunk(chain: _Chain, fetched: tuple | None, previous: str) -> tuple[int, object, str, np.ndarray] | None:
-    """(rows, last key, last chain hash, every row's chain hash as (rows, 64) hex digits) of a fetched chunk (``_fetch_chunk``) when it checks out by SQLite's
-    JSON, linking to ``previous``; else None (the exact check decides)."""
+    """(rows, last key, last chain hash, each row's chain hash as (rows, 64) hex digits) of a fetched chunk
+    (``_fetch_chunk``) when it checks out by SQLite's JSON, linking to ``previous``; else None (the exact check
+    decides)."""
     if fetched is None:
         return None
     count, last_key, texts, hashes, redacted, odd_values = fetched

@@ -482,14 +482,17 @@ class SqliteConsentStore:
         count it names (``waypoints``): a chain cut back behind that snapshot is broken.
         """
         db = self._connection
-        db.execute("BEGIN")
+        began = not db.in_transaction
+        if began:
+            db.execute("BEGIN")
         try:
             record = db.execute("SELECT ledger_rows, ledger_head FROM consent_snapshots ORDER BY id DESC "
                                 "LIMIT 1").fetchone()
             return [verify(db, table, waypoints=dict([record]) if table == "consent_events" and record else None)
                     for table in CHAINED_TABLES]
         finally:
-            db.execute("COMMIT")
+            if began:
+                db.execute("COMMIT")
 
     def require_intact(self) -> None:
         """Raise ``ChainBrokenError`` (one line) unless the consent history a job reads is the recorded one.
