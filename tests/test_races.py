@@ -99,9 +99,10 @@ def _sha256(path: Path) -> str:
 def test_three_transfers_at_once_are_each_logged_once_and_leave_whole_files(site):
     ws, key = site / "ws", site / "keys" / "master.key"
     shared, own = site / "out-shared", site / "out-own"
-    results = _race(*(["export", "--recipient", BROKER, "--fields", "waybill_id,weight_kg", "--out", out,
-                       "--workspace", ws, "--key-file", key, "--by", f"operator {n}"]
-                      for n, out in enumerate((shared, shared, own))))
+    # the two into one folder send different fields, so their files differ
+    asked = [(shared, "waybill_id,weight_kg"), (shared, "waybill_id"), (own, "waybill_id,weight_kg")]
+    results = _race(*(["export", "--recipient", BROKER, "--fields", fields, "--out", out, "--workspace", ws,
+                       "--key-file", key, "--by", f"operator {n}"] for n, (out, fields) in enumerate(asked)))
     for code, _, err in results:
         assert code == 0, err
     # the transfers took turns: the later ones waited for the one holding the workspace
@@ -117,6 +118,7 @@ def test_three_transfers_at_once_are_each_logged_once_and_leave_whole_files(site
         assert sorted(p.name for p in out.iterdir()) == [f"{BROKER}.csv", f"{BROKER}.report.json"]
         report = json.loads((out / f"{BROKER}.report.json").read_text())
         assert report["transfer_id"] in ids
+        assert (out / f"{BROKER}.csv").read_text().splitlines()[0].replace('"', "").split(",") == report["fields"]
         assert log[report["transfer_id"]][2] == _sha256(out / f"{BROKER}.csv"), \
             f"{out.name} holds a file its report's transfer did not send"
 
