@@ -276,7 +276,8 @@ class Workspace:
         ``holder`` names what holds it (``"portrait run"``); a process that has to wait prints one
         line to stderr naming the holder, its pid and start time, then waits as long as that job
         runs. The lock is an ``flock`` on ``WS/.job-lock``: the operating system releases it when
-        its process ends, however it ends, so a killed job never leaves the workspace locked.
+        its process ends, however it ends, so a killed job never leaves the workspace locked; once
+        taken, ``sweep`` finishes what a killed job left half published before the block runs.
         Re-entrant within one thread (a locked operation calling another does not wait for
         itself). A missing workspace folder is a ``WorkspaceError`` unless ``create`` (ingest):
         then it is made, and removed again on exit if it still holds nothing but lock files.
