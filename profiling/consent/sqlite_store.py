@@ -126,6 +126,10 @@ _SNAPSHOT_SCHEMA = pa.schema([("seq", pa.int64()), ("account_id", pa.string()), 
                               ("event_type", pa.string()), ("purpose", pa.string()),
                               ("policy_version", pa.string())])
 _SNAPSHOT_ORDER = [("account_id", "ascending"), ("event_at", "ascending"), ("seq", "ascending")]
+# The same columns, those with few distinct values dictionary-encoded (a load's snapshot before it is sorted).
+_SNAPSHOT_COMPACT = pa.schema([pa.field(f.name, pa.dictionary(pa.int32(), f.type))
+                               if f.name in ("event_type", "purpose", "policy_version") else f
+                               for f in _SNAPSHOT_SCHEMA])
 _SNAPSHOT_GROUP_ROWS = 262_144   # rows sorted into the snapshot's Parquet at a time (one row group each)
 
 
@@ -272,7 +276,7 @@ class SqliteConsentStore:
         return self._connection.execute("SELECT 1 FROM consent_loads WHERE fingerprint = ?",
                                         (fingerprint,)).fetchone() is not None
 
-    def append_table(self, events: pa.Table | ds.Dataset, *, source: str, fingerprint: str | None = None,
+    def append_table(self, events: pa.Table | ds.FileSystemDataset, *, source: str, fingerprint: str | None = None,
                      batch_rows: int = 50_000) -> LoadReport:
         """Record the rows of ``events`` whose ``event_id`` is new (first occurrence kept), in their order.
 
@@ -289,8 +293,9 @@ class SqliteConsentStore:
         missing = [c for c in columns if c not in events.schema.names]
         if missing:
             raise ConsentError(f"consent events lack column(s) {', '.join(missing)}")
-        ids = (events.column("event_id") if isinstance(events, pa.Table)
-               else events.to_table(columns=["event_id"]).column("event_id")).combine_chunks()
+        ids = (events.column("event_id").combine_chunks() if isinstance(events, pa.Table) else pa.concat_arrays(
+            [piece.column(0).combine_chunks() for _, piece in _pieces(events, ["event_id"], batch_rows)]
+            or [pa.array([], pa.string())]))
         offered, now, source = len(ids), _now_micros(), _sql_text(source)
         with self._bulk_settings(), self._transaction() as db:
             before = _current_snapshot(db)
@@ -317,13 +322,16 @@ class SqliteConsentStore:
             if before is not None and recorded:
                 last = db.execute("SELECT last_key FROM ledger_chains "
                                   "WHERE chain_table = 'consent_events'").fetchone()[0]
-                # Read again rather than held through the insert: the snapshot's columns of the recorded events.
-                added = pa.concat_tables([_SNAPSHOT_SCHEMA.empty_table().drop_columns(["seq"])] + [
-                    _as_recorded(piece.take(pa.array(keep[lo:hi] - start))).cast(_SNAPSHOT_SCHEMA.remove(0))
+                pa.default_memory_pool().release_unused()   # the insert's batches, before the snapshot's columns
+                # Read again rather than held through the insert: the snapshot's columns of the recorded events,
+                # the few-valued ones dictionary-encoded while they wait to be sorted.
+                compact = _SNAPSHOT_COMPACT.remove(0)
+                added = pa.concat_tables([compact.empty_table()] + [
+                    _as_recorded(piece.take(pa.array(keep[lo:hi] - start))).cast(compact)
                     for start, piece in _pieces(events, _SNAPSHOT_SCHEMA.names[1:], batch_rows)
                     for lo, hi in [np.searchsorted(keep, [start, start + piece.num_rows])] if hi > lo])
                 added = added.add_column(0, "seq", pa.array(np.arange(last - recorded + 1, last + 1, dtype=np.int64)))
-                _write_snapshot(db, pa.concat_tables([before, added.cast(_SNAPSHOT_SCHEMA)]))
+                _write_snapshot(db, pa.concat_tables([before.cast(_SNAPSHOT_COMPACT), added]))
             if fingerprint is not None:
                 db.execute("INSERT OR REPLACE INTO consent_loads (fingerprint, source, events, loaded_at) "
                            "VALUES (?, ?, ?, ?)", (fingerprint, source, offered, now))
@@ -542,11 +550,22 @@ def redact_consent_events(db: sqlite3.Connection, account_ids: Sequence[str], *,
     return removed
 
 
-def _pieces(events: pa.Table | ds.Dataset, columns: list[str], rows: int) -> Iterator[tuple[int, pa.Table]]:
-    """(first row, table) of consecutive pieces of ``events``' ``columns``, at most ``rows`` rows each."""
+def _pieces(events: pa.Table | ds.FileSystemDataset, columns: list[str],
+            rows: int) -> Iterator[tuple[int, pa.Table]]:
+    """(first row, table) of consecutive pieces of ``events``' ``columns``, at most ``rows`` rows each.
+
+    A dataset is read file by file in its order, through a 1 MiB buffer without read-ahead, so only
+    the piece at hand is decoded (not a whole row group).
+    """
     start = 0
-    chunks = (events.select(columns).to_batches(max_chunksize=rows) if isinstance(events, pa.Table)
-              else events.to_batches(columns=columns, batch_size=rows, batch_readahead=1, fragment_readahead=1))
+    if isinstance(events, pa.Table):
+        chunks: Iterator[pa.RecordBatch] = iter(events.select(columns).to_batches(max_chunksize=rows))
+    else:
+        schema = events.schema
+        chunks = (batch.cast(pa.schema([schema.field(c) for c in columns]))
+                  for path in events.files
+                  for batch in pq.ParquetFile(events.filesystem.open_input_file(path), buffer_size=1 << 20,
+                                              pre_buffer=False).iter_batches(batch_size=rows, columns=columns))
     for chunk in chunks:
         yield start, pa.Table.from_batches([chunk]).combine_chunks()
         start += chunk.num_rows
