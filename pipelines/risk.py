@@ -97,9 +97,11 @@ def write_risk(workspace: Workspace, persons: pa.Array, *, as_of: dt.datetime, s
     # for every record batch, which took most of the read.
     gated = StringIndex(pc.unique(persons).drop_null())
     rows = {name: _analytics_rows(workspace, name, gated) for name in INPUTS}
+    del gated  # its hash table (32 bytes a slot, at most half full) is not kept through the features
     # rows: (person_id, week, week_start, week_end, features), week 0 ends at as_of
     features = risk_features(rows["orders"], rows["waybills"], rows["device_events"], as_of=as_of,
                              weeks=scored_weeks + training_weeks)
+    del rows
     training = features[features["week"] >= scored_weeks]
     scored = features[features["week"] < scored_weeks].reset_index(drop=True)
     model = None

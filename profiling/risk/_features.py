@@ -120,6 +120,7 @@ def risk_features(orders: pa.Table | pd.DataFrame, waybills: pa.Table | pd.DataF
     orders = _frame(tables[0], "placed_at", [], index, as_of_us)
     waybills = _frame(tables[1], "created_at", ["destination_province"], index, as_of_us)
     events = _frame(tables[2], "event_at", ["device_id", "coarse_province", "ip_prefix"], index, as_of_us)
+    del index, tables, chunks  # the frames hold what follows needs
     for frame in (orders, waybills, events):
         frame["week"] = _week_of(frame["t"], as_of_us)
     # rows: (person, week) of the scored person-weeks
