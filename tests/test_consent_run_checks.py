@@ -63,6 +63,7 @@ def test_a_snapshot_edited_to_drop_revocations_is_refused_before_any_stage(copy,
     with sqlite3.connect(copy / "ws" / "ledger.sqlite") as db:
         db.execute("UPDATE consent_snapshot_data SET parquet = ?", (sink.getvalue().to_pybytes(),))
     _refused_before_any_stage(copy, capsys, "does not match its recorded SHA-256")
+    _verify_names(copy, capsys, "consent_snapshots", "does not match its recorded SHA-256")
 
 
 def test_a_chain_cut_back_behind_its_snapshot_is_refused_before_any_stage(copy, capsys):
@@ -80,6 +81,14 @@ def test_a_chain_cut_back_behind_its_snapshot_is_refused_before_any_stage(copy, 
         for _, sql in triggers:
             db.execute(sql)
     _refused_before_any_stage(copy, capsys, "rewound")
+    _verify_names(copy, capsys, "consent_events", "rewound")
+
+
+def _verify_names(copy, capsys, table, problem):
+    """``portrait ledger verify`` finds what the job refused: exit 2, the table's line BROKEN with the problem."""
+    assert run_cli("ledger", "verify", "--workspace", copy / "ws") == 2
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(f"{table} ")]
+    assert len(lines) == 1 and "BROKEN" in lines[0] and problem in lines[0], lines
 
 
 def test_an_old_revocation_turned_into_a_cancellation_in_place_is_refused(copy, capsys):

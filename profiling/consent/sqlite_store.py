@@ -19,6 +19,7 @@ the new snapshot in their own transaction, so an erased account leaves no copy i
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -502,29 +503,43 @@ class SqliteConsentStore:
             if began:
                 db.execute("COMMIT")
 
+    def audit(self) -> list[ChainReport]:
+        """``verify``'s reports and the latest snapshot checked against its chained record, from one state.
+
+        The snapshot the gate reads must match its record (``_snapshot_problem``: its bytes their
+        SHA-256, the ledger not behind the position it names); a contradiction marks consent_snapshots
+        broken. What every job (``require_intact``) and ``portrait ledger verify`` check.
+        """
+        db = self._connection
+        began = not db.in_transaction
+        if began:
+            db.execute("BEGIN")   # one state of the file
+        try:
+            reports = self.verify()
+            problem = _snapshot_problem(db)
+        finally:
+            if began:
+                db.execute("COMMIT")
+        if problem is None:
+            return reports
+        return [dataclasses.replace(report, ok=False, problem=problem)
+                if report.table == "consent_snapshots" and report.ok else report for report in reports]
+
     def require_intact(self) -> None:
         """Raise ``ChainBrokenError`` (one line) unless the consent history a job reads is the recorded one.
 
         Every consent chain is verified from its first row (an edit of any row, however old, is found:
         an edit leaves no cheaper trace than the row itself, and stages read old rows through SQL,
         retention's cancellations among them), consent_events through the position its latest
-        snapshot was written at (``verify``). Then the Arrow snapshot the gate reads is checked
-        against its chained record (``_snapshot_problem``): its bytes must match their SHA-256.
+        snapshot was written at (``verify``), and the Arrow snapshot the gate reads against its
+        chained record: its bytes must match their SHA-256 (``audit``).
         """
-        for report in self.verify():
+        for report in self.audit():
             if not report.ok:
-                raise ChainBrokenError(f"consent ledger {self.path} is broken: {report.table} at row "
-                                       f"{report.broken_at} ({report.problem}); no job runs on it: run `portrait "
-                                       f"ledger verify` and restore the ledger from a copy")
-        db = self._connection
-        db.execute("BEGIN")   # one state of the file
-        try:
-            problem = _snapshot_problem(db)
-        finally:
-            db.execute("COMMIT")
-        if problem:
-            raise ChainBrokenError(f"consent ledger {self.path} is broken: {problem}; no job runs on it: restore "
-                                   f"the ledger from a copy whose heads match the last published review")
+                where = "" if report.broken_at is None else f" at row {report.broken_at}"
+                raise ChainBrokenError(f"consent ledger {self.path} is broken: {report.table}{where} "
+                                       f"({report.problem}); no job runs on it: run `portrait ledger verify` and "
+                                       f"restore the ledger from a copy whose heads match the last published review")
 
     def checkpoint(self) -> None:
         """Move the WAL into the database file and truncate it, so erased rows leave no copy behind."""
