@@ -57,7 +57,7 @@ from pipelines.dsr_scope import (
     linked_identifiers,
     subject_rows,
 )
-from pipelines.workspace import Workspace, holding_job_lock, write_json_atomic
+from pipelines.workspace import Workspace, holding_job_lock
 from profiling.consent.events import canonical_account_id
 from profiling.consent.sqlite_store import (
     SqliteConsentStore,
@@ -82,7 +82,7 @@ __all__ = [
     "correct_account",
     "erase_account",
     "erase_held",
-    "record_removed_after_ingest",
+    "ingest_report_without",
     "LINK_KINDS",
     "stale_persons",
     "clear_stale",
@@ -330,17 +330,18 @@ def correct_account(workspace: Workspace, account_id: str, field_name: str, valu
 
 # --- erasure ----------------------------------------------------------------------------------------
 
-def record_removed_after_ingest(workspace: Workspace, rows_removed: dict[str, int],
-                                counter: str = "erased_after_ingest") -> None:
-    """Take the rows an erasure (or the retention stage) removed from the ingested zone off the ingest
-    report's accepted counts.
+def ingest_report_without(workspace: Workspace, rows_removed: dict[str, int],
+                          counter: str = "erased_after_ingest") -> dict[Path, dict]:
+    """The ingest report with the rows an erasure (or the retention stage) removed from the ingested
+    zone taken off its accepted counts, as ``Workspace.publish``'s ``reports`` (empty: nothing to change).
 
     ``portrait run`` checks every ingested table against ``accepted``; the removed rows are counted
     as ``counter`` (``erased_after_ingest``, ``expired_after_ingest``) so ``rows_in == accepted +
-    rejected + erased_after_ingest + expired_after_ingest`` still holds.
+    rejected + erased_after_ingest + expired_after_ingest`` still holds. Published in the same step
+    as the rewritten folders, so a kill never leaves the report describing other data.
     """
     if not workspace.ingest_report.is_file():
-        return
+        return {}
     document = json.loads(workspace.ingest_report.read_text(encoding="utf-8"))
     changed = False
     for name, removed in rows_removed.items():
@@ -350,8 +351,7 @@ def record_removed_after_ingest(workspace: Workspace, rows_removed: dict[str, in
             counts["accepted"] -= removed
             counts[counter] = counts.get(counter, 0) + removed
             changed = True
-    if changed:
-        write_json_atomic(workspace.ingest_report, document)
+    return {workspace.ingest_report: document} if changed else {}
 
 
 @holding_job_lock("portrait dsr erase")
@@ -493,8 +493,7 @@ def erase_held(workspace: Workspace, account_ids: Sequence[str], key: MasterKey,
                                                             "phone": linked.phones,
                                                             "device_id": linked.ids["device_id"]}, _now())
         if replacements:
-            workspace.publish(replacements)
-            record_removed_after_ingest(workspace, report.rows_removed)
+            workspace.publish(replacements, reports=ingest_report_without(workspace, report.rows_removed))
     # Everybody else's ids served the scan: dropped, and its freed buffers handed back, before the ledger's work.
     linked = replace(linked, other_accounts=pa.array([], pa.string()), other_orders=pa.array([], pa.string()))
     pa.default_memory_pool().release_unused()

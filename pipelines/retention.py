@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.dsr import erase_held, record_removed_after_ingest
+from pipelines.dsr import erase_held, ingest_report_without
 from pipelines import dsr_scope
 from pipelines.workspace import Workspace
 from profiling._string_hash import StringIndex
@@ -268,9 +268,9 @@ def _delete_expired(workspace: Workspace, expiry: Expiry) -> tuple[dict[str, int
                 counts[name] = sum(expired.values())
                 replacements[folder] = staged
         if replacements:
-            workspace.publish(replacements)
-            record_removed_after_ingest(workspace, {f"ingested/{name}": n for name, n in ingested.items()},
-                                        "expired_after_ingest")
+            removed = {f"ingested/{name}": n for name, n in ingested.items()}
+            workspace.publish(replacements,
+                              reports=ingest_report_without(workspace, removed, "expired_after_ingest"))
     return ingested, rejects
 
 

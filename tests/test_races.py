@@ -309,3 +309,18 @@ def test_a_killed_job_leaves_each_report_with_its_own_data(site, where):
     # the identity report describes the identity folder in place, once the next job settles the workspace
     assert run_cli("consent", "dnd", "off", "--account", "A0000000001", "--workspace", ws) == 0
     assert _identity_report_matches(ws)
+
+
+@pytest.mark.parametrize("where", ["after-publish", "mid-publish"])
+def test_an_erasure_killed_around_its_publish_leaves_the_ingest_report_with_its_data(site, where):
+    ws, key = site / "ws", site / "keys" / "master.key"
+    account = "A0000000002"
+    assert _holding(ws, _names(site, account))
+    erase = _killed_after_publish("accounts", where, "dsr", "erase", "--account", account, "--workspace", ws,
+                                  "--key-file", key)
+    out, err = erase.communicate(timeout=300)
+    assert erase.returncode == -signal.SIGKILL, err
+    # the next job settles the workspace: the erased rows and the report's counts go together
+    assert run_cli("consent", "dnd", "off", "--account", "A0000000001", "--workspace", ws) == 0
+    assert _report_matches_ingested(ws) == {}
+    assert run_cli("run", "--workspace", ws, "--key-file", key, "--as-of", AS_OF) == 0
