@@ -44,7 +44,7 @@ from pathlib import Path
 from dp._errors import BudgetExceededError, BudgetNotSetError, PrivacyParameterError
 from dp._mechanisms import APPROXIMATE, ZCDP
 from dp._parameters import check_delta, check_epsilon, check_rho
-from profiling.consent.sqlite_store import immediate_transaction
+from profiling.ledger_file import immediate_transaction
 from profiling.file_modes import restrict_to_owner
 from profiling.ledger_chain import (
     ChainBrokenError,

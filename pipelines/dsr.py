@@ -59,15 +59,11 @@ from pipelines.dsr_scope import (
 )
 from pipelines.workspace import Workspace, holding_job_lock
 from profiling.consent.events import canonical_account_id
-from profiling.consent.sqlite_store import (
-    SqliteConsentStore,
-    immediate_transaction,
-    ledger_connection,
-    redact_consent_events,
-)
+from profiling.consent.sqlite_store import SqliteConsentStore, redact_consent_events
 from profiling.csv_cells import write_csv_rows
 from profiling.keys import MasterKey
 from profiling.ledger_chain import REDACTED_ID, appending, register_table
+from profiling.ledger_file import immediate_transaction, ledger_connection
 from profiling.pseudonyms import MARKETING, PERSON, pseudonymize
 from profiling.schema import TABLES
 from profiling.transfer_log import transfers_about

@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from profiling.consent.sqlite_store import immediate_transaction, ledger_connection
+from profiling.ledger_file import immediate_transaction, ledger_connection
 from profiling.errors import KeyFileError
 from profiling.keys import MasterKey
 from profiling.ledger_chain import REDACTED_ID, appending, redact, register_table

@@ -42,7 +42,8 @@ from pipelines.dsr import erase_held, ingest_report_without
 from pipelines import dsr_scope
 from pipelines.workspace import Workspace
 from profiling._string_hash import StringIndex
-from profiling.consent.sqlite_store import SqliteConsentStore, immediate_transaction, ledger_connection
+from profiling.consent.sqlite_store import SqliteConsentStore
+from profiling.ledger_file import immediate_transaction, ledger_connection
 from profiling.keys import MasterKey
 from profiling.ledger_chain import appending, register_table
 from profiling.schema import INGEST_ORDER, TABLES, TIMESTAMP, Table

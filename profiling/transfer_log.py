@@ -27,7 +27,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from profiling.consent.sqlite_store import immediate_transaction, ledger_connection
+from profiling.ledger_file import immediate_transaction, ledger_connection
 from profiling.keys import MasterKey
 from profiling.ledger_chain import append_rows, appending, register_table
 from profiling.pseudonyms import PERSON, pseudonymize

@@ -9,7 +9,8 @@ map the eligible accounts to PERSON pseudonyms. Semantics: see ``profiling.conse
 from profiling.consent.as_of import EVENT_COLUMNS, ConsentSnapshot, ConsentState, Exclusion, to_micros
 from profiling.consent.events import CHANNELS, ConsentError, ConsentEvent
 from profiling.consent.gate import NO_CONSENT_RECORD, ConsentGate, GateDecision, sensitive_consent_holds
-from profiling.consent.sqlite_store import SqliteConsentStore, ledger_connection
+from profiling.consent.sqlite_store import SqliteConsentStore
+from profiling.ledger_file import ledger_connection
 from profiling.consent.store import AuditRecord, ConsentStore, LoadReport
 
 __all__ = [

@@ -1,0 +1,77 @@
+"""The workspace's ledger file (``ledger.sqlite``): how every part opens it and writes to it.
+
+Consent, budgets, requests, tombstones, retention and the transfer log share the file; each opens
+it with ``ledger_connection`` (WAL, full sync, secure deletion, a busy timeout; a truncated file is
+refused) and writes inside ``immediate_transaction`` (SQLite lets one such transaction run at a
+time, so concurrent writers take turns and a failed write leaves nothing).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from profiling.errors import WorkspaceError
+
+__all__ = ["immediate_transaction", "ledger_connection"]
+
+
+def ledger_connection(path: str | os.PathLike) -> sqlite3.Connection:
+    """A connection to ``ledger.sqlite`` with WAL, full sync, secure deletion and a busy timeout.
+
+    Autocommit mode: callers open transactions with ``immediate_transaction``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _refuse_truncated(path)
+    connection = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+    try:
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as error:
+        connection.close()
+        if type(error) is sqlite3.OperationalError:  # locked, read-only: not damage
+            raise
+        raise WorkspaceError(f"ledger {path} is not a readable SQLite database ({error}); move it aside and "
+                             f"restore it from a backup") from None
+    connection.execute("PRAGMA synchronous=FULL")
+    connection.execute("PRAGMA secure_delete=ON")
+    connection.execute("PRAGMA busy_timeout=30000")
+    return connection
+
+
+@contextmanager
+def immediate_transaction(connection: sqlite3.Connection, schema: str = "") -> Iterator[sqlite3.Connection]:
+    """One ``BEGIN IMMEDIATE`` transaction on ``connection`` (``schema``'s statements run first inside it):
+    committed when the block ends, rolled back when it raises."""
+    if schema:
+        connection.executescript("BEGIN IMMEDIATE;" + schema)
+    else:
+        connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield connection
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
+
+
+def _refuse_truncated(path: Path) -> None:
+    """``WorkspaceError`` when the file is shorter than the page count its header vouches for (100 bytes read)."""
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(100)
+            size = os.fstat(handle.fileno()).st_size
+    except FileNotFoundError:
+        return
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\x00"):
+        return  # empty (new) or not SQLite at all: opening it says so
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages, counter, valid_for = (int.from_bytes(header[at:at + 4], "big") for at in (28, 24, 92))
+    if counter == valid_for and size < pages * page_size:
+        raise WorkspaceError(f"ledger {path} is truncated: {size} bytes where its header counts {pages} pages of "
+                             f"{page_size}; move it aside and restore it from a backup")
