@@ -53,6 +53,7 @@ from pipelines.dsr_scope import (
     LINK_KINDS,
     DsrError,
     LinkedIdentifiers,
+    ParquetRewriter,
     ScannedFile,
     linked_identifiers,
     subject_rows,
@@ -377,9 +378,9 @@ def _stage_without_them(workspace: Workspace, stage: Path, scans: Iterable[Scann
     """Write every affected file, without the subjects' rows and with their party blanked, into ``stage``.
 
     Files are handled one at a time as ``scans`` yields them, each read once and written batch by
-    batch through a ``ParquetWriter`` as it is read (its schema kept); a file that holds nothing of
-    theirs is dropped from staging, and in an affected folder the files left as they are staged as
-    hard links. Returns the staged folder of each affected folder and the subjects' ids and
+    batch through a ``ParquetRewriter`` as it is read (its schema and row-group length kept); a file
+    that holds nothing of theirs is dropped from staging, and in an affected folder the files left
+    as they are staged as hard links. Returns the staged folder of each affected folder and the subjects' ids and
     pseudonyms found anywhere.
     """
     replacements: dict[Path, Path] = {}
@@ -388,15 +389,13 @@ def _stage_without_them(workspace: Workspace, stage: Path, scans: Iterable[Scann
         name = str(scanned.path.relative_to(workspace.root))
         written = stage / f"file-{index:06d}.parquet"
         removed = redacted = shared = 0
-        with pq.ParquetWriter(written, scanned.schema) as out:
+        with ParquetRewriter(written, scanned.path, scanned.schema) as out:
             for scope in scanned.scopes:
                 found |= scope.found
                 removed += int(scope.own.sum())
                 redacted += int(scope.named_rows().sum())
                 shared += int(scope.shared.sum())
-                kept = scope.redacted(REDACTED)
-                if kept.num_rows:
-                    out.write_table(kept)
+                out.write(scope.redacted(REDACTED))
         if shared:
             report.rows_shared[name] = shared
         if not (removed or redacted):

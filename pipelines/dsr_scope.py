@@ -49,7 +49,7 @@ from profiling.keys import MasterKey
 from profiling.pseudonyms import DEVICE, MARKETING, ORDER, PERSON, WAYBILL, normalize, pseudonymize
 from profiling.schema import TABLES, PrivacyClass
 
-__all__ = ["DsrError", "LINK_KINDS", "LinkedIdentifiers", "FileScope", "ScannedFile", "BATCH_CELLS",
+__all__ = ["DsrError", "LINK_KINDS", "LinkedIdentifiers", "FileScope", "ParquetRewriter", "ScannedFile", "BATCH_CELLS",
            "batch_rows", "linked_identifiers", "subject_rows", "parquet_files", "open_parquet"]
 
 # Kinds of identifier that link rows to a person, and the pseudonym domain of each in the analytics zone.
@@ -133,6 +133,46 @@ def _batches(workspace: Workspace, table: str, columns: list[str]) -> Iterator[p
         for path in sorted(p for p in folder.glob("*.parquet") if not p.name.startswith((".", "_"))):
             with open_parquet(path) as source:
                 yield from source.iter_batches(batch_size=batch_rows(len(columns)), columns=columns)
+
+
+class ParquetRewriter:
+    """Writes a rewritten ``source`` file to ``target`` in row groups as long as the source's first.
+
+    A streamed read hands over batches of ``BATCH_CELLS`` cells; written as they come, a file of
+    one row group of a million rows would become hundreds of small ones, and every reader that
+    splits a dataset by row group (the local engine's unkeyed reads, Spark's splits) would pay per
+    piece. Batches are gathered here until a row group is full, so a rewritten file keeps its
+    layout and what is held at once is one row group and one batch. Use as a context manager.
+    """
+
+    def __init__(self, target: Path, source: Path, schema: pa.Schema) -> None:
+        metadata = pq.read_metadata(source)
+        self._rows = max(1, metadata.row_group(0).num_rows) if metadata.num_row_groups else 1
+        self._writer = pq.ParquetWriter(target, schema)
+        self._pending: list[pa.Table] = []
+        self._held = 0
+
+    def __enter__(self) -> ParquetRewriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            if exc_info[0] is None and self._held:
+                self._writer.write_table(pa.concat_tables(self._pending), row_group_size=self._rows)
+        finally:
+            self._writer.close()
+
+    def write(self, rows: pa.Table | pa.RecordBatch) -> None:
+        """Take ``rows`` (the source's schema); full row groups are written as soon as they are."""
+        if not rows.num_rows:
+            return
+        self._pending.append(rows if isinstance(rows, pa.Table) else pa.Table.from_batches([rows]))
+        self._held += rows.num_rows
+        if self._held >= self._rows:
+            gathered = pa.concat_tables(self._pending)
+            full = self._held - self._held % self._rows
+            self._writer.write_table(gathered.slice(0, full), row_group_size=self._rows)
+            self._pending, self._held = [gathered.slice(full)], self._held - full
 
 
 def open_parquet(path: Path) -> pq.ParquetFile:

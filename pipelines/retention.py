@@ -36,7 +36,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipelines.dsr import erase_held, ingest_report_without
 from pipelines import dsr_scope
@@ -229,12 +228,12 @@ def _expired_in_files(expiry: Expiry, table: Table, files: list[Path]) -> dict[P
 
 
 def _rewrite_without_expired(expiry: Expiry, table: Table, path: Path, target: Path) -> None:
-    """``path`` without its expired rows, to ``target``, streamed in record batches (schema kept)."""
-    with dsr_scope.open_parquet(path) as source, pq.ParquetWriter(target, source.schema_arrow) as out:
+    """``path`` without its expired rows, to ``target``, streamed in record batches (schema and row-group length
+    kept)."""
+    with dsr_scope.open_parquet(path) as source, \
+            dsr_scope.ParquetRewriter(target, path, source.schema_arrow) as out:
         for batch in source.iter_batches(batch_size=dsr_scope.batch_rows(len(source.schema_arrow))):
-            kept = batch.filter(pa.array(~expiry.expired_rows(table, batch)))
-            if kept.num_rows:
-                out.write_batch(kept)
+            out.write(batch.filter(pa.array(~expiry.expired_rows(table, batch))))
 
 
 def _delete_expired(workspace: Workspace, expiry: Expiry) -> tuple[dict[str, int], dict[str, int]]:
