@@ -84,7 +84,16 @@ def _run_measured(argv: list[str]) -> tuple[float, float, str]:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    out, err = child.communicate()
+    errors: list[str] = []
+    drain = threading.Thread(target=lambda: errors.extend(child.stderr), daemon=True)  # Spark logs a lot there
+    drain.start()
+    lines = []
+    for line in child.stdout:  # each stage as it ends, on stderr: a long run shows where it is
+        lines.append(line)
+        print(f"  {line.strip()}  (peak so far {peak / 2**30:.2f} GB)", file=sys.stderr, flush=True)
+    child.wait()
+    drain.join()
+    out, err = "".join(lines), "".join(errors)
     done.set()
     sampler.join()
     if child.returncode:
