@@ -380,8 +380,8 @@ def _stage_without_them(workspace: Workspace, stage: Path, scans: Iterable[Scann
     Files are handled one at a time as ``scans`` yields them, each read once and written batch by
     batch through a ``ParquetRewriter`` as it is read (its schema and row-group length kept); a file
     that holds nothing of theirs is dropped from staging, and in an affected folder the files left
-    as they are staged as hard links. Returns the staged folder of each affected folder and the subjects' ids and
-    pseudonyms found anywhere.
+    as they are staged as hard links. Returns the staged folder of each affected folder and the
+    subjects' ids and pseudonyms found anywhere.
     """
     replacements: dict[Path, Path] = {}
     found: set[str] = set()
