@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,17 +37,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from pipelines.engines import Engine, Kernel, LocalEngine
+from pipelines.engines import Broadcast, Engine, FactorSettings, Kernel, LocalEngine
 from pipelines.engine_jobs import score_top_k
 from pipelines.workspace import Workspace
 from profiling._string_hash import StringIndex
-from profiling.checks import check_int
-from profiling.errors import WorkspaceError
-from profiling.factors import ImplicitALS, recency_weighted_counts
-from profiling.scoring import eligibility_by_province
+from profiling.checks import check_int, check_number
+from profiling.errors import InternalError, WorkspaceError
+from profiling.scoring import ItemEligibility, eligibility_by_province
 
 __all__ = ["CATALOGUE_RANKING", "MARKETING_AUDIENCE_SCHEMA", "RANKING_KEY", "RECOMMENDATIONS_SCHEMA",
            "non_personalized_ranking", "write_recommendations"]
@@ -64,18 +63,23 @@ RANKING_KEY = "portrait.non_personalized_ranking"  # Parquet schema metadata key
 CATALOGUE_RANKING = "catalogue_listing_date"  # its value when no DP popularity release ranks the lists
 NON_PERSONALIZED_FILE = "part-0-non-personalized.parquet"  # sorts before the engine's part files
 
-PERSONS_PER_PARTITION = 131_072  # persons scored per partition kernel call (bounds the kernel's memory)
+PERSONS_PER_PARTITION = 131_072  # persons allowing personalization per scoring partition (bounds its memory)
 
 _SECONDS_PER_DAY = 86_400.0
-_SCORING_SLICE = 1 << 20  # persons per record batch of the scoring table
+_WEIGHTED_PURCHASES = pa.schema([pa.field("person_id", pa.string()), pa.field("item_id", pa.string()),
+                                 pa.field("weight", pa.float64())])
+_BOUGHT = pa.schema([pa.field("person_id", pa.string()), pa.field("bought", pa.list_(pa.string()))])
+_SCORING = pa.schema([pa.field("person_id", pa.string()), pa.field("factors", pa.list_(pa.float32())),
+                      pa.field("bought", pa.list_(pa.string())), pa.field("group", pa.int32())])
 
 
-def _analytics_table(workspace: Workspace, table: str) -> ds.Dataset:
+def _analytics_table(workspace: Workspace, table: str) -> Path:
+    """The pseudonymized ``table``'s folder, checked against its manifests."""
     folder = workspace.pseudonymized(table)
     if not folder.is_dir():
         raise WorkspaceError(f"{folder} is missing: the recommendation stage reads the pseudonymized {table}; "
                              f"run the pseudonymization stage first")
-    return ds.dataset(workspace.verified(folder), format="parquet")
+    return workspace.verified(folder)
 
 
 def _columns(dataset: ds.Dataset, table: str, needed: list[str]) -> None:
@@ -153,9 +157,10 @@ def write_recommendations(workspace: Workspace, eligible: pd.DataFrame, *, as_of
     into a model or an output.
 
     - Persons who allow personalization and bought something before ``as_of`` get personalized lists:
-      implicit-ALS factors (``factors`` per person and item, ``iterations`` sweeps, purchases weighted
-      by recency with ``half_life_days``) fitted on those persons' orders only, scored exactly, items
-      they bought and items not allowed to them excluded.
+      implicit-ALS factors (``factors`` per person and item, ``iterations`` sweeps, seed
+      ``random_state``, each purchase weighted ``0.5 ** (age_days / half_life_days)``, repeats adding
+      up) fitted on those persons' orders only, scored exactly, items they bought and items not
+      allowed to them excluded.
     - Persons who refused personalization (``non_personalized``), and those with no purchase yet, get
       the non-personalized list (``personalized`` false): the top allowed items by ``popularity`` (a
       Series of scores by item_id: the DP popularity release, whose budget-ledger id is
@@ -175,17 +180,25 @@ def write_recommendations(workspace: Workspace, eligible: pd.DataFrame, *, as_of
     Scores are inner products of the factors (unitless) for personalized rows and the ranking's score
     (noisy buyers, or listing days) for the others; ranks count from 1. The privacy unit is ``person_id``.
 
-    The factors are fitted on the driver; the personalized lists are scored by partition kernels on
-    ``engine`` (default: a local engine in the workspace), the item factors and the allowed-items
-    matrix broadcast, so every engine gives the same lists.
+    Everything built from the orders runs on ``engine`` (default: a local engine in the workspace):
+    the purchases are read and weighted by a kernel, the factors fitted by
+    ``Engine.implicit_factors`` (locally the compiled solver, persons and items in string order; on
+    Spark MLlib's ALS, whose factors, and so lists, differ from the local ones at the same quality),
+    each person's factors, bought items and eligibility group brought together by ``co_partition``
+    and scored by ``score_top_k``, and the persons allowing personalization who bought nothing found
+    and given their province's non-personalized list there too. The driver holds the catalogue, the
+    consent gate's persons with their provinces, the item factors and per-partition counts: no
+    person-level table built from the orders.
     """
     if as_of.tzinfo is None:
         raise ValueError(f"as_of {as_of} has no time zone; pass an aware datetime in UTC")
     k = check_int(k, "k")
+    half_life_days = check_number(half_life_days, "half_life_days", positive=True)
+    settings = FactorSettings(factors=factors, iterations=iterations, seed=random_state)
     eligible = _check_eligible(eligible)
     as_of_scalar = pa.scalar(as_of.astimezone(dt.timezone.utc), type=pa.timestamp("us", tz="UTC"))
 
-    catalogue_set = _analytics_table(workspace, "catalogue")
+    catalogue_set = ds.dataset(_analytics_table(workspace, "catalogue"), format="parquet")
     _columns(catalogue_set, "catalogue", ["item_id", "served_provinces", "active", "listed_at"])
     catalogue = catalogue_set.to_table(columns=["item_id", "served_provinces", "active", "listed_at"])
     # rows: (item_id, served_provinces, active, listed_at)
@@ -197,61 +210,51 @@ def write_recommendations(workspace: Workspace, eligible: pd.DataFrame, *, as_of
     offered = pc.and_(catalogue["active"], pc.less_equal(catalogue["listed_at"], as_of_scalar))
     offered = pc.fill_null(offered, False).to_numpy(zero_copy_only=False)
 
-    accounts_set = _analytics_table(workspace, "accounts")
+    accounts_set = ds.dataset(_analytics_table(workspace, "accounts"), format="parquet")
     _columns(accounts_set, "accounts", ["person_id", "province"])
     person_ids = pa.array(eligible["person_id"].to_numpy(dtype=object), pa.string())
     personalizable = ~eligible["non_personalized"].to_numpy()
+    personalizable_ids = person_ids.filter(personalizable)
     accounts = accounts_set.to_table(columns=["person_id", "province"],
-                                     filter=ds.field("person_id").isin(person_ids.filter(personalizable)))
+                                     filter=ds.field("person_id").isin(personalizable_ids))
     # rows: (person_id, province) of persons who allow personalization only
     provinces = accounts["province"].take(pc.index_in(person_ids, value_set=accounts["person_id"]))
     # rows: eligible persons -> their province (null: refused personalization, or unknown)
     eligibility = eligibility_by_province(catalogue["served_provinces"].to_pylist(), offered, provinces)
 
-    orders_set = _analytics_table(workspace, "orders")
-    _columns(orders_set, "orders", ["person_id", "placed_at", "items"])
-    buyer, bought_items, age_days = _purchases(orders_set, person_ids, personalizable, item_ids, as_of_scalar)
-    # rows: (buyer, bought_item, age_days) per purchased catalogue item of a person allowing personalization
-    feedback = recency_weighted_counts(buyer, bought_items, age_days, persons=len(person_ids), items=len(item_ids),
-                                       half_life_days=half_life_days)
-    has_history = np.diff(feedback.indptr) > 0
-    is_trained = has_history & personalizable
-    trained = np.flatnonzero(is_trained)
+    orders_folder = _analytics_table(workspace, "orders")
+    # its schema only: the engine reads the rows
+    _columns(ds.dataset(orders_folder, format="parquet"), "orders", ["person_id", "placed_at", "items"])
 
     popular, ranking = _item_ranking(popularity, popularity_release, item_ids, catalogue["listed_at"])
-    fallback_lists = _popular_lists(popular, eligibility.allowed, k)
-    fallback_persons = np.flatnonzero(~is_trained)
+    fallback_lists = _FallbackLists.of(_popular_lists(popular, eligibility.allowed, k), item_ids, popular)
+    # persons whose list the driver writes: the refusers, or everyone when nothing can be personalized
+    scored_on_engine = len(personalizable_ids) > 0 and len(item_ids) > 0
+    by_driver = np.flatnonzero(~personalizable if scored_on_engine else np.ones(len(person_ids), dtype=bool))
 
     with contextlib.ExitStack() as owned, workspace.staging() as staging:
         engine = engine or owned.enter_context(LocalEngine(workspace=workspace, progress=progress))
         recommendations = staging / "recommendations"
-        if len(trained) and len(item_ids):
-            model = ImplicitALS(factors=factors, iterations=iterations, random_state=random_state, verbose=progress)
-            trained_feedback = feedback[trained]
-            model.fit(trained_feedback)
-            scoring = _scoring_table(person_ids.take(trained), model.person_factors_, trained_feedback, item_ids,
-                                     eligibility.person_group[trained])
-            frame = engine.from_table(scoring, key="person_id",
-                                      partitions=max(1, math.ceil(len(trained) / PERSONS_PER_PARTITION)))
-            # rows: (person_id, factors, bought item ids, eligibility group), partitioned by person
-            ranked = score_top_k(engine, frame, item_ids=item_ids,
-                                 item_factors=model.item_factors_, k=k, exclude="bought", group="group",
-                                 allowed=eligibility.allowed)
-            # rows: (person_id, item_id, score, rank), k per person at most
-            engine.save(engine.map(ranked, _personalized_kernel()), recommendations)
+        trained, personalized_rows, no_purchase_rows = 0, 0, 0
+        if scored_on_engine:
+            trained, personalized_rows, no_purchase_rows = _lists_on_engine(
+                engine, orders_folder, recommendations,
+                staging / "no-purchase", personalizable_ids=personalizable_ids,
+                groups=eligibility.person_group[personalizable], item_ids=item_ids, eligibility=eligibility,
+                fallback_lists=fallback_lists, as_of=as_of_scalar, half_life_days=half_life_days, k=k,
+                settings=settings)
         else:
             recommendations.mkdir()
-        personalized_rows = ds.dataset(recommendations, format="parquet").count_rows()
-        # the non-personalized lists, written by the driver beside the engine's files
-        fallback_rows = 0
+        # the non-personalized lists the driver writes, beside the engine's files
+        fallback_rows = no_purchase_rows
         labelled = RECOMMENDATIONS_SCHEMA.with_metadata({RANKING_KEY: ranking})
         pq.write_metadata(labelled, recommendations / "_common_metadata")
         with pq.ParquetWriter(recommendations / NON_PERSONALIZED_FILE, labelled) as writer:
-            for start in tqdm(range(0, len(fallback_persons), 65_536), desc="popular lists", unit=" batch",
+            for start in tqdm(range(0, len(by_driver), 65_536), desc="popular lists", unit=" batch",
                               disable=not progress):
-                chunk = fallback_persons[start:start + 65_536]
-                record = _fallback_batch(chunk, person_ids, item_ids, eligibility.person_group, fallback_lists,
-                                         popular, labelled)
+                chunk = by_driver[start:start + 65_536]
+                record = fallback_lists.rows(person_ids.take(pa.array(chunk)), eligibility.person_group[chunk],
+                                             labelled)
                 writer.write_batch(record)
                 fallback_rows += record.num_rows
         audience_folder = staging / "marketing_audience"
@@ -262,13 +265,162 @@ def write_recommendations(workspace: Workspace, eligible: pd.DataFrame, *, as_of
         workspace.publish({workspace.outputs("recommendations"): recommendations,
                            workspace.outputs("marketing_audience"): audience_folder})
     return [
-        {"stage": "recommend", "output": "recommendations", "persons": len(trained), "rows": personalized_rows,
+        {"stage": "recommend", "output": "recommendations", "persons": trained, "rows": personalized_rows,
          "kind": "personalized"},
-        {"stage": "recommend", "output": "recommendations", "persons": len(fallback_persons),
+        {"stage": "recommend", "output": "recommendations", "persons": len(person_ids) - trained,
          "rows": fallback_rows, "kind": "non-personalized", "ranking": ranking},
         {"stage": "recommend", "output": "marketing_audience", "persons": len(audience), "rows": len(audience),
          "kind": "not DND"},
     ]
+
+
+def _lists_on_engine(engine: Engine, orders_folder: Path, recommendations: Path, no_purchase: Path, *,
+                     personalizable_ids: pa.Array, groups: np.ndarray, item_ids: pa.Array,
+                     eligibility: ItemEligibility, fallback_lists: _FallbackLists, as_of: pa.TimestampScalar,
+                     half_life_days: float, k: int, settings: FactorSettings) -> tuple[int, int, int]:
+    """Write the lists of the persons allowing personalization into ``recommendations`` (new): personalized
+    lists for those with factors, their group's non-personalized list for the others; return (persons
+    with factors, rows of their lists, rows of the others' lists). ``no_purchase``: a new staging folder."""
+    partitions = max(1, math.ceil(len(personalizable_ids) / PERSONS_PER_PARTITION))
+    orders = engine.read(orders_folder, columns=["person_id", "placed_at", "items"], key=None)
+    # rows: (person_id, placed_at, items) as stored
+    persons, items = engine.broadcast(personalizable_ids), engine.broadcast(item_ids)
+    as_of_us = as_of.cast(pa.int64()).as_py()
+    feedback = engine.map(orders, _purchases_kernel(persons=persons, items=items, as_of_us=as_of_us,
+                                                    half_life_days=half_life_days))
+    # rows: (person_id, item_id, weight) per catalogue item bought by a person allowing personalization by as_of
+    person_factors, bought_factors = engine.implicit_factors(feedback, row="person_id", column="item_id",
+                                                             weight="weight", settings=settings)
+    # rows: (person_id, factors) per person with a purchase; bought_factors: (item_id, factors) per item bought
+    trained = int(pc.sum(engine.collect(engine.map(person_factors, _ROW_COUNT))["rows"]).as_py() or 0)
+    bought = engine.map(orders, _purchases_kernel(persons=persons, items=items, as_of_us=as_of_us))
+    # rows: (person_id, bought item ids) per person and partition of the orders, purchases as above
+    group_frame = engine.from_table(pa.table({"person_id": personalizable_ids,
+                                              "group": pa.array(groups, pa.int32())}), key="person_id",
+                                    partitions=partitions)
+    # rows: (person_id, group): the consent gate's persons allowing personalization, by person
+    together = engine.co_partition({"factors": person_factors, "bought": bought, "groups": group_frame},
+                                   key="person_id", partitions=partitions)
+    # rows: (source, person_id, factors, bought, group), each person's rows of the three in one partition
+    ranked = score_top_k(engine, engine.map(together, _SCORING_ROWS), item_ids=item_ids,
+                         item_factors=_catalogue_factors(bought_factors, item_ids, settings.factors), k=k,
+                         exclude="bought", group="group", allowed=eligibility.allowed)
+    # rows: (person_id, item_id, score, rank), k per person with factors at most
+    engine.save(engine.map(ranked, _personalized_kernel()), recommendations)
+    personalized_rows = ds.dataset(recommendations, format="parquet").count_rows()
+    if trained == len(personalizable_ids):
+        return trained, personalized_rows, 0  # everyone allowing personalization bought something
+    engine.save(engine.map(together, _no_purchase_kernel(engine.broadcast(fallback_lists))), no_purchase)
+    # rows: (person_id, item_id, score, rank, personalized false) of persons allowing personalization who bought
+    # nothing; their files join the personalized ones (named to sort after the driver's part file)
+    no_purchase_rows = 0
+    for number, file in enumerate(sorted(f for f in no_purchase.glob("*.parquet") if f.name[0] not in "._")):
+        no_purchase_rows += pq.read_metadata(file).num_rows
+        file.rename(recommendations / f"part-1-no-purchase-{number:05d}.parquet")
+    return trained, personalized_rows, no_purchase_rows
+
+
+def _purchases_kernel(*, persons: Broadcast[pa.Array], items: Broadcast[pa.Array], as_of_us: int,
+                      half_life_days: float | None = None) -> Kernel:
+    """Kernel: orders (person_id, placed_at, items) -> the catalogue items bought by ``persons`` (broadcast) at
+    or before ``as_of_us`` (microseconds since the epoch).
+
+    With ``half_life_days``: one row ``(person_id, item_id, weight)`` per item bought, ``weight = 0.5 **
+    (age_days / half_life_days)`` with the purchase's age in days before the as-of moment (as
+    ``recency_weighted_counts`` weighs it). Without: one row ``(person_id, bought)`` per person of the
+    partition, ``bought`` the list of their items (a person whose orders span several partitions gets a
+    row in each). Items no longer in the catalogue are left out: they can be neither recommended nor
+    excluded. Not per person: it runs on the orders as stored.
+    """
+    schema = _WEIGHTED_PURCHASES if half_life_days is not None else _BOUGHT
+    indexes: list[StringIndex] = []  # built at the first call in each process, probed by every call
+
+    def purchases(table: pa.Table) -> pa.Table:
+        if not indexes:
+            indexes.extend([StringIndex(persons.value), StringIndex(items.value)])
+        person_index, item_index = indexes
+        placed_us = (table.column("placed_at").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
+                     .fill_null(as_of_us + 1).to_numpy())
+        person = person_index.positions(table.column("person_id"))
+        rows = np.flatnonzero((person >= 0) & (placed_us <= as_of_us))
+        if half_life_days is None:
+            rows = rows[np.argsort(person[rows], kind="stable")]  # grouped by person
+        # rows: orders of persons allowing personalization placed by as_of -> their items
+        lists = table.column("items").combine_chunks().take(pa.array(rows))
+        lengths = pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False)
+        flat = pc.list_flatten(lists)
+        known = item_index.positions(flat) >= 0
+        owner = np.repeat(rows, lengths)[known]
+        if half_life_days is None:
+            # rows: (person, items bought) per person, from the orders grouped by person above
+            first = np.flatnonzero(np.r_[True, person[owner[1:]] != person[owner[:-1]]]) if len(owner) else owner
+            offsets = np.r_[first, len(owner)].astype(np.int32)
+            return pa.table({"person_id": persons.value.take(pa.array(person[owner[first]])),
+                             "bought": pa.ListArray.from_arrays(pa.array(offsets), flat.filter(pa.array(known)))},
+                            schema=schema)
+        age_days = (as_of_us - placed_us[owner]) / 1e6 / _SECONDS_PER_DAY
+        return pa.table({"person_id": table.column("person_id").take(pa.array(owner)),
+                         "item_id": flat.filter(pa.array(known)),
+                         "weight": np.power(0.5, age_days / half_life_days)}, schema=schema)
+
+    return Kernel(purchases, schema, name="purchases", by_person=False)
+
+
+def _catalogue_factors(bought_factors: pa.Table, item_ids: pa.Array, dims: int) -> np.ndarray:
+    """The item factors in catalogue order (items x ``dims`` float32): the fitted ones of the items bought,
+    zero for the others (what the fit gives an item without feedback)."""
+    aligned = np.zeros((len(item_ids), dims), dtype=np.float32)
+    position = StringIndex(item_ids).positions(bought_factors.column("item_id"))
+    if (position < 0).any():
+        raise InternalError("the fit returned factors of an item not in the catalogue")
+    vectors = pc.list_flatten(bought_factors.column("factors").combine_chunks())
+    aligned[position] = vectors.to_numpy(zero_copy_only=False).reshape(len(position), dims)
+    return aligned
+
+
+def _source(table: pa.Table, name: str) -> pa.Table:
+    """The rows of one input of a co-partitioned partition."""
+    return table.filter(pc.equal(table.column("source"), name))
+
+
+def _scoring_rows(table: pa.Table) -> pa.Table:
+    """A co-partitioned partition -> ``_SCORING`` rows: one per person with factors, with the items they
+    bought (repeats kept: an exclusion) and their eligibility group."""
+    trained = _source(table, "factors")
+    persons = trained.column("person_id").combine_chunks()
+    groups = _source(table, "groups")
+    at = pc.index_in(persons, value_set=groups.column("person_id").combine_chunks())
+    if at.null_count:
+        raise InternalError("a person has factors but is not among the persons allowing personalization")
+    bought = _source(table, "bought")
+    owner = pc.index_in(bought.column("person_id"), value_set=persons).fill_null(-1).to_numpy(zero_copy_only=False)
+    # a person's lists, one per partition of the orders they have purchases in, in a row; a purchase of a
+    # person without factors (every weight zero) excludes nothing
+    order = np.flatnonzero(owner >= 0)
+    order = order[np.argsort(owner[order], kind="stable")]
+    lists = bought.column("bought").combine_chunks().take(pa.array(order))
+    lengths = pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False)
+    per_person = np.bincount(owner[order], weights=lengths, minlength=len(persons)).astype(np.int64)
+    offsets = np.r_[0, np.cumsum(per_person)].astype(np.int32)
+    # rows: persons with factors -> (factors, the items they bought, their group)
+    return pa.table({"person_id": persons, "factors": trained.column("factors").combine_chunks(),
+                     "bought": pa.ListArray.from_arrays(pa.array(offsets), pc.list_flatten(lists)),
+                     "group": groups.column("group").combine_chunks().take(at)}, schema=_SCORING)
+
+
+def _no_purchase_kernel(lists: Broadcast[_FallbackLists]) -> Kernel:
+    """Kernel: a co-partitioned partition -> the non-personalized lists (``RECOMMENDATIONS_SCHEMA``) of its
+    persons allowing personalization who have no factors (no purchase by the as-of moment), by group."""
+    def no_purchase(table: pa.Table) -> pa.Table:
+        groups = _source(table, "groups")
+        without = groups.filter(pc.invert(pc.is_in(groups.column("person_id"),
+                                                   value_set=_source(table, "factors").column("person_id").combine_chunks())))
+        # rows: (person_id, group) of persons allowing personalization without factors
+        record = lists.value.rows(without.column("person_id").combine_chunks(),
+                                  without.column("group").to_numpy(), RECOMMENDATIONS_SCHEMA)
+        return pa.Table.from_batches([record], schema=RECOMMENDATIONS_SCHEMA)
+
+    return Kernel(no_purchase, RECOMMENDATIONS_SCHEMA, name="no_purchase")
 
 
 def _popular_lists(popular: np.ndarray, allowed: np.ndarray, k: int) -> list[np.ndarray]:
@@ -278,83 +430,35 @@ def _popular_lists(popular: np.ndarray, allowed: np.ndarray, k: int) -> list[np.
     return [ranked[allowed[group, ranked]][:k] for group in range(allowed.shape[0])]
 
 
-def _purchases(orders: ds.Dataset, person_ids: pa.Array, personalizable: np.ndarray, item_ids: pa.Array,
-               as_of: pa.TimestampScalar) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(buyer, item, age_days)`` per item bought by a person allowing personalization, placed by ``as_of``.
+@dataclass(frozen=True)
+class _FallbackLists:
+    """The non-personalized list of each eligibility group, flat: group g's items (catalogue positions) are
+    ``items[starts[g]:starts[g + 1]]``, best first; with the item ids and ranking scores to write them."""
 
-    ``buyer`` and ``item`` are positions in ``person_ids`` and ``item_ids`` (int64), ``age_days``
-    float64 days before ``as_of``; items no longer in the catalogue are left out (they can be neither
-    recommended nor excluded). The orders are streamed batch by batch and only these three numbers per
-    item are kept, in stored order (an order's items in their listed order): other persons' rows and
-    the identifiers themselves never accumulate.
-    """
-    as_of_us = as_of.cast(pa.int64()).as_py()
-    person_index, item_index = StringIndex(person_ids), StringIndex(item_ids)  # built once, probed per batch
-    buyers, items, ages = [], [], []
-    for batch in orders.to_batches(columns=["person_id", "placed_at", "items"],
-                                   filter=ds.field("placed_at") <= as_of):
-        position = person_index.positions(batch.column("person_id"))
-        keep = position >= 0
-        keep[keep] = personalizable[position[keep]]
-        # rows: (person_id, placed_at, items) of persons who allow personalization, placed by as_of
-        lists = batch.column("items").filter(pa.array(keep))
-        lengths = pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False)
-        item = item_index.positions(pc.list_flatten(lists))
-        known = item >= 0
-        placed = np.repeat(batch.column("placed_at").cast(pa.int64()).to_numpy(zero_copy_only=False)[keep],
-                           lengths)[known]
-        buyers.append(np.repeat(position[keep], lengths)[known])
-        items.append(item[known])
-        ages.append((as_of_us - placed) / 1e6 / _SECONDS_PER_DAY)
-    empty = [np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64)]
-    return tuple(np.concatenate(parts) if parts else none for parts, none in zip((buyers, items, ages), empty,
-                                                                                strict=True))
+    starts: np.ndarray
+    items: np.ndarray
+    item_ids: pa.Array
+    popular: np.ndarray
 
+    @classmethod
+    def of(cls, lists: list[np.ndarray], item_ids: pa.Array, popular: np.ndarray) -> _FallbackLists:
+        starts = np.concatenate([[0], np.cumsum([len(items) for items in lists])]).astype(np.int64)
+        return cls(starts, np.concatenate([*lists, np.zeros(0, np.int64)]).astype(np.int64), item_ids, popular)
 
-def _fallback_batch(persons: np.ndarray, person_ids: pa.Array, item_ids: pa.Array, person_group: np.ndarray,
-                    lists: list[np.ndarray], popular: np.ndarray, schema: pa.Schema) -> pa.RecordBatch:
-    """``schema`` rows of the non-personalized lists of ``persons`` (positions in ``person_ids``): each
-    person's group's list, ranked from 1."""
-    starts = np.concatenate([[0], np.cumsum([len(items) for items in lists])]).astype(np.int64)
-    flat = np.concatenate([*lists, np.zeros(0, np.int64)]).astype(np.int64)
-    group = person_group[persons]
-    lengths = (starts[1:] - starts[:-1])[group]
-    first_row = np.repeat(np.cumsum(lengths) - lengths, lengths)
-    rank = np.arange(len(first_row)) - first_row + 1
-    items = flat[np.repeat(starts[:-1][group], lengths) + rank - 1]
-    # rows: (person, item, ranking score, rank)
-    return pa.RecordBatch.from_arrays([
-        person_ids.take(pa.array(np.repeat(persons, lengths))),
-        item_ids.take(pa.array(items)),
-        pa.array(popular[items], pa.float32()),
-        pa.array(rank, pa.int16()),
-        pa.array(np.zeros(len(items), dtype=bool), pa.bool_()),
-    ], schema=schema)
-
-
-def _scoring_table(person_ids: pa.Array, person_factors: np.ndarray, bought: sp.csr_array, item_ids: pa.Array,
-                   group: np.ndarray) -> pa.Table:
-    """Rows (person_id, factors, bought item ids, eligibility group) of the persons to score, one each.
-
-    Built in slices of ``_SCORING_SLICE`` persons, so list offsets stay within Arrow's 32-bit lists.
-    """
-    dims = person_factors.shape[1]
-    bought = sp.csr_array(bought)
-    slices = []
-    for start in range(0, len(person_ids), _SCORING_SLICE):
-        stop = min(start + _SCORING_SLICE, len(person_ids))
-        first, last = bought.indptr[start], bought.indptr[stop]
-        slices.append(pa.record_batch({
-            "person_id": person_ids.slice(start, stop - start),
-            "factors": pa.ListArray.from_arrays(
-                pa.array(np.arange(stop - start + 1, dtype=np.int32) * dims),
-                pa.array(np.ascontiguousarray(person_factors[start:stop], np.float32).ravel())),
-            "bought": pa.ListArray.from_arrays(
-                pa.array((bought.indptr[start:stop + 1] - first).astype(np.int32)),
-                item_ids.take(pa.array(bought.indices[first:last]))),
-            "group": pa.array(np.asarray(group[start:stop], dtype=np.int32)),
-        }))
-    return pa.Table.from_batches(slices)
+    def rows(self, persons: pa.Array, group: np.ndarray, schema: pa.Schema) -> pa.RecordBatch:
+        """``schema`` rows of ``persons``' lists (``group``: each one's eligibility group), ranked from 1."""
+        lengths = (self.starts[1:] - self.starts[:-1])[group]
+        first_row = np.repeat(np.cumsum(lengths) - lengths, lengths)
+        rank = np.arange(len(first_row)) - first_row + 1
+        items = self.items[np.repeat(self.starts[:-1][group], lengths) + rank - 1]
+        # rows: (person, item, ranking score, rank)
+        return pa.RecordBatch.from_arrays([
+            persons.take(pa.array(np.repeat(np.arange(len(persons)), lengths))),
+            self.item_ids.take(pa.array(items)),
+            pa.array(self.popular[items], pa.float32()),
+            pa.array(rank, pa.int16()),
+            pa.array(np.zeros(len(items), dtype=bool), pa.bool_()),
+        ], schema=schema)
 
 
 def _personalized_kernel() -> Kernel:
@@ -364,6 +468,14 @@ def _personalized_kernel() -> Kernel:
                                    pa.array(np.ones(table.num_rows, dtype=bool), pa.bool_())).cast(RECOMMENDATIONS_SCHEMA)
 
     return Kernel(flagged, RECOMMENDATIONS_SCHEMA, name="personalized", by_person=False)
+
+
+def _count_rows(table: pa.Table) -> pa.Table:
+    return pa.table({"rows": pa.array([table.num_rows], pa.int64())})
+
+
+_ROW_COUNT = Kernel(_count_rows, pa.schema([pa.field("rows", pa.int64())]), name="count_rows", by_person=False)
+_SCORING_ROWS = Kernel(_scoring_rows, _SCORING, name="scoring_rows")
 
 
 def _marketing_audience(marketing: pd.DataFrame | None, eligible: pd.DataFrame) -> list[str]:

@@ -24,6 +24,7 @@ from pipelines.recommend import (
 )
 from pipelines.workspace import Workspace
 from profiling.errors import WorkspaceError
+from profiling.factors import ImplicitALS
 from profiling.scoring import eligibility_by_province
 
 AS_OF = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
@@ -219,18 +220,51 @@ def test_bad_inputs_are_rejected(tmp_path):
         write_recommendations(Workspace(tmp_path / "empty"), eligible_frame(), as_of=AS_OF)
 
 
-def test_the_scoring_table_is_the_same_in_slices(monkeypatch):
-    from pipelines import recommend
+def test_persons_allowing_personalization_who_bought_nothing_get_their_provinces_list(tmp_path):
+    """Found on the engine (no factors), they get the non-personalized list of their own province."""
+    workspace = build_zone(tmp_path, orders_of=lambda p: [] if p in ("p04", "p05") else None)
+    popularity = pd.Series({"i22": 90.0, "i23": 80.0, "i05": 10.0})  # i22 only in 11, i23 only in 44
+    summary, frame = run(workspace, popularity=popularity, popularity_release="r1")
+    lists = frame.groupby("person_id").agg(items=("item_id", list), personalized=("personalized", "max"))
+    assert lists.loc["p04", "items"] == ["i22", "i05"] and lists.loc["p05", "items"] == ["i23", "i05"]
+    assert lists.loc["p31", "items"] == lists.loc["p32", "items"] == ["i05"]  # refusers: nationwide
+    assert not lists.loc[["p04", "p05", "p31", "p32"], "personalized"].any()
+    assert lists.drop(index=["p04", "p05", "p31", "p32"])["personalized"].all()
+    assert {row["kind"]: (row["persons"], row["rows"]) for row in summary if row["output"] == "recommendations"} == {
+        "personalized": (31, 31 * 4), "non-personalized": (4, 2 + 2 + 1 + 1)}
 
-    rng = np.random.default_rng(4)
-    bought = sp.random(7, 5, density=0.4, random_state=4, format="csr")
-    args = (pa.array([f"p{i}" for i in range(7)]), rng.normal(size=(7, 3)).astype(np.float32),
-            sp.csr_array(bought), pa.array([f"i{i}" for i in range(5)]), rng.integers(0, 2, 7))
-    whole = recommend._scoring_table(*args)
-    monkeypatch.setattr(recommend, "_SCORING_SLICE", 3)
-    sliced = recommend._scoring_table(*args)
-    assert len(sliced.to_batches()) == 3 and sliced.equals(whole)
-    assert sliced.column("bought").to_pylist()[6] == [f"i{i}" for i in bought[[6]].indices]
+
+def test_the_local_lists_are_the_compiled_solvers_on_recency_weighted_purchases_in_string_order(result):
+    """Reference: the CSR of 0.5 ** (age / 90 days) per purchase by AS_OF, persons and items bought in string
+    order, fitted by ImplicitALS and scored densely, bought and disallowed items left out."""
+    workspace, _, frame = result
+    orders = pq.read_table(workspace.root / "pseudonymized" / "orders").to_pylist()
+    allowed = {f"p{n:02d}" for n in range(35)} - {"p31", "p32"}
+    weights = {}
+    for order in orders:
+        if order["person_id"] in allowed and order["placed_at"] <= AS_OF:
+            age_days = (AS_OF - order["placed_at"]).total_seconds() / 86_400
+            for item in order["items"]:
+                pair = (order["person_id"], item)
+                weights[pair] = weights.get(pair, 0.0) + 0.5 ** (age_days / 90.0)
+    persons = sorted({person for person, _ in weights})
+    items = sorted({item for _, item in weights})
+    matrix = sp.csr_array((list(weights.values()), ([persons.index(p) for p, _ in weights],
+                                                    [items.index(i) for _, i in weights])),
+                          shape=(len(persons), len(items)))
+    model = ImplicitALS(factors=2, iterations=10, random_state=0).fit(matrix)
+    catalogue = [f"i{n:02d}" for n in range(24)]
+    scores = np.zeros((len(persons), len(catalogue)), dtype=np.float32)
+    scores[:, [catalogue.index(i) for i in items]] = model.person_factors_ @ model.item_factors_.T
+    personalized = frame[frame["personalized"]]
+    for row, person in enumerate(persons):
+        number = int(person[1:])
+        shown = [i for i, item in enumerate(catalogue) if (person, item) not in weights
+                 and item not in ("i20", "i21", "i23" if number % 2 == 0 else "i22")]
+        best = sorted(shown, key=lambda i: (-scores[row, i], i))[:4]
+        got = personalized[personalized["person_id"] == person]
+        assert got["item_id"].tolist() == [catalogue[i] for i in best], person
+        np.testing.assert_allclose(got["score"], scores[row, best], rtol=1e-5, atol=1e-6)
 
 
 class _OrdersStreamedOnly:
@@ -247,7 +281,7 @@ class _OrdersStreamedOnly:
 
 
 def test_orders_are_streamed_and_give_the_same_lists(result, monkeypatch):
-    """Peak memory: the orders are encoded batch by batch (three numbers per item), never held whole."""
+    """Peak memory: the local engine reads the orders a row group at a time, never whole."""
     from pipelines import recommend
 
     workspace, _, before = result

@@ -16,6 +16,7 @@ on rows of persons whose consent covers the purpose.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
+from profiling._string_hash import StringIndex, _dictionary_encode
 from profiling.checks import check_int, check_number
 from profiling.errors import SchemaError
 
@@ -78,32 +80,53 @@ def _refuse_bad_weights(smallest: float | None, non_finite: int) -> None:
                          f"found {'a non-finite weight' if non_finite else f'the weight {smallest}'}")
 
 
-def factors_in_memory(feedback: pa.Table, row: str, column: str, weight: str,
+def factors_in_memory(partitions: Iterable[pa.Table], row: str, column: str, weight: str,
                       settings: FactorSettings) -> tuple[pa.Table, pa.Table]:
-    """``(row factors, column factors)`` of ``feedback`` by the compiled solver, rows and columns in string order.
+    """``(row factors, column factors)`` of the feedback in ``partitions`` by the compiled solver, rows and
+    columns in string order.
 
-    Pairs with a null or zero weight are not stored pairs; repeated pairs add up.
+    Each partition is reduced as it comes to integer codes into its own distinct rows and columns
+    and float64 weights (16 bytes a pair, the ids themselves not kept), then renumbered in string
+    order once all are seen. Pairs with a null or zero weight are not stored pairs; repeated pairs
+    add up (in float64, then solved in float32). A bad weight is refused before the fit.
     """
     from profiling.factors import ImplicitALS
 
-    weights = feedback.column(weight).cast(pa.float64())
-    finite = pc.is_finite(weights)
-    _refuse_bad_weights(pc.min(weights).as_py(), pc.sum(pc.invert(finite.fill_null(True))).as_py() or 0)
-    kept = feedback.filter(pc.and_(pc.greater(weights, 0).fill_null(False),
-                                   pc.and_(feedback.column(row).is_valid(), feedback.column(column).is_valid())))
-    rows, columns = (_sorted_unique(kept.column(name)) for name in (row, column))
-    matrix = sp.csr_array((kept.column(weight).cast(pa.float32()).to_numpy(),
-                           (pc.index_in(kept.column(row), value_set=rows).to_numpy(),
-                            pc.index_in(kept.column(column), value_set=columns).to_numpy())),
-                          shape=(len(rows), len(columns)))
+    pieces, smallest, non_finite = [], None, 0
+    for table in partitions:
+        weights = table.column(weight).cast(pa.float64())
+        low = pc.min(weights).as_py()
+        smallest = low if smallest is None or (low is not None and low < smallest) else smallest
+        non_finite += pc.sum(pc.invert(pc.is_finite(weights).fill_null(True))).as_py() or 0
+        kept = pc.and_(pc.greater(weights, 0).fill_null(False),
+                       pc.and_(table.column(row).is_valid(), table.column(column).is_valid()))
+        (rows, row_codes), (columns, column_codes) = (
+            _dictionary_encode(table.column(name).filter(kept).combine_chunks()) for name in (row, column))
+        # per partition: (its distinct rows, its distinct columns, row code, column code, weight) per stored pair
+        pieces.append((rows, columns, row_codes, column_codes, weights.filter(kept).to_numpy()))
+    _refuse_bad_weights(smallest, non_finite)
+    rows, columns = (_sorted_unique([piece[side] for piece in pieces]) for side in (0, 1))
+    row_index, column_index = StringIndex(rows), StringIndex(columns)
+    row_codes, column_codes = (np.concatenate([np.zeros(0, np.int32), *(
+        index.positions(piece[side]).astype(np.int32)[piece[side + 2]] for piece in pieces)])
+        for index, side in ((row_index, 0), (column_index, 1)))
+    values = np.concatenate([np.zeros(0, np.float64), *(piece[4] for piece in pieces)])
+    del pieces
+    # repeated pairs summed in float64 (as recency_weighted_counts does), then kept in float32 for the solver
+    matrix = sp.csr_array((values, (row_codes, column_codes)), shape=(len(rows), len(columns))).astype(np.float32)
+    del values, row_codes, column_codes
+    if not len(rows):  # no stored pair: nothing to fit
+        empty = np.zeros((0, settings.factors), dtype=np.float32)
+        return _factor_table(row, rows, empty), _factor_table(column, columns, empty)
     model = ImplicitALS(factors=settings.factors, iterations=settings.iterations,
                         regularization=settings.regularization, alpha=settings.alpha,
                         random_state=settings.seed).fit(matrix)
     return (_factor_table(row, rows, model.person_factors_), _factor_table(column, columns, model.item_factors_))
 
 
-def _sorted_unique(values: pa.ChunkedArray) -> pa.Array:
-    unique = pc.unique(values.combine_chunks())
+def _sorted_unique(arrays: list[pa.Array]) -> pa.Array:
+    """The distinct strings of ``arrays``, in string order."""
+    unique = pc.unique(pa.chunked_array(arrays, pa.string()).combine_chunks())
     return unique.take(pc.sort_indices(unique))
 
 
@@ -131,8 +154,10 @@ def factors_on_spark(spark: Any, frame: Any, row: str, column: str, weight: str,
     # rows: (row, column, weight) stored pairs only, repeated pairs added up
     pairs = (frame.where(value > 0).where(functions.col(row).isNotNull() & functions.col(column).isNotNull())
              .groupBy(row, column).agg(functions.sum(value).cast("float").alias("__weight")))
-    columns = _sorted_unique(pa.chunked_array([pa.array(r[column] for r in pairs.select(column).distinct()
-                                                        .collect())], pa.string()))
+    columns = _sorted_unique([pa.array([r[column] for r in pairs.select(column).distinct().collect()], pa.string())])
+    if not len(columns):  # no stored pair: nothing to fit, no row gets factors
+        return (pairs.select(functions.col(row), functions.array().cast("array<float>").alias(FACTORS_FIELD)),
+                _factor_table(column, columns, np.zeros((0, settings.factors), dtype=np.float32)))
     distinct_rows = pairs.select(row).distinct()
     for what, count in (("rows", distinct_rows.count()), ("columns", len(columns))):
         if count > _MAX_IDS:

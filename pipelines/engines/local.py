@@ -222,9 +222,10 @@ class LocalEngine(Engine):
                          settings: FactorSettings = FactorSettings()) -> tuple[Frame, pa.Table]:
         self._check_frame(feedback)
         check_feedback(feedback.schema, row, column, weight)
-        # rows: (row, column, weight), all of them: the compiled solver holds the matrix in this process
-        table = self.collect(feedback).select([row, column, weight])
-        row_factors, column_factors = factors_in_memory(table, row, column, weight, settings)
+        # rows: (row, column, weight), a partition at a time, reduced to codes: the compiled solver holds the
+        # matrix in this process
+        row_factors, column_factors = factors_in_memory(
+            (table.select([row, column, weight]) for table in self._tables(feedback)), row, column, weight, settings)
         return self.from_table(row_factors, key=row, partitions=feedback.partitions), column_factors
 
     def collect(self, frame: Frame) -> pa.Table:

@@ -96,6 +96,29 @@ def test_the_local_engine_fits_with_the_compiled_solver(tmp_path):
     np.testing.assert_array_equal(np.array(columns["factors"].to_pylist(), dtype=np.float32), model.item_factors_)
 
 
+def test_the_local_fit_does_not_depend_on_the_partitioning(tmp_path, feedback):
+    """Each partition is encoded apart and renumbered in string order: any partitioning gives the same factors."""
+    table, _ = feedback
+    fitted = []
+    with get_engine("local", workspace=tmp_path / "scratch", batch_rows=997) as engine:
+        for partitions, key in ((1, "person_id"), (5, "person_id"), (None, None)):
+            frame = engine.from_table(table, key=key, partitions=partitions)
+            rows, columns = engine.implicit_factors(frame, row="person_id", column="item_id", weight="weight",
+                                                    settings=FactorSettings(factors=4, iterations=3))
+            fitted.append((engine.collect(rows).sort_by("person_id"), columns))
+    for rows, columns in fitted[1:]:
+        assert rows.equals(fitted[0][0]) and columns.equals(fitted[0][1])
+
+
+def test_feedback_without_a_stored_pair_gives_no_factors(engine):
+    table = pa.table({"person_id": ["a", "b"], "item_id": ["x", "y"], "weight": [0.0, 0.0]})
+    rows, columns = engine.implicit_factors(engine.from_table(table, key="person_id", partitions=2),
+                                            row="person_id", column="item_id", weight="weight",
+                                            settings=FactorSettings(factors=3, iterations=2))
+    assert engine.collect(rows).num_rows == 0 and rows.key == "person_id"
+    assert columns.num_rows == 0 and columns.schema.field("factors").type == pa.list_(pa.float32())
+
+
 def test_rows_with_only_zero_or_null_weights_are_not_fitted(engine):
     table = pa.table({"person_id": ["a", "a", "b", "c"], "item_id": ["x", "y", "x", "y"],
                       "weight": pa.array([1.0, 2.0, 0.0, None], pa.float64())})
