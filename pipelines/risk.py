@@ -25,13 +25,23 @@ The model (``profiling.risk.RiskModel``, an isolation forest: no labels exist in
 on the ``TRAINING_WEEKS`` weeks before the scored period and scores the ``SCORED_WEEKS`` weeks
 before the as-of moment, so every score is out of sample in time. With fewer than
 ``MIN_TRAINING_ROWS`` person-weeks to train on, only the rules score (``score`` is null).
-Runs in this process on every engine (Arrow and scikit-learn; nothing here is a Spark job).
+The features are per person (each person against their own history), so they are one job on every
+engine: the three tables' rows of gated persons before ``as_of`` meet in one partition per person
+(``Engine.co_partition``), ``risk_features`` runs there, and the person-weeks are staged inside the
+workspace. The driver then holds only what the isolation forest needs whole, the training
+person-weeks' feature matrix (float32, in ``risk_features``' order: by week, then person), and
+scores the recent person-weeks one staged partition at a time, so the stage's memory is bounded by
+a partition and that matrix, not by the rows of the population.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import functools
 import json
+import math
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -39,24 +49,29 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from pipelines.engines import Broadcast, Engine, Kernel, LocalEngine
 from pipelines.workspace import Workspace
 from profiling._string_hash import StringIndex
+from profiling.checks import check_int
 from profiling.errors import WorkspaceError
-from profiling.risk import FEATURE_COLUMNS, RULES, RiskModel, risk_features, rule_scores
+from profiling.risk import FEATURE_COLUMNS, RULES, RiskModel, feature_matrix, risk_features, rule_scores
 
-__all__ = ["INPUTS", "MIN_TRAINING_ROWS", "OUTPUT", "PURPOSE", "SCORED_WEEKS", "TRAINING_WEEKS", "read_risk",
-           "write_risk"]
+__all__ = ["INPUTS", "MIN_TRAINING_ROWS", "OUTPUT", "PURPOSE", "ROWS_PER_PARTITION", "SCORED_WEEKS",
+           "TRAINING_WEEKS", "read_risk", "risk_features_kernel", "write_risk"]
 
 PURPOSE = "transaction_safety"
 OUTPUT = "risk"
 SCORED_WEEKS = 13      # the quarter before the as-of moment
 TRAINING_WEEKS = 26    # the half-year before that
 MIN_TRAINING_ROWS = 50  # person-weeks with an order below which no model is fitted
+# At most this many rows (orders, waybills and device events) per partition of the features.
+ROWS_PER_PARTITION = 4_000_000
 INPUTS: dict[str, list[str]] = {
     "orders": ["person_id", "placed_at", "amount"],
     "waybills": ["person_id", "created_at", "destination_province"],
     "device_events": ["person_id", "device_id", "event_at", "coarse_province", "ip_prefix"],
 }
+_TIMES = {"orders": "placed_at", "waybills": "created_at", "device_events": "event_at"}
 _WEEK_COLUMNS = [pa.field("person_id", pa.string(), nullable=False),
                  pa.field("week_start", pa.timestamp("us", tz="UTC"), nullable=False),
                  pa.field("week_end", pa.timestamp("us", tz="UTC"), nullable=False)]
@@ -64,6 +79,9 @@ SCORES_SCHEMA = pa.schema([*_WEEK_COLUMNS, pa.field("score", pa.float64()),
                            pa.field("rule_score", pa.float64(), nullable=False)])
 FEATURES_SCHEMA = pa.schema([*_WEEK_COLUMNS, *(pa.field(name, pa.float64(), nullable=False)
                                                for name in FEATURE_COLUMNS)])
+# the staged person-weeks of every week, scored and training: the features' columns and the week's number
+PERSON_WEEKS_SCHEMA = pa.schema([pa.field("person_id", pa.string()), pa.field("week", pa.int64()),
+                                 *(pa.field(f.name, f.type) for f in FEATURES_SCHEMA if f.name != "person_id")])
 
 
 def _metadata(table: str) -> dict[bytes, bytes]:
@@ -71,67 +89,176 @@ def _metadata(table: str) -> dict[bytes, bytes]:
     return {b"table": f"outputs/{OUTPUT}/{table}".encode(), b"purpose": PURPOSE.encode()}
 
 
-def _analytics_rows(workspace: Workspace, table: str, gated: StringIndex) -> pa.Table:
-    """The ``INPUTS`` columns of ``table``'s rows whose person is among the ``gated`` ones, in stored order."""
+def _input_folder(workspace: Workspace, table: str) -> Path:
     folder = workspace.pseudonymized(table)
     if not folder.is_dir():
         raise WorkspaceError(f"{folder} is missing: the risk stage reads the pseudonymized {table}; "
                              "run the pseudonymization stage first")
-    scanner = ds.dataset(workspace.verified(folder), format="parquet").scanner(columns=INPUTS[table])
-    # rows: the table's INPUTS columns, batch by batch -> only the rows of gated persons, in stored order
-    return pa.Table.from_batches([batch.filter(pa.array(gated.positions(batch.column("person_id")) >= 0))
-                                  for batch in scanner.to_batches()], schema=scanner.projected_schema)
+    return workspace.verified(folder)
 
 
-def write_risk(workspace: Workspace, persons: pa.Array, *, as_of: dt.datetime, scored_weeks: int = SCORED_WEEKS,
-               training_weeks: int = TRAINING_WEEKS, random_state: int = 0) -> dict:
+class _GatedPersons:
+    """The gated persons' hash table, built on first use in the process that runs the kernels (broadcast is
+    the array: a Spark worker builds its own)."""
+
+    def __init__(self, persons: Broadcast[pa.Array]) -> None:
+        self._persons = persons
+        self._index: StringIndex | None = None
+
+    def __getstate__(self) -> dict:
+        return {"_persons": self._persons, "_index": None}
+
+    def holds(self, person_ids: pa.ChunkedArray) -> pa.Array:
+        if self._index is None:
+            self._index = StringIndex(self._persons.value)
+        return pa.array(self._index.positions(person_ids) >= 0)
+
+
+def _gated_kernel(table: str, schema: pa.Schema, gated: _GatedPersons, as_of: dt.datetime) -> Kernel:
+    """Kernel (not per person): stored rows of ``table`` (its ``INPUTS`` columns, ``schema``) -> those whose person
+    is among the ``gated`` ones and whose time is before ``as_of`` (what ``risk_features`` would ignore goes)."""
+    times = _TIMES[table]
+
+    def gated_rows(rows: pa.Table) -> pa.Table:
+        before = pc.fill_null(pc.less(rows.column(times), pa.scalar(as_of, rows.schema.field(times).type)), True)
+        return rows.filter(pc.and_(gated.holds(rows.column("person_id")), before))
+
+    return Kernel(gated_rows, schema, name=f"gated_{table}", by_person=False)
+
+
+def risk_features_kernel(activity: pa.Table, *, as_of: dt.datetime, weeks: int) -> pa.Table:
+    """The person-weeks (``PERSON_WEEKS_SCHEMA``) of the persons in one partition of ``Engine.co_partition``'s
+    rows (an engine kernel): ``source`` says which of ``INPUTS`` each row is. Each person's features depend
+    only on that person's rows, so the union over partitions is ``risk_features`` of the whole population."""
+    tables = [activity.filter(pc.equal(activity.column("source"), name)).select(columns)
+              for name, columns in INPUTS.items()]
+    features = risk_features(*tables, as_of=as_of, weeks=weeks)
+    # rows: (person_id, week, week_start, week_end, features), by week, then person
+    return pa.table({field.name: pa.array(features[field.name].to_numpy(), field.type) if field.name != "person_id"
+                     else pa.array(features["person_id"], pa.string()) for field in PERSON_WEEKS_SCHEMA},
+                    schema=PERSON_WEEKS_SCHEMA)
+
+
+def _fragments(folder: Path) -> list[ds.Fragment]:
+    """The staged files in one fixed order, read one at a time."""
+    return sorted(ds.dataset(folder, format="parquet").get_fragments(), key=lambda fragment: fragment.path)
+
+
+def _training_matrix(staged: Path, scored_weeks: int) -> np.ndarray:
+    """``feature_matrix`` of the staged training person-weeks (week ``scored_weeks`` and older), by week then
+    person_id as ``risk_features`` orders them: the forest draws its rows by position.
+
+    Holds the (week, person_id) of the training rows while sorting them, then the matrix (44 bytes a
+    person-week) and one staged file at a time."""
+    training = ds.field("week") >= scored_weeks
+    # rows: (week, person_id) of every training person-week, file after file
+    key_schema = pa.schema([PERSON_WEEKS_SCHEMA.field("week"), PERSON_WEEKS_SCHEMA.field("person_id")])
+    keys = pa.concat_tables([key_schema.empty_table(), *(
+        fragment.to_table(columns=key_schema.names, filter=training).cast(key_schema)
+        for fragment in _fragments(staged))])
+    order = pc.sort_indices(keys, sort_keys=[("week", "ascending"), ("person_id", "ascending")]).to_numpy()
+    del keys
+    position = np.empty(len(order), dtype=np.int64)   # where each staged row goes in the sorted matrix
+    position[order] = np.arange(len(order))
+    del order
+    matrix = np.empty((len(position), len(FEATURE_COLUMNS)), dtype=np.float32)
+    written = 0
+    for fragment in _fragments(staged):
+        part = feature_matrix(fragment.to_table(columns=list(FEATURE_COLUMNS), filter=training))
+        matrix[position[written:written + len(part)]] = part
+        written += len(part)
+    return matrix
+
+
+def _write_scored(staged: Path, folder: Path, model: RiskModel | None, scored_weeks: int) -> int:
+    """Score the staged person-weeks of the ``scored_weeks`` recent weeks, one staged file at a time, into
+    ``folder/scores`` and ``folder/features`` (one Parquet file each, a row group per staged file);
+    returns how many were scored."""
+    writers = {}
+    for name, schema in (("scores", SCORES_SCHEMA), ("features", FEATURES_SCHEMA)):
+        (folder / name).mkdir(parents=True)
+        writers[name] = pq.ParquetWriter(folder / name / "part-00000.parquet", schema.with_metadata(_metadata(name)))
+    scored = 0
+    try:
+        for fragment in _fragments(staged):
+            # rows: (person_id, week, week_start, week_end, features) of the recent person-weeks of one partition
+            rows = fragment.to_table(filter=ds.field("week") < scored_weeks)
+            if not rows.num_rows:
+                continue
+            scores = np.full(rows.num_rows, np.nan) if model is None else model.score(rows)
+            weeks = {name: rows.column(name).cast(SCORES_SCHEMA.field(name).type)
+                     for name in ("person_id", "week_start", "week_end")}
+            rules = rule_scores(rows.select(list(FEATURE_COLUMNS)).to_pandas())
+            writers["scores"].write_table(pa.table({**weeks, "score": pa.array(scores, pa.float64(), from_pandas=True),
+                                                    "rule_score": pa.array(rules, pa.float64())},
+                                                   schema=writers["scores"].schema))
+            writers["features"].write_table(pa.table({**weeks, **{name: rows.column(name).cast(pa.float64())
+                                                                  for name in FEATURE_COLUMNS}},
+                                                     schema=writers["features"].schema))
+            scored += rows.num_rows
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return scored
+
+
+def write_risk(workspace: Workspace, persons: pa.Array, *, as_of: dt.datetime, engine: Engine | None = None,
+               scored_weeks: int = SCORED_WEEKS, training_weeks: int = TRAINING_WEEKS, random_state: int = 0,
+               rows_per_partition: int = ROWS_PER_PARTITION) -> dict:
     """Score the person-weeks of ``persons`` (PERSON pseudonyms the gate let through for transaction
     safety) in the ``scored_weeks`` weeks before ``as_of`` and replace ``WS/outputs/risk/``.
 
+    The features run on ``engine`` (default: a local engine spilling inside the workspace), at most
+    ``rows_per_partition`` input rows a partition and at least as many partitions as the engine
+    picks; the model is fitted and the scores written in this process (see the module docstring).
     Returns the stage's summary row (counts of person-weeks; no score leaves in it).
     """
     if scored_weeks < 1 or training_weeks < 1:
         raise ValueError(f"scored_weeks and training_weeks must be at least 1, got {scored_weeks} and "
                          f"{training_weeks}")
-    # One hash table of the persons for every table: a scan filter ``isin(persons)`` rebuilds it
-    # for every record batch, which took most of the read.
-    gated = StringIndex(pc.unique(persons).drop_null())
-    rows = {name: _analytics_rows(workspace, name, gated) for name in INPUTS}
-    del gated  # its hash table (32 bytes a slot, at most half full) is not kept through the features
-    # rows: (person_id, week, week_start, week_end, features), week 0 ends at as_of
-    features = risk_features(rows["orders"], rows["waybills"], rows["device_events"], as_of=as_of,
-                             weeks=scored_weeks + training_weeks)
-    del rows
-    training = features[features["week"] >= scored_weeks]
-    scored = features[features["week"] < scored_weeks].reset_index(drop=True)
-    model = None
-    if len(training) >= MIN_TRAINING_ROWS:
-        model = RiskModel(random_state=random_state).fit(training)
-    scores = np.full(len(scored), np.nan) if model is None else model.score(scored)
-    weeks = {name: pa.array(scored[name], type) for name, type in
-             (("person_id", pa.string()), ("week_start", pa.timestamp("us", tz="UTC")),
-              ("week_end", pa.timestamp("us", tz="UTC")))}
-    score_table = pa.table({**weeks, "score": pa.array(scores, pa.float64(), from_pandas=True),
-                            "rule_score": pa.array(rule_scores(scored), pa.float64())}, schema=SCORES_SCHEMA)
-    feature_table = pa.table({**weeks, **{name: pa.array(scored[name].to_numpy(np.float64))
-                                          for name in FEATURE_COLUMNS}}, schema=FEATURES_SCHEMA)
-    description = {
-        "purpose": PURPOSE, "as_of": as_of.isoformat(), "scored_weeks": scored_weeks,
-        "training_weeks": training_weeks, "training_person_weeks": len(training),
-        "scored_person_weeks": len(scored),
-        "model": None if model is None else {"kind": "isolation_forest", **model.get_params()},
-        "features": list(FEATURE_COLUMNS), "rules": RULES,
-    }
-    with workspace.staging() as stage:
+    if as_of.tzinfo is None:
+        raise ValueError(f"as_of {as_of} has no time zone; pass an aware datetime in UTC")
+    check_int(rows_per_partition, "rows_per_partition")
+    sources = {name: _input_folder(workspace, name) for name in INPUTS}
+    rows = sum(ds.dataset(folder, format="parquet").count_rows() for folder in sources.values())
+    with contextlib.ExitStack() as owned, workspace.staging() as stage:
+        engine = engine or owned.enter_context(LocalEngine(workspace=workspace))
+        partitions = max(engine.default_partitions(rows), math.ceil(rows / rows_per_partition))
+        gated = _GatedPersons(engine.broadcast(pc.unique(persons.cast(pa.string())).drop_null()))
+        inputs = {}
+        for name, folder in sources.items():
+            stored = engine.read(folder, columns=INPUTS[name], key=None)
+            inputs[name] = engine.map(stored, _gated_kernel(name, stored.schema, gated, as_of))
+        # rows: (source, person_id, every input's columns) of gated persons before as_of, one person's in one
+        # partition
+        activity = engine.co_partition(inputs, key="person_id", partitions=partitions)
+        del inputs, gated   # the gated persons' hash table is not kept through the features
+        staged = stage / "person-weeks"
+        engine.save(engine.map(activity, Kernel(functools.partial(risk_features_kernel, as_of=as_of,
+                                                                  weeks=scored_weeks + training_weeks),
+                                                PERSON_WEEKS_SCHEMA, name="risk_features")), staged)
+        del activity
+        training = _training_matrix(staged, scored_weeks)
+        training_rows = len(training)
+        model = None
+        if training_rows >= MIN_TRAINING_ROWS:
+            model = RiskModel(random_state=random_state).fit(training)
+        del training
         folder = stage / OUTPUT
-        for name, table in (("scores", score_table), ("features", feature_table)):
-            (folder / name).mkdir(parents=True)
-            pq.write_table(table.replace_schema_metadata(_metadata(name)), folder / name / "part-00000.parquet")
+        scored_rows = _write_scored(staged, folder, model, scored_weeks)
+        description = {
+            "purpose": PURPOSE, "as_of": as_of.isoformat(), "scored_weeks": scored_weeks,
+            "training_weeks": training_weeks, "training_person_weeks": training_rows,
+            "scored_person_weeks": scored_rows,
+            "model": None if model is None else {"kind": "isolation_forest", **model.get_params()},
+            "features": list(FEATURE_COLUMNS), "rules": RULES,
+        }
         (folder / "_model.json").write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
         workspace.publish({workspace.outputs(OUTPUT): folder})
-    return {"stage": "risk", "table": OUTPUT, "rows": score_table.num_rows, "persons": len(persons),
-            "training_person_weeks": len(training),
-            "model": "isolation_forest" if model is not None else "rules only (too few training person-weeks)"}
+    return {"stage": "risk", "table": OUTPUT, "rows": scored_rows, "persons": len(persons),
+            "training_person_weeks": training_rows,
+            "model": "isolation_forest" if model is not None else "rules only (too few training person-weeks)",
+            "partitions": partitions, "engine": engine.name}
 
 
 def read_risk(workspace: Workspace, table: str, *, purpose: str) -> pa.Table:

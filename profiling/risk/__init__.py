@@ -9,7 +9,7 @@ refuses every other purpose.
 """
 
 from profiling.risk._features import FEATURE_COLUMNS, WEEK, risk_features
-from profiling.risk._model import RiskModel
+from profiling.risk._model import RiskModel, feature_matrix
 from profiling.risk._rules import RULES, rule_scores
 
-__all__ = ["FEATURE_COLUMNS", "RULES", "RiskModel", "WEEK", "risk_features", "rule_scores"]
+__all__ = ["FEATURE_COLUMNS", "RULES", "RiskModel", "WEEK", "feature_matrix", "risk_features", "rule_scores"]

@@ -26,24 +26,41 @@ from sklearn.utils.validation import check_is_fitted
 
 from profiling.risk._features import FEATURE_COLUMNS
 
-__all__ = ["RiskModel"]
+__all__ = ["RiskModel", "feature_matrix"]
 
 # Heavy-tailed counts and amounts enter on a log scale, so a ratio of 50 is not 10 times a ratio of 5.
 _LOG_COLUMNS = frozenset({"orders", "max_amount", "amount_ratio", "most_orders_in_a_day", "destinations",
                           "new_destinations", "new_devices", "new_provinces", "new_networks", "history_days"})
 
 
-def _matrix(features: pd.DataFrame) -> np.ndarray:
-    missing = [c for c in FEATURE_COLUMNS if c not in features.columns]
+def feature_matrix(features) -> np.ndarray:
+    """The model's input: ``FEATURE_COLUMNS`` of ``features`` (a pandas frame or an Arrow table, one row a
+    person-week) as a C-ordered float32 matrix, heavy-tailed columns on a log scale.
+
+    float32 because the isolation forest's trees split in float32 (scikit-learn casts its input so):
+    built here once, it is not copied again by ``fit`` or ``score``, and it is a quarter of the raw rows.
+    """
+    names = features.columns if isinstance(features, pd.DataFrame) else features.column_names
+    missing = [c for c in FEATURE_COLUMNS if c not in names]
     if missing:
         raise ValueError(f"features lack the columns {', '.join(missing)}; compute them with risk_features")
-    columns = []
-    for name in FEATURE_COLUMNS:
-        values = features[name].to_numpy(dtype=np.float64)
+    matrix = np.empty((len(features), len(FEATURE_COLUMNS)), dtype=np.float32)
+    for position, name in enumerate(FEATURE_COLUMNS):
+        values = np.asarray(features[name], dtype=np.float64)
         if not np.isfinite(values).all():
             raise ValueError(f"feature {name!r} holds NaN or infinite values")
-        columns.append(np.log1p(np.maximum(values, 0.0)) if name in _LOG_COLUMNS else values)
-    return np.column_stack(columns) if columns else np.empty((len(features), 0))
+        matrix[:, position] = np.log1p(np.maximum(values, 0.0)) if name in _LOG_COLUMNS else values
+    return matrix
+
+
+def _matrix(features) -> np.ndarray:
+    """``features`` as the model's input: a frame or table of ``FEATURE_COLUMNS``, or ``feature_matrix``'s result."""
+    if isinstance(features, np.ndarray):
+        if features.dtype != np.float32 or features.ndim != 2 or features.shape[1] != len(FEATURE_COLUMNS):
+            raise ValueError(f"a feature matrix must be float32 with {len(FEATURE_COLUMNS)} columns "
+                             f"(feature_matrix's result), got {features.dtype} of shape {features.shape}")
+        return features
+    return feature_matrix(features)
 
 
 class RiskModel(BaseEstimator):
@@ -62,8 +79,10 @@ class RiskModel(BaseEstimator):
         self.max_samples = max_samples
         self.random_state = random_state
 
-    def fit(self, features: pd.DataFrame) -> RiskModel:
-        """Fit on the person-weeks of a training period (``risk_features`` rows); no labels."""
+    def fit(self, features) -> RiskModel:
+        """Fit on the person-weeks of a training period, no labels: ``risk_features`` rows (a pandas frame or
+        an Arrow table), or their ``feature_matrix``. The forest draws rows by position: the same rows in
+        another order fit another forest."""
         matrix = _matrix(features)
         if len(matrix) < 2:
             raise ValueError(f"the training period holds {len(matrix)} person-weeks with an order; at least 2 "
@@ -74,7 +93,7 @@ class RiskModel(BaseEstimator):
         self.n_features_in_ = matrix.shape[1]
         return self
 
-    def score(self, features: pd.DataFrame) -> np.ndarray:
+    def score(self, features) -> np.ndarray:
         """The anomaly score of each person-week (Liu et al.'s s(x): near 1 isolated, 0.5 and below usual)."""
         check_is_fitted(self, "forest_")
         return -self.forest_.score_samples(_matrix(features))
