@@ -315,7 +315,8 @@ def _recommendations(context: RunContext) -> list[dict]:
 def _risk(context: RunContext) -> list[dict]:
     """Transaction safety: needs no grant, so it answers for everyone whose accepted policy holds."""
     decision = context.decide(RISK_PURPOSE, job="risk", population=_population(context))
-    return [write_risk(context.workspace, decision.person_ids(context.key), as_of=context.as_of)]
+    return [write_risk(context.workspace, decision.person_ids(context.key), as_of=context.as_of,
+                       engine=context.engine)]
 
 
 def _clear_stale(context: RunContext) -> list[dict]:
