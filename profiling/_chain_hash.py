@@ -1,19 +1,92 @@
-"""Compiled SHA-256 of many ledger rows at once: content hashes and chain links (``profiling.ledger_chain``).
+"""Compiled kernels of the ledger chains (``profiling.ledger_chain``) over many rows at once.
 
-The same digests as ``ledger_chain.content_hash`` and ``ledger_chain.link_hash`` (checked against
-them in the tests), computed by the SHA-256 blocks of ``profiling.pseudonyms`` (libcrypto's where
-it is found) over contiguous buffers instead of one Python call per row. Digests are (n, 64)
+The rows' canonical JSON text (``canonical_rows``), their content hashes and chain links: the same
+text and digests as ``ledger_chain._CANONICAL``, ``content_hash`` and ``link_hash`` (checked against
+them in the tests), computed over contiguous buffers instead of one Python call per row, with the
+SHA-256 blocks of ``profiling.pseudonyms`` (libcrypto's where it is found). Digests are (n, 64)
 uint8 arrays of lowercase hex digits.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from numba import njit
 
+from profiling._string_hash import _offsets_and_data
 from profiling.pseudonyms import _HEX, _IV, _SHA256_CTX_WORDS, _finish, _libcrypto_loaded
 
-__all__ = ["content_digests", "content_digests_between", "hex_strings", "link_digests"]
+_NULL = np.frombuffer(b"null", dtype=np.uint8)
+_COMMA, _CLOSE, _OPEN, _QUOTE = (ord(c) for c in ',]["')
+
+
+@njit(nogil=True, cache=True)
+def _integer_widths(values, valid, widths):
+    """Add each row's JSON width of ``values`` (``null`` where not ``valid``) to ``widths``."""
+    for row in range(len(values)):
+        if not valid[row]:
+            widths[row] += 4
+            continue
+        value = values[row]
+        digits = 1 if value >= 0 else 2   # the minus sign
+        magnitude = np.uint64(value) if value >= 0 else np.uint64(-(value + 1)) + np.uint64(1)
+        while magnitude >= np.uint64(10):
+            magnitude //= np.uint64(10)
+            digits += 1
+        widths[row] += digits
+
+
+@njit(nogil=True, cache=True)
+def _write_integers(values, valid, null, separator, out, cursor):
+    """Write each row's integer (or ``null``) and ``separator`` at ``out[cursor[row]]``; advance ``cursor``."""
+    for row in range(len(values)):
+        at = cursor[row]
+        if not valid[row]:
+            out[at:at + 4] = null
+            at += 4
+        else:
+            value = values[row]
+            magnitude = np.uint64(value) if value >= 0 else np.uint64(-(value + 1)) + np.uint64(1)
+            if value < 0:
+                out[at] = 45   # '-'
+                at += 1
+            digits, probe = 1, magnitude
+            while probe >= np.uint64(10):
+                probe //= np.uint64(10)
+                digits += 1
+            for place in range(digits - 1, -1, -1):
+                out[at + place] = np.uint8(np.uint64(48) + magnitude % np.uint64(10))
+                magnitude //= np.uint64(10)
+            at += digits
+        out[at] = separator
+        cursor[row] = at + 1
+
+
+@njit(nogil=True, cache=True)
+def _write_strings(offsets, data, valid, null, separator, out, cursor, escaped):
+    """Write each row's text between quotes (or ``null``) and ``separator``; advance ``cursor``. A row whose
+    text holds a byte JSON escapes (a control character, quote, backslash, non-ASCII) is marked ``escaped``."""
+    for row in range(len(offsets) - 1):
+        at = cursor[row]
+        if not valid[row]:
+            out[at:at + 4] = null
+            at += 4
+        else:
+            out[at] = 34   # '"'
+            at += 1
+            for position in range(offsets[row], offsets[row + 1]):
+                byte = data[position]
+                if byte < 32 or byte > 126 or byte == 34 or byte == 92:
+                    escaped[row] = True
+                out[at] = byte
+                at += 1
+            out[at] = 34
+            at += 1
+        out[at] = separator
+        cursor[row] = at + 1
+
+__all__ = ["canonical_rows", "content_digests", "content_digests_between", "hex_strings", "link_digests"]
 
 
 @njit(inline="always")
@@ -69,6 +142,44 @@ def _link_kernel(first_previous, contents, previous_hashes, chained, iv, hexdigi
         state[:8] = iv
         _finish(state, message, 0, 129, 0, tail, w, use_libcrypto)
         _write_hex(state, hexdigits, out, row)
+
+
+def canonical_rows(columns: list[pa.Array]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The JSON list of each row of ``columns`` (integers, strings or nulls, equal lengths), in the form of
+    ``ledger_chain._CANONICAL`` (no spaces): (offsets (n + 1), UTF-8 bytes, rows marked ``escaped``).
+
+    A row holding text that JSON escapes (anything but printable ASCII other than a quote or a
+    backslash) is written unescaped and marked: the caller writes its text another way.
+    """
+    count = len(columns[0]) if columns else 0
+    widths = np.full(count, 1 + len(columns), dtype=np.int64)   # '[', then a ',' or ']' after each value
+    prepared = []
+    for column in columns:
+        valid = (np.zeros(count, dtype=np.bool_) if pa.types.is_null(column.type) else
+                 np.ones(count, dtype=np.bool_) if not column.null_count else
+                 pc.is_valid(column).to_numpy(zero_copy_only=False))
+        if pa.types.is_integer(column.type) or pa.types.is_null(column.type):
+            values = (np.zeros(count, dtype=np.int64) if pa.types.is_null(column.type) else
+                      pc.fill_null(column, 0).cast(pa.int64()).to_numpy())
+            _integer_widths(values, valid, widths)
+            prepared.append((values, None, valid))
+        else:
+            offsets, data = _offsets_and_data(column)
+            widths += np.where(valid, np.diff(offsets) + 2, 4)
+            prepared.append((offsets, data, valid))
+    starts = np.zeros(count + 1, dtype=np.int64)
+    np.cumsum(widths, out=starts[1:])
+    out = np.empty(starts[-1], dtype=np.uint8)
+    out[starts[:-1]] = _OPEN
+    cursor = starts[:-1] + 1
+    escaped = np.zeros(count, dtype=np.bool_)
+    for at, (first, data, valid) in enumerate(prepared):
+        separator = np.uint8(_CLOSE if at == len(prepared) - 1 else _COMMA)
+        if data is None:
+            _write_integers(first, valid, _NULL, separator, out, cursor)
+        else:
+            _write_strings(first, data, valid, _NULL, separator, out, cursor, escaped)
+    return starts, out, escaped
 
 
 def content_digests(prefix: bytes, offsets: np.ndarray, data: np.ndarray) -> np.ndarray:

@@ -25,7 +25,8 @@ How to use it (all calls take a connection in autocommit mode, as ``ledger_conne
    "INSERT ...")``. Any SQL insert works (``executemany``, ``INSERT OR IGNORE``); the rows it
    added are sealed before the block ends. For many rows, ``append_rows(db, table, rows)``
    inserts them already sealed (no second write per row), and ``append_arrow(db, table, rows)``
-   does the same for an Arrow table, hashing by compiled kernels (the same rows and hashes). A row that somebody inserted outside the
+   does the same for an Arrow table, hashing by compiled kernels (the same rows and hashes) in a
+   worker thread a batch ahead of the inserts. A row that somebody inserted outside the
    application (unsealed when an append starts), or dropped triggers, make both raise
    ``ChainBrokenError``.
 3. Erase with ``redact(db, table, "account_id = ?", (account,), reason="erasure request")``
@@ -76,12 +77,13 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from profiling._chain_hash import content_digests, content_digests_between, hex_strings, link_digests
+from profiling._chain_hash import canonical_rows, content_digests, content_digests_between, hex_strings, link_digests
 from profiling._string_hash import _offsets_and_data
 from profiling.errors import PortraitError
 
@@ -100,6 +102,8 @@ __all__ = [
     "verify",
     "verify_all",
 ]
+
+_Item = TypeVar("_Item")
 
 REDACTED_ID = object()
 """Placeholder meaning ``'redacted:' || chain_content``: unique per row, holds nothing of the row."""
@@ -446,9 +450,29 @@ def _append_start(db: sqlite3.Connection, chain: _Chain) -> tuple[int, str, int,
     return rows_before, previous, next_key, [_affinity(declared[c]) for c in chain.columns]
 
 
-def _insert_sql(chain: _Chain) -> str:
+def _insert_sql(chain: _Chain, rows: int) -> str:
     names = ", ".join([_quote(c) for c in chain.columns] + ["chain_content", "chain_prev", "chain_hash"])
-    return f"INSERT INTO {_quote(chain.table)} ({names}) VALUES ({', '.join('?' * (len(chain.columns) + 3))})"
+    row = f"({', '.join('?' * (len(chain.columns) + 3))})"
+    return f"INSERT INTO {_quote(chain.table)} ({names}) VALUES {', '.join([row] * rows)}"
+
+
+# Rows per INSERT statement of a sealed append. A statement per row would also read and write
+# SQLite's AUTOINCREMENT counter (sqlite_sequence) once per row; here once per statement.
+_ROWS_PER_INSERT = 500
+
+
+def _insert_sealed(db: sqlite3.Connection, chain: _Chain, values: list[object], rows: int) -> None:
+    """Insert ``rows`` sealed rows whose values lie one row after the other in ``values`` (the content
+    columns in registration order, then content hash, previous chain hash, chain hash), many rows a statement."""
+    width = len(chain.columns) + 3
+    per_statement = max(1, min(_ROWS_PER_INSERT, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width))
+    whole, step = rows - rows % per_statement, per_statement * width
+    if whole:
+        insert = _insert_sql(chain, per_statement)
+        for start in range(0, whole * width, step):
+            db.execute(insert, values[start:start + step])
+    if whole < rows:
+        db.execute(_insert_sql(chain, rows - whole), values[whole * width:])
 
 
 def _append_end(db: sqlite3.Connection, chain: _Chain, rows: int, head_hash: str, last_key: int) -> None:
@@ -467,7 +491,6 @@ def append_rows(db: sqlite3.Connection, table: str, rows: Iterable[Sequence[obje
     chain = _chain(db, table)
     rows_before, previous, next_key, affinities = _append_start(db, chain)
     key_index = chain.columns.index(chain.key)
-    insert = _insert_sql(chain)
     appended, hash_row, plain_kinds = 0, _row_hasher(table), set()
     iterator = iter(rows)
     while batch := list(itertools.islice(iterator, batch_rows)):
@@ -487,15 +510,11 @@ def append_rows(db: sqlite3.Connection, table: str, rows: Iterable[Sequence[obje
             hashed = link_hash(previous, content)
             sealed.append((*full, content, previous, hashed))
             previous = hashed
-        db.executemany(insert, sealed)
+        _insert_sealed(db, chain, list(itertools.chain.from_iterable(sealed)), len(sealed))
         appended += len(sealed)
     if appended:
         _append_end(db, chain, rows_before + appended, previous, next_key + appended - 1)
     return appended
-
-
-# Text that JSON writes as it is, between quotes: printable ASCII but the quote and the backslash.
-_PLAIN_TEXT = r"^[ !#-\[\]-~]*$"
 
 
 def _arrow_fits(column: pa.ChunkedArray | pa.Array, affinity: str) -> bool:
@@ -508,29 +527,58 @@ def _arrow_fits(column: pa.ChunkedArray | pa.Array, affinity: str) -> bool:
     return pa.types.is_null(kind)
 
 
-def _canonical_texts(columns: Sequence[pa.Array]) -> pa.Array:
-    """The canonical JSON list (``_CANONICAL``) of each row of ``columns`` (integers, strings or nulls).
+def _canonical_texts(columns: Sequence[pa.Array]) -> tuple[np.ndarray, np.ndarray]:
+    """The canonical JSON list (``_CANONICAL``) of each row of ``columns`` (integers, strings or nulls), as
+    (offsets, UTF-8 bytes): written by a compiled kernel, rows holding text JSON escapes by ``_CANONICAL``."""
+    offsets, data, escaped = canonical_rows(list(columns))
+    if not escaped.any():
+        return offsets, data
+    texts = pa.Array.from_buffers(pa.large_string(), len(escaped), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+    where = np.flatnonzero(escaped)
+    rows = zip(*(column.take(pa.array(where)).to_pylist() for column in columns))
+    texts = pc.replace_with_mask(texts, pa.array(escaped),
+                                 pa.array([_CANONICAL(list(row)) for row in rows], pa.large_string()))
+    return _offsets_and_data(texts)
 
-    Built by Arrow's string kernels; rows holding text JSON would escape are written by ``_CANONICAL``.
-    """
-    rendered, escaped = [], None
-    for column in columns:
-        if pa.types.is_integer(column.type):
-            text = pc.cast(column, pa.string())
-        elif pa.types.is_null(column.type):
-            text = pa.nulls(len(column), pa.string())
-        else:
-            column = column.cast(pa.string())
-            plain = pc.fill_null(pc.match_substring_regex(column, _PLAIN_TEXT), True)
-            escaped = pc.invert(plain) if escaped is None else pc.or_(escaped, pc.invert(plain))
-            text = pc.binary_join_element_wise('"', column, '"', "")
-        rendered.append(pc.fill_null(text, "null"))
-    texts = pc.binary_join_element_wise("[", pc.binary_join_element_wise(*rendered, ","), "]", "")
-    if escaped is not None and pc.any(escaped).as_py():
-        where = np.flatnonzero(escaped.to_numpy(zero_copy_only=False))
-        rows = zip(*(column.take(pa.array(where)).to_pylist() for column in columns))
-        texts = pc.replace_with_mask(texts, escaped, pa.array([_CANONICAL(list(row)) for row in rows], pa.string()))
-    return texts
+
+def _python_values(column: pa.Array) -> list[object]:
+    """``column.to_pylist()``, faster: integers through numpy, and text of few distinct values (judged on
+    the first 1,024) as one Python string per distinct value, shared by its rows."""
+    if pa.types.is_integer(column.type) and not column.null_count:
+        return column.to_numpy().tolist()
+    if (len(column) > 4 * 1024 and (pa.types.is_string(column.type) or pa.types.is_large_string(column.type))
+            and pc.count_distinct(column.slice(0, 1024), mode="all").as_py() <= 64):
+        encoded = pc.dictionary_encode(column, null_encoding="encode")
+        return np.array(encoded.dictionary.to_pylist(), dtype=object)[encoded.indices.to_numpy()].tolist()
+    return column.to_pylist()
+
+
+def _hashed_batches(chain: _Chain, pieces: Iterable[pa.Table], first_key: int, previous: str,
+                    batch_rows: int) -> Iterator[tuple[list[pa.Array], np.ndarray, np.ndarray]]:
+    """(content columns with the keys from ``first_key``, content hashes, chain hashes) of each batch of at most
+    ``batch_rows`` rows of ``pieces``, the chain going on from ``previous``; hashes as (rows, 64) hex digits."""
+    names = [c for c in chain.columns if c != chain.key]
+    key_index, prefix = chain.columns.index(chain.key), _row_prefix(chain.table)
+    for piece in pieces:
+        piece = piece.select(names)
+        for start in range(0, piece.num_rows, batch_rows):
+            batch = piece.slice(start, batch_rows)
+            columns = [c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c for c in batch.columns]
+            columns.insert(key_index, pa.array(np.arange(first_key, first_key + batch.num_rows, dtype=np.int64)))
+            # rows: (content columns...) -> canonical JSON -> content hash -> chain hash
+            contents = content_digests(prefix, *_canonical_texts(columns))
+            hashes = link_digests(contents, first_previous=previous)
+            yield columns, contents, hashes
+            first_key, previous = first_key + batch.num_rows, hashes[-1].tobytes().decode()
+
+
+def _made_ahead(items: Iterator[_Item]) -> Iterator[_Item]:
+    """``items``, each next one made by a worker thread while the caller works on the one before."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-append") as worker:
+        upcoming = worker.submit(next, items, None)
+        while (item := upcoming.result()) is not None:
+            upcoming = worker.submit(next, items, None)
+            yield item
 
 
 def append_arrow(db: sqlite3.Connection, table: str, rows: pa.Table | Iterable[pa.Table], *,
@@ -559,27 +607,17 @@ def append_arrow(db: sqlite3.Connection, table: str, rows: pa.Table | Iterable[p
         return append_rows(db, table, (row for piece in pieces for row in zip(
             *(piece.column(c).to_pylist() for c in names))), batch_rows=batch_rows)
     rows_before, previous, next_key, _ = _append_start(db, chain)
-    key_index = chain.columns.index(chain.key)
-    insert, prefix = _insert_sql(chain), _row_prefix(table)
-    appended = 0
-    for piece in pieces:
-        piece = piece.select(names)
-        for start in range(0, piece.num_rows, batch_rows):
-            batch = piece.slice(start, batch_rows)
-            keys = pa.array(np.arange(next_key + appended, next_key + appended + batch.num_rows, dtype=np.int64))
-            columns = [c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c for c in batch.columns]
-            columns.insert(key_index, keys)
-            # rows: (content columns...) -> canonical JSON -> content hash -> chain hash
-            texts = _canonical_texts(columns)
-            offsets, data = _offsets_and_data(texts)
-            contents = content_digests(prefix, offsets, data)
-            hashes = link_digests(contents, first_previous=previous)
-            chain_hashes = hex_strings(hashes)
-            previous_hashes = [previous, *chain_hashes[:-1]]
-            db.executemany(insert, zip(*(c.to_pylist() for c in columns), hex_strings(contents), previous_hashes,
-                                       chain_hashes))
-            previous = chain_hashes[-1]
-            appended += batch.num_rows
+    width, appended = len(chain.columns) + 3, 0
+    # While SQLite inserts a batch (the GIL released), a worker reads and hashes the next one.
+    for columns, contents, hashes in _made_ahead(_hashed_batches(chain, pieces, next_key, previous, batch_rows)):
+        chain_hashes = hex_strings(hashes)
+        values: list[object] = [None] * (len(chain_hashes) * width)   # rows one after the other
+        for at, column in enumerate([*map(_python_values, columns), hex_strings(contents),
+                                     [previous, *chain_hashes[:-1]], chain_hashes]):
+            values[at::width] = column
+        _insert_sealed(db, chain, values, len(chain_hashes))
+        previous = chain_hashes[-1]
+        appended += len(chain_hashes)
     if appended:
         _append_end(db, chain, rows_before + appended, previous, next_key + appended - 1)
     return appended

@@ -19,16 +19,23 @@ from profiling.errors import WorkspaceError
 __all__ = ["immediate_transaction", "ledger_connection"]
 
 
+# Pages of a new ledger file (bytes; a file keeps the size it was made with). Larger than SQLite's
+# 4 KiB: a bulk load of the consent history writes and checkpoints a quarter as many pages.
+_PAGE_BYTES = 16384
+
+
 def ledger_connection(path: str | os.PathLike) -> sqlite3.Connection:
     """A connection to ``ledger.sqlite`` with WAL, full sync, secure deletion and a busy timeout.
 
-    Autocommit mode: callers open transactions with ``immediate_transaction``.
+    Autocommit mode: callers open transactions with ``immediate_transaction``. A new file is made
+    with pages of ``_PAGE_BYTES``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _refuse_truncated(path)
     connection = sqlite3.connect(path, timeout=30.0, isolation_level=None)
     try:
+        connection.execute(f"PRAGMA page_size={_PAGE_BYTES}")   # no effect on a file that holds pages already
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.DatabaseError as error:

@@ -88,6 +88,54 @@ def test_the_arrow_load_gives_the_row_by_row_ledger(tmp_path, fixed_clock):
     assert [row[1] for row in _ledger_rows(bulk)] == ["C3", "C1", "C2", "C\"4\\é", "C5", "C6", "C7"]
 
 
+def _indexes(path) -> list[tuple]:
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'consent_events' "
+                          "ORDER BY name").fetchall()
+
+
+def test_a_first_load_that_fails_midway_leaves_the_ledger_as_it_was(tmp_path, monkeypatch, fixed_clock):
+    """The rows are read and hashed a batch ahead by a worker thread: a failure there, or in SQLite,
+    rolls the whole load back (no row, every dropped index back), and the next load is whole."""
+    path = tmp_path / "ledger.sqlite"
+    rows = [(f"E{i}", f"A{i % 7}", i % 30, "grant", "personalization", "2019-06", "app") for i in range(40)]
+    with SqliteConsentStore(path) as store:
+        indexes = _indexes(path)
+        assert len(indexes) == 3   # by account, by event id, and the chain's unsealed rows
+        recorded = sqlite_store._as_recorded
+
+        def failing_third_batch(events):
+            failing_third_batch.calls += 1
+            if failing_third_batch.calls == 3:
+                raise OSError("disk gone while reading the ingested files")
+            return recorded(events)
+
+        failing_third_batch.calls = 0
+        monkeypatch.setattr(sqlite_store, "_as_recorded", failing_third_batch)
+        with pytest.raises(OSError, match="disk gone"):
+            store.append_table(_table(rows), source="ingest", batch_rows=10)
+        monkeypatch.setattr(sqlite_store, "_as_recorded", recorded)
+        assert _ledger_rows(path) == [] and _indexes(path) == indexes
+        assert [report.ok for report in store.verify()] == [True, True, True]
+        monkeypatch.setattr(sqlite_store, "_record_snapshot", _raise(sqlite3.OperationalError("disk full")))
+        with pytest.raises(sqlite3.OperationalError, match="disk full"):
+            store.append_table(_table(rows), source="ingest", batch_rows=10)
+        monkeypatch.undo()
+        monkeypatch.setattr(sqlite_store, "_now_micros", lambda: NOW)
+        assert _ledger_rows(path) == [] and _indexes(path) == indexes
+        assert store.append_table(_table(rows), source="ingest", batch_rows=10).recorded == 40
+        assert _indexes(path) == indexes and store.events().equals(store.events_sql())
+    with SqliteConsentStore(tmp_path / "plain.sqlite") as plain:
+        _row_by_row(plain, rows)
+    assert _ledger_rows(path) == _ledger_rows(tmp_path / "plain.sqlite")
+
+
+def _raise(error: Exception):
+    def raising(*args, **kwargs):
+        raise error
+    return raising
+
+
 def test_the_snapshot_agrees_with_sql_and_is_refused_once_the_ledger_moved(tmp_path):
     path = tmp_path / "ledger.sqlite"
     with SqliteConsentStore(path) as store:

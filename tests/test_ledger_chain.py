@@ -174,3 +174,71 @@ def test_a_chain_cut_back_behind_a_waypoint_is_broken_though_consistent_in_itsel
     assert verify(db, "marks", chunk_rows=1000).problem.startswith("append-only trigger")   # the chain itself holds
     cut = verify(db, "marks", chunk_rows=1000, waypoints=at)
     assert (cut.ok, cut.broken_at) == (False, 2001) and "rewound" in cut.problem
+
+
+def _arrow_notes(rows: int):
+    import pyarrow as pa
+    return pa.table({"who": [f"p{i % 5}" if i % 4 else f"w\"{i}é" for i in range(rows)],
+                     "amount": pa.array([i * 7 - 20 for i in range(rows)], pa.int64()),
+                     "body": [None if i % 3 == 0 else f"b{i}" for i in range(rows)]})
+
+
+@pytest.mark.parametrize("rows_per_insert", [1, 3, 500])
+def test_append_arrow_inserts_the_rows_that_sql_inserts_sealed_afterwards_give(monkeypatch, rows_per_insert):
+    """Many rows a statement, batches not a multiple of it: the very rows, keys and hashes of one SQL
+    insert per row sealed by ``appending`` (hashes computed from the rows read back)."""
+    from profiling import ledger_chain
+    monkeypatch.setattr(ledger_chain, "_ROWS_PER_INSERT", rows_per_insert)
+    ledgers = []
+    for way in ("arrow", "sql"):
+        db = sqlite3.connect(":memory:", isolation_level=None)
+        db.execute("CREATE TABLE counts (id INTEGER PRIMARY KEY AUTOINCREMENT, who TEXT NOT NULL, amount INTEGER, "
+                   "body TEXT)")
+        register_table(db, "counts", key="id", columns=_COLUMNS, placeholders={"who": REDACTED_ID, "body": None})
+        for first, rows in ((0, 11), (11, 6)):   # two appends: keys and the chain go on from the first
+            table = _arrow_notes(17).slice(first, rows)
+            db.execute("BEGIN IMMEDIATE")
+            if way == "arrow":
+                assert ledger_chain.append_arrow(db, "counts", table, batch_rows=4) == rows
+            else:
+                with appending(db, "counts"):
+                    db.executemany("INSERT INTO counts (who, amount, body) VALUES (?, ?, ?)",
+                                   zip(*(table.column(c).to_pylist() for c in ("who", "amount", "body"))))
+            db.execute("COMMIT")
+        assert verify(db, "counts").ok and verify(db, "counts").rows == 17
+        ledgers.append(db.execute("SELECT * FROM counts ORDER BY id").fetchall())
+    assert ledgers[0] == ledgers[1]
+
+
+@settings(max_examples=30, deadline=None)
+@given(values=st.lists(st.one_of(st.none(), st.text(max_size=6)), min_size=1, max_size=70),
+       repeats=st.sampled_from([1, 90]), integers=st.lists(st.integers(-2**63, 2**63 - 1), max_size=50))
+def test_python_values_are_those_of_to_pylist(values, repeats, integers):
+    import pyarrow as pa
+    from profiling.ledger_chain import _python_values
+    for column in (pa.array(values * repeats, pa.string()), pa.array(values * repeats, pa.large_string()),
+                   pa.array(integers, pa.int64()), pa.array(integers * repeats + [None], pa.int64())):
+        converted = _python_values(column)
+        assert converted == column.to_pylist()
+        assert [type(v) for v in converted] == [type(v) for v in column.to_pylist()]
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.lists(st.tuples(st.one_of(st.none(), st.integers(-2**63, 2**63 - 1)),
+                               st.one_of(st.none(), st.text(max_size=6)),
+                               st.one_of(st.none(), st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126),
+                                                            max_size=6))), max_size=12))
+def test_the_compiled_canonical_json_is_that_of_python(rows):
+    """The rows' JSON written by the compiled kernel (and by Python for text JSON escapes) is
+    byte for byte ``_CANONICAL`` of the row's values, which the content hashes are made of."""
+    import pyarrow as pa
+    from profiling._chain_hash import canonical_rows
+    from profiling.ledger_chain import _CANONICAL, _canonical_texts
+    columns = [pa.array([row[0] for row in rows], pa.int64()), pa.array([row[1] for row in rows], pa.string()),
+               pa.array([row[2] for row in rows], pa.large_string()), pa.nulls(len(rows))]
+    offsets, data = _canonical_texts(columns)
+    written = [bytes(data[offsets[i]:offsets[i + 1]]).decode() for i in range(len(rows))]
+    assert written == [_CANONICAL([*row, None]) for row in rows]
+    escaped = canonical_rows(columns)[2]
+    assert list(escaped) == [_CANONICAL([row[1], row[2]]) != "[" + ",".join(
+        "null" if v is None else f'"{v}"' for v in row[1:]) + "]" for row in rows]

@@ -26,6 +26,7 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
@@ -230,7 +231,10 @@ class SqliteConsentStore:
         WAL mode with full sync, so a crash or error before the commit leaves nothing of the load
         (rows, index changes, snapshot, load record: the ledger is as it was), and after the
         commit all of it is on disk. Memory: a dataset is read ``batch_rows`` rows at a time (its
-        ``event_id`` column whole, for the duplicates); rows reach SQLite a batch at a time.
+        ``event_id`` column whole, for the duplicates); rows reach SQLite a batch at a time. Worker
+        threads read and hash the next batch while SQLite inserts one (``append_arrow``) and make the
+        snapshot's Parquet while SQLite builds the indexes; every write is this connection's, in the
+        one transaction.
         """
         columns = ["event_id", *EVENT_COLUMNS, "channel"]
         missing = [c for c in columns if c not in events.schema.names]
@@ -260,11 +264,9 @@ class SqliteConsentStore:
                                                   np.full(batch.num_rows, now, dtype=np.int64)))
 
             recorded = append_arrow(db, "consent_events", batches(), batch_rows=batch_rows)
-            for statement in rebuilt:
-                db.execute(statement)
-            if before is not None and recorded:
-                last = db.execute("SELECT last_key FROM ledger_chains "
-                                  "WHERE chain_table = 'consent_events'").fetchone()[0]
+            last = db.execute("SELECT last_key FROM ledger_chains WHERE chain_table = 'consent_events'").fetchone()[0]
+
+            def snapshot() -> tuple[memoryview, int]:
                 pa.default_memory_pool().release_unused()   # the insert's batches, before the snapshot's columns
                 # Read again rather than held through the insert: the snapshot's columns of the recorded events,
                 # the few-valued ones dictionary-encoded while they wait to be sorted.
@@ -274,7 +276,15 @@ class SqliteConsentStore:
                     for start, piece in _pieces(events, _SNAPSHOT_SCHEMA.names[1:], batch_rows)
                     for lo, hi in [np.searchsorted(keep, [start, start + piece.num_rows])] if hi > lo])
                 added = added.add_column(0, "seq", pa.array(np.arange(last - recorded + 1, last + 1, dtype=np.int64)))
-                _write_snapshot(db, pa.concat_tables([before.cast(_SNAPSHOT_COMPACT), added]))
+                return _snapshot_parquet(pa.concat_tables([before.cast(_SNAPSHOT_COMPACT), added]))
+
+            # Arrow reads, sorts and writes the new snapshot while SQLite builds the indexes (neither holds the GIL).
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="consent-snapshot") as worker:
+                written = worker.submit(snapshot) if before is not None and recorded else None
+                for statement in rebuilt:
+                    db.execute(statement)
+                if written is not None:
+                    _record_snapshot(db, *written.result())
             if fingerprint is not None:
                 db.execute("INSERT OR REPLACE INTO consent_loads (fingerprint, source, events, loaded_at) "
                            "VALUES (?, ?, ?, ?)", (fingerprint, source, offered, now))
@@ -557,10 +567,14 @@ def _is_empty(db: sqlite3.Connection, table: str) -> bool:
 def _drop_indexes(db: sqlite3.Connection, table: str) -> list[str]:
     """Inside the caller's transaction: drop ``table``'s named indexes; returns the statements that rebuild them.
 
-    (A column constraint's index, such as a ``UNIQUE`` declared in ``CREATE TABLE``, cannot be dropped and stays.)
+    (A column constraint's index, such as a ``UNIQUE`` declared in ``CREATE TABLE``, cannot be dropped and stays;
+    a partial index stays too: the chain's index of unsealed rows gets no entry from sealed appends, and
+    rebuilding it would cost a scan of the table.)
     """
-    indexes = db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
-                         "AND sql IS NOT NULL ORDER BY name", (table,)).fetchall()
+    partial = {row[1] for row in db.execute(f"PRAGMA index_list({_quoted(table)})") if row[4]}
+    indexes = [(name, sql) for name, sql in db.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL ORDER BY name",
+        (table,)) if name not in partial]
     for name, _ in indexes:
         db.execute(f"DROP INDEX {_quoted(name)}")
     return [sql for _, sql in indexes]
@@ -655,14 +669,23 @@ def _write_snapshot(db: sqlite3.Connection, events: pa.Table) -> None:
     The Parquet bytes replace the previous snapshot's (secure deletion overwrites them); their
     SHA-256 and the position go to the chained ``consent_snapshots`` in the same transaction.
     """
+    _record_snapshot(db, *_snapshot_parquet(events))
+
+
+def _snapshot_parquet(events: pa.Table) -> tuple[memoryview, int]:
+    """``events`` sorted into the snapshot's Parquet bytes (``_SNAPSHOT_ORDER``), and how many they hold."""
     order = pc.sort_indices(events, sort_keys=_SNAPSHOT_ORDER)
     sink = pa.BufferOutputStream()
     with pq.ParquetWriter(sink, _SNAPSHOT_SCHEMA, compression="zstd") as writer:   # sorted a row group at a time
         for start in range(0, len(order), _SNAPSHOT_GROUP_ROWS):
             writer.write_table(events.take(order.slice(start, _SNAPSHOT_GROUP_ROWS)).cast(_SNAPSHOT_SCHEMA))
-    data = memoryview(sink.getvalue())
+    return memoryview(sink.getvalue()), len(order)
+
+
+def _record_snapshot(db: sqlite3.Connection, data: memoryview, events: int) -> None:
+    """Store snapshot bytes ``data`` of ``events`` events at the ledger's position (``_write_snapshot``)."""
     rows, head, redactions = _position(db)
-    append_rows(db, "consent_snapshots", [(rows, head, redactions, len(order), hashlib.sha256(data).hexdigest(),
+    append_rows(db, "consent_snapshots", [(rows, head, redactions, events, hashlib.sha256(data).hexdigest(),
                                            _now_micros())])
     written = db.execute("SELECT MAX(id) FROM consent_snapshots").fetchone()[0]
     db.execute("DELETE FROM consent_snapshot_data")
