@@ -30,6 +30,7 @@ import pyarrow.dataset as ds
 
 from pipelines.engines import Broadcast, Engine, Kernel, LocalEngine
 from pipelines.workspace import Workspace
+from profiling._string_hash import StringIndex
 from profiling.identity import _kernels as identity_kernels
 from profiling.identity import identity_report
 from profiling.portrait import (
@@ -190,14 +191,18 @@ def _activity_kernel(source: str, folder, identities: Broadcast[tuple[pa.Array, 
     schema = pa.schema([pa.field("identity_id", pa.string()), pa.field("at", TIMESTAMP),
                         *(pa.field(c, stored.field(c).type) for c in other)])
     until = pa.scalar(as_of, TIMESTAMP)
+    indexes: list[StringIndex] = []  # built at the first call in each process, probed by every call
 
     def activity(table: pa.Table) -> pa.Table:
         person_ids, identity_ids = identities.value
-        position = pc.index_in(table.column("person_id"), value_set=person_ids)
-        kept = pc.and_(position.is_valid(), pc.less_equal(table.column(times), until))
+        if not indexes:
+            indexes.append(StringIndex(person_ids))
+        position = indexes[0].positions(table.column("person_id"))
+        kept = (position >= 0) & pc.less_equal(table.column(times), until).fill_null(False).to_numpy(
+            zero_copy_only=False)
         # rows: (time, other) of eligible persons up to as_of, each with its identity (the person is not needed)
-        table = table.select([times, *other]).filter(kept)
-        identity = identity_ids.take(position.filter(kept))
+        table = table.select([times, *other]).filter(pa.array(kept))
+        identity = identity_ids.take(pa.array(position[kept]))
         return pa.table([identity, *(table.column(c) for c in [times, *other])], schema=schema)
 
     return Kernel(activity, schema, name=f"{source}_by_identity", by_person=False)
