@@ -54,7 +54,7 @@ from pipelines.workspace import Workspace
 from profiling._string_hash import StringIndex
 from profiling.checks import check_int
 from profiling.errors import WorkspaceError
-from profiling.risk import FEATURE_COLUMNS, RULES, RiskModel, feature_matrix, risk_features, rule_scores
+from profiling.risk import FEATURE_COLUMNS, RULES, RiskModel, feature_matrix, risk_feature_table, rule_scores
 
 __all__ = ["INPUTS", "MIN_TRAINING_ROWS", "OUTPUT", "PURPOSE", "ROWS_PER_PARTITION", "SCORED_WEEKS",
            "TRAINING_WEEKS", "read_risk", "risk_features_kernel", "write_risk"]
@@ -64,8 +64,9 @@ OUTPUT = "risk"
 SCORED_WEEKS = 13      # the quarter before the as-of moment
 TRAINING_WEEKS = 26    # the half-year before that
 MIN_TRAINING_ROWS = 50  # person-weeks with an order below which no model is fitted
-# At most this many rows (orders, waybills and device events) per partition of the features.
-ROWS_PER_PARTITION = 4_000_000
+# At most this many stored rows (orders, waybills and device events) per partition of the features: about the
+# 4 million rows the whole stage held at 200,000 accounts (about 1 GB at its peak).
+ROWS_PER_PARTITION = 5_000_000
 INPUTS: dict[str, list[str]] = {
     "orders": ["person_id", "placed_at", "amount"],
     "waybills": ["person_id", "created_at", "destination_province"],
@@ -132,11 +133,8 @@ def risk_features_kernel(activity: pa.Table, *, as_of: dt.datetime, weeks: int) 
     only on that person's rows, so the union over partitions is ``risk_features`` of the whole population."""
     tables = [activity.filter(pc.equal(activity.column("source"), name)).select(columns)
               for name, columns in INPUTS.items()]
-    features = risk_features(*tables, as_of=as_of, weeks=weeks)
     # rows: (person_id, week, week_start, week_end, features), by week, then person
-    return pa.table({field.name: pa.array(features[field.name].to_numpy(), field.type) if field.name != "person_id"
-                     else pa.array(features["person_id"], pa.string()) for field in PERSON_WEEKS_SCHEMA},
-                    schema=PERSON_WEEKS_SCHEMA)
+    return risk_feature_table(*tables, as_of=as_of, weeks=weeks).cast(PERSON_WEEKS_SCHEMA)
 
 
 def _fragments(folder: Path) -> list[ds.Fragment]:
@@ -209,8 +207,7 @@ def write_risk(workspace: Workspace, persons: pa.Array, *, as_of: dt.datetime, e
     safety) in the ``scored_weeks`` weeks before ``as_of`` and replace ``WS/outputs/risk/``.
 
     The features run on ``engine`` (default: a local engine spilling inside the workspace), at most
-    ``rows_per_partition`` input rows a partition and at least as many partitions as the engine
-    picks; the model is fitted and the scores written in this process (see the module docstring).
+    ``rows_per_partition`` stored input rows a partition; the model is fitted and the scores written in this process (see the module docstring).
     Returns the stage's summary row (counts of person-weeks; no score leaves in it).
     """
     if scored_weeks < 1 or training_weeks < 1:
@@ -223,7 +220,8 @@ def write_risk(workspace: Workspace, persons: pa.Array, *, as_of: dt.datetime, e
     rows = sum(ds.dataset(folder, format="parquet").count_rows() for folder in sources.values())
     with contextlib.ExitStack() as owned, workspace.staging() as stage:
         engine = engine or owned.enter_context(LocalEngine(workspace=workspace))
-        partitions = max(engine.default_partitions(rows), math.ceil(rows / rows_per_partition))
+        # not the engine's default: the kernel is light per row, and splitting further only adds spills and tasks
+        partitions = max(1, math.ceil(rows / rows_per_partition))
         gated = _GatedPersons(engine.broadcast(pc.unique(persons.cast(pa.string())).drop_null()))
         inputs = {}
         for name, folder in sources.items():

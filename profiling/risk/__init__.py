@@ -8,8 +8,9 @@ marketing or a DP release: the purpose catalogue (``profiling.purposes``) lets o
 refuses every other purpose.
 """
 
-from profiling.risk._features import FEATURE_COLUMNS, WEEK, risk_features
+from profiling.risk._features import FEATURE_COLUMNS, WEEK, risk_feature_table, risk_features
 from profiling.risk._model import RiskModel, feature_matrix
 from profiling.risk._rules import RULES, rule_scores
 
-__all__ = ["FEATURE_COLUMNS", "RULES", "RiskModel", "WEEK", "feature_matrix", "risk_features", "rule_scores"]
+__all__ = ["FEATURE_COLUMNS", "RULES", "RiskModel", "WEEK", "feature_matrix", "risk_feature_table", "risk_features",
+           "rule_scores"]

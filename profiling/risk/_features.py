@@ -38,7 +38,7 @@ from numba import njit
 
 from profiling._string_hash import StringIndex
 
-__all__ = ["FEATURE_COLUMNS", "WEEK", "risk_features"]
+__all__ = ["FEATURE_COLUMNS", "WEEK", "risk_feature_table", "risk_features"]
 
 WEEK = dt.timedelta(days=7)
 FEATURE_COLUMNS: tuple[str, ...] = (
@@ -108,6 +108,33 @@ def risk_features(orders: pa.Table | pd.DataFrame, waybills: pa.Table | pd.DataF
     >>> risk_features(orders, waybills, events, as_of=at, weeks=1)[["week", "orders", "amount_ratio"]].to_dict("records")
     [{'week': 0, 'orders': 1, 'amount_ratio': 90.0}]
     """
+    features, persons, as_of_us = _coded_features(orders, waybills, device_events, as_of=as_of, weeks=weeks)
+    week_end_us = as_of_us - features["week"].to_numpy() * _MICROS_PER_WEEK
+    features["week_end"] = pd.to_datetime(week_end_us, unit="us", utc=True)
+    features["week_start"] = features["week_end"] - pd.Timedelta(WEEK)
+    features["person_id"] = persons.take(pa.array(features["person"].to_numpy())).to_pandas()
+    return features[["person_id", "week", "week_start", "week_end", *FEATURE_COLUMNS]]
+
+
+def risk_feature_table(orders: pa.Table, waybills: pa.Table, device_events: pa.Table, *, as_of: dt.datetime,
+                       weeks: int) -> pa.Table:
+    """``risk_features`` as an Arrow table with the features as float64 (``person_id``, ``week`` (int64),
+    ``week_start``, ``week_end`` (µs, UTC), ``FEATURE_COLUMNS``), built without Python strings or
+    timestamps: the partition kernel of the risk stage."""
+    features, persons, as_of_us = _coded_features(orders, waybills, device_events, as_of=as_of, weeks=weeks)
+    week = features["week"].to_numpy().astype(np.int64)
+    week_end = pa.array(as_of_us - week * _MICROS_PER_WEEK, pa.int64())
+    moment = pa.timestamp("us", tz="UTC")
+    return pa.table({"person_id": persons.take(pa.array(features["person"].to_numpy())), "week": pa.array(week),
+                     "week_start": pc.subtract(week_end, _MICROS_PER_WEEK).cast(moment),
+                     "week_end": week_end.cast(moment),
+                     **{name: pa.array(features[name].to_numpy(np.float64)) for name in FEATURE_COLUMNS}})
+
+
+def _coded_features(orders, waybills, device_events, *, as_of: dt.datetime,
+                    weeks: int) -> tuple[pd.DataFrame, pa.Array, int]:
+    """``(features, persons, as_of_us)``: ``person`` (a position in ``persons``), ``week`` and ``FEATURE_COLUMNS``
+    of each person-week, sorted by week then person_id (see ``risk_features``)."""
     if weeks < 1:
         raise ValueError(f"weeks must be at least 1, got {weeks}")
     if as_of.tzinfo is None:
@@ -153,15 +180,11 @@ def risk_features(orders: pa.Table | pd.DataFrame, waybills: pa.Table | pd.DataF
     for name in ("orders", "most_orders_in_a_day", "destinations", "new_destinations", "new_devices",
                  "new_provinces", "new_networks"):
         features[name] = features[name].astype(np.int64)
-    features["week_end"] = pd.to_datetime(week_end_us, unit="us", utc=True)
-    features["week_start"] = features["week_end"] - pd.Timedelta(WEEK)
-    features["person_id"] = persons.take(pa.array(features["person"].to_numpy())).to_pandas()
     # sorted by week, then person_id: each person code's rank among the sorted pseudonyms stands for it
     rank = np.empty(len(persons), dtype=np.int64)
     rank[pc.sort_indices(persons).to_numpy()] = np.arange(len(persons))
     order = np.lexsort((rank[features["person"].to_numpy()], features["week"].to_numpy()))
-    features = features.iloc[order].reset_index(drop=True)
-    return features[["person_id", "week", "week_start", "week_end", *FEATURE_COLUMNS]]
+    return features.iloc[order].reset_index(drop=True), persons, as_of_us
 
 
 @njit(nogil=True, cache=True)
