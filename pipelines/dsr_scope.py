@@ -31,7 +31,7 @@ distinct ids (theirs and everybody else's), never a whole file.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,23 +63,20 @@ class DsrError(PortraitError):
 
 @dataclass(frozen=True)
 class LinkedIdentifiers:
-    """The subjects' raw ids by kind (``LINK_KINDS`` plus ``phone`` and ``email``), and everybody else's.
+    """The subjects' raw ids by kind (``LINK_KINDS`` plus ``phone`` and ``email``).
 
     The subjects are one account (a data-subject request) or several erased together (the job's
     retention stage); ids of several are pooled. ``ids["device_id"]`` holds the devices only
     subjects signed in on (one of them, or several of them jointly: once they are all erased no
     living account uses the device); ``shared_devices`` those someone else signed in on too.
     ``phones`` are their phones normalized, less any an account outside the subjects registered.
-    ``other_accounts`` (distinct) and ``other_orders`` (distinct in each batch read) are the raw ids of every
-    other person in the workspace: what a row is looked up in, where a repeated value changes nothing.
+    Everybody else's ids are not held: the scan looks up only those its rows hold (``_foreign``).
     """
 
     account_ids: tuple[str, ...]
     ids: dict[str, frozenset[str]]
     phones: frozenset[str]
     shared_devices: frozenset[str]
-    other_accounts: pa.Array
-    other_orders: pa.Array
 
     @property
     def account_id(self) -> str:
@@ -102,17 +99,6 @@ class LinkedIdentifiers:
             found.update(pseudonymize(list(self.account_ids), key, MARKETING, identifier="account_id",
                                       version=version).to_pylist())
         return found
-
-    def others(self, key: MasterKey) -> pa.Array:
-        """Every other person's account ids, order ids and PERSON and MARKETING pseudonyms (every version):
-        a row holding one is not the subjects' alone."""
-        parts = [self.other_accounts, self.other_orders]
-        if len(self.other_accounts):
-            for version in key.versions:
-                for domain in (PERSON, MARKETING):
-                    parts.append(pseudonymize(self.other_accounts, key, domain, identifier="account_id",
-                                              version=version))
-        return pa.concat_arrays([part.cast(pa.string()) for part in parts])
 
 
 # cells (rows x columns) read, matched and written at once by an erasure, an export or the retention stage: what
@@ -180,11 +166,33 @@ def open_parquet(path: Path) -> pq.ParquetFile:
     return pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
 
 
-def _trimmed(rows: pa.RecordBatch | pa.Table, column: str) -> pa.Array:
+def _phones_normalized(values: pa.Array) -> pa.Array:
+    """``normalize(values, "phone")``, its regular expressions run only on values they can change.
+
+    A phone of ASCII digits alone, neither 13 nor 15 of them, is its own normal form: nothing to
+    strip, and no country code before 11 digits (``profiling.identifiers.canonical_phone``); most
+    phones are written so, and an erasure matches every phone of every waybill.
+
+    >>> _phones_normalized(pa.array(["13812345678", " +86 138-1234-5678", "8613812345678", None])).to_pylist()
+    ['13812345678', '13812345678', '13812345678', None]
+    """
+    trimmed = pc.utf8_trim_whitespace(values.cast(pa.string()))
+    length = pc.binary_length(trimmed)
+    plain = pc.and_(pc.ascii_is_decimal(trimmed),
+                    pc.invert(pc.is_in(length, value_set=pa.array([13, 15], length.type))))
+    rest = pc.invert(pc.fill_null(plain, True))  # nulls are their own normal form too
+    if not pc.any(rest).as_py():
+        return trimmed
+    return pc.replace_with_mask(trimmed, rest, normalize(trimmed.filter(rest), "phone"))
+
+
+def _column(rows: pa.RecordBatch | pa.Table, column: str) -> pa.Array:
     values = rows.column(column)
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
-    return pc.utf8_trim_whitespace(values.cast(pa.string()))
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
+def _trimmed(rows: pa.RecordBatch | pa.Table, column: str) -> pa.Array:
+    return pc.utf8_trim_whitespace(_column(rows, column).cast(pa.string()))
 
 
 def _text_set(values: Iterable[str]) -> pa.Array:
@@ -243,31 +251,22 @@ def linked_identifiers(workspace: Workspace, account_ids: str | Iterable[str]) -
 
     ``account_ids``: one raw account id, or several whose ids are resolved together in one read of
     each ingested table (what is theirs jointly: a device only they signed in on, a phone only they
-    registered). Each table is read in batches, only the columns needed: what is
-    held is the distinct ids (of them and of everybody else), never a whole column.
+    registered). Each table is read in batches, only the columns needed: what is held is their ids
+    and everybody's distinct phones and their devices' users, never a whole column; everybody
+    else's account and order ids are looked up later, only against what the subjects' rows hold.
     """
     subjects = _subjects(account_ids)
     subject_set = _text_set(subjects)
-    # distinct account ids of every table's account columns, per batch, trimmed once they are distinct
-    everyone: list[pa.Array] = []
-
-    def held(rows: pa.RecordBatch, table: str) -> None:
-        for name in _ACCOUNT_FIELDS[table]:
-            everyone.append(pc.utf8_trim_whitespace(_distinct(rows.column(name)).cast(pa.string())))
-        if len(everyone) > 16:  # kept to the distinct ids, not one array per batch read
-            everyone[:] = [_union(everyone)]
-
     # rows: (account_id, phone, email)
     phones: set[str] = set()
     emails: set[str] = set()
     their_phones: list[pa.Array] = []
     others_phones: list[pa.Array] = []
     for rows in _batches(workspace, "accounts", ["account_id", "phone", "email"]):
-        held(rows, "accounts")
         mine = _in(_trimmed(rows, "account_id"), subject_set)
         phones |= _picked(_trimmed(rows, "phone"), mine)
         emails |= _picked(_trimmed(rows, "email"), mine)
-        normalized = normalize(_trimmed(rows, "phone"), "phone")
+        normalized = _phones_normalized(rows.column("phone"))
         their_phones.append(_distinct(normalized, mine))
         others_phones.append(_distinct(normalized, ~mine))
     their_phones_all = _union(their_phones)
@@ -275,23 +274,19 @@ def linked_identifiers(workspace: Workspace, account_ids: str | Iterable[str]) -
     own_phone_set = _text_set(own_phones)
     # rows: (order_id, account_id)
     own_orders: set[str] = set()
-    other_orders: list[pa.Array] = []
     for rows in _batches(workspace, "orders", ["order_id", "account_id"]):
-        held(rows, "orders")
-        order_ids = _trimmed(rows, "order_id")
-        of_subjects = _in(_trimmed(rows, "account_id"), subject_set)
-        own_orders |= _picked(order_ids, of_subjects)
-        other_orders.append(_distinct(order_ids, ~of_subjects))
+        own_orders |= _picked(_trimmed(rows, "order_id"), _in(_trimmed(rows, "account_id"), subject_set))
     own_order_set = _text_set(own_orders)
     # rows: (waybill_id, order_id, account_id, shipper_phone, receiver_phone)
     own_waybills: set[str] = set()
     for rows in _batches(workspace, "waybills", ["waybill_id", "order_id", "account_id", *PHONE_FIELDS["waybills"]]):
-        held(rows, "waybills")
         waybill_account, waybill_order = _trimmed(rows, "account_id"), _trimmed(rows, "order_id")
-        names_phone = np.zeros(len(waybill_account), dtype=bool)
-        for name in PHONE_FIELDS["waybills"]:
-            names_phone |= _in(normalize(_trimmed(rows, name), "phone"), own_phone_set)
         unowned = ~_valid(waybill_account) & ~_valid(waybill_order)
+        names_phone = np.zeros(len(waybill_account), dtype=bool)  # on waybills of no account nor order only
+        if unowned.any():
+            for name in PHONE_FIELDS["waybills"]:
+                names_phone[unowned] |= _in(_phones_normalized(_column(rows, name).filter(pa.array(unowned))),
+                                            own_phone_set)
         own_waybills |= _picked(_trimmed(rows, "waybill_id"),
                                 _in(waybill_account, subject_set) | _in(waybill_order, own_order_set)
                                 | (names_phone & unowned))
@@ -299,18 +294,12 @@ def linked_identifiers(workspace: Workspace, account_ids: str | Iterable[str]) -
     their_devices: list[pa.Array] = []
     others_devices: list[pa.Array] = []
     for rows in _batches(workspace, "device_events", ["device_id", "account_id"]):
-        held(rows, "device_events")
         device, signed = _trimmed(rows, "device_id"), _trimmed(rows, "account_id")
         by_them = _in(signed, subject_set)
         their_devices.append(_distinct(device, by_them))
         others_devices.append(_distinct(device, _valid(signed) & ~by_them))
     their_devices_all = _union(their_devices)
     used_by_others = _in(their_devices_all, _union(others_devices))
-    for table in set(_ACCOUNT_FIELDS) - {"accounts", "orders", "waybills", "device_events"}:
-        for name in _ACCOUNT_FIELDS[table]:
-            for rows in _batches(workspace, table, [name]):
-                held(rows, table)
-    everyone_all = _union(everyone)
     return LinkedIdentifiers(
         subjects,
         {"account_id": frozenset(subjects),
@@ -318,9 +307,7 @@ def linked_identifiers(workspace: Workspace, account_ids: str | Iterable[str]) -
          "order_id": frozenset(own_orders), "waybill_id": frozenset(own_waybills),
          "phone": frozenset(phones), "email": frozenset(emails)},
         phones=frozenset(own_phones), shared_devices=frozenset(their_devices_all.filter(pa.array(used_by_others))
-                                                               .to_pylist()),
-        other_accounts=everyone_all.filter(pa.array(~_in(everyone_all, subject_set))),
-        other_orders=pa.concat_arrays(other_orders) if other_orders else pa.array([], pa.string()))
+                                                               .to_pylist()))
 
 
 def parquet_files(workspace: Workspace) -> list[Path]:
@@ -341,18 +328,26 @@ def _text_columns(schema: pa.Schema) -> list[str]:
             if _is_text(f.type) or (pa.types.is_list(f.type) and _is_text(f.type.value_type))]
 
 
-def _matching_rows(rows: pa.Table, columns: list[str], targets: StringIndex) -> np.ndarray:
-    """True on rows where any of ``columns``, trimmed, is one of ``targets`` (or any element of a list column is)."""
+def _cells(rows: pa.Table, name: str) -> tuple[pa.Array, np.ndarray | None]:
+    """A text column's values trimmed, a list column's elements flattened, and the row of each element (None: one
+    value per row)."""
+    column = _column(rows, name)
+    if pa.types.is_list(column.type):
+        return (pc.utf8_trim_whitespace(pc.list_flatten(column)),
+                pc.list_parent_indices(column).to_numpy(zero_copy_only=False))
+    return pc.utf8_trim_whitespace(column), None
+
+
+def _matching_rows(rows: pa.Table, cells: Iterable[tuple[pa.Array, np.ndarray | None]],
+                   holds: Callable[[pa.Array], np.ndarray]) -> np.ndarray:
+    """True on ``rows`` where any of ``cells`` (``_cells`` of their columns) is a value ``holds`` is true of."""
     mask = np.zeros(rows.num_rows, dtype=bool)
-    if len(targets) == 0:
-        return mask
-    for name in columns:
-        column = rows.column(name).combine_chunks()
-        if pa.types.is_list(column.type):
-            hit = targets.positions(pc.utf8_trim_whitespace(pc.list_flatten(column))) >= 0
-            mask[pc.list_parent_indices(column).to_numpy(zero_copy_only=False)[hit]] = True
-            continue
-        mask |= targets.positions(pc.utf8_trim_whitespace(column)) >= 0
+    for values, parents in cells:
+        hit = holds(values)
+        if parents is None:
+            mask |= hit
+        else:
+            mask[parents[hit]] = True
     return mask
 
 
@@ -421,30 +416,16 @@ class ScannedFile:
     scopes: Iterator[FileScope]
 
 
-def _present(rows: pa.Table, columns: list[str], universe: pa.Array) -> pa.Array:
-    """The values of ``universe`` that ``columns`` of ``rows`` hold (trimmed; list elements too).
-
-    ``universe`` may be every other person's ids (millions); ``rows`` are the few that concern the
-    subjects, so the universe is probed with their distinct values instead of hashing it per file.
-    """
-    held = []
-    for name in columns:
-        column = rows.column(name).combine_chunks()
-        if pa.types.is_list(column.type):
-            column = pc.list_flatten(column)
-        held.append(pc.utf8_trim_whitespace(column.cast(pa.string())))
-    values = pc.unique(pa.concat_arrays(held).drop_null()) if held else pa.array([], pa.string())
-    if len(values) == 0 or len(universe) == 0:
-        return pa.array([], pa.string())
-    return universe.filter(pc.fill_null(pc.is_in(universe, value_set=values), False))
-
-
 def subject_rows(workspace: Workspace, linked: LinkedIdentifiers, key: MasterKey) -> Iterator[ScannedFile]:
-    """Every Parquet file of the workspace, scanned for the subjects' ids, pseudonyms and phones, one file at a time.
+    """The Parquet files of the workspace holding the subjects' ids, pseudonyms or phones, one file at a time.
 
-    Each file is read once, whatever the number of subjects, and ``batch_rows`` rows at a time,
-    never whole; a row is theirs when it holds no one else's id (see the module docstring). The
-    lookup arrays (their ids and pseudonyms, their phones, everybody else's ids) are built once.
+    Two reads of each file, ``batch_rows`` rows at a time, never whole, whatever the number of
+    subjects. The first reads the text columns alone and finds the rows that concern the subjects
+    (their ids, pseudonyms or phones), keeping their positions and the values they hold; then the
+    values that are someone else's are looked up among those alone (``_foreign``); the second read
+    (of every column, of the files holding such rows only) yields each batch's ``FileScope``: a row
+    is theirs when it holds no one else's id (see the module docstring). What is held between the
+    reads is the concerned rows' positions and their distinct values, never everybody's ids.
     """
     own_ids = (linked.raw_values() - linked.ids["phone"]) | linked.pseudonyms(key)
     own_targets = _index(_text_set(own_ids))
@@ -452,19 +433,23 @@ def subject_rows(workspace: Workspace, linked: LinkedIdentifiers, key: MasterKey
     # looked for in every text column, as written and normalized.
     anywhere = _index(_text_set(own_ids | linked.ids["phone"] | linked.phones))
     phone_set = _text_set(linked.phones)
-    others = linked.others(key)
+    concerned: dict[Path, _Concerned] = {}
+    candidates = _DistinctStrings()
     for path in parquet_files(workspace):
         with open_parquet(path) as source:
+            columns = _columns(path, source.schema_arrow)
+            found = _concerned_rows(source, columns, own_targets if columns.registered else anywhere, phone_set,
+                                    candidates)
+        if len(found.rows):
+            concerned[path] = found
+    foreign = _foreign(workspace, linked, key, candidates.values())
+    del candidates
+    for path, found in concerned.items():
+        with open_parquet(path) as source:
             schema = source.schema_arrow
-            table = TABLES.get(path.parent.name)
-            phones = [name for name in PHONE_FIELDS.get(table.name, []) if name in schema.names] if table else []
-            party = {name: columns for name, columns in phone_sides(table).items() if name in phones} if table else {}
-            columns = _Columns(text=[name for name in _text_columns(schema) if name not in phones], phones=phones,
-                               party=party)
-            targets = own_targets if table else anywhere
-            yield ScannedFile(path, schema, (_scope(path, pa.Table.from_batches([batch]), columns, targets,
-                                                    phone_set, others)
-                                             for batch in source.iter_batches(batch_size=batch_rows(len(schema)))))
+            columns = _columns(path, schema)
+            targets = own_targets if columns.registered else anywhere
+            yield ScannedFile(path, schema, _scopes(path, source, columns, found, targets, foreign))
 
 
 @dataclass(frozen=True)
@@ -474,27 +459,162 @@ class _Columns:
     text: list[str]
     phones: list[str]
     party: dict[str, list[str]]
+    registered: bool  # the file is of a registry table (else the subjects' phones are looked for in any column)
 
 
-def _scope(path: Path, rows: pa.Table, columns: _Columns, targets: StringIndex, phone_set: pa.Array,
-           others: pa.Array) -> FileScope:
-    """One batch of ``path`` as its rows concern the subjects (``targets``: their ids and pseudonyms)."""
-    own_hit = _matching_rows(rows, columns.text, targets)
-    phone_hit = {name: _in(normalize(pc.utf8_trim_whitespace(rows.column(name).combine_chunks().cast(pa.string())),
-                                     "phone"), phone_set)
-                 for name in columns.phones}
-    concerned = own_hit.copy()
-    for hit in phone_hit.values():
-        concerned |= hit
+def _columns(path: Path, schema: pa.Schema) -> _Columns:
+    table = TABLES.get(path.parent.name)
+    phones = [name for name in PHONE_FIELDS.get(table.name, []) if name in schema.names] if table else []
+    party = {name: columns for name, columns in phone_sides(table).items() if name in phones} if table else {}
+    return _Columns(text=[name for name in _text_columns(schema) if name not in phones], phones=phones,
+                    party=party, registered=table is not None)
+
+
+@dataclass
+class _Concerned:
+    """The rows of one file that concern the subjects: their positions in the file (ascending), which of them
+    hold one of the subjects' ids or pseudonyms, and which name one of their phones, per phone column."""
+
+    rows: np.ndarray
+    own_hit: np.ndarray
+    phone_hit: dict[str, np.ndarray]
+
+    def within(self, start: int, stop: int) -> _Concerned:
+        """Those among rows ``start`` to ``stop`` (excluded), positioned from ``start``."""
+        first, last = np.searchsorted(self.rows, [start, stop])
+        return _Concerned(self.rows[first:last] - start, self.own_hit[first:last],
+                          {name: hit[first:last] for name, hit in self.phone_hit.items()})
+
+
+class _DistinctStrings:
+    """Distinct strings gathered batch after batch, merged whenever what was added since the last merge
+    outgrows what it kept (each value is hashed a few times, whatever the number of batches)."""
+
+    def __init__(self) -> None:
+        self._parts: list[pa.Array] = []
+        self._added = 0
+        self._kept = 0
+
+    def add(self, values: pa.Array) -> None:
+        self._parts.append(pc.unique(values.cast(pa.string()).drop_null()))
+        self._added += len(self._parts[-1])
+        if self._added > max(self._kept, 1 << 16):
+            self._merge()
+
+    def _merge(self) -> None:
+        self._parts = [_union(self._parts)]
+        self._kept, self._added = len(self._parts[0]), 0
+
+    def values(self) -> pa.Array:
+        self._merge()
+        return self._parts[0]
+
+
+def _concerned_rows(source: pq.ParquetFile, columns: _Columns, targets: StringIndex, phone_set: pa.Array,
+                    candidates: _DistinctStrings) -> _Concerned:
+    """The rows of ``source`` concerning the subjects, read a batch of its text and phone columns at a time; the
+    distinct values of their text columns are added to ``candidates`` (what ``_foreign`` looks up)."""
+    read = columns.text + columns.phones
+    positions: list[np.ndarray] = [np.zeros(0, np.int64)]
+    own_hits: list[np.ndarray] = [np.zeros(0, bool)]
+    phone_hits: dict[str, list[np.ndarray]] = {name: [np.zeros(0, bool)] for name in columns.phones}
+    start = 0
+    for rows in (source.iter_batches(batch_size=batch_rows(len(read)), columns=read) if read else ()):
+        own_hit = (_matching_rows(rows, (_cells(rows, name) for name in columns.text),
+                                  lambda values: targets.positions(values) >= 0)
+                   if len(targets) else np.zeros(rows.num_rows, dtype=bool))
+        phone_hit = {name: _in(_phones_normalized(_column(rows, name)), phone_set) for name in columns.phones}
+        concerned = own_hit.copy()
+        for hit in phone_hit.values():
+            concerned |= hit
+        if concerned.any():
+            rows_at = np.flatnonzero(concerned)
+            theirs = rows.take(pa.array(rows_at))
+            for values, _ in (_cells(theirs, name) for name in columns.text):
+                candidates.add(values)
+            positions.append(rows_at + start)
+            own_hits.append(own_hit[rows_at])
+            for name, hit in phone_hit.items():
+                phone_hits[name].append(hit[rows_at])
+        start += rows.num_rows
+    return _Concerned(np.concatenate(positions), np.concatenate(own_hits),
+                      {name: np.concatenate(hits) for name, hits in phone_hits.items()})
+
+
+def _foreign(workspace: Workspace, linked: LinkedIdentifiers, key: MasterKey, candidates: pa.Array) -> StringIndex:
+    """The ``candidates`` (distinct strings) that are someone else's: another account's id (in any account column of
+    the ingested zone), the id of an order of another account, or a PERSON or MARKETING pseudonym of another account
+    (every key version). A row holding one is not the subjects' alone.
+
+    Everybody else's ids are read batch by batch and looked up among the candidates, never gathered; their
+    pseudonyms are made only when a candidate has a pseudonym's shape (32 lowercase hex digits).
+    """
+    if not len(candidates):
+        return StringIndex(pa.array([], pa.string()))
+    lookup = StringIndex(candidates)
+    foreign = np.zeros(len(candidates), dtype=bool)
+
+    def mark(values: pa.Array) -> None:
+        found = lookup.positions(values)
+        foreign[found[found >= 0]] = True
+
+    subject_set = _text_set(linked.account_ids)
+    pseudonyms_needed = pc.any(pc.match_substring_regex(candidates, r"^[0-9a-f]{32}$")).as_py()
+    # distinct ids of other accounts, gathered only to pseudonymize them
+    other_accounts = _DistinctStrings()
+    for table, names in _ACCOUNT_FIELDS.items():
+        # rows: (account columns) of every ingested table, and the order ids of orders
+        for rows in _batches(workspace, table, ["order_id", *names] if table == "orders" else names) if names else ():
+            for name in names:
+                accounts = _trimmed(rows, name)
+                accounts = accounts.filter(pa.array(_valid(accounts) & ~_in(accounts, subject_set)))
+                mark(accounts)
+                if pseudonyms_needed:
+                    other_accounts.add(accounts)
+            if table == "orders":  # of another account, or of none
+                mark(_trimmed(rows, "order_id").filter(pa.array(~_in(_trimmed(rows, "account_id"), subject_set))))
+    if pseudonyms_needed:
+        accounts = other_accounts.values()
+        for version in key.versions:
+            for domain in (PERSON, MARKETING):
+                for start in range(0, len(accounts), 1 << 20):
+                    mark(pseudonymize(accounts.slice(start, 1 << 20), key, domain, identifier="account_id",
+                                      version=version))
+    return StringIndex(candidates.filter(pa.array(foreign)))
+
+
+def _scopes(path: Path, source: pq.ParquetFile, columns: _Columns, concerned: _Concerned, targets: StringIndex,
+            foreign: StringIndex) -> Iterator[FileScope]:
+    """``FileScope`` of each batch of every column of ``source``, in file order."""
+    start = 0
+    for batch in source.iter_batches(batch_size=batch_rows(len(source.schema_arrow))):
+        yield _scope(path, pa.Table.from_batches([batch]), columns,
+                     concerned.within(start, start + batch.num_rows), targets, foreign)
+        start += batch.num_rows
+
+
+def _scope(path: Path, rows: pa.Table, columns: _Columns, concerned: _Concerned, targets: StringIndex,
+           foreign_ids: StringIndex) -> FileScope:
+    """One batch of ``path`` as its rows concern the subjects (``concerned``: those of the batch, found by the first
+    read; ``targets``: their ids and pseudonyms; ``foreign_ids``: others' ids those rows hold)."""
+    own_hit = np.zeros(rows.num_rows, dtype=bool)
+    own_hit[concerned.rows] = concerned.own_hit
+    phone_hit = {}
+    for name, hits in concerned.phone_hit.items():
+        phone_hit[name] = np.zeros(rows.num_rows, dtype=bool)
+        phone_hit[name][concerned.rows] = hits
+    about_them = np.zeros(rows.num_rows, dtype=bool)
+    about_them[concerned.rows] = True
     foreign = np.zeros(rows.num_rows, dtype=bool)  # others' ids, looked for on the rows that concern them only
     found: frozenset[str] = frozenset()
-    if concerned.any():
-        candidates = np.flatnonzero(concerned)
-        theirs = rows.take(pa.array(candidates))
-        foreign[candidates] = _matching_rows(theirs, columns.text,
-                                             _index(pc.unique(_present(theirs, columns.text, others))))
-        found = frozenset(_present(theirs, columns.text, targets.keys).to_pylist())
+    if len(concerned.rows):
+        theirs = rows.take(pa.array(concerned.rows))
+        cells = [_cells(theirs, name) for name in columns.text]
+        if len(foreign_ids):
+            foreign[concerned.rows] = _matching_rows(theirs, cells, lambda values: foreign_ids.positions(values) >= 0)
+        positions = np.concatenate([targets.positions(values) for values, _ in cells] + [np.zeros(0, np.int64)])
+        found = frozenset(targets.keys.take(pa.array(np.unique(positions[positions >= 0]))).to_pylist())
     named = {name: phone_hit[name] & foreign & ~own_hit for name in columns.party}
-    scope = FileScope(path, rows, concerned & ~foreign, named, columns.party, np.zeros(0, dtype=bool), found)
-    scope.shared = concerned & foreign & ~scope.named_rows()
+    scope = FileScope(path, rows, about_them & ~foreign, named, columns.party, np.zeros(0, dtype=bool), found)
+    scope.shared = about_them & foreign & ~scope.named_rows()
     return scope

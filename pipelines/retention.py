@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from pipelines.dsr import erase_held, ingest_report_without
 from pipelines import dsr_scope
@@ -182,6 +183,29 @@ class Expiry:
                 expired |= self._members("expired_ids", parent, _ids(table, column, rows.column(column)))
         return expired
 
+    def may_expire(self, table: Table, metadata: pq.FileMetaData) -> bool:
+        """False when a file of ``table`` (its footer: ``metadata``) holds no row past retention, by its statistics:
+        no referenced row expired, and every row group's earliest time is at or after the cutoff (or all null)."""
+        if any(len(self.expired_ids.get(parent, ())) for _, parent in _references(table)):
+            return True
+        cutoff = self.cutoff(table.name)
+        if cutoff is None:
+            return False
+        schema = metadata.schema.to_arrow_schema()
+        if table.retention.column not in schema.names or schema.field(table.retention.column).type != TIMESTAMP:
+            return True  # times as text (the rejects): read
+        limit = (cutoff - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) // dt.timedelta(microseconds=1)
+        for group in range(metadata.num_row_groups):
+            row_group = metadata.row_group(group)
+            chunk = next(row_group.column(i) for i in range(row_group.num_columns)
+                         if row_group.column(i).path_in_schema == table.retention.column)
+            statistics = chunk.statistics
+            if statistics is not None and statistics.null_count == row_group.num_rows:
+                continue  # a time that is missing never expires
+            if statistics is None or not statistics.has_min_max or statistics.min_raw < limit:
+                return True
+        return False
+
     def columns(self, table: Table) -> list[str]:
         """The columns ``expired_rows`` reads."""
         names = [table.retention.column] if table.retention.column else []
@@ -199,26 +223,29 @@ class Expiry:
             live = []
             for child, column in _referrers(parent):
                 for batch in read(child, list(dict.fromkeys([column, *expiry.columns(TABLES[child])]))):
-                    alive = ~expiry._past_period(TABLES[child], batch)
-                    live.append(_ids(TABLES[child], column, batch.column(column)).filter(pa.array(alive)))
+                    alive = pa.array(~expiry._past_period(TABLES[child], batch))
+                    live.append(_ids(TABLES[child], column, batch.column(column).filter(alive)))
             expiry.live_references[parent] = pc.unique(pa.concat_arrays(live)) if live else pa.array([], pa.string())
         for name in INGEST_ORDER:
             table = TABLES[name]
             if not (_referrers(name) and (table.retention.days is not None or _references(table))):
                 continue
             # rows: (primary key, time, references) of a table other tables reference
-            found = [_ids(table, table.primary_key, batch.column(table.primary_key))
-                     .filter(pa.array(expiry.expired_rows(table, batch)))
+            found = [_ids(table, table.primary_key,
+                          batch.column(table.primary_key).filter(pa.array(expiry.expired_rows(table, batch))))
                      for batch in read(name, expiry.columns(table))]
             expiry.expired_ids[name] = pc.unique(pa.concat_arrays(found)) if found else pa.array([], pa.string())
         return expiry
 
 
 def _expired_in_files(expiry: Expiry, table: Table, files: list[Path]) -> dict[Path, int]:
-    """Expired rows per file (files without any left out), reading only the columns the rules need, in batches."""
+    """Expired rows per file (files without any left out), reading only the columns the rules need, in batches;
+    a file whose statistics show nothing expired is not read."""
     counts = {}
     for path in files:
         with dsr_scope.open_parquet(path) as source:
+            if not expiry.may_expire(table, source.metadata):
+                continue
             columns = expiry.columns(table)
             batches = source.iter_batches(batch_size=dsr_scope.batch_rows(len(columns)), columns=columns)
             expired = sum(int(expiry.expired_rows(table, batch).sum()) for batch in batches)

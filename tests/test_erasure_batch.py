@@ -21,14 +21,15 @@ import pyarrow.parquet as pq
 import pytest
 
 import pipelines.dsr_scope as dsr_scope
-from pipelines.dsr import DsrError, erase_held
+from pipelines.dsr import DsrError, erase_held, linked_identifiers
 from pipelines.dsr_overlay import load_tombstones
 from pipelines.retention import enforce_retention
 from pipelines.workspace import Workspace
 from portrait_cli import run_cli
 from profiling.consent import ConsentEvent, SqliteConsentStore
 from profiling.keys import load_key_file
-from profiling.pseudonyms import PERSON, pseudonymize
+from profiling.pseudonyms import MARKETING, PERSON, pseudonymize
+from profiling.schema import TABLES
 
 AS_OF = "2026-11-01T00:00:00Z"
 
@@ -241,3 +242,25 @@ def test_erasure_and_expiry_stream_each_file_in_batches_and_leave_what_whole_fil
 def _row_groups(path: Path) -> list[int]:
     metadata = pq.read_metadata(path)
     return [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+
+
+def test_the_ids_the_scan_takes_for_someone_elses_are_those_a_plain_reading_of_every_row_finds(base):
+    workspace, key = Workspace(base.ws), load_key_file(base.key)
+    linked = linked_identifiers(workspace, base.erased)
+    subjects = set(linked.account_ids)
+    accounts, orders = set(), set()
+    for table in TABLES.values():
+        for row in (base.rows(table.name) if (base.ws / "ingested" / table.name).is_dir() else []):
+            accounts |= {row[f.name].strip() for f in table.fields if f.identifier == "account_id"
+                         and row[f.name] is not None and row[f.name].strip() not in subjects}
+            if table.name == "orders" and (row["account_id"] or "").strip() not in subjects:
+                orders.add(row["order_id"].strip())
+    pseudonyms = {p for version in key.versions for domain in (PERSON, MARKETING)
+                  for p in pseudonymize(sorted(accounts), key, domain, identifier="account_id",
+                                        version=version).to_pylist()}
+    # every text of every file (the scan offers only the values of the rows about the subjects)
+    texts = {value for rows in _parquet_rows(base).values() for row in rows for value in row.values()
+             if isinstance(value, str)}
+    taken = set(dsr_scope._foreign(workspace, linked, key, pa.array(sorted(texts), pa.string())).keys.to_pylist())
+    assert taken == texts & (accounts | orders | pseudonyms)
+    assert taken & accounts and taken & orders and taken & pseudonyms
