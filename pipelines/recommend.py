@@ -66,9 +66,12 @@ NON_PERSONALIZED_FILE = "part-0-non-personalized.parquet"  # sorts before the en
 PERSONS_PER_PARTITION = 131_072  # persons allowing personalization per scoring partition (bounds its memory)
 
 _SECONDS_PER_DAY = 86_400.0
-_WEIGHTED_PURCHASES = pa.schema([pa.field("person_id", pa.string()), pa.field("item_id", pa.string()),
-                                 pa.field("weight", pa.float64())])
-_BOUGHT = pa.schema([pa.field("person_id", pa.string()), pa.field("bought", pa.list_(pa.string()))])
+_PURCHASES = pa.schema([pa.field("person_id", pa.string()), pa.field("bought", pa.list_(pa.string())),
+                        pa.field("weights", pa.list_(pa.float64()))])
+_FEEDBACK = pa.schema([pa.field("person_id", pa.string()), pa.field("item_id", pa.string()),
+                       pa.field("weight", pa.float64())])
+_KNOWN = pa.schema([pa.field("source", pa.string()), pa.field("person_id", pa.string()),
+                    pa.field("bought", pa.list_(pa.string())), pa.field("group", pa.int32())])
 _SCORING = pa.schema([pa.field("person_id", pa.string()), pa.field("factors", pa.list_(pa.float32())),
                       pa.field("bought", pa.list_(pa.string())), pa.field("group", pa.int32())])
 
@@ -181,14 +184,14 @@ def write_recommendations(workspace: Workspace, eligible: pd.DataFrame, *, as_of
     (noisy buyers, or listing days) for the others; ranks count from 1. The privacy unit is ``person_id``.
 
     Everything built from the orders runs on ``engine`` (default: a local engine in the workspace):
-    the purchases are read and weighted by a kernel, the factors fitted by
-    ``Engine.implicit_factors`` (locally the compiled solver, persons and items in string order; on
-    Spark MLlib's ALS, whose factors, and so lists, differ from the local ones at the same quality),
-    each person's factors, bought items and eligibility group brought together by ``co_partition``
-    and scored by ``score_top_k``, and the persons allowing personalization who bought nothing found
-    and given their province's non-personalized list there too. The driver holds the catalogue, the
-    consent gate's persons with their provinces, the item factors and per-partition counts: no
-    person-level table built from the orders.
+    the purchases are read once and weighted by a kernel and brought to their person's eligibility
+    group by ``co_partition``, the factors fitted there by ``Engine.implicit_factors`` (locally the
+    compiled solver, persons and items in string order; on Spark MLlib's ALS, whose factors, and so
+    lists, differ from the local ones at the same quality), each person's factors joined to their
+    purchases and group by a second ``co_partition`` and scored by ``score_top_k``, and the persons
+    allowing personalization who bought nothing found and given their group's non-personalized list
+    there too. The driver holds the catalogue, the consent gate's persons with their provinces, the
+    item factors and per-partition counts: no person-level table built from the orders.
     """
     if as_of.tzinfo is None:
         raise ValueError(f"as_of {as_of} has no time zone; pass an aware datetime in UTC")
@@ -284,24 +287,28 @@ def _lists_on_engine(engine: Engine, orders_folder: Path, recommendations: Path,
     partitions = max(1, math.ceil(len(personalizable_ids) / PERSONS_PER_PARTITION))
     orders = engine.read(orders_folder, columns=["person_id", "placed_at", "items"], key=None)
     # rows: (person_id, placed_at, items) as stored
-    persons, items = engine.broadcast(personalizable_ids), engine.broadcast(item_ids)
-    as_of_us = as_of.cast(pa.int64()).as_py()
-    feedback = engine.map(orders, _purchases_kernel(persons=persons, items=items, as_of_us=as_of_us,
-                                                    half_life_days=half_life_days))
-    # rows: (person_id, item_id, weight) per catalogue item bought by a person allowing personalization by as_of
-    person_factors, bought_factors = engine.implicit_factors(feedback, row="person_id", column="item_id",
-                                                             weight="weight", settings=settings)
-    # rows: (person_id, factors) per person with a purchase; bought_factors: (item_id, factors) per item bought
-    trained = int(pc.sum(engine.collect(engine.map(person_factors, _ROW_COUNT))["rows"]).as_py() or 0)
-    bought = engine.map(orders, _purchases_kernel(persons=persons, items=items, as_of_us=as_of_us))
-    # rows: (person_id, bought item ids) per person and partition of the orders, purchases as above
+    purchases = engine.map(orders, _purchases_kernel(
+        persons=engine.broadcast(personalizable_ids), items=engine.broadcast(item_ids),
+        as_of_us=as_of.cast(pa.int64()).as_py(), half_life_days=half_life_days))
+    # rows: (person_id, bought item ids, their weights) per run of a person's orders, of persons allowing
+    # personalization, placed by as_of, catalogue items only
     group_frame = engine.from_table(pa.table({"person_id": personalizable_ids,
                                               "group": pa.array(groups, pa.int32())}), key="person_id",
                                     partitions=partitions)
     # rows: (person_id, group): the consent gate's persons allowing personalization, by person
-    together = engine.co_partition({"factors": person_factors, "bought": bought, "groups": group_frame},
-                                   key="person_id", partitions=partitions)
-    # rows: (source, person_id, factors, bought, group), each person's rows of the three in one partition
+    known = engine.co_partition({"purchases": purchases, "groups": group_frame}, key="person_id",
+                                partitions=partitions)
+    # rows: (source, person_id, bought, weights, group) by person: the orders are read once, here
+    feedback = engine.map(known, _FEEDBACK_ROWS)
+    # rows: (person_id, item_id, weight) per item bought, repeats apart (implicit_factors adds them up)
+    person_factors, bought_factors = engine.implicit_factors(feedback, row="person_id", column="item_id",
+                                                             weight="weight", settings=settings)
+    # rows: (person_id, factors) per person with a purchase, by person; bought_factors: (item_id, factors)
+    # per item bought
+    trained = int(pc.sum(engine.collect(engine.map(person_factors, _ROW_COUNT))["rows"]).as_py() or 0)
+    together = engine.co_partition({"factors": person_factors, "known": engine.map(known, _KNOWN_ROWS)},
+                                   key="person_id", partitions=partitions, source="input")
+    # rows: (input, person_id, factors, source, bought, group): each person's factors, purchases and group
     ranked = score_top_k(engine, engine.map(together, _SCORING_ROWS), item_ids=item_ids,
                          item_factors=_catalogue_factors(bought_factors, item_ids, settings.factors), k=k,
                          exclude="bought", group="group", allowed=eligibility.allowed)
@@ -321,18 +328,16 @@ def _lists_on_engine(engine: Engine, orders_folder: Path, recommendations: Path,
 
 
 def _purchases_kernel(*, persons: Broadcast[pa.Array], items: Broadcast[pa.Array], as_of_us: int,
-                      half_life_days: float | None = None) -> Kernel:
-    """Kernel: orders (person_id, placed_at, items) -> the catalogue items bought by ``persons`` (broadcast) at
-    or before ``as_of_us`` (microseconds since the epoch).
+                      half_life_days: float) -> Kernel:
+    """Kernel: orders (person_id, placed_at, items) -> ``(person_id, bought, weights)``, one row per run of
+    consecutive orders of one of ``persons`` (broadcast) placed at or before ``as_of_us`` (microseconds
+    since the epoch): the catalogue items bought, each weighed ``0.5 ** (age_days / half_life_days)``
+    with the purchase's age in days before the as-of moment (as ``recency_weighted_counts`` weighs it).
 
-    With ``half_life_days``: one row ``(person_id, item_id, weight)`` per item bought, ``weight = 0.5 **
-    (age_days / half_life_days)`` with the purchase's age in days before the as-of moment (as
-    ``recency_weighted_counts`` weighs it). Without: one row ``(person_id, bought)`` per person of the
-    partition, ``bought`` the list of their items (a person whose orders span several partitions gets a
-    row in each). Items no longer in the catalogue are left out: they can be neither recommended nor
-    excluded. Not per person: it runs on the orders as stored.
+    Items no longer in the catalogue are left out: they can be neither recommended nor excluded. Not
+    per person: it runs on the orders as stored, and a person whose orders are not stored together
+    gets several rows (whoever reads them gathers a person's rows).
     """
-    schema = _WEIGHTED_PURCHASES if half_life_days is not None else _BOUGHT
     indexes: list[StringIndex] = []  # built at the first call in each process, probed by every call
 
     def purchases(table: pa.Table) -> pa.Table:
@@ -342,28 +347,34 @@ def _purchases_kernel(*, persons: Broadcast[pa.Array], items: Broadcast[pa.Array
         placed_us = (table.column("placed_at").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
                      .fill_null(as_of_us + 1).to_numpy())
         person = person_index.positions(table.column("person_id"))
-        rows = np.flatnonzero((person >= 0) & (placed_us <= as_of_us))
-        if half_life_days is None:
-            rows = rows[np.argsort(person[rows], kind="stable")]  # grouped by person
-        # rows: orders of persons allowing personalization placed by as_of -> their items
-        lists = table.column("items").combine_chunks().take(pa.array(rows))
+        kept = (person >= 0) & (placed_us <= as_of_us)
+        # rows: orders of persons allowing personalization placed by as_of -> their items, in stored order
+        lists = table.column("items").combine_chunks().filter(pa.array(kept))
         lengths = pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False)
         flat = pc.list_flatten(lists)
         known = item_index.positions(flat) >= 0
-        owner = np.repeat(rows, lengths)[known]
-        if half_life_days is None:
-            # rows: (person, items bought) per person, from the orders grouped by person above
-            first = np.flatnonzero(np.r_[True, person[owner[1:]] != person[owner[:-1]]]) if len(owner) else owner
-            offsets = np.r_[first, len(owner)].astype(np.int32)
-            return pa.table({"person_id": persons.value.take(pa.array(person[owner[first]])),
-                             "bought": pa.ListArray.from_arrays(pa.array(offsets), flat.filter(pa.array(known)))},
-                            schema=schema)
+        owner = np.repeat(np.flatnonzero(kept), lengths)[known]
+        buyer = person[owner]
+        first = np.flatnonzero(np.r_[True, buyer[1:] != buyer[:-1]]) if len(buyer) else np.zeros(0, np.int64)
+        offsets = pa.array(np.r_[first, len(buyer)].astype(np.int32))
         age_days = (as_of_us - placed_us[owner]) / 1e6 / _SECONDS_PER_DAY
-        return pa.table({"person_id": table.column("person_id").take(pa.array(owner)),
-                         "item_id": flat.filter(pa.array(known)),
-                         "weight": np.power(0.5, age_days / half_life_days)}, schema=schema)
+        # rows: (person, items bought, weights) per run of one person's items
+        return pa.table({"person_id": persons.value.take(pa.array(buyer[first])),
+                         "bought": pa.ListArray.from_arrays(offsets, flat.filter(pa.array(known))),
+                         "weights": pa.ListArray.from_arrays(offsets, pa.array(np.power(0.5, age_days /
+                                                                                        half_life_days)))},
+                        schema=_PURCHASES)
 
-    return Kernel(purchases, schema, name="purchases", by_person=False)
+    return Kernel(purchases, _PURCHASES, name="purchases", by_person=False)
+
+
+def _feedback_rows(table: pa.Table) -> pa.Table:
+    """Purchases and groups by person -> ``(person_id, item_id, weight)``, one row per item bought."""
+    purchases = _source(table, "purchases")
+    bought = purchases.column("bought").combine_chunks()
+    return pa.table({"person_id": purchases.column("person_id").take(pc.list_parent_indices(bought)),
+                     "item_id": pc.list_flatten(bought),
+                     "weight": pc.list_flatten(purchases.column("weights").combine_chunks())}, schema=_FEEDBACK)
 
 
 def _catalogue_factors(bought_factors: pa.Table, item_ids: pa.Array, dims: int) -> np.ndarray:
@@ -378,24 +389,25 @@ def _catalogue_factors(bought_factors: pa.Table, item_ids: pa.Array, dims: int) 
     return aligned
 
 
-def _source(table: pa.Table, name: str) -> pa.Table:
-    """The rows of one input of a co-partitioned partition."""
-    return table.filter(pc.equal(table.column("source"), name))
+def _source(table: pa.Table, name: str, column: str = "source") -> pa.Table:
+    """The rows of one input (``column`` names it) of a co-partitioned partition."""
+    return table.filter(pc.equal(table.column(column), name))
 
 
 def _scoring_rows(table: pa.Table) -> pa.Table:
-    """A co-partitioned partition -> ``_SCORING`` rows: one per person with factors, with the items they
-    bought (repeats kept: an exclusion) and their eligibility group."""
-    trained = _source(table, "factors")
+    """Factors, purchases and groups by person -> ``_SCORING`` rows: one per person with factors, with the
+    items they bought (repeats kept: an exclusion) and their eligibility group."""
+    trained = _source(table, "factors", "input")
     persons = trained.column("person_id").combine_chunks()
-    groups = _source(table, "groups")
+    known = _source(table, "known", "input")
+    groups = _source(known, "groups")
     at = pc.index_in(persons, value_set=groups.column("person_id").combine_chunks())
     if at.null_count:
         raise InternalError("a person has factors but is not among the persons allowing personalization")
-    bought = _source(table, "bought")
+    bought = _source(known, "purchases")
     owner = pc.index_in(bought.column("person_id"), value_set=persons).fill_null(-1).to_numpy(zero_copy_only=False)
-    # a person's lists, one per partition of the orders they have purchases in, in a row; a purchase of a
-    # person without factors (every weight zero) excludes nothing
+    # a person's lists, one per run of their orders, in a row; a purchase of a person without factors
+    # (every weight zero) excludes nothing
     order = np.flatnonzero(owner >= 0)
     order = order[np.argsort(owner[order], kind="stable")]
     lists = bought.column("bought").combine_chunks().take(pa.array(order))
@@ -409,12 +421,13 @@ def _scoring_rows(table: pa.Table) -> pa.Table:
 
 
 def _no_purchase_kernel(lists: Broadcast[_FallbackLists]) -> Kernel:
-    """Kernel: a co-partitioned partition -> the non-personalized lists (``RECOMMENDATIONS_SCHEMA``) of its
-    persons allowing personalization who have no factors (no purchase by the as-of moment), by group."""
+    """Kernel: factors, purchases and groups by person -> the non-personalized lists
+    (``RECOMMENDATIONS_SCHEMA``) of the persons allowing personalization who have no factors (no
+    purchase by the as-of moment), by group."""
     def no_purchase(table: pa.Table) -> pa.Table:
-        groups = _source(table, "groups")
-        without = groups.filter(pc.invert(pc.is_in(groups.column("person_id"),
-                                                   value_set=_source(table, "factors").column("person_id").combine_chunks())))
+        groups = _source(_source(table, "known", "input"), "groups")
+        trained = _source(table, "factors", "input").column("person_id").combine_chunks()
+        without = groups.filter(pc.invert(pc.is_in(groups.column("person_id"), value_set=trained)))
         # rows: (person_id, group) of persons allowing personalization without factors
         record = lists.value.rows(without.column("person_id").combine_chunks(),
                                   without.column("group").to_numpy(), RECOMMENDATIONS_SCHEMA)
@@ -474,7 +487,13 @@ def _count_rows(table: pa.Table) -> pa.Table:
     return pa.table({"rows": pa.array([table.num_rows], pa.int64())})
 
 
+def _known_rows(table: pa.Table) -> pa.Table:
+    return table.select(_KNOWN.names).cast(_KNOWN)
+
+
 _ROW_COUNT = Kernel(_count_rows, pa.schema([pa.field("rows", pa.int64())]), name="count_rows", by_person=False)
+_FEEDBACK_ROWS = Kernel(_feedback_rows, _FEEDBACK, name="feedback_rows", by_person=False)
+_KNOWN_ROWS = Kernel(_known_rows, _KNOWN, name="known_rows", by_person=False)  # the weights dropped
 _SCORING_ROWS = Kernel(_scoring_rows, _SCORING, name="scoring_rows")
 
 

@@ -2,8 +2,10 @@
 
 Every way PySpark hands rows to the driver (``toArrow``, ``collect``, ``toPandas``, ``take``,
 ``head``, ``first``, ``tail``, ``toLocalIterator``, an RDD's ``collect``) is counted while the
-engine stages run: portraits, the DP popularity release and the personalized lists. The bound is
-what a reduce may hold (one row per partition and catalogue item), far below the persons.
+engine stages run: portraits, the DP popularity release and the recommendations (the factor fit,
+the scoring and the lists of persons who bought nothing). The bound is what a reduce may hold (one
+row per partition and catalogue item), far below the persons. The recommendations' driver does not
+read the orders itself either: it opens them for their schema only.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 from collections.abc import Iterator
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pytest
 
 from dp import BudgetLedger
@@ -101,6 +104,8 @@ def test_no_engine_stage_collects_a_person_level_table_on_spark(spark, prepared)
             summaries[name] = stage()
             collected[name] = seen[before:]
     assert summaries["popularity"]["epsilon"] > 0, summaries["popularity"]      # released, not refused
+    personalized = next(row for row in summaries["recommendations"] if row["kind"] == "personalized")
+    assert personalized["persons"] > 2 * BOUND, summaries["recommendations"]   # the fit ran, on Spark
     assert collected["popularity"], "the popularity release collects its reduced totals"
     for name, actions in collected.items():
         assert all(rows <= BOUND for _, rows in actions), f"{name} brought {actions} rows to the driver"
@@ -112,3 +117,29 @@ def test_the_check_sees_a_person_level_collect(spark, prepared):
         orders = engine.read(workspace.pseudonymized("orders"), columns=["order_id"], key="person_id")
         engine.collect(orders)
     assert max(rows for _, rows in seen) > BOUND
+
+
+class _SchemaOnly:
+    """A dataset of the orders whose rows cannot be read (only its schema and files can be looked at)."""
+
+    def __init__(self, dataset):
+        self._dataset = dataset
+
+    def __getattr__(self, name):
+        if name in ("schema", "files", "format"):
+            return getattr(self._dataset, name)
+        raise AssertionError(f"the driver read the orders ({name})")
+
+
+def test_the_recommendations_driver_reads_no_order_on_spark(spark, prepared, monkeypatch):
+    workspace, _, served, _ = prepared
+    opened = ds.dataset
+
+    def dataset(source, *args, **kwargs):
+        found = opened(source, *args, **kwargs)
+        return _SchemaOnly(found) if "orders" in str(source) else found
+
+    monkeypatch.setattr(ds, "dataset", dataset)
+    with get_engine("spark", spark=spark, partitions=PARTITIONS) as engine:
+        summary = write_recommendations(workspace, served, as_of=AS_OF, k=3, factors=4, iterations=2, engine=engine)
+    assert next(row for row in summary if row["kind"] == "personalized")["persons"] > 2 * BOUND, summary
