@@ -5,7 +5,7 @@
 Generates and ingests the raw data once (timed, reported apart), then runs ``portrait run``
 (every stage, one engine session) on a copy of the ingested workspace in a child process per
 engine, timing each stage and sampling the memory of the child and everything it starts (the
-Spark JVM and its Python workers included). The difference between the child's time and the
+Spark JVM and its Python workers included), overall and per stage. The difference between the child's time and the
 sum of its stages is start-up: imports and, on Spark, the JVM. ``local_vs_ingest`` is the local
 job's time over the ingest's (same data, child processes alike; absent when a kept ``--dir`` skipped
 the ingest). Last line: one JSON object, with the CPU.
@@ -65,19 +65,21 @@ def _tree_rss(process: psutil.Process) -> int:
     return total
 
 
-def _run_measured(argv: list[str]) -> tuple[float, float, str]:
-    """(seconds, peak RSS of the process tree in GB, stdout) of a child process."""
+def _run_measured(argv: list[str]) -> tuple[float, float, str, list[float]]:
+    """(seconds, peak RSS of the process tree in GB, stdout, the peak in GB between one stdout line and the
+    one before it: each stage's own peak) of a child process."""
     started = time.perf_counter()
     child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = 0
+    peak = line_peak = last = 0
     done = threading.Event()
 
     def sample() -> None:
-        nonlocal peak
+        nonlocal peak, line_peak, last
         process = psutil.Process(child.pid)
         while not done.is_set():
             try:
-                peak = max(peak, _tree_rss(process))
+                last = _tree_rss(process)
+                peak, line_peak = max(peak, last), max(line_peak, last)
             except psutil.Error:
                 return
             time.sleep(0.2)
@@ -87,10 +89,13 @@ def _run_measured(argv: list[str]) -> tuple[float, float, str]:
     errors: list[str] = []
     drain = threading.Thread(target=lambda: errors.extend(child.stderr), daemon=True)  # Spark logs a lot there
     drain.start()
-    lines = []
+    lines, line_peaks = [], []
     for line in child.stdout:  # each stage as it ends, on stderr: a long run shows where it is
         lines.append(line)
-        print(f"  {line.strip()}  (peak so far {peak / 2**30:.2f} GB)", file=sys.stderr, flush=True)
+        line_peaks.append(line_peak / 2**30)
+        line_peak = last  # a stage shorter than a sample holds at least what the last one saw
+        print(f"  {line.strip()}  (its peak {line_peaks[-1]:.2f} GB, peak so far {peak / 2**30:.2f} GB)",
+              file=sys.stderr, flush=True)
     child.wait()
     drain.join()
     out, err = "".join(lines), "".join(errors)
@@ -98,11 +103,18 @@ def _run_measured(argv: list[str]) -> tuple[float, float, str]:
     sampler.join()
     if child.returncode:
         raise SystemExit(f"child failed ({child.returncode}):\n{err[-4000:]}")
-    return time.perf_counter() - started, peak / 2**30, out
+    return time.perf_counter() - started, peak / 2**30, out, line_peaks
 
 
 def _same_outputs(first: Path, second: Path) -> dict:
-    """Whether two runs wrote the same portraits and personalized lists (the popular lists follow DP noise)."""
+    """Whether two runs wrote the same portraits, and how alike their personalized lists are.
+
+    The lists follow each engine's factor fit (the compiled solver locally, MLlib's ALS on Spark: the
+    same quality, not the same numbers), so they are compared by the share of persons with a personalized
+    list on either run who have one on both (``personalized_persons_on_both``), and by the mean share of
+    the longer top-10 the two lists of such a person have in common (``personalized_top10_overlap``).
+    The popular lists follow DP noise and are not compared.
+    """
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
@@ -113,13 +125,26 @@ def _same_outputs(first: Path, second: Path) -> dict:
         table = ds.dataset(root / "outputs" / "portraits", format="parquet").to_table()
         return table.cast(portrait_schema()).sort_by("person_id")
 
-    def personalized(root: Path):
-        table = ds.dataset(root / "outputs" / "recommendations", format="parquet",
-                           schema=RECOMMENDATIONS_SCHEMA).to_table(filter=pc.field("personalized"))
-        return table.sort_by([("person_id", "ascending"), ("rank", "ascending")])
+    def top10(root: Path):
+        return ds.dataset(root / "outputs" / "recommendations", format="parquet", schema=RECOMMENDATIONS_SCHEMA
+                          ).to_table(columns=["person_id", "item_id"],
+                                     filter=pc.field("personalized") & (pc.field("rank") <= 10))
 
+    lists = [top10(first), top10(second)]
+    lengths = [table.group_by("person_id").aggregate([("item_id", "count")]) for table in lists]
+    # rows: (person_id, items_count_first, items_count_second) of persons with a list on either run
+    both = lengths[0].join(lengths[1], "person_id", join_type="full outer", left_suffix="_first",
+                           right_suffix="_second")
+    on_both = both.filter(pc.and_(pc.is_valid(both["item_id_count_first"]), pc.is_valid(both["item_id_count_second"])))
+    common = (lists[0].join(lists[1], ["person_id", "item_id"], join_type="inner")
+              .group_by("person_id").aggregate([("item_id", "count")]))
+    # rows: persons on both -> items their two lists share (0 when none)
+    shared = on_both.join(common, "person_id", join_type="left outer")
+    longer = pc.max_element_wise(shared["item_id_count_first"], shared["item_id_count_second"])
+    overlap = pc.divide(pc.cast(shared["item_id_count"].fill_null(0), "float64"), pc.cast(longer, "float64"))
     return {"portraits_identical": portraits(first).equals(portraits(second)),
-            "personalized_lists_identical": personalized(first).equals(personalized(second))}
+            "personalized_persons_on_both": round(on_both.num_rows / both.num_rows, 4) if both.num_rows else None,
+            "personalized_top10_overlap": round(pc.mean(overlap).as_py(), 4) if on_both.num_rows else None}
 
 
 def main() -> None:
@@ -148,7 +173,7 @@ def main() -> None:
             started = time.perf_counter()
             generate(raw, accounts=args.accounts, seed=args.seed, progress=False)
             synth_seconds = time.perf_counter() - started
-            ingest_seconds, ingest_gb, _ = _run_measured([sys.executable, "-c", _INGEST, str(raw), str(ingested),
+            ingest_seconds, ingest_gb, _, _ = _run_measured([sys.executable, "-c", _INGEST, str(raw), str(ingested),
                                                           str(key_file)])
             made.touch()
         results = {}
@@ -157,10 +182,14 @@ def main() -> None:
             shutil.rmtree(workspace, ignore_errors=True)
             shutil.copytree(ingested, workspace)
             extra = [str(args.spark_partitions)] if engine == "spark" and args.spark_partitions else []
-            seconds, peak_gb, out = _run_measured([sys.executable, "-c", _RUN, str(workspace), str(key_file), engine,
-                                                   *extra])
-            stages = {row["stage"]: round(row["seconds"], 2) for row in map(json.loads, out.splitlines())}
-            results[engine] = {"seconds": round(seconds, 1), "peak_rss_gb": round(peak_gb, 2), "stages": stages}
+            seconds, peak_gb, out, line_peaks = _run_measured([sys.executable, "-c", _RUN, str(workspace),
+                                                               str(key_file), engine, *extra])
+            rows = [json.loads(line) for line in out.splitlines()]
+            stages = {row["stage"]: round(row["seconds"], 2) for row in rows}
+            stage_peaks = {row["stage"]: round(gb, 2) for row, gb in zip(rows, line_peaks, strict=True)
+                           if row["stage"] != "total"}
+            results[engine] = {"seconds": round(seconds, 1), "peak_rss_gb": round(peak_gb, 2), "stages": stages,
+                               "stage_peaks_gb": stage_peaks}
             print(f"{engine:>6}: {seconds:7.1f} s, peak {peak_gb:5.2f} GB  " +
                   ", ".join(f"{name} {s:.1f}" for name, s in stages.items()))
         same = _same_outputs(scratch / "ws-local", scratch / "ws-spark") if len(results) == 2 else {}
