@@ -64,9 +64,9 @@ OUTPUT = "risk"
 SCORED_WEEKS = 13      # the quarter before the as-of moment
 TRAINING_WEEKS = 26    # the half-year before that
 MIN_TRAINING_ROWS = 50  # person-weeks with an order below which no model is fitted
-# At most this many stored rows (orders, waybills and device events) per partition of the features: about the
-# 4 million rows the whole stage held at 200,000 accounts (about 1 GB at its peak).
-ROWS_PER_PARTITION = 5_000_000
+# At most this many stored rows (orders, waybills and device events) per partition of the features (the local
+# engine's default is smaller): one partition held whole would be the tagged rows of every input at once.
+ROWS_PER_PARTITION = 4_000_000
 INPUTS: dict[str, list[str]] = {
     "orders": ["person_id", "placed_at", "amount"],
     "waybills": ["person_id", "created_at", "destination_province"],
@@ -207,7 +207,8 @@ def write_risk(workspace: Workspace, persons: pa.Array, *, as_of: dt.datetime, e
     safety) in the ``scored_weeks`` weeks before ``as_of`` and replace ``WS/outputs/risk/``.
 
     The features run on ``engine`` (default: a local engine spilling inside the workspace), at most
-    ``rows_per_partition`` stored input rows a partition; the model is fitted and the scores written in this process (see the module docstring).
+    ``rows_per_partition`` stored input rows a partition and at least as many partitions as the engine
+    picks; the model is fitted and the scores written in this process (see the module docstring).
     Returns the stage's summary row (counts of person-weeks; no score leaves in it).
     """
     if scored_weeks < 1 or training_weeks < 1:
@@ -220,8 +221,7 @@ def write_risk(workspace: Workspace, persons: pa.Array, *, as_of: dt.datetime, e
     rows = sum(ds.dataset(folder, format="parquet").count_rows() for folder in sources.values())
     with contextlib.ExitStack() as owned, workspace.staging() as stage:
         engine = engine or owned.enter_context(LocalEngine(workspace=workspace))
-        # not the engine's default: the kernel is light per row, and splitting further only adds spills and tasks
-        partitions = max(1, math.ceil(rows / rows_per_partition))
+        partitions = max(engine.default_partitions(rows), math.ceil(rows / rows_per_partition))
         gated = _GatedPersons(engine.broadcast(pc.unique(persons.cast(pa.string())).drop_null()))
         inputs = {}
         for name, folder in sources.items():
