@@ -161,9 +161,10 @@ class ParquetRewriter:
             self._pending, self._held = [gathered.slice(full)], self._held - full
 
 
-def open_parquet(path: Path) -> pq.ParquetFile:
-    """``path`` for reading batch by batch: column chunks read through a 1 MiB buffer, not whole in advance."""
-    return pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
+def open_parquet(path: Path, *, read_dictionary: list[str] | None = None) -> pq.ParquetFile:
+    """``path`` for reading batch by batch: column chunks read through a 1 MiB buffer, not whole in advance
+    (``read_dictionary``: columns read dictionary-encoded, as Parquet stores them)."""
+    return pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20, read_dictionary=read_dictionary)
 
 
 def _phones_normalized(values: pa.Array) -> pa.Array:
@@ -335,6 +336,13 @@ def _cells(rows: pa.Table, name: str) -> tuple[pa.Array, np.ndarray | None]:
     if pa.types.is_list(column.type):
         return (pc.utf8_trim_whitespace(pc.list_flatten(column)),
                 pc.list_parent_indices(column).to_numpy(zero_copy_only=False))
+    if pa.types.is_dictionary(column.type) and len(column.dictionary):
+        # a null's index is made 0, so every index points into the dictionary
+        nulls = pc.is_null(column.indices).to_numpy(zero_copy_only=False) if column.null_count else None
+        return pa.DictionaryArray.from_arrays(pc.fill_null(column.indices, 0).to_numpy(zero_copy_only=False),
+                                              pc.utf8_trim_whitespace(column.dictionary), mask=nulls), None
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
     return pc.utf8_trim_whitespace(column), None
 
 
@@ -344,6 +352,8 @@ def _matching_rows(rows: pa.Table, cells: Iterable[tuple[pa.Array, np.ndarray | 
     mask = np.zeros(rows.num_rows, dtype=bool)
     for values, parents in cells:
         hit = holds(values)
+        if values.null_count and pa.types.is_dictionary(values.type):  # a null's index may point at anything
+            hit &= _valid(values)
         if parents is None:
             mask |= hit
         else:
@@ -436,8 +446,9 @@ def subject_rows(workspace: Workspace, linked: LinkedIdentifiers, key: MasterKey
     concerned: dict[Path, _Concerned] = {}
     candidates = _DistinctStrings()
     for path in parquet_files(workspace):
-        with open_parquet(path) as source:
-            columns = _columns(path, source.schema_arrow)
+        metadata = pq.read_metadata(path)
+        columns = _columns(path, metadata.schema.to_arrow_schema())
+        with open_parquet(path, read_dictionary=_few_valued(metadata, columns.text)) as source:
             found = _concerned_rows(source, columns, own_targets if columns.registered else anywhere, phone_set,
                                     candidates)
         if len(found.rows):
@@ -508,6 +519,19 @@ class _DistinctStrings:
     def values(self) -> pa.Array:
         self._merge()
         return self._parts[0]
+
+
+def _few_valued(metadata: pq.FileMetaData, names: list[str]) -> list[str]:
+    """The columns of ``names`` whose every column chunk is dictionary-encoded with a small dictionary page (at
+    most 64 KiB): read as a dictionary, their values are trimmed and looked up once per distinct value."""
+    chunks: dict[str, list] = {}
+    for group in range(metadata.num_row_groups):
+        row_group = metadata.row_group(group)
+        for index in range(row_group.num_columns):
+            chunks.setdefault(row_group.column(index).path_in_schema, []).append(row_group.column(index))
+    return [name for name in names if chunks.get(name) and all(
+        chunk.has_dictionary_page and chunk.data_page_offset - chunk.dictionary_page_offset <= 1 << 16
+        for chunk in chunks[name])]
 
 
 def _concerned_rows(source: pq.ParquetFile, columns: _Columns, targets: StringIndex, phone_set: pa.Array,
