@@ -63,7 +63,7 @@ RANKING_KEY = "portrait.non_personalized_ranking"  # Parquet schema metadata key
 CATALOGUE_RANKING = "catalogue_listing_date"  # its value when no DP popularity release ranks the lists
 NON_PERSONALIZED_FILE = "part-0-non-personalized.parquet"  # sorts before the engine's part files
 
-PERSONS_PER_PARTITION = 131_072  # persons allowing personalization per scoring partition (bounds its memory)
+PERSONS_PER_PARTITION = 65_536  # persons allowing personalization per partition of their purchases (bounds its memory)
 
 _SECONDS_PER_DAY = 86_400.0
 _PURCHASES = pa.schema([pa.field("person_id", pa.string()), pa.field("bought", pa.list_(pa.string())),
