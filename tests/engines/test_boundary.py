@@ -10,9 +10,10 @@ import pipelines.engines
 ENGINES = Path(pipelines.engines.__file__).parent
 # shared infrastructure every package may use: errors, parameter checks, file modes, the workspace it spills into;
 # and the compiled factor solver (numbers in, numbers out: no identifiers, consent or keys), the local half of
-# Engine.implicit_factors as scipy is the local half of the connected components
+# Engine.implicit_factors as scipy is the local half of the connected components, and the compiled string hash it
+# numbers rows and columns with (strings in, codes out: no key, no pseudonym)
 ALLOWED = ("pipelines.engines", "pipelines.workspace", "profiling.errors", "profiling.checks", "profiling.file_modes",
-           "profiling.factors")
+           "profiling.factors", "profiling._string_hash")
 PORTRAIT_PACKAGES = ("dp", "pipelines", "profiling")
 
 
