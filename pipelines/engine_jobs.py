@@ -44,7 +44,7 @@ from pipelines.popularity import (
     write_popularity,
 )
 from pipelines.workspace import Workspace
-from profiling._string_hash import StringIndex
+from profiling._string_hash import LazyStringIndex
 from profiling.checks import check_int
 from profiling.scoring import TOP_K_SCHEMA, ItemEligibility, top_k_batches
 
@@ -157,12 +157,10 @@ def purchases_kernel(*, persons: Broadcast[pa.Array], before: dt.datetime) -> Ke
     (``PURCHASES_SCHEMA``) by one of ``persons`` (broadcast) before ``before``; ``position`` is the item's
     place in its order, so (placed_at, order_id, position) orders a person's purchases completely."""
     before_scalar = pa.scalar(before.astimezone(dt.UTC), type=pa.timestamp("us", tz="UTC"))
-    indexes: list[StringIndex] = []  # built at the first call in each process, probed by every call
+    gated_persons = LazyStringIndex(lambda: pc.unique(persons.value).drop_null())
 
     def purchases(table: pa.Table) -> pa.Table:
-        if not indexes:
-            indexes.append(StringIndex(pc.unique(persons.value).drop_null()))
-        gated = indexes[0].positions(table.column("person_id")) >= 0
+        gated = gated_persons.positions(table.column("person_id")) >= 0
         table = table.filter(pa.array(gated & pc.less(table.column("placed_at"), before_scalar).fill_null(False)
                                       .to_numpy(zero_copy_only=False)))
         # rows: (person_id, order_id, placed_at, items) of gated persons before the as-of moment

@@ -30,7 +30,7 @@ import pyarrow.dataset as ds
 
 from pipelines.engines import Broadcast, Engine, Kernel, LocalEngine
 from pipelines.workspace import Workspace
-from profiling._string_hash import StringIndex
+from profiling._string_hash import LazyStringIndex
 from profiling.identity import _kernels as identity_kernels
 from profiling.identity import identity_report
 from profiling.portrait import (
@@ -191,13 +191,11 @@ def _activity_kernel(source: str, folder, identities: Broadcast[tuple[pa.Array, 
     schema = pa.schema([pa.field("identity_id", pa.string()), pa.field("at", TIMESTAMP),
                         *(pa.field(c, stored.field(c).type) for c in other)])
     until = pa.scalar(as_of, TIMESTAMP)
-    indexes: list[StringIndex] = []  # built at the first call in each process, probed by every call
+    persons = LazyStringIndex(lambda: identities.value[0])
 
     def activity(table: pa.Table) -> pa.Table:
-        person_ids, identity_ids = identities.value
-        if not indexes:
-            indexes.append(StringIndex(person_ids))
-        position = indexes[0].positions(table.column("person_id"))
+        identity_ids = identities.value[1]
+        position = persons.positions(table.column("person_id"))
         kept = (position >= 0) & pc.less_equal(table.column(times), until).fill_null(False).to_numpy(
             zero_copy_only=False)
         # rows: (time, other) of eligible persons up to as_of, each with its identity (the person is not needed)

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from pipelines.engines import Broadcast, Engine, FactorSettings, Kernel, LocalEngine
 from pipelines.engine_jobs import score_top_k
 from pipelines.workspace import Workspace
-from profiling._string_hash import StringIndex
+from profiling._string_hash import LazyStringIndex, StringIndex
 from profiling.checks import check_int, check_number
 from profiling.errors import InternalError, WorkspaceError
 from profiling.scoring import ItemEligibility, eligibility_by_province
@@ -338,12 +338,9 @@ def _purchases_kernel(*, persons: Broadcast[pa.Array], items: Broadcast[pa.Array
     per person: it runs on the orders as stored, and a person whose orders are not stored together
     gets several rows (whoever reads them gathers a person's rows).
     """
-    indexes: list[StringIndex] = []  # built at the first call in each process, probed by every call
+    person_index, item_index = LazyStringIndex(lambda: persons.value), LazyStringIndex(lambda: items.value)
 
     def purchases(table: pa.Table) -> pa.Table:
-        if not indexes:
-            indexes.extend([StringIndex(persons.value), StringIndex(items.value)])
-        person_index, item_index = indexes
         placed_us = (table.column("placed_at").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
                      .fill_null(as_of_us + 1).to_numpy())
         person = person_index.positions(table.column("person_id"))

@@ -49,9 +49,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pipelines.engines import Broadcast, Engine, Kernel, LocalEngine
+from pipelines.engines import Engine, Kernel, LocalEngine
 from pipelines.workspace import Workspace
-from profiling._string_hash import StringIndex
+from profiling._string_hash import LazyStringIndex
 from profiling.checks import check_int
 from profiling.errors import WorkspaceError
 from profiling.risk import FEATURE_COLUMNS, RULES, RiskModel, feature_matrix, risk_feature_table, rule_scores
@@ -98,31 +98,14 @@ def _input_folder(workspace: Workspace, table: str) -> Path:
     return workspace.verified(folder)
 
 
-class _GatedPersons:
-    """The gated persons' hash table, built on first use in the process that runs the kernels (broadcast is
-    the array: a Spark worker builds its own)."""
-
-    def __init__(self, persons: Broadcast[pa.Array]) -> None:
-        self._persons = persons
-        self._index: StringIndex | None = None
-
-    def __getstate__(self) -> dict:
-        return {"_persons": self._persons, "_index": None}
-
-    def holds(self, person_ids: pa.ChunkedArray) -> pa.Array:
-        if self._index is None:
-            self._index = StringIndex(self._persons.value)
-        return pa.array(self._index.positions(person_ids) >= 0)
-
-
-def _gated_kernel(table: str, schema: pa.Schema, gated: _GatedPersons, as_of: dt.datetime) -> Kernel:
+def _gated_kernel(table: str, schema: pa.Schema, gated: LazyStringIndex, as_of: dt.datetime) -> Kernel:
     """Kernel (not per person): stored rows of ``table`` (its ``INPUTS`` columns, ``schema``) -> those whose person
     is among the ``gated`` ones and whose time is before ``as_of`` (what ``risk_features`` would ignore goes)."""
     times = _TIMES[table]
 
     def gated_rows(rows: pa.Table) -> pa.Table:
         before = pc.fill_null(pc.less(rows.column(times), pa.scalar(as_of, rows.schema.field(times).type)), True)
-        return rows.filter(pc.and_(gated.holds(rows.column("person_id")), before))
+        return rows.filter(pc.and_(pa.array(gated.positions(rows.column("person_id")) >= 0), before))
 
     return Kernel(gated_rows, schema, name=f"gated_{table}", by_person=False)
 
@@ -222,7 +205,8 @@ def write_risk(workspace: Workspace, persons: pa.Array, *, as_of: dt.datetime, e
     with contextlib.ExitStack() as owned, workspace.staging() as stage:
         engine = engine or owned.enter_context(LocalEngine(workspace=workspace))
         partitions = max(engine.default_partitions(rows), math.ceil(rows / rows_per_partition))
-        gated = _GatedPersons(engine.broadcast(pc.unique(persons.cast(pa.string())).drop_null()))
+        broadcast = engine.broadcast(pc.unique(persons.cast(pa.string())).drop_null())
+        gated = LazyStringIndex(lambda: broadcast.value)
         inputs = {}
         for name, folder in sources.items():
             stored = engine.read(folder, columns=INPUTS[name], key=None)

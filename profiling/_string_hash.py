@@ -8,6 +8,8 @@ is this value?" for many batches against one table built once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pyarrow as pa
 from llvmlite import ir
@@ -15,7 +17,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["StringIndex"]
+__all__ = ["LazyStringIndex", "StringIndex"]
 
 
 def _offsets_and_data(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -323,3 +325,29 @@ class StringIndex:
         positions = np.empty(len(values), dtype=np.int64)
         _lookup_kernel(offsets, data, bitmap, bit_offset, self._table, self._table_bits, self._keys_data, positions)
         return positions
+
+
+class LazyStringIndex:
+    """A ``StringIndex`` of the strings ``keys()`` returns, built at the first lookup in each process.
+
+    For partition kernels: a kernel captures this (with ``keys`` reading a broadcast) and each
+    process that runs it, or a Spark worker that unpickles it, builds the hash table once and probes
+    it on every call; the table itself is never pickled.
+
+    >>> index = LazyStringIndex(lambda: pa.array(["b", "a"]))
+    >>> index.positions(pa.array(["a", "z"])).tolist()
+    [1, -1]
+    """
+
+    def __init__(self, keys: Callable[[], pa.Array]) -> None:
+        self._keys = keys
+        self._index: StringIndex | None = None
+
+    def __getstate__(self) -> dict:
+        return {"_keys": self._keys, "_index": None}
+
+    def positions(self, values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """int64 position of each value among the keys; -1 where it is null or not a key."""
+        if self._index is None:
+            self._index = StringIndex(self._keys())
+        return self._index.positions(values)
