@@ -146,6 +146,10 @@ def factors_on_spark(spark: Any, frame: Any, row: str, column: str, weight: str,
     """
     functions = _spark("pyspark.sql.functions")
     recommendation = _spark("pyspark.ml.recommendation")
+    kept = _spark("pyspark").StorageLevel.MEMORY_AND_DISK
+    # Each of the actions below (and MLlib's own) would otherwise compute the feedback's whole lineage again
+    # (the orders read and weighted by a Python kernel): the feedback and its stored pairs are kept once computed.
+    frame = frame.select(row, column, weight).persist(kept)
     value = functions.col(weight).cast("double")
     checks = frame.agg(functions.min(value).alias("smallest"),
                        functions.sum(functions.when(functions.isnan(value) | (functions.abs(value) == float("inf")),
@@ -153,7 +157,7 @@ def factors_on_spark(spark: Any, frame: Any, row: str, column: str, weight: str,
     _refuse_bad_weights(checks["smallest"], checks["non_finite"] or 0)
     # rows: (row, column, weight) stored pairs only, repeated pairs added up
     pairs = (frame.where(value > 0).where(functions.col(row).isNotNull() & functions.col(column).isNotNull())
-             .groupBy(row, column).agg(functions.sum(value).cast("float").alias("__weight")))
+             .groupBy(row, column).agg(functions.sum(value).cast("float").alias("__weight"))).persist(kept)
     columns = _sorted_unique([pa.array([r[column] for r in pairs.select(column).distinct().collect()], pa.string())])
     if not len(columns):  # no stored pair: nothing to fit, no row gets factors
         return (pairs.select(functions.col(row), functions.array().cast("array<float>").alias(FACTORS_FIELD)),
@@ -162,7 +166,7 @@ def factors_on_spark(spark: Any, frame: Any, row: str, column: str, weight: str,
     for what, count in (("rows", distinct_rows.count()), ("columns", len(columns))):
         if count > _MAX_IDS:
             raise ValueError(f"MLlib numbers {what} with 32-bit integers; {count:,} {what} are too many")
-    numbered_rows = _numbered(spark, distinct_rows, row, "__row", blocks)
+    numbered_rows = _numbered(spark, distinct_rows, row, "__row", blocks).persist(kept)  # the row factors use it
     numbered_columns = spark.createDataFrame(
         pa.table({column: columns, "__column": pa.array(np.arange(len(columns), dtype=np.int32))}))
     # rows: (__row, __column, __weight) as MLlib wants them: integer ids
@@ -177,6 +181,8 @@ def factors_on_spark(spark: Any, frame: Any, row: str, column: str, weight: str,
     row_factors = (model.userFactors.withColumnRenamed("id", "__row").join(numbered_rows, "__row")
                    .select(functions.col(row), functions.col("features").cast("array<float>").alias(FACTORS_FIELD)))
     learned = {r["id"]: r["features"] for r in model.itemFactors.collect()}
+    frame.unpersist()
+    pairs.unpersist()
     column_factors = np.zeros((len(columns), settings.factors), dtype=np.float32)
     for index, features in learned.items():
         column_factors[index] = features
