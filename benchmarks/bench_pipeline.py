@@ -109,7 +109,7 @@ def _run_measured(argv: list[str]) -> tuple[float, float, str, list[float]]:
 def _same_outputs(first: Path, second: Path) -> dict:
     """Whether two runs wrote the same portraits, and how alike their personalized lists are.
 
-    The lists follow each engine's factor fit (the compiled solver locally, MLlib's ALS on Spark: the
+    The lists follow each engine's factor fit (the compiled solver on both, in other orders: the
     same quality, not the same numbers), so they are compared by the share of persons with a personalized
     list on either run who have one on both (``personalized_persons_on_both``), and by the mean share of
     the longer top-10 the two lists of such a person have in common (``personalized_top10_overlap``).

@@ -186,8 +186,9 @@ def write_recommendations(workspace: Workspace, eligible: pd.DataFrame, *, as_of
     Everything built from the orders runs on ``engine`` (default: a local engine in the workspace):
     the purchases are read once and weighted by a kernel and brought to their person's eligibility
     group by ``co_partition``, the factors fitted there by ``Engine.implicit_factors`` (locally the
-    compiled solver, persons and items in string order; on Spark MLlib's ALS, whose factors, and so
-    lists, differ from the local ones at the same quality), each person's factors joined to their
+    compiled solver, persons and items in string order; on Spark the same half-steps in a barrier
+    stage, whose factors, and so lists, differ from the local ones at the same quality), each person's
+    factors joined to their
     purchases and group by a second ``co_partition`` and scored by ``score_top_k``, and the persons
     allowing personalization who bought nothing found and given their group's non-personalized list
     there too. The driver holds the catalogue, the consent gate's persons with their provinces, the
@@ -296,9 +297,10 @@ def _lists_on_engine(engine: Engine, orders_folder: Path, recommendations: Path,
                                               "group": pa.array(groups, pa.int32())}), key="person_id",
                                     partitions=partitions)
     # rows: (person_id, group): the consent gate's persons allowing personalization, by person
-    known = engine.co_partition({"purchases": purchases, "groups": group_frame}, key="person_id",
-                                partitions=partitions)
-    # rows: (source, person_id, bought, weights, group) by person: the orders are read once, here
+    known = engine.keep(engine.co_partition({"purchases": purchases, "groups": group_frame}, key="person_id",
+                                            partitions=partitions))
+    # rows: (source, person_id, bought, weights, group) by person: the orders are read once, here, and kept for
+    # the fit and the scoring
     feedback = engine.map(known, _FEEDBACK_ROWS)
     # rows: (person_id, item_id, weight) per item bought, repeats apart (implicit_factors adds them up)
     person_factors, bought_factors = engine.implicit_factors(feedback, row="person_id", column="item_id",
@@ -306,9 +308,10 @@ def _lists_on_engine(engine: Engine, orders_folder: Path, recommendations: Path,
     # rows: (person_id, factors) per person with a purchase, by person; bought_factors: (item_id, factors)
     # per item bought
     trained = int(pc.sum(engine.collect(engine.map(person_factors, _ROW_COUNT))["rows"]).as_py() or 0)
-    together = engine.co_partition({"factors": person_factors, "known": engine.map(known, _KNOWN_ROWS)},
-                                   key="person_id", partitions=partitions, source="input")
-    # rows: (input, person_id, factors, source, bought, group): each person's factors, purchases and group
+    together = engine.keep(engine.co_partition({"factors": person_factors, "known": engine.map(known, _KNOWN_ROWS)},
+                                               key="person_id", partitions=partitions, source="input"))
+    # rows: (input, person_id, factors, source, bought, group): each person's factors, purchases and group, kept
+    # for the personalized lists and the others
     ranked = score_top_k(engine, engine.map(together, _SCORING_ROWS), item_ids=item_ids,
                          item_factors=_catalogue_factors(bought_factors, item_ids, settings.factors), k=k,
                          exclude="bought", group="group", allowed=eligibility.allowed)

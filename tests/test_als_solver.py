@@ -68,17 +68,22 @@ def random_feedback(seed, persons, items, density):
     return sp.csr_array(feedback, dtype=np.float32)
 
 
+def half_sweep_case(seed, persons, items, dims, density, *, fixed, solving):
+    """(alpha·r as CSR, ``fixed`` x ``dims`` fixed factors, ``solving`` x ``dims`` starting factors) from ``seed``."""
+    rng = np.random.default_rng(seed)
+    feedback = random_feedback(seed, persons, items, density)
+    feedback.data *= np.float32(4.0)  # alpha·r
+    return (feedback, (rng.standard_normal((fixed, dims)) * 0.3).astype(np.float32),
+            (rng.standard_normal((solving, dims)) * 0.3).astype(np.float32))
+
+
 @given(st.integers(0, 2**32 - 1), st.integers(1, 30), st.integers(1, 30), st.integers(1, 12),
        st.integers(1, 4), st.sampled_from([0.0, 0.2, 0.6]))
 def test_a_half_sweep_is_the_float64_conjugate_gradient(seed, persons, items, dims, steps, density):
     # well conditioned (λ = 1, confidences up to 9), so that float32 rounding stays small after the
     # last step; past min(items, dims) steps the Krylov space is spent and steps only stir rounding
     steps = min(steps, items, dims)
-    rng = np.random.default_rng(seed)
-    feedback = random_feedback(seed, persons, items, density)
-    feedback.data *= np.float32(4.0)  # alpha·r
-    fixed = (rng.standard_normal((items, dims)) * 0.3).astype(np.float32)
-    start = (rng.standard_normal((persons, dims)) * 0.3).astype(np.float32)
+    feedback, fixed, start = half_sweep_case(seed, persons, items, dims, density, fixed=items, solving=persons)
     expected = reference_cg(feedback, fixed, start, 1.0, steps)
     got = _conjugate_gradient(feedback, fixed, start, 1.0, steps, threads=1 + seed % 3)
     assert got.dtype == np.float32 and got.shape == start.shape

@@ -1,14 +1,14 @@
-"""Implicit-feedback factors of a (row, column, weight) frame: the compiled solver here, MLlib's ALS on Spark.
+"""Implicit-feedback factors of a (row, column, weight) frame by the compiled solver, on either engine.
 
 Both fit the model of Hu, Koren and Volinsky (ICDM 2008): every stored pair has preference 1 and
 confidence ``1 + alpha * weight``, every other pair preference 0 and confidence 1, with an L2
-penalty on the factors. In this process the rows are numbered in string order and solved by
-``profiling.factors.ImplicitALS`` (conjugate gradient, deterministic for a seed). On Spark,
-MLlib's blocked ALS with ``implicitPrefs``: rows are numbered in the JVM (string order within
-hash buckets) and the row factors stay on the executors; only the columns (the catalogue: few),
-the bucket sizes and a few counts come to the driver. MLlib solves each row exactly rather than
-by conjugate gradient, and scales the penalty by the row's number of stored pairs (ALS-WR), so
-the two engines give factors of the same quality on a holdout, not the same factors.
+penalty on the factors, by ``cg_steps`` conjugate-gradient steps per row and column and sweep.
+In this process the rows are numbered in string order and solved by ``profiling.factors.ImplicitALS``
+(deterministic for a seed). On Spark, one barrier stage runs the same half-steps with the rows
+split among its tasks (``profiling.factors._partitioned``): the row factors stay on the executors,
+the tasks exchange only column-sized sums, and only the columns (the catalogue: few) and their
+factors come to the driver. The two engines start from other random factors and add up in
+another order, so they give factors of the same quality on a holdout, not the same factors.
 
 No privacy mechanism is applied: the factors are per row and stay with the engine; fit them only
 on rows of persons whose consent covers the purpose.
@@ -16,7 +16,8 @@ on rows of persons whose consent covers the purpose.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import base64
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,24 +34,25 @@ __all__ = ["FACTORS_FIELD", "FactorSettings", "check_feedback", "factors_in_memo
            "factors_schema"]
 
 FACTORS_FIELD = "factors"
-# MLlib numbers rows and columns with 32-bit integers.
-_MAX_IDS = 2**31 - 1
 
 
 @dataclass(frozen=True)
 class FactorSettings:
-    """``factors`` per row and column, ``iterations`` alternating sweeps, penalty ``regularization``
-    (per stored pair on Spark), confidence ``1 + alpha * weight``, ``seed`` for the starting factors."""
+    """``factors`` per row and column, ``iterations`` alternating sweeps of ``cg_steps`` conjugate-gradient
+    steps per row and column, penalty ``regularization``, confidence ``1 + alpha * weight``, ``seed``
+    for the starting factors."""
 
     factors: int = 64
     iterations: int = 15
     regularization: float = 0.01
     alpha: float = 40.0
     seed: int = 0
+    cg_steps: int = 3
 
     def __post_init__(self) -> None:
         check_int(self.factors, "factors")
         check_int(self.iterations, "iterations")
+        check_int(self.cg_steps, "cg_steps")
         check_int(self.seed, "seed", minimum=0)
         check_number(self.regularization, "regularization", minimum=0)
         check_number(self.alpha, "alpha", positive=True)
@@ -118,7 +120,7 @@ def factors_in_memory(partitions: Iterable[pa.Table], row: str, column: str, wei
     if not len(rows):  # no stored pair: nothing to fit
         empty = np.zeros((0, settings.factors), dtype=np.float32)
         return _factor_table(row, rows, empty), _factor_table(column, columns, empty)
-    model = ImplicitALS(factors=settings.factors, iterations=settings.iterations,
+    model = ImplicitALS(factors=settings.factors, iterations=settings.iterations, cg_steps=settings.cg_steps,
                         regularization=settings.regularization, alpha=settings.alpha,
                         random_state=settings.seed).fit(matrix)
     return (_factor_table(row, rows, model.person_factors_), _factor_table(column, columns, model.item_factors_))
@@ -136,75 +138,107 @@ def _factor_table(key: str, ids: pa.Array, factors: np.ndarray) -> pa.Table:
     return pa.table([ids.cast(pa.string()), lists], schema=factors_schema(key))
 
 
-def factors_on_spark(spark: Any, frame: Any, row: str, column: str, weight: str, settings: FactorSettings,
+def factors_on_spark(engine: Any, frame: Any, row: str, column: str, weight: str, settings: FactorSettings,
                      blocks: int) -> tuple[Any, pa.Table]:
-    """``(row factors as a Spark DataFrame, column factors)`` of the Spark DataFrame ``frame`` by MLlib's ALS.
+    """``(row factors as a Spark DataFrame, column factors)`` of the Spark DataFrame ``frame`` by the
+    compiled solver's half-steps in one barrier stage.
 
-    ``blocks``: MLlib's row and column blocks (the frame's partitions). Rows are numbered on the
-    executors (``_numbered``); the columns are collected (a catalogue), numbered in string
-    order, and their factors collected with them.
+    The stored pairs are hash-partitioned by row into ``blocks`` tasks at most (no more than the
+    cluster's task slots: a barrier stage's tasks all run at once); each task fits its rows with
+    ``profiling.factors._partitioned.fit_partition``, summing the column-side terms with the other
+    tasks through ``allGather`` (columns x factors float32 per exchange, ``cg_steps + 1`` exchanges
+    a sweep). Row factors stay on the executors (the stage's output is kept until ``engine``, the
+    ``SparkEngine``, closes); the columns (a catalogue: few) are collected, numbered in string
+    order, broadcast to the tasks, and their factors collected.
     """
     functions = _spark("pyspark.sql.functions")
-    recommendation = _spark("pyspark.ml.recommendation")
-    kept = _spark("pyspark").StorageLevel.MEMORY_AND_DISK
-    # Each of the actions below (and MLlib's own) would otherwise compute the feedback's whole lineage again
-    # (the orders read and weighted by a Python kernel): the feedback and its stored pairs are kept once computed.
-    frame = frame.select(row, column, weight).persist(kept)
+    # The checks, the columns and the fit each read the feedback: it is computed once (the orders read and
+    # weighted by a Python kernel), kept for the three, and released after the fit.
+    frame = frame.select(row, column, weight).persist(_spark("pyspark").StorageLevel.MEMORY_AND_DISK)
     value = functions.col(weight).cast("double")
     checks = frame.agg(functions.min(value).alias("smallest"),
                        functions.sum(functions.when(functions.isnan(value) | (functions.abs(value) == float("inf")),
                                                     1).otherwise(0)).alias("non_finite")).first()
     _refuse_bad_weights(checks["smallest"], checks["non_finite"] or 0)
-    # rows: (row, column, weight) stored pairs only, repeated pairs added up
-    pairs = (frame.where(value > 0).where(functions.col(row).isNotNull() & functions.col(column).isNotNull())
-             .groupBy(row, column).agg(functions.sum(value).cast("float").alias("__weight"))).persist(kept)
-    columns = _sorted_unique([pa.array([r[column] for r in pairs.select(column).distinct().collect()], pa.string())])
+    stored = (frame.where((value > 0) & functions.col(row).isNotNull() & functions.col(column).isNotNull())
+              .select(row, column, value.alias(weight)))
+    columns = _sorted_unique([pa.array([r[column] for r in stored.select(column).distinct().collect()], pa.string())])
     if not len(columns):  # no stored pair: nothing to fit, no row gets factors
-        return (pairs.select(functions.col(row), functions.array().cast("array<float>").alias(FACTORS_FIELD)),
+        frame.unpersist()
+        return (stored.select(functions.col(row), functions.array().cast("array<float>").alias(FACTORS_FIELD)),
                 _factor_table(column, columns, np.zeros((0, settings.factors), dtype=np.float32)))
-    distinct_rows = pairs.select(row).distinct()
-    for what, count in (("rows", distinct_rows.count()), ("columns", len(columns))):
-        if count > _MAX_IDS:
-            raise ValueError(f"MLlib numbers {what} with 32-bit integers; {count:,} {what} are too many")
-    numbered_rows = _numbered(spark, distinct_rows, row, "__row", blocks).persist(kept)  # the row factors use it
-    numbered_columns = spark.createDataFrame(
-        pa.table({column: columns, "__column": pa.array(np.arange(len(columns), dtype=np.int32))}))
-    # rows: (__row, __column, __weight) as MLlib wants them: integer ids
-    ratings = (pairs.join(numbered_rows, row).join(functions.broadcast(numbered_columns), column)
-               .select("__row", "__column", "__weight"))
-    als = recommendation.ALS(rank=settings.factors, maxIter=settings.iterations, regParam=settings.regularization,
-                             alpha=settings.alpha, implicitPrefs=True, seed=settings.seed, userCol="__row",
-                             itemCol="__column", ratingCol="__weight", numUserBlocks=blocks, numItemBlocks=blocks,
-                             nonnegative=False)
-    model = als.fit(ratings)
-    # rows: (row, factors) on the executors, never collected
-    row_factors = (model.userFactors.withColumnRenamed("id", "__row").join(numbered_rows, "__row")
-                   .select(functions.col(row), functions.col("features").cast("array<float>").alias(FACTORS_FIELD)))
-    learned = {r["id"]: r["features"] for r in model.itemFactors.collect()}
+    task_cores = engine.kernel_threads
+    slots = max(1, engine.spark.sparkContext.defaultParallelism // task_cores)
+    fitted = engine._keep(engine._map_in_arrow(
+        stored.repartition(min(blocks, slots), row),
+        _fit_kernel(row, column, weight, engine.broadcast(columns), settings, threads=task_cores), _FITTED_SCHEMA,
+        barrier=True))
+    # rows: (__side, __id, factors): every task's rows (side 0), and from the first task the columns (side 1) in
+    # string order
+    learned = fitted.where(functions.col("__side") == 1).select(FACTORS_FIELD).toArrow()
     frame.unpersist()
-    pairs.unpersist()
-    column_factors = np.zeros((len(columns), settings.factors), dtype=np.float32)
-    for index, features in learned.items():
-        column_factors[index] = features
-    return row_factors, _factor_table(column, columns, column_factors)
+    row_factors = (fitted.where(functions.col("__side") == 0)
+                   .select(functions.col("__id").alias(row), functions.col(FACTORS_FIELD)))
+    return row_factors, _factor_table(column, columns, np.array(learned.column(FACTORS_FIELD).to_pylist(),
+                                                                  dtype=np.float32).reshape(-1, settings.factors))
 
 
-def _numbered(spark: Any, distinct: Any, name: str, index: str, buckets: int) -> Any:
-    """``(name, index)``: each distinct value numbered 0, 1, ... in the JVM, deterministically.
+_FITTED_SCHEMA = f"__side tinyint, __id string, {FACTORS_FIELD} array<float>"
 
-    Values are hashed into ``buckets``, numbered in string order within their bucket, and offset by
-    the sizes of the buckets before (``buckets`` counts come to the driver, nothing else).
-    """
-    functions = _spark("pyspark.sql.functions")
-    window = _spark("pyspark.sql.window").Window
-    bucketed = distinct.withColumn("__bucket", functions.pmod(functions.hash(name), functions.lit(buckets)))
-    sizes = {r["__bucket"]: r["count"] for r in bucketed.groupBy("__bucket").count().collect()}
-    first = np.cumsum([0] + [sizes.get(b, 0) for b in range(buckets)])[:-1]
-    offsets = spark.createDataFrame(pa.table({"__bucket": pa.array(np.arange(buckets, dtype=np.int32)),
-                                              "__offset": pa.array(first.astype(np.int64))}))
-    ranked = bucketed.withColumn("__rank", functions.row_number().over(window.partitionBy("__bucket").orderBy(name)))
-    return (ranked.join(functions.broadcast(offsets), "__bucket")
-            .select(name, (functions.col("__offset") + functions.col("__rank") - 1).cast("int").alias(index)))
+
+def _fit_kernel(row: str, column: str, weight: str, columns: Any, settings: FactorSettings,
+                threads: int) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """The barrier stage's task: its stored pairs -> its rows' factors (and, in the first task, the columns')."""
+    def fit(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import BarrierTaskContext
+
+        from profiling.factors._partitioned import fit_partition
+
+        task = BarrierTaskContext.get()
+        schema = pa.schema([(row, pa.string()), (column, pa.string()), (weight, pa.float64())])
+        whole = list(batches)
+        table = pa.Table.from_batches(whole).select(schema.names).cast(schema) if whole else schema.empty_table()
+        names, row_codes = _dictionary_encode(table.column(row).combine_chunks())
+        order = pc.sort_indices(names)
+        rank = np.empty(len(names), np.int32)
+        rank[order.to_numpy()] = np.arange(len(names), dtype=np.int32)
+        catalogue = columns.value
+        matrix = sp.csr_array((table.column(weight).to_numpy(), (rank[row_codes], StringIndex(catalogue).positions(
+            table.column(column)))), shape=(len(names), len(catalogue)))  # repeated pairs summed in float64
+        row_factors, column_factors = fit_partition(
+            matrix.astype(np.float32), factors=settings.factors, iterations=settings.iterations,
+            regularization=settings.regularization, alpha=settings.alpha, cg_steps=settings.cg_steps,
+            seed=settings.seed, part=task.partitionId(), allreduce=_allreduce_by(task), threads=threads)
+        yield from _fitted_rows(0, names.take(order), row_factors)
+        if task.partitionId() == 0:
+            yield from _fitted_rows(1, catalogue, column_factors)
+
+    return fit
+
+
+def _fitted_rows(side: int, ids: pa.Array, factors: np.ndarray) -> list[pa.RecordBatch]:
+    table = _factor_table("__id", ids, factors)
+    return table.add_column(0, "__side", pa.array(np.full(len(ids), side, np.int8))).to_batches()
+
+
+# Bytes of all tasks' messages in one exchange at most (Spark's RPC messages are limited to 128 MiB by default).
+_EXCHANGE_BYTES = 32 * 2**20
+
+
+def _allreduce_by(task: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """The element-wise sum of the float32 arrays all tasks of the barrier stage pass, by ``allGather``, in
+    pieces small enough for one exchange; the same sum, in task order, on every task."""
+    def allreduce(array: np.ndarray) -> np.ndarray:
+        flat = np.ascontiguousarray(array, dtype=np.float32).reshape(-1)
+        total = np.zeros(len(flat), dtype=np.float64)
+        piece = max(1024, _EXCHANGE_BYTES * 3 // 4 // 4 // len(task.getTaskInfos()))
+        for start in range(0, max(1, len(flat)), piece):
+            part = flat[start:start + piece]
+            for message in task.allGather(base64.b64encode(part.tobytes()).decode("ascii")):
+                total[start:start + len(part)] += np.frombuffer(base64.b64decode(message), dtype=np.float32)
+        return total.astype(np.float32).reshape(array.shape)
+
+    return allreduce
 
 
 def _spark(module: str) -> Any:

@@ -164,9 +164,16 @@ class Engine(abc.ABC):
         ``feedback``'s partition count, and the column factors, a small table ``(column, factors)``
         in string order (factors: list of float32, ``settings.factors`` long). Stored pairs are the
         rows with a positive weight (repeats add up); a negative or non-finite weight is a
-        ``ValueError``. Local: the compiled conjugate-gradient solver; Spark: MLlib's ALS, nothing
-        person-level collected (see ``pipelines.engines._factors``): the same quality, not the same factors.
+        ``ValueError``. The compiled conjugate-gradient solver on both: in this process locally, in
+        one barrier stage on Spark, nothing person-level collected (see ``pipelines.engines._factors``):
+        the same quality, not the same factors.
         """
+
+    @abc.abstractmethod
+    def keep(self, frame: Frame) -> Frame:
+        """``frame``, computed once when first needed and kept (in the engine's scratch space or executors'
+        memory and disks) until the engine closes: for a frame read more than once, whose kernels and
+        reads would otherwise run again for each use. The rows are the same, so are the guarantees."""
 
     @abc.abstractmethod
     def collect(self, frame: Frame) -> pa.Table:

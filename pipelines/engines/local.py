@@ -47,9 +47,11 @@ ROWS_PER_PARTITION = 2_000_000     # default partition size when ``partitions`` 
 
 @dataclass(frozen=True)
 class _Partitions:
-    """``load(p)`` gives partition p's whole table (None when it is empty)."""
+    """``load(p)`` gives partition p's whole table (None when it is empty); ``stored``: it reads a file or
+    memory, computing nothing."""
 
     load: Callable[[int], pa.Table | None]
+    stored: bool = False
 
 
 class _Value(Broadcast[T]):
@@ -134,7 +136,7 @@ class LocalEngine(Engine):
         def load(p: int) -> pa.Table | None:
             return piece(p) if p < pieces else None
 
-        return Frame(self, schema, None, max(1, pieces), _Partitions(load))
+        return Frame(self, schema, None, max(1, pieces), _Partitions(load, stored=True))
 
     def co_partition(self, inputs: Mapping[str, Frame], *, key: str, source: str = "source",
                      partitions: int | None = None) -> Frame:
@@ -160,7 +162,8 @@ class LocalEngine(Engine):
         if partitions == 1:
             # one partition is loaded whole by whatever runs on it: keep it in memory, nothing to sort or spill
             whole = pa.Table.from_batches(list(batches), schema=schema)
-            return Frame(self, schema, key, 1, _Partitions(lambda p: whole if p == 0 and whole.num_rows else None))
+            return Frame(self, schema, key, 1, _Partitions(lambda p: whole if p == 0 and whole.num_rows else None,
+                                                           stored=True))
         self._spills += 1
         folder = self._scratch_folder() / f"read-{self._spills}"
         folder.mkdir()
@@ -184,10 +187,32 @@ class LocalEngine(Engine):
             file = folder / f"part-{p}.arrow"
             if not file.exists():
                 return None
-            with pa.OSFile(str(file)) as source:
-                return pa.ipc.open_file(source).read_all()
+            return _read_spilled(file)
 
-        return Frame(self, schema, key, partitions, _Partitions(load))
+        return Frame(self, schema, key, partitions, _Partitions(load, stored=True))
+
+    def keep(self, frame: Frame) -> Frame:
+        self._check_frame(frame)
+        source: _Partitions = frame.handle
+        if source.stored:
+            return frame
+        self._spills += 1
+        folder = self._scratch_folder() / f"kept-{self._spills}"
+        folder.mkdir()
+        computed: set[int] = set()
+
+        def load(p: int) -> pa.Table | None:
+            file = folder / f"part-{p}.arrow"
+            if p in computed:
+                return _read_spilled(file) if file.exists() else None
+            table = source.load(p)
+            if table is not None:
+                with pa.OSFile(str(file), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+                    writer.write_table(table)
+            computed.add(p)
+            return table
+
+        return Frame(self, frame.schema, frame.key, frame.partitions, _Partitions(load))
 
     # running ---------------------------------------------------------------------------------------------
 
@@ -248,3 +273,9 @@ class LocalEngine(Engine):
             written += 1
         if not written:
             pq.write_table(frame.schema.empty_table(), folder / "part-00000.parquet")
+
+
+def _read_spilled(file: Path) -> pa.Table:
+    """The whole table of one spilled partition file (Arrow IPC)."""
+    with pa.OSFile(str(file)) as source:
+        return pa.ipc.open_file(source).read_all()

@@ -94,11 +94,15 @@ class SparkEngine(Engine):
         self.spark = spark
         self.partitions = partitions
         self._broadcasts: list[Any] = []
+        self._kept: list[Any] = []
 
     def __repr__(self) -> str:
         return f"SparkEngine(master={self.spark.sparkContext.master!r})"
 
     def close(self) -> None:
+        for kept in self._kept:
+            kept.unpersist()
+        self._kept.clear()
         for broadcast in self._broadcasts:
             broadcast.destroy()
         self._broadcasts.clear()
@@ -173,10 +177,14 @@ class SparkEngine(Engine):
         # connected components), which runs in the same task and numbers its partitions on from the
         # first input's.
         indexed = frame.handle.select("*", functions.spark_partition_id().alias(_PARTITION))
+        mapped = self._map_in_arrow(indexed, run, types.from_arrow_schema(kernel.schema))
+        return Frame(self, kernel.schema, kept_key(frame, kernel), partitions, mapped)
+
+    def _map_in_arrow(self, frame: Any, function: Any, schema: Any, *, barrier: bool = False) -> Any:
+        """``frame.mapInArrow(function, schema, barrier=barrier)`` (Spark DataFrames)."""
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_PANDAS_WARNING, category=FutureWarning)
-            mapped = indexed.mapInArrow(run, types.from_arrow_schema(kernel.schema))
-        return Frame(self, kernel.schema, kept_key(frame, kernel), partitions, mapped)
+            return frame.mapInArrow(function, schema, barrier=barrier)
 
     def connected_components(self, edges: Frame, *, ends: tuple[str, str] = ("u", "v")) -> Frame:
         self._check_frame(edges)
@@ -188,10 +196,22 @@ class SparkEngine(Engine):
                          settings: FactorSettings = FactorSettings()) -> tuple[Frame, pa.Table]:
         self._check_frame(feedback)
         check_feedback(feedback.schema, row, column, weight)
-        row_factors, column_factors = factors_on_spark(self.spark, feedback.handle, row, column, weight, settings,
+        row_factors, column_factors = factors_on_spark(self, feedback.handle, row, column, weight, settings,
                                                        blocks=feedback.partitions)
-        # rows: (row, factors) from MLlib's blocks, then hash-partitioned by row as read does
+        # rows: (row, factors) from the fit's tasks, then hash-partitioned by row as read does
         return self._partitioned(row_factors, row, feedback.partitions, factors_schema(row)), column_factors
+
+    def keep(self, frame: Frame) -> Frame:
+        self._check_frame(frame)
+        return Frame(self, frame.schema, frame.key, frame.partitions, self._keep(frame.handle))
+
+    def _keep(self, frame: Any) -> Any:
+        """``frame`` (a Spark DataFrame) persisted in memory and on disk once computed, until the engine closes."""
+        kept = frame.persist(import_optional("pyspark", extra="spark", purpose=_PURPOSE).StorageLevel.MEMORY_AND_DISK)
+        self._kept.append(kept)
+        # a new DataFrame over the kept rows: one that already ran an action keeps its plan, and would compute
+        # itself again without looking the kept rows up
+        return kept.select("*")
 
     def collect(self, frame: Frame) -> pa.Table:
         self._check_frame(frame)

@@ -2,8 +2,8 @@
 
 Every published folder must hold the same rows: the analytics zone, the identity tables, the
 portraits, the risk scores, the marketing audience and the reports. The factors of the personalized
-lists are fitted on the engine (the compiled solver locally, MLlib's ALS on Spark: the same quality,
-not the same numbers; see ``test_recommendations_on_engines``), so for the lists the same persons
+lists are fitted on the engine (the compiled solver on both, from other starting factors: the same
+quality, not the same numbers; see ``test_recommendations_on_engines``), so for the lists the same persons
 must get lists of each kind of the same lengths, and no list may show an item bought or not allowed.
 The DP popularity release draws fresh noise on each run, and the non-personalized lists are ranked by
 it: for those, what is deterministic is compared (the items released, each person's list length). On

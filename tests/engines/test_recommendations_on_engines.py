@@ -1,8 +1,8 @@
 """The recommendation stage on every engine: the same persons get lists of the same lengths, none shows an
 item bought or not allowed, and the Spark lists are as good as the local ones on a time-ordered holdout.
 
-The factors are fitted on the engine (``Engine.implicit_factors``): locally by the compiled solver, on
-Spark by MLlib's ALS, which solves the same model by another method, so the personalized lists are
+The factors are fitted on the engine (``Engine.implicit_factors``): the compiled solver, in this process or
+in a Spark barrier stage, from other starting factors and adding up in another order, so the lists are
 held to the same promises and quality, not to the same items. The non-personalized lists use nothing
 fitted and are identical.
 """
