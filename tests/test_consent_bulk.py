@@ -175,6 +175,25 @@ def test_any_redaction_drops_the_snapshot_and_the_rebuild_matches_sql(tmp_path):
         assert all(report.ok for report in store.verify())
 
 
+def test_an_erasure_rewrites_the_snapshot_a_row_group_at_a_time_into_the_bytes_a_whole_rewrite_gives(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(sqlite_store, "_SNAPSHOT_GROUP_ROWS", 100)   # 2,500 events: 25 row groups
+    path = tmp_path / "ledger.sqlite"
+    _large_ledger(path)   # A5 erased: the first rewrite
+    with SqliteConsentStore(path) as store:
+        before = store.read_snapshot()
+        erased = ["A7", "A40", "A96"]
+        for account in erased:
+            store.erase_account(account)
+        kept = before.filter(pa.compute.invert(pa.compute.is_in(before.column("account_id"),
+                                                                 value_set=pa.array(erased))))
+        data = store._connection.execute("SELECT parquet FROM consent_snapshot_data").fetchone()[0]
+        assert bytes(data) == bytes(sqlite_store._snapshot_parquet(kept)[0])
+        assert store.read_snapshot().equals(kept) and kept.num_rows == 2500 - 3 * 26 - 25
+        assert store.events().equals(store.events_sql())
+        assert all(report.ok for report in store.verify())
+
+
 def test_an_edited_snapshot_is_refused(tmp_path):
     path = tmp_path / "ledger.sqlite"
     with SqliteConsentStore(path) as store:

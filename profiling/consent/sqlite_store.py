@@ -505,16 +505,40 @@ def redact_consent_events(db: sqlite3.Connection, account_ids: Sequence[str], *,
     redaction drops it and the next read rebuilds it from SQL); no copy of the accounts is left.
     """
     accounts = sorted({canonical_account_id(a) for a in account_ids})
-    before = _current_snapshot(db)
+    before = _current_snapshot_data(db)
     removed = 0
     for start in range(0, len(accounts), 500):
         chunk = accounts[start:start + 500]
         removed += redact(db, "consent_events", f"account_id IN ({', '.join('?' * len(chunk))})", chunk,
                           reason=reason)
     if before is not None and removed:
-        erased = pc.is_in(before.column("account_id"), value_set=pa.array(accounts, pa.string()))
-        _write_snapshot(db, before.filter(pc.invert(erased)))
+        _record_snapshot(db, *_snapshot_without(before, pa.array(accounts, pa.string())))
     return removed
+
+
+def _snapshot_without(data: memoryview, accounts: pa.Array) -> tuple[memoryview, int]:
+    """Snapshot bytes ``data`` without the events of ``accounts``, and how many events they keep.
+
+    Read and written a row group at a time: the events stay in the snapshot's order, so nothing is
+    sorted again, and the row groups are cut as ``_snapshot_parquet`` cuts them (the same bytes as
+    writing the remaining events anew).
+    """
+    source = pq.ParquetFile(pa.BufferReader(data))
+    sink = pa.BufferOutputStream()
+    held, kept = [], 0
+    with pq.ParquetWriter(sink, _SNAPSHOT_SCHEMA, compression="zstd") as writer:
+        for group in range(source.num_row_groups):
+            rows = source.read_row_group(group).cast(_SNAPSHOT_SCHEMA)
+            held.append(rows.filter(pc.invert(pc.is_in(rows.column("account_id"), value_set=accounts))))
+            waiting = pa.concat_tables(held)
+            whole = waiting.num_rows - waiting.num_rows % _SNAPSHOT_GROUP_ROWS
+            for start in range(0, whole, _SNAPSHOT_GROUP_ROWS):
+                writer.write_table(waiting.slice(start, _SNAPSHOT_GROUP_ROWS).combine_chunks())
+            held, kept = [waiting.slice(whole)], kept + whole
+        rest = pa.concat_tables(held)
+        if rest.num_rows:
+            writer.write_table(rest.combine_chunks())
+    return memoryview(sink.getvalue()), kept + rest.num_rows
 
 
 def _pieces(events: pa.Table | ds.FileSystemDataset, columns: list[str],
@@ -589,9 +613,18 @@ def _position(db: sqlite3.Connection) -> tuple[int, str, int]:
 
 def _current_snapshot(db: sqlite3.Connection) -> pa.Table | None:
     """Inside a transaction: the snapshot at the ledger's position (empty for an empty ledger), else None."""
+    if _position(db)[0] == 0:
+        return _SNAPSHOT_SCHEMA.empty_table()
+    data = _current_snapshot_data(db)
+    return None if data is None else pq.read_table(pa.BufferReader(data)).cast(_SNAPSHOT_SCHEMA)
+
+
+def _current_snapshot_data(db: sqlite3.Connection) -> memoryview | None:
+    """Inside a transaction: the Parquet bytes of the snapshot at the ledger's position, else None (also for an
+    empty ledger); ``ChainBrokenError`` when they do not match their record."""
     position = _position(db)
     if position[0] == 0:
-        return _SNAPSHOT_SCHEMA.empty_table()
+        return None
     row = db.execute("SELECT s.ledger_rows, s.ledger_head, s.redactions, CAST(d.parquet AS BLOB) "
                      "FROM consent_snapshots s JOIN consent_snapshot_data d ON d.snapshot = s.id "
                      "WHERE s.id = (SELECT MAX(id) FROM consent_snapshots)").fetchone()
@@ -601,7 +634,7 @@ def _current_snapshot(db: sqlite3.Connection) -> pa.Table | None:
     if problem:
         raise ChainBrokenError(f"consent ledger: {problem}; run `portrait ledger verify` and restore the ledger "
                                f"from a copy")
-    return pq.read_table(pa.BufferReader(row[3])).cast(_SNAPSHOT_SCHEMA)
+    return memoryview(row[3])
 
 
 def _snapshot_problem(db: sqlite3.Connection) -> str | None:
