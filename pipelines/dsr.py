@@ -59,6 +59,7 @@ from pipelines.dsr_scope import (
     subject_rows,
 )
 from pipelines.workspace import Workspace, holding_job_lock
+from profiling._memory import release_freed_memory
 from profiling.consent.events import canonical_account_id
 from profiling.consent.sqlite_store import SqliteConsentStore, redact_consent_events
 from profiling.csv_cells import write_csv_rows
@@ -489,7 +490,7 @@ def erase_held(workspace: Workspace, account_ids: Sequence[str], key: MasterKey,
                                                             "device_id": linked.ids["device_id"]}, _now())
         if replacements:
             workspace.publish(replacements, reports=ingest_report_without(workspace, report.rows_removed))
-    pa.default_memory_pool().release_unused()  # what the scan freed, handed back before the ledger's work
+    release_freed_memory()  # what the scan freed, handed back before the ledger's work
     _redact_ledger(workspace, linked.account_ids, report, cause)
     report.other_files_naming_them = _other_files_naming(workspace, linked.raw_values() | linked.pseudonyms(key))
     return report

@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 from pipelines.dsr import erase_held, ingest_report_without
 from pipelines import dsr_scope
 from pipelines.workspace import Workspace
+from profiling._memory import release_freed_memory
 from profiling._string_hash import StringIndex
 from profiling.consent.sqlite_store import SqliteConsentStore
 from profiling.ledger_file import immediate_transaction, ledger_connection
@@ -307,7 +308,7 @@ def enforce_retention(workspace: Workspace, key: MasterKey, as_of: dt.datetime, 
     The caller holds the workspace's job lock (``portrait run``). Returns the run summary's rows:
     accounts erased and still in their grace period, and rows deleted per table with the cutoff.
     """
-    pa.default_memory_pool().release_unused()  # what earlier stages freed, back to the system
+    release_freed_memory()  # what earlier stages freed, back to the system
     due, waiting = due_cancellations(workspace, as_of, grace_days)
     erase_held(workspace, due, key, cause="cancellation")  # one pass for all of them
     expiry = Expiry.build(as_of, lambda name, columns: workspace.dataset(name).to_batches(

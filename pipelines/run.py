@@ -67,6 +67,7 @@ from pipelines.risk import PURPOSE as RISK_PURPOSE
 from pipelines.risk import write_risk
 from pipelines.retention import enforce_retention
 from pipelines.workspace import Workspace, holding_job_lock, write_json_atomic
+from profiling._memory import release_freed_memory
 from profiling.consent import (
     ConsentGate,
     ConsentSnapshot,
@@ -418,6 +419,7 @@ def run_pipeline(workspace: Workspace, key_file: str | Path | None, as_of: dt.da
             started = time.perf_counter()
             context._stage[:] = [stage]
             summary.extend(stage.run(context))
+            release_freed_memory()   # what the stage freed: the next one starts from what the run holds
             if on_stage is not None:
                 on_stage(stage.name, time.perf_counter() - started)
     return summary

@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from profiling._memory import release_freed_memory
 from profiling.consent.as_of import EVENT_COLUMNS, to_micros
 from profiling.consent.events import ConsentError, ConsentEvent, canonical_account_id
 from profiling.consent.store import AuditRecord, LoadReport
@@ -267,7 +268,7 @@ class SqliteConsentStore:
             last = db.execute("SELECT last_key FROM ledger_chains WHERE chain_table = 'consent_events'").fetchone()[0]
 
             def snapshot() -> tuple[memoryview, int]:
-                pa.default_memory_pool().release_unused()   # the insert's batches, before the snapshot's columns
+                release_freed_memory()   # the insert's batches, before the snapshot's columns
                 # Read again rather than held through the insert: the snapshot's columns of the recorded events,
                 # the few-valued ones dictionary-encoded while they wait to be sorted.
                 compact = _SNAPSHOT_COMPACT.remove(0)
