@@ -285,3 +285,26 @@ def test_shuffled_and_ordered_inputs_give_the_same_state():
     order = np.argsort(b.account_ids.to_numpy(zero_copy_only=False))
     assert a.account_ids.to_pylist() == [b.account_ids.to_pylist()[i] for i in order]
     assert (a.cells == b.cells[:, order]).all()
+
+
+@given(histories(), st.lists(st.integers(0, 40), max_size=6))
+def test_a_history_prepared_piece_by_piece_is_the_one_prepared_whole(drawn, cuts):
+    rows, _ = drawn
+    table = history(*[tuple(r.values()) for r in sorted(rows, key=lambda r: (r["account_id"], r["event_at"]))])
+    bounds = [0, *sorted(min(cut, table.num_rows) for cut in cuts), table.num_rows]
+    # pieces cut anywhere: inside an account's events, empty ones, all in one
+    pieces = [table.slice(start, stop - start) for start, stop in zip(bounds, bounds[1:])]
+    whole, pieced = ConsentSnapshot.from_arrow(table), ConsentSnapshot.from_pieces(pieces)
+    assert pieced.account_ids.equals(whole.account_ids)
+    for name in ("cell", "event_at", "next_at", "code"):
+        np.testing.assert_array_equal(getattr(pieced, name), getattr(whole, name), err_msg=name)
+    for moment in _MOMENTS:
+        assert pieced.digest(moment) == whole.digest(moment)
+
+
+def test_pieces_out_of_account_order_are_refused():
+    first = history(("A2", day(2020, 1), "policy_accept", None, NEW))
+    second = history(("A1", day(2020, 2), "policy_accept", None, NEW))
+    with pytest.raises(ValueError, match="not ordered by account then time"):
+        ConsentSnapshot.from_pieces([first, second])
+    assert ConsentSnapshot.from_pieces([]).persons == 0

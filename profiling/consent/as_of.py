@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -165,6 +166,42 @@ class ConsentSnapshot:
         cell = slot * len(account_ids) + person  # slot-major, so a purpose's column is contiguous
         return cls(account_ids=account_ids, cell=cell, event_at=at, next_at=next_at, code=code)
 
+    @classmethod
+    def from_pieces(cls, pieces: Iterable[pa.Table]) -> ConsentSnapshot:
+        """``from_arrow`` of the concatenation of ``pieces``, built a piece at a time (a ledger's snapshot read
+        a row group at a time): the same arrays, holding about 25 bytes an event beside one piece.
+
+        The pieces must together be ordered by account then time, as the ledger returns them (an
+        account may run from one piece into the next); a ValueError says where they are not.
+        """
+        done, waiting, offset = [], None, 0
+        for piece in pieces:
+            if not piece.num_rows:
+                continue
+            joined = piece if waiting is None else pa.concat_tables([waiting, piece.cast(waiting.schema)])
+            ids = _combined(joined.column("account_id"))
+            if ids.null_count:
+                cls.from_arrow(joined)   # names the missing account
+            if _account_changes(ids, _micros_column(joined.column("event_at"))) is None:
+                raise ValueError("consent history pieces are not ordered by account then time; prepare the "
+                                 "whole history with ConsentSnapshot.from_arrow")
+            # the last account may go on in the next piece: it waits for it
+            cut = int(np.argmax(pc.equal(ids, ids[-1]).to_numpy(zero_copy_only=False)))
+            if cut:
+                done.append(_numbered_from(cls.from_arrow(joined.slice(0, cut)), offset))
+                offset += len(done[-1][0])
+            waiting = joined.slice(cut)
+        if waiting is None:
+            return cls.from_arrow(pa.table({name: pa.array([], pa.timestamp("us", tz="UTC") if name == "event_at"
+                                                            else pa.string()) for name in EVENT_COLUMNS}))
+        done.append(_numbered_from(cls.from_arrow(waiting), offset))
+        offset += len(done[-1][0])
+        parts = list(zip(*done))
+        cell = np.concatenate(parts[1]).astype(np.int64) * offset   # slot-major over all accounts
+        cell += np.concatenate(parts[2])
+        return cls(account_ids=pa.concat_arrays(parts[0]), cell=cell, event_at=np.concatenate(parts[3]),
+                   next_at=np.concatenate(parts[4]), code=np.concatenate(parts[5]))
+
     @property
     def persons(self) -> int:
         return len(self.account_ids)
@@ -206,6 +243,13 @@ class ConsentSnapshot:
         cells[self.cell[latest]] = self.code[latest]
         return ConsentState(as_of=as_of, account_ids=self.account_ids, cells=cells.reshape(_SLOTS, self.persons),
                             reconsent_version=_reconsent_version(at))
+
+
+def _numbered_from(part: ConsentSnapshot, offset: int) -> tuple:
+    """(account ids, slot, person numbered from ``offset``, event_at, next_at, code) of a snapshot of some accounts."""
+    persons = max(part.persons, 1)
+    return (part.account_ids, (part.cell // persons).astype(np.int8), part.cell % persons + offset, part.event_at,
+            part.next_at, part.code)
 
 
 def _account_changes(ids: pa.Array, at: np.ndarray) -> np.ndarray | None:

@@ -105,6 +105,9 @@ class ConsentGate:
         self.store = store
 
     def snapshot(self, account_ids: Sequence[str] | None = None) -> ConsentSnapshot:
+        """The history of ``account_ids`` (default: everyone's, prepared a piece of the ledger at a time)."""
+        if account_ids is None:
+            return ConsentSnapshot.from_pieces(self.store.event_pieces())
         return ConsentSnapshot.from_arrow(self.store.events(account_ids))
 
     def decide(self, purpose_name: str, as_of: dt.datetime, *, job: str, sensitive: bool = False,

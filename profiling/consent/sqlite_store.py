@@ -339,21 +339,36 @@ class SqliteConsentStore:
         SQL when the ledger moved since it was written; the history of ``account_ids`` from SQL.
         """
         if account_ids is None:
-            try:
-                snapshot = self.read_snapshot()
-            except StaleSnapshotError:
-                db = self._connection
-                db.execute("BEGIN")   # read without holding the write lock
-                try:
-                    position, snapshot = _position(db), _sql_snapshot(db)
-                finally:
-                    db.execute("COMMIT")
-                with self._transaction() as db:
-                    if _position(db) == position:   # else a later read rebuilds it
-                        _write_snapshot(db, snapshot)
-            return snapshot.select(list(EVENT_COLUMNS)).set_column(
-                1, "event_at", snapshot.column("event_at").cast(TIMESTAMP))
+            return pa.concat_tables([_history(piece) for piece in self._snapshot_pieces()])
         return self.events_sql(account_ids)
+
+    def event_pieces(self) -> Iterator[pa.Table]:
+        """The whole unredacted history (``EVENT_COLUMNS``) as ``events`` gives it, a row group of the snapshot at
+        a time (``ConsentSnapshot.from_pieces`` prepares it without holding it whole)."""
+        for piece in self._snapshot_pieces():
+            yield _history(piece)
+
+    def _snapshot_pieces(self) -> Iterator[pa.Table]:
+        """The snapshot (``_SNAPSHOT_SCHEMA``) a row group at a time, rebuilt from SQL first when the ledger moved."""
+        try:
+            data = self._snapshot_data()
+        except StaleSnapshotError:
+            db = self._connection
+            db.execute("BEGIN")   # read without holding the write lock
+            try:
+                position, snapshot = _position(db), _sql_snapshot(db)
+            finally:
+                db.execute("COMMIT")
+            with self._transaction() as db:
+                if _position(db) == position:   # else a later read rebuilds it
+                    _write_snapshot(db, snapshot)
+            yield snapshot
+            return
+        source = pq.ParquetFile(pa.BufferReader(data))
+        for group in range(source.num_row_groups):
+            yield source.read_row_group(group).cast(_SNAPSHOT_SCHEMA)
+        if not source.num_row_groups:
+            yield _SNAPSHOT_SCHEMA.empty_table()
 
     def events_sql(self, account_ids: Sequence[str] | None = None) -> pa.Table:
         """``events`` read row by row through SQL (the reference the snapshot is checked against)."""
@@ -386,6 +401,10 @@ class SqliteConsentStore:
         snapshot is only ever read at the position it reflects. ``ChainBrokenError`` when its bytes
         differ from the SHA-256 in its chained record (``consent_snapshots``).
         """
+        return pq.read_table(pa.BufferReader(self._snapshot_data())).cast(_SNAPSHOT_SCHEMA)
+
+    def _snapshot_data(self) -> bytes:
+        """The snapshot's Parquet bytes, checked as ``read_snapshot`` says."""
         db = self._connection
         db.execute("BEGIN")   # position and bytes from one state of the file
         try:
@@ -406,7 +425,7 @@ class SqliteConsentStore:
             raise ChainBrokenError(f"the Arrow snapshot of consent ledger {self.path} does not match its recorded "
                                    f"SHA-256 (snapshot {row[0]}); no job runs on it: run `portrait ledger verify` "
                                    f"and restore the ledger from a copy")
-        return pq.read_table(pa.BufferReader(row[5])).cast(_SNAPSHOT_SCHEMA)
+        return row[5]
 
     def record_audit(self, record: AuditRecord) -> int:
         with self._transaction() as db, appending(db, "audit_gate_decisions"):
@@ -497,6 +516,11 @@ class SqliteConsentStore:
     def checkpoint(self) -> None:
         """Move the WAL into the database file and truncate it, so erased rows leave no copy behind."""
         self._connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def _history(snapshot: pa.Table) -> pa.Table:
+    """Snapshot rows as ``events`` gives them: ``EVENT_COLUMNS``, times as UTC timestamps."""
+    return snapshot.select(list(EVENT_COLUMNS)).set_column(1, "event_at", snapshot.column("event_at").cast(TIMESTAMP))
 
 
 def redact_consent_events(db: sqlite3.Connection, account_ids: Sequence[str], *, reason: str) -> int:

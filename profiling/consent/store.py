@@ -8,7 +8,7 @@ everything except erasure, which removes an account's events as the law demands.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -64,6 +64,9 @@ class ConsentStore(Protocol):
 
     def events(self, account_ids: Sequence[str] | None = None) -> pa.Table:
         """The history (``as_of.EVENT_COLUMNS``), ordered by account then time then recording."""
+
+    def event_pieces(self) -> Iterator[pa.Table]:
+        """The whole history as ``events()`` gives it, in consecutive pieces (an account may span two)."""
 
     def record_audit(self, record: AuditRecord) -> int:
         """Persist a gate decision; returns its id."""
