@@ -89,6 +89,10 @@ def test_a_half_sweep_is_the_float64_conjugate_gradient(seed, persons, items, di
     assert got.dtype == np.float32 and got.shape == start.shape
     np.testing.assert_allclose(got, expected, rtol=2e-3, atol=2e-3 * max(1.0, np.abs(expected).max()))
     assert not np.shares_memory(got, start)
+    # in place: the same numbers in the array given (a row's solution reads only its own start)
+    solved = start.copy()
+    assert _conjugate_gradient(feedback, fixed, solved, 1.0, steps, threads=2 - seed % 2, in_place=True) is solved
+    np.testing.assert_array_equal(solved, got)
 
 
 def test_persons_without_purchases_get_zero_factors():

@@ -112,18 +112,22 @@ _CHUNKS_PER_THREAD = 8
 
 
 def _conjugate_gradient(feedback: sp.csr_array, fixed: np.ndarray, solving: np.ndarray, regularization: float,
-                        steps: int, threads: int = 1) -> np.ndarray:
+                        steps: int, threads: int = 1, *, in_place: bool = False) -> np.ndarray:
     """A few conjugate-gradient steps on every row's normal equations, warm-started from ``solving``.
 
     Row u solves (FᵀF + Fᵀ(C_u − I)F + λI) x_u = Fᵀ C_u 1, with confidence C_u = 1 + alpha·r_u on its
     non-zeros; ``feedback`` (float32 CSR, one row per row of ``solving``) holds alpha·r (so C − I),
-    and F is ``fixed``. Returns a new array; per row the same work as ``implicit``'s CG solver
+    and F is ``fixed``. Returns a new array, or ``solving`` itself solved in place with ``in_place``
+    (a C-ordered float32 array: each row's solution reads only that row's start, so the results are
+    the same and the factors are not held twice); per row the same work as ``implicit``'s CG solver
     (Takács et al., 2011), in one compiled pass per row on ``threads`` threads.
     """
     dims = fixed.shape[1]
     gram = fixed.T @ fixed
     gram[np.diag_indices(dims)] += np.float32(regularization)
-    x = np.array(solving, dtype=np.float32, order="C", copy=True)
+    if in_place and not (solving.dtype == np.float32 and solving.flags.c_contiguous and solving.flags.writeable):
+        raise ValueError("solving in place needs a writeable C-ordered float32 array")
+    x = solving if in_place else np.array(solving, dtype=np.float32, order="C", copy=True)
     rows = x.shape[0]
     # the work of a row grows with its non-zeros (two passes over dims each) plus one Gram product
     work = np.cumsum(np.diff(feedback.indptr) * 2 + dims, dtype=np.int64)
@@ -220,10 +224,10 @@ class ImplicitALS(BaseEstimator):
         person_factors = rng.random((by_person.shape[0], factors), dtype=np.float32) * np.float32(0.01)
         item_factors = rng.random((by_person.shape[1], factors), dtype=np.float32) * np.float32(0.01)
         for _ in tqdm(range(iterations), desc="ALS sweeps", unit=" sweep", disable=not self.verbose):
-            person_factors = _conjugate_gradient(by_person, item_factors, person_factors, regularization, cg_steps,
-                                                 threads)
-            item_factors = _conjugate_gradient(by_item, person_factors, item_factors, regularization, cg_steps,
-                                               threads)
+            _conjugate_gradient(by_person, item_factors, person_factors, regularization, cg_steps, threads,
+                                in_place=True)
+            _conjugate_gradient(by_item, person_factors, item_factors, regularization, cg_steps, threads,
+                                in_place=True)
         self.person_factors_ = person_factors
         self.item_factors_ = item_factors
         self.n_iter_ = iterations

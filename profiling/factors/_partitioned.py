@@ -111,6 +111,6 @@ def fit_partition(by_row: sp.csr_array, *, factors: int, iterations: int, regula
     rows = np.random.default_rng([seed, part]).random((matrix.shape[0], factors), dtype=np.float32) \
         * np.float32(0.01)
     for _ in range(iterations):
-        rows = _conjugate_gradient(matrix, columns, rows, regularization, cg_steps, threads)
+        _conjugate_gradient(matrix, columns, rows, regularization, cg_steps, threads, in_place=True)
         columns = _column_half_step(matrix, rows, columns, regularization, cg_steps, allreduce)
     return rows, columns
