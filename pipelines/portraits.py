@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from pipelines.engines import Broadcast, Engine, Kernel, LocalEngine
+from pipelines.engines import Broadcast, Engine, Kernel, LocalEngine, input_rows
 from pipelines.workspace import Workspace
 from profiling._string_hash import LazyStringIndex
 from profiling.identity import _kernels as identity_kernels
@@ -40,7 +40,7 @@ from profiling.portrait import (
     portraits,
     write_data_dictionary,
 )
-from profiling.schema import TIMESTAMP
+from profiling.schema import TABLES, TIMESTAMP
 
 __all__ = ["IDENTITY", "PORTRAITS", "ROWS_PER_PARTITION", "read_identity", "write_identity", "write_portraits"]
 
@@ -170,12 +170,11 @@ def write_portraits(workspace: Workspace, eligible: pa.Table, *, as_of, progress
             "partitions": partitions, "engine": engine.name}
 
 
-_ACTIVITY_SOURCES = {  # source -> (time column, other columns)
-    "orders": ("placed_at", ("amount", "currency", "payment_institution", "category")),
-    "waybills": ("created_at", ("service_type", "origin_province", "destination_province", "weight_kg",
-                                "cross_border")),
-    "device_events": ("event_at", ()),
-}
+# source -> (time column: the time of its events, as retention counts it; the other columns portraits read)
+_ACTIVITY_SOURCES = {name: (TABLES[name].retention.column, other) for name, other in (
+    ("orders", ("amount", "currency", "payment_institution", "category")),
+    ("waybills", ("service_type", "origin_province", "destination_province", "weight_kg", "cross_border")),
+    ("device_events", ()))}
 
 
 def _activity_columns(source: str) -> list[str]:
@@ -210,7 +209,7 @@ def portrait_kernel(activity: pa.Table, *, as_of) -> pa.Table:
     """Portraits of the identities in one partition of ``Engine.co_partition``'s rows (an engine kernel):
     ``source`` says which of orders, waybills, device_events, persons, devices each row is."""
     def rows(source: str, columns: list[str], times: str | None = None) -> pa.Table:
-        part = activity.select(columns).filter(pc.equal(activity.column("source"), source))
+        part = input_rows(activity, source).select(columns)
         return part.rename_columns([times if c == "at" and times else c for c in columns])
 
     tables = {name: rows(name, ["identity_id", "at", *other], times)

@@ -39,7 +39,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from pipelines.engines import Broadcast, Engine, FactorSettings, Kernel, LocalEngine
+from pipelines.engines import Broadcast, Engine, FactorSettings, Kernel, LocalEngine, input_rows
 from pipelines.engine_jobs import score_top_k
 from pipelines.workspace import Workspace
 from profiling._string_hash import LazyStringIndex, StringIndex
@@ -370,7 +370,7 @@ def _purchases_kernel(*, persons: Broadcast[pa.Array], items: Broadcast[pa.Array
 
 def _feedback_rows(table: pa.Table) -> pa.Table:
     """Purchases and groups by person -> ``(person_id, item_id, weight)``, one row per item bought."""
-    purchases = _source(table, "purchases")
+    purchases = input_rows(table, "purchases")
     bought = purchases.column("bought").combine_chunks()
     return pa.table({"person_id": purchases.column("person_id").take(pc.list_parent_indices(bought)),
                      "item_id": pc.list_flatten(bought),
@@ -389,22 +389,17 @@ def _catalogue_factors(bought_factors: pa.Table, item_ids: pa.Array, dims: int) 
     return aligned
 
 
-def _source(table: pa.Table, name: str, column: str = "source") -> pa.Table:
-    """The rows of one input (``column`` names it) of a co-partitioned partition."""
-    return table.filter(pc.equal(table.column(column), name))
-
-
 def _scoring_rows(table: pa.Table) -> pa.Table:
     """Factors, purchases and groups by person -> ``_SCORING`` rows: one per person with factors, with the
     items they bought (repeats kept: an exclusion) and their eligibility group."""
-    trained = _source(table, "factors", "input")
+    trained = input_rows(table, "factors", "input")
     persons = trained.column("person_id").combine_chunks()
-    known = _source(table, "known", "input")
-    groups = _source(known, "groups")
+    known = input_rows(table, "known", "input")
+    groups = input_rows(known, "groups")
     at = pc.index_in(persons, value_set=groups.column("person_id").combine_chunks())
     if at.null_count:
         raise InternalError("a person has factors but is not among the persons allowing personalization")
-    bought = _source(known, "purchases")
+    bought = input_rows(known, "purchases")
     owner = pc.index_in(bought.column("person_id"), value_set=persons).fill_null(-1).to_numpy(zero_copy_only=False)
     # a person's lists, one per run of their orders, in a row; a purchase of a person without factors
     # (every weight zero) excludes nothing
@@ -425,8 +420,8 @@ def _no_purchase_kernel(lists: Broadcast[_FallbackLists]) -> Kernel:
     (``RECOMMENDATIONS_SCHEMA``) of the persons allowing personalization who have no factors (no
     purchase by the as-of moment), by group."""
     def no_purchase(table: pa.Table) -> pa.Table:
-        groups = _source(_source(table, "known", "input"), "groups")
-        trained = _source(table, "factors", "input").column("person_id").combine_chunks()
+        groups = input_rows(input_rows(table, "known", "input"), "groups")
+        trained = input_rows(table, "factors", "input").column("person_id").combine_chunks()
         without = groups.filter(pc.invert(pc.is_in(groups.column("person_id"), value_set=trained)))
         # rows: (person_id, group) of persons allowing personalization without factors
         record = lists.value.rows(without.column("person_id").combine_chunks(),

@@ -49,12 +49,13 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pipelines.engines import Engine, Kernel, LocalEngine
+from pipelines.engines import Engine, Kernel, LocalEngine, input_rows
 from pipelines.workspace import Workspace
 from profiling._string_hash import LazyStringIndex
 from profiling.checks import check_int
 from profiling.errors import WorkspaceError
 from profiling.risk import FEATURE_COLUMNS, RULES, RiskModel, feature_matrix, risk_feature_table, rule_scores
+from profiling.schema import TABLES
 
 __all__ = ["INPUTS", "MIN_TRAINING_ROWS", "OUTPUT", "PURPOSE", "ROWS_PER_PARTITION", "SCORED_WEEKS",
            "TRAINING_WEEKS", "read_risk", "risk_features_kernel", "write_risk"]
@@ -72,7 +73,6 @@ INPUTS: dict[str, list[str]] = {
     "waybills": ["person_id", "created_at", "destination_province"],
     "device_events": ["person_id", "device_id", "event_at", "coarse_province", "ip_prefix"],
 }
-_TIMES = {"orders": "placed_at", "waybills": "created_at", "device_events": "event_at"}
 _WEEK_COLUMNS = [pa.field("person_id", pa.string(), nullable=False),
                  pa.field("week_start", pa.timestamp("us", tz="UTC"), nullable=False),
                  pa.field("week_end", pa.timestamp("us", tz="UTC"), nullable=False)]
@@ -101,7 +101,7 @@ def _input_folder(workspace: Workspace, table: str) -> Path:
 def _gated_kernel(table: str, schema: pa.Schema, gated: LazyStringIndex, as_of: dt.datetime) -> Kernel:
     """Kernel (not per person): stored rows of ``table`` (its ``INPUTS`` columns, ``schema``) -> those whose person
     is among the ``gated`` ones and whose time is before ``as_of`` (what ``risk_features`` would ignore goes)."""
-    times = _TIMES[table]
+    times = TABLES[table].retention.column   # the time of the table's events
 
     def gated_rows(rows: pa.Table) -> pa.Table:
         before = pc.fill_null(pc.less(rows.column(times), pa.scalar(as_of, rows.schema.field(times).type)), True)
@@ -114,8 +114,7 @@ def risk_features_kernel(activity: pa.Table, *, as_of: dt.datetime, weeks: int) 
     """The person-weeks (``PERSON_WEEKS_SCHEMA``) of the persons in one partition of ``Engine.co_partition``'s
     rows (an engine kernel): ``source`` says which of ``INPUTS`` each row is. Each person's features depend
     only on that person's rows, so the union over partitions is ``risk_features`` of the whole population."""
-    tables = [activity.filter(pc.equal(activity.column("source"), name)).select(columns)
-              for name, columns in INPUTS.items()]
+    tables = [input_rows(activity, name).select(columns) for name, columns in INPUTS.items()]
     # rows: (person_id, week, week_start, week_end, features), by week, then person
     return risk_feature_table(*tables, as_of=as_of, weeks=weeks).cast(PERSON_WEEKS_SCHEMA)
 

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 from pipelines.engines._factors import FactorSettings
 from pipelines.engines._partitioning import partition_of
-from pipelines.engines._protocol import Broadcast, Engine, Frame, Kernel, PartitioningError
+from pipelines.engines._protocol import Broadcast, Engine, Frame, Kernel, PartitioningError, input_rows
 from pipelines.engines.local import LocalEngine
 
-__all__ = ["ENGINES", "Broadcast", "Engine", "FactorSettings", "Frame", "Kernel", "LocalEngine", "PartitioningError", "get_engine",
-           "partition_of"]
+__all__ = ["ENGINES", "Broadcast", "Engine", "FactorSettings", "Frame", "Kernel", "LocalEngine", "PartitioningError",
+           "get_engine", "input_rows", "partition_of"]
 
 ENGINES = ("local", "spark")
 

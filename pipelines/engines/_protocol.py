@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipelines.engines._factors import FactorSettings
 from profiling.checks import check_int
 from profiling.errors import PortraitError, SchemaError
 
 __all__ = ["Broadcast", "Engine", "Frame", "Kernel", "PartitioningError", "check_partitions",
-           "co_partitioned_schema", "kept_key", "wanted_columns"]
+           "co_partitioned_schema", "input_rows", "kept_key", "wanted_columns"]
 
 T = TypeVar("T")
 
@@ -272,3 +273,8 @@ def co_partitioned_schema(inputs: Mapping[str, Frame], key: str, source: str) ->
                 raise SchemaError(f"column {column.name!r} is {column.type} in co_partition input {name!r} but "
                                   f"{known.type} in {owners[column.name]!r}; cast one of them")
     return pa.schema(list(fields.values()))
+
+
+def input_rows(partition: pa.Table, name: str, source: str = "source") -> pa.Table:
+    """The rows of input ``name`` in one partition of ``Engine.co_partition``'s rows (``source`` names the input)."""
+    return partition.filter(pc.equal(partition.column(source), name))
