@@ -147,7 +147,8 @@ def factors_on_spark(engine: Any, frame: Any, row: str, column: str, weight: str
     cluster's task slots: a barrier stage's tasks all run at once); each task fits its rows with
     ``profiling.factors._partitioned.fit_partition``, summing the column-side terms with the other
     tasks through ``allGather`` (columns x factors float32 per exchange, ``cg_steps + 1`` exchanges
-    a sweep). Row factors stay on the executors (the stage's output is kept until ``engine``, the
+    a sweep; each exchange waits about a second, as a barrier task checks for its answer once a second).
+    Row factors stay on the executors (the stage's output is kept until ``engine``, the
     ``SparkEngine``, closes); the columns (a catalogue: few) are collected, numbered in string
     order, broadcast to the tasks, and their factors collected.
     """
