@@ -189,9 +189,8 @@ def write_recommendations(workspace: Workspace, eligible: pd.DataFrame, *, as_of
     compiled solver, persons and items in string order; on Spark the same half-steps in a barrier
     stage, whose factors, and so lists, differ from the local ones at the same quality), each person's
     factors joined to their purchases and group by a second ``co_partition`` and scored by
-    ``score_top_k``, and the persons
-    allowing personalization who bought nothing found and given their group's non-personalized list
-    there too. The driver holds the catalogue, the consent gate's persons with their provinces, the
+    ``score_top_k``, and the persons allowing personalization who bought nothing found and given
+    their group's non-personalized list there too. The driver holds the catalogue, the consent gate's persons with their provinces, the
     item factors and per-partition counts: no person-level table built from the orders.
     """
     if as_of.tzinfo is None:
