@@ -85,15 +85,31 @@ def _refuse_bad_weights(smallest: float | None, non_finite: int) -> None:
 def factors_in_memory(partitions: Iterable[pa.Table], row: str, column: str, weight: str,
                       settings: FactorSettings) -> tuple[pa.Table, pa.Table]:
     """``(row factors, column factors)`` of the feedback in ``partitions`` by the compiled solver, rows and
-    columns in string order.
-
-    Each partition is reduced as it comes to integer codes into its own distinct rows and columns
-    and float64 weights (16 bytes a pair, the ids themselves not kept), then renumbered in string
-    order once all are seen. Pairs with a null or zero weight are not stored pairs; repeated pairs
-    add up (in float64, then solved in float32). A bad weight is refused before the fit.
+    columns in string order; the stored pairs as ``_feedback_matrix`` reads them (a bad weight is refused
+    before the fit).
     """
     from profiling.factors import ImplicitALS
 
+    rows, columns, matrix = _feedback_matrix(partitions, row, column, weight)
+    if not len(rows):  # no stored pair: nothing to fit
+        empty = np.zeros((0, settings.factors), dtype=np.float32)
+        return _factor_table(row, rows, empty), _factor_table(column, columns, empty)
+    model = ImplicitALS(factors=settings.factors, iterations=settings.iterations, cg_steps=settings.cg_steps,
+                        regularization=settings.regularization, alpha=settings.alpha,
+                        random_state=settings.seed).fit(matrix)
+    return (_factor_table(row, rows, model.person_factors_), _factor_table(column, columns, model.item_factors_))
+
+
+def _feedback_matrix(partitions: Iterable[pa.Table], row: str, column: str, weight: str,
+                     columns: pa.Array | None = None) -> tuple[pa.Array, pa.Array, sp.csr_array]:
+    """``(rows, columns, matrix)``: the stored pairs of ``partitions`` as a float32 CSR matrix, rows in string order,
+    columns those of the pairs in string order, or ``columns`` as given (every stored column among them).
+
+    Each partition is reduced as it comes to integer codes into its own distinct rows and columns
+    and float64 weights (16 bytes a pair, the ids themselves not kept), then renumbered once all
+    are seen. Pairs with a null or zero weight are not stored pairs; repeated pairs add up (in
+    float64, then kept in float32). A bad weight is refused before anything is built.
+    """
     pieces, smallest, non_finite = [], None, 0
     for table in partitions:
         weights = table.column(weight).cast(pa.float64())
@@ -102,12 +118,13 @@ def factors_in_memory(partitions: Iterable[pa.Table], row: str, column: str, wei
         non_finite += pc.sum(pc.invert(pc.is_finite(weights).fill_null(True))).as_py() or 0
         kept = pc.and_(pc.greater(weights, 0).fill_null(False),
                        pc.and_(table.column(row).is_valid(), table.column(column).is_valid()))
-        (rows, row_codes), (columns, column_codes) = (
+        (rows, row_codes), (named, column_codes) = (
             _dictionary_encode(table.column(name).filter(kept).combine_chunks()) for name in (row, column))
         # per partition: (its distinct rows, its distinct columns, row code, column code, weight) per stored pair
-        pieces.append((rows, columns, row_codes, column_codes, weights.filter(kept).to_numpy()))
+        pieces.append((rows, named, row_codes, column_codes, weights.filter(kept).to_numpy()))
     _refuse_bad_weights(smallest, non_finite)
-    rows, columns = (_sorted_unique([piece[side] for piece in pieces]) for side in (0, 1))
+    rows = _sorted_unique([piece[0] for piece in pieces])
+    columns = _sorted_unique([piece[1] for piece in pieces]) if columns is None else columns
     row_index, column_index = StringIndex(rows), StringIndex(columns)
     row_codes, column_codes = (np.concatenate([np.zeros(0, np.int32), *(
         index.positions(piece[side]).astype(np.int32)[piece[side + 2]] for piece in pieces)])
@@ -116,14 +133,7 @@ def factors_in_memory(partitions: Iterable[pa.Table], row: str, column: str, wei
     del pieces
     # repeated pairs summed in float64 (as recency_weighted_counts does), then kept in float32 for the solver
     matrix = sp.csr_array((values, (row_codes, column_codes)), shape=(len(rows), len(columns))).astype(np.float32)
-    del values, row_codes, column_codes
-    if not len(rows):  # no stored pair: nothing to fit
-        empty = np.zeros((0, settings.factors), dtype=np.float32)
-        return _factor_table(row, rows, empty), _factor_table(column, columns, empty)
-    model = ImplicitALS(factors=settings.factors, iterations=settings.iterations, cg_steps=settings.cg_steps,
-                        regularization=settings.regularization, alpha=settings.alpha,
-                        random_state=settings.seed).fit(matrix)
-    return (_factor_table(row, rows, model.person_factors_), _factor_table(column, columns, model.item_factors_))
+    return rows, columns, matrix
 
 
 def _sorted_unique(arrays: list[pa.Array]) -> pa.Array:
@@ -196,21 +206,13 @@ def _fit_kernel(row: str, column: str, weight: str, columns: Any, settings: Fact
         from profiling.factors._partitioned import fit_partition
 
         task = BarrierTaskContext.get()
-        schema = pa.schema([(row, pa.string()), (column, pa.string()), (weight, pa.float64())])
-        whole = list(batches)
-        table = pa.Table.from_batches(whole).select(schema.names).cast(schema) if whole else schema.empty_table()
-        names, row_codes = _dictionary_encode(table.column(row).combine_chunks())
-        order = pc.sort_indices(names)
-        rank = np.empty(len(names), np.int32)
-        rank[order.to_numpy()] = np.arange(len(names), dtype=np.int32)
-        catalogue = columns.value
-        matrix = sp.csr_array((table.column(weight).to_numpy(), (rank[row_codes], StringIndex(catalogue).positions(
-            table.column(column)))), shape=(len(names), len(catalogue)))  # repeated pairs summed in float64
+        rows, catalogue, matrix = _feedback_matrix((pa.Table.from_batches([batch]) for batch in batches), row,
+                                                   column, weight, columns=columns.value)
         row_factors, column_factors = fit_partition(
-            matrix.astype(np.float32), factors=settings.factors, iterations=settings.iterations,
+            matrix, factors=settings.factors, iterations=settings.iterations,
             regularization=settings.regularization, alpha=settings.alpha, cg_steps=settings.cg_steps,
             seed=settings.seed, part=task.partitionId(), allreduce=_allreduce_by(task), threads=threads)
-        yield from _fitted_rows(0, names.take(order), row_factors)
+        yield from _fitted_rows(0, rows, row_factors)
         if task.partitionId() == 0:
             yield from _fitted_rows(1, catalogue, column_factors)
 
