@@ -44,7 +44,7 @@ from pathlib import Path
 from dp._errors import BudgetExceededError, BudgetNotSetError, PrivacyParameterError
 from dp._mechanisms import APPROXIMATE, ZCDP
 from dp._parameters import check_delta, check_epsilon, check_rho
-from profiling.ledger_file import immediate_transaction
+from profiling.ledger_file import immediate_transaction, ledger_connection
 from profiling.file_modes import restrict_to_owner
 from profiling.ledger_chain import (
     ChainBrokenError,
@@ -269,11 +269,8 @@ class BudgetLedger:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        connection = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+        connection = ledger_connection(self.path)
         try:
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=FULL")
-            connection.execute("PRAGMA busy_timeout=60000")
             connection.row_factory = sqlite3.Row
             yield connection
         finally:

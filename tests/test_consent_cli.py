@@ -53,6 +53,20 @@ def ws(ingested, tmp_path) -> Workspace:
     return Workspace(tmp_path / "ws")
 
 
+@pytest.mark.parametrize("first", [
+    ("budget", "set", "--dataset", "orders", "--epsilon", "1"),
+    ("consent", "grant", "--account", ACCOUNT, "--purpose", "personalization", "--at", "2025-01-02T00:00:00Z"),
+], ids=["budget-set", "consent-grant"])
+def test_the_ledger_file_gets_the_large_pages_whichever_command_makes_it(ws, capsys, first):
+    # Every part opens the ledger one way (profiling.ledger_file): the budget ledger once made it with
+    # SQLite's 4 KiB pages, and every later bulk load paid for four times as many page writes.
+    assert _run(capsys, *first, "--workspace", str(ws.root))[0] == 0
+    assert _run(capsys, "consent", "accept-policy", "--account", ACCOUNT, "--at", "2025-01-01T00:00:00Z",
+                "--workspace", str(ws.root))[0] == 0
+    with sqlite3.connect(ws.ledger) as db:
+        assert db.execute("PRAGMA page_size").fetchone()[0] == 65536
+
+
 def _ledger_rows(workspace: Workspace) -> list[tuple]:
     """Every consent event's account id and type, as stored (empty when there is no ledger)."""
     if not workspace.ledger.is_file():

@@ -174,9 +174,9 @@ def test_an_event_inserted_outside_the_application_breaks_the_chain(path):
             store.require_intact()
 
 
-def test_a_new_ledger_file_has_16_kib_pages_and_an_older_file_keeps_its_own(tmp_path):
+def test_a_new_ledger_file_has_64_kib_pages_and_an_older_file_keeps_its_own(tmp_path):
     with SqliteConsentStore(tmp_path / "new.sqlite") as store:
-        assert store._connection.execute("PRAGMA page_size").fetchone()[0] == 16384
+        assert store._connection.execute("PRAGMA page_size").fetchone()[0] == 65536
     older = tmp_path / "older.sqlite"
     with sqlite3.connect(older) as db:   # a ledger file made with SQLite's 4 KiB pages
         db.execute("PRAGMA journal_mode=WAL")
