@@ -16,7 +16,6 @@ on rows of persons whose consent covers the purpose.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
+from pipelines.engines._exchange import task_sums
 from profiling._string_hash import StringIndex, _dictionary_encode
 from profiling.checks import check_int, check_number
 from profiling.errors import SchemaError
@@ -156,8 +156,9 @@ def factors_on_spark(engine: Any, frame: Any, row: str, column: str, weight: str
     The stored pairs are hash-partitioned by row into ``blocks`` tasks at most (no more than the
     cluster's task slots: a barrier stage's tasks all run at once); each task fits its rows with
     ``profiling.factors._partitioned.fit_partition``, summing the column-side terms with the other
-    tasks through ``allGather`` (columns x factors float32 per exchange, ``cg_steps + 1`` exchanges
-    a sweep; each exchange waits about a second, as a barrier task checks for its answer once a second).
+    tasks by ``pipelines.engines._exchange.task_sums`` (columns x factors float32 per exchange,
+    ``cg_steps + 1`` exchanges a sweep): over the tasks' own connections, or through Spark's
+    ``allGather`` (about a second each) when Spark encrypts its traffic or a task cannot connect.
     Row factors stay on the executors (the stage's output is kept until ``engine``, the
     ``SparkEngine``, closes); the columns (a catalogue: few) are collected, numbered in string
     order, broadcast to the tasks, and their factors collected.
@@ -182,7 +183,8 @@ def factors_on_spark(engine: Any, frame: Any, row: str, column: str, weight: str
     slots = max(1, engine.spark.sparkContext.defaultParallelism // task_cores)
     fitted = engine._keep(engine._map_in_arrow(
         stored.repartition(min(blocks, slots), row),
-        _fit_kernel(row, column, weight, engine.broadcast(columns), settings, threads=task_cores), _FITTED_SCHEMA,
+        _fit_kernel(row, column, weight, engine.broadcast(columns), settings, threads=task_cores,
+                    direct=not _encrypts_traffic(engine.spark)), _FITTED_SCHEMA,
         barrier=True))
     # rows: (__side, __id, factors): every task's rows (side 0), and from the first task the columns (side 1) in
     # string order
@@ -198,7 +200,7 @@ _FITTED_SCHEMA = f"__side tinyint, __id string, {FACTORS_FIELD} array<float>"
 
 
 def _fit_kernel(row: str, column: str, weight: str, columns: Any, settings: FactorSettings,
-                threads: int) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+                threads: int, direct: bool) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """The barrier stage's task: its stored pairs -> its rows' factors (and, in the first task, the columns')."""
     def fit(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import BarrierTaskContext
@@ -208,10 +210,11 @@ def _fit_kernel(row: str, column: str, weight: str, columns: Any, settings: Fact
         task = BarrierTaskContext.get()
         rows, catalogue, matrix = _feedback_matrix((pa.Table.from_batches([batch]) for batch in batches), row,
                                                    column, weight, columns=columns.value)
-        row_factors, column_factors = fit_partition(
-            matrix, factors=settings.factors, iterations=settings.iterations,
-            regularization=settings.regularization, alpha=settings.alpha, cg_steps=settings.cg_steps,
-            seed=settings.seed, part=task.partitionId(), allreduce=_allreduce_by(task), threads=threads)
+        with task_sums(task, direct=direct) as allreduce:
+            row_factors, column_factors = fit_partition(
+                matrix, factors=settings.factors, iterations=settings.iterations,
+                regularization=settings.regularization, alpha=settings.alpha, cg_steps=settings.cg_steps,
+                seed=settings.seed, part=task.partitionId(), allreduce=allreduce, threads=threads)
         yield from _fitted_rows(0, rows, row_factors)
         if task.partitionId() == 0:
             yield from _fitted_rows(1, catalogue, column_factors)
@@ -224,24 +227,10 @@ def _fitted_rows(side: int, ids: pa.Array, factors: np.ndarray) -> list[pa.Recor
     return table.add_column(0, "__side", pa.array(np.full(len(ids), side, np.int8))).to_batches()
 
 
-# Bytes of all tasks' messages in one exchange at most (Spark's RPC messages are limited to 128 MiB by default).
-_EXCHANGE_BYTES = 32 * 2**20
-
-
-def _allreduce_by(task: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """The element-wise sum of the float32 arrays all tasks of the barrier stage pass, by ``allGather``, in
-    pieces small enough for one exchange; the same sum, in task order, on every task."""
-    def allreduce(array: np.ndarray) -> np.ndarray:
-        flat = np.ascontiguousarray(array, dtype=np.float32).reshape(-1)
-        total = np.zeros(len(flat), dtype=np.float64)
-        piece = max(1024, _EXCHANGE_BYTES * 3 // 4 // 4 // len(task.getTaskInfos()))
-        for start in range(0, max(1, len(flat)), piece):
-            part = flat[start:start + piece]
-            for message in task.allGather(base64.b64encode(part.tobytes()).decode("ascii")):
-                total[start:start + len(part)] += np.frombuffer(base64.b64decode(message), dtype=np.float32)
-        return total.astype(np.float32).reshape(array.shape)
-
-    return allreduce
+def _encrypts_traffic(spark: Any) -> bool:
+    """Whether Spark is set to encrypt its own network traffic (then the fit's sums go through its channel)."""
+    return any(spark.conf.get(name, "false").strip().lower() == "true"
+               for name in ("spark.network.crypto.enabled", "spark.ssl.enabled"))
 
 
 def _spark(module: str) -> Any:
