@@ -85,7 +85,7 @@ import pyarrow.compute as pc
 
 from profiling._chain_hash import canonical_rows, content_digests, content_digests_between, hex_strings, link_digests
 from profiling._string_hash import _offsets_and_data
-from profiling.errors import PortraitError
+from profiling.errors import InternalError, PortraitError
 
 __all__ = [
     "REDACTED_ID",
@@ -713,6 +713,16 @@ def _verify(db: sqlite3.Connection, chain: _Chain, chunk_rows: int, waypoints: d
 
     width, hash_row = len(chain.columns), _row_hasher(table)
 
+    def redaction_matches(values: Sequence[object], content: str) -> bool:
+        """A redacted row holds its placeholders alone, and the redaction entry of its key keeps its content."""
+        expected = [(_redacted_value(chain.placeholders[c], content) if c in chain.placeholders else values[i])
+                    for i, c in enumerate(chain.columns)]
+        return list(values) == expected and redactions.get(values[key_index]) == content
+
+    def unmatched_redaction(values: Sequence[object], at: int) -> ChainReport:
+        return report(f"{chain.key} {values[key_index]} is marked redacted without a matching redaction entry or "
+                      f"placeholder content", at)
+
     def check_rows(rows: Iterable[Sequence[object]]) -> ChainReport | None:
         """The exact check, row by row, from where ``walk`` stands; a report at the first bad row."""
         for row in rows:
@@ -725,11 +735,8 @@ def _verify(db: sqlite3.Connection, chain: _Chain, chunk_rows: int, waypoints: d
                 return report(f"{chain.key} {values[key_index]} does not link to the row before it (a row was "
                               f"deleted, inserted or reordered)", walk.position)
             if redacted:
-                expected = [(_redacted_value(chain.placeholders[c], content) if c in chain.placeholders
-                             else values[i]) for i, c in enumerate(chain.columns)]
-                if list(values) != expected or redactions.get(values[key_index]) != content:
-                    return report(f"{chain.key} {values[key_index]} is marked redacted without a matching redaction "
-                                  f"entry or placeholder content", walk.position)
+                if not redaction_matches(values, content):
+                    return unmatched_redaction(values, walk.position)
             elif _hash_or_none(hash_row, values) != content:
                 return report(f"{chain.key} {values[key_index]} was changed after it was recorded (its content no "
                               f"longer matches its hash)", walk.position)
@@ -768,9 +775,21 @@ def _verify(db: sqlite3.Connection, chain: _Chain, chunk_rows: int, waypoints: d
                     if fetched is None or fetched[1] != last:   # the chunk read ahead began elsewhere
                         upcoming = _fetch_chunk(db, chain, *after(last), chunk_rows)
                 else:
-                    count, last_key, last_hash, hashes = checked
+                    count, last_key, last_hash, hashes, redacted_at = checked
                     if count == 0:
                         break
+                    if len(redacted_at):
+                        # rows: (columns..., chain_content, ...) of the chunk's redacted rows, in key order
+                        where, params = after(last)
+                        marked = _execute(db, f"SELECT {select} FROM {_quote(table)} "
+                                              f"{where + ' AND' if where else 'WHERE'} {key} <= ? AND chain_redacted "
+                                              f"!= 0 ORDER BY {key}", (*params, last_key)).fetchall()
+                        if len(marked) != len(redacted_at):
+                            raise InternalError(f"{table}: a chunk's redacted rows read differently twice in one "
+                                                f"read transaction (a bug)")
+                        for at, row in zip(redacted_at, marked):
+                            if not redaction_matches(row[:width], row[width]):
+                                return unmatched_redaction(row[:width], walk.position + int(at) + 1)
                     for at in sorted(at for at in waypoints if walk.position < at <= walk.position + count):
                         if hashes[at - walk.position - 1].tobytes() != waypoints[at].encode():
                             return report(_off_waypoint(at, waypoints[at]), at)
@@ -815,7 +834,8 @@ def _keyed_by_rowid(db: sqlite3.Connection, chain: _Chain) -> bool:
 
 def _fetch_chunk(db: sqlite3.Connection, chain: _Chain, where: str, params: tuple, limit: int) -> tuple | None:
     """The next chunk as SQLite's JSON of each row: (rows, last key, JSON bytes one row a line, the rows'
-    three hashes concatenated, redacted rows, reals); None when a value cannot be JSON (a blob)."""
+    three hashes concatenated, each row's ``chain_redacted`` as one digit, reals); None when a value cannot
+    be JSON (a blob)."""
     columns = [_quote(c) for c in chain.columns]
     # A real's JSON text is rounded to 15 digits, so reals go to the exact check. TEXT affinity
     # stores numbers as text and the INTEGER PRIMARY KEY holds integers: only other columns can
@@ -825,7 +845,7 @@ def _fetch_chunk(db: sqlite3.Connection, chain: _Chain, where: str, params: tupl
                      if c != chain.key and _affinity(declared[c]) != "text") or "0"
     # Bytes (CAST AS BLOB), not text: the hashes are over UTF-8 bytes, so nothing is decoded and encoded again.
     sql = (f"SELECT count(*), max(k), CAST(group_concat(j, char(10)) AS BLOB), CAST(group_concat(h, '') AS BLOB), "
-           f"total(r), total(odd) FROM ("
+           f"CAST(group_concat(r, '') AS BLOB), total(odd) FROM ("
            f"SELECT {_quote(chain.key)} AS k, json_array({', '.join(columns)}) AS j, "
            f"ifnull(chain_content, '') || ifnull(chain_prev, '') || ifnull(chain_hash, '') AS h, "
            f"chain_redacted AS r, {odd} AS odd FROM {_quote(chain.table)} {where} ORDER BY {_quote(chain.key)} "
@@ -840,17 +860,21 @@ def _fetch_chunk(db: sqlite3.Connection, chain: _Chain, where: str, params: tupl
         raise
 
 
-def _fast_chunk(chain: _Chain, fetched: tuple | None, previous: str) -> tuple[int, object, str, np.ndarray] | None:
-    """(rows, last key, last chain hash, each row's chain hash as (rows, 64) hex digits) of a fetched chunk
-    (``_fetch_chunk``) when it checks out by SQLite's JSON, linking to ``previous``; else None (the exact check
-    decides)."""
+def _fast_chunk(chain: _Chain, fetched: tuple | None, previous: str
+                ) -> tuple[int, object, str, np.ndarray, np.ndarray] | None:
+    """(rows, last key, last chain hash, each row's chain hash as (rows, 64) hex digits, the positions in the
+    chunk of its redacted rows) of a fetched chunk (``_fetch_chunk``) when it checks out by SQLite's JSON,
+    linking to ``previous``; else None (the exact check decides). A redacted row's content hash is of
+    what it held before, so only its links are checked here: the caller checks its placeholders and
+    its redaction entry."""
     if fetched is None:
         return None
-    count, last_key, texts, hashes, redacted, odd_values = fetched
+    count, last_key, texts, hashes, flags, odd_values = fetched
     if count == 0:
-        return 0, None, previous, np.empty((0, 64), np.uint8)
-    if redacted or odd_values or len(hashes) != 192 * count or not hashes.isascii():
+        return 0, None, previous, np.empty((0, 64), np.uint8), np.empty(0, np.int64)
+    if odd_values or len(hashes) != 192 * count or not hashes.isascii() or len(flags) != count:
         return None
+    redacted = np.frombuffer(flags, dtype=np.uint8) != ord("0")
     data = np.frombuffer(texts, dtype=np.uint8)
     breaks = np.flatnonzero(data == 10)
     if len(breaks) != count - 1:
@@ -861,10 +885,10 @@ def _fast_chunk(chain: _Chain, fetched: tuple | None, previous: str) -> tuple[in
     contents = content_digests_between(_row_prefix(chain.table), offsets[:-1], ends, data)
     prevs = stored[:, 1]
     linked = link_digests(stored[:, 0], previous_hashes=prevs)
-    if not (np.array_equal(contents, stored[:, 0]) and np.array_equal(linked, stored[:, 2])
+    if not (np.array_equal(contents[~redacted], stored[~redacted, 0]) and np.array_equal(linked, stored[:, 2])
             and prevs[0].tobytes() == previous.encode() and np.array_equal(prevs[1:], stored[:-1, 2])):
         return None
-    return count, last_key, stored[-1, 2].tobytes().decode(), stored[:, 2]
+    return count, last_key, stored[-1, 2].tobytes().decode(), stored[:, 2], np.flatnonzero(redacted)
 
 
 def _off_waypoint(at: int, head: str) -> str:

@@ -214,3 +214,23 @@ def test_a_peer_that_closes_or_stalls_mid_exchange_is_an_error():
     with pytest.raises(ExchangeError, match="closed its connection"):
         exchange._received(receiver, KEY, b"up1", 0, 8)
     receiver.close()
+
+
+class _Conf(dict):
+    def get(self, name, default=None):  # SparkSession.conf.get's signature
+        return super().get(name, default)
+
+
+@pytest.mark.parametrize(("settings", "encrypted"), [
+    ({}, False),
+    ({"spark.network.crypto.enabled": "false"}, False),
+    ({"spark.network.crypto.enabled": "true"}, True),
+    ({"spark.ssl.enabled": " TRUE "}, True),
+])
+def test_the_fit_sends_its_sums_through_spark_s_channel_when_spark_encrypts_its_traffic(settings, encrypted):
+    from pipelines.engines._factors import _encrypts_traffic
+
+    class Session:
+        conf = _Conf(settings)
+
+    assert _encrypts_traffic(Session()) is encrypted
