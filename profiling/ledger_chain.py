@@ -670,10 +670,12 @@ def verify(db: sqlite3.Connection, table: str, *, chunk_rows: int = 100_000,
     ``chunk_rows`` rows at a time as SQLite's own JSON text of each row (``json_array``), which is
     byte for byte the canonical JSON the hashes were made from for integers, NULL and printable
     ASCII text, and hashed by compiled kernels. A chunk that does not check out that way (a real
-    or blob value, text JSON escapes differently, a redacted or unsealed row, any hash mismatch) is
-    checked again row by row as above, which decides and names the first bad row. A chunk passes
-    the fast check only if SQLite's JSON of every row hashes to its recorded content hash; since
-    JSON text decodes to one list of values, a changed integer, text or NULL cannot pass it.
+    or blob value, text JSON escapes differently, an unsealed row, any hash mismatch) is checked
+    again row by row as above, which decides and names the first bad row. A chunk passes the fast
+    check only if SQLite's JSON of every row not redacted hashes to its recorded content hash; since
+    JSON text decodes to one list of values, a changed integer, text or NULL cannot pass it. Its
+    redacted rows (an erasure leaves them all through a history) have their links checked with the
+    rest, and are then read alone for the placeholder and redaction-entry check.
     """
     chain = _chain(db, table)
     began = not db.in_transaction
