@@ -29,8 +29,8 @@ def _imports(path: Path) -> list[str]:
 
 def test_the_engine_package_imports_only_itself_and_shared_infrastructure():
     modules = sorted(ENGINES.glob("*.py"))
-    assert {p.name for p in modules} == {"__init__.py", "_components.py", "_factors.py", "_optional.py",
-                                          "_partitioning.py", "_protocol.py", "local.py", "spark.py"}
+    assert {p.name for p in modules} == {"__init__.py", "_components.py", "_exchange.py", "_factors.py",
+                                          "_optional.py", "_partitioning.py", "_protocol.py", "local.py", "spark.py"}
     for path in modules:
         ours = [name for name in _imports(path) if name.split(".")[0] in PORTRAIT_PACKAGES]
         outside = [name for name in ours if not any(name == a or name.startswith(a + ".") for a in ALLOWED)]
