@@ -209,7 +209,7 @@ def portrait_kernel(activity: pa.Table, *, as_of) -> pa.Table:
     """Portraits of the identities in one partition of ``Engine.co_partition``'s rows (an engine kernel):
     ``source`` says which of orders, waybills, device_events, persons, devices each row is."""
     def rows(source: str, columns: list[str], times: str | None = None) -> pa.Table:
-        part = input_rows(activity, source).select(columns)
+        part = input_rows(activity, source, columns=columns)
         return part.rename_columns([times if c == "at" and times else c for c in columns])
 
     tables = {name: rows(name, ["identity_id", "at", *other], times)

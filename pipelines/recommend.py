@@ -190,8 +190,9 @@ def write_recommendations(workspace: Workspace, eligible: pd.DataFrame, *, as_of
     stage, whose factors, and so lists, differ from the local ones at the same quality), each person's
     factors joined to their purchases and group by a second ``co_partition`` and scored by
     ``score_top_k``, and the persons allowing personalization who bought nothing found and given
-    their group's non-personalized list there too. The driver holds the catalogue, the consent gate's persons with their provinces, the
-    item factors and per-partition counts: no person-level table built from the orders.
+    their group's non-personalized list there too. The driver holds the catalogue, the consent
+    gate's persons with their provinces, the item factors and per-partition counts: no person-level
+    table built from the orders.
     """
     if as_of.tzinfo is None:
         raise ValueError(f"as_of {as_of} has no time zone; pass an aware datetime in UTC")

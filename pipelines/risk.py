@@ -114,7 +114,7 @@ def risk_features_kernel(activity: pa.Table, *, as_of: dt.datetime, weeks: int) 
     """The person-weeks (``PERSON_WEEKS_SCHEMA``) of the persons in one partition of ``Engine.co_partition``'s
     rows (an engine kernel): ``source`` says which of ``INPUTS`` each row is. Each person's features depend
     only on that person's rows, so the union over partitions is ``risk_features`` of the whole population."""
-    tables = [input_rows(activity, name).select(columns) for name, columns in INPUTS.items()]
+    tables = [input_rows(activity, name, columns=columns) for name, columns in INPUTS.items()]
     # rows: (person_id, week, week_start, week_end, features), by week, then person
     return risk_feature_table(*tables, as_of=as_of, weeks=weeks).cast(PERSON_WEEKS_SCHEMA)
 

@@ -133,6 +133,7 @@ class _Star:
             return None
         for peer in peers.values():
             peer.settimeout(message_seconds)
+            peer.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)   # a message's MAC goes at once
         return cls(key, part, peers)
 
     def sum(self, array: np.ndarray) -> np.ndarray:
@@ -190,7 +191,6 @@ def _family(host: str) -> socket.AddressFamily:
 
 def _connected(host: str, port: int, key: bytes, part: int, seconds: float) -> socket.socket:
     peer = socket.create_connection((host, port), timeout=seconds)
-    peer.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     peer.sendall(_hello(key, part))
     return peer
 
