@@ -89,6 +89,27 @@ def test_run_refuses_a_consent_ledger_whose_revocations_were_deleted(copy, capsy
     assert len(err) == 1 and "consent ledger" in err[0] and "consent_events" in err[0] and "broken" in err[0]
 
 
+def test_an_erased_account_s_consent_history_put_back_behind_its_redaction_marks_is_found(copy, capsys):
+    # An insider who kept the rows writes an erased account's id back into its redacted consent events,
+    # leaving the marks: the chain's links still hold, so only the redaction check can find it.
+    workspace, key_file = copy / "workspace", copy / "keys" / "master.key"
+    with sqlite3.connect(workspace / "ledger.sqlite") as db:
+        account = db.execute("SELECT account_id FROM consent_events WHERE chain_redacted = 0 ORDER BY seq "
+                             "LIMIT 1 OFFSET 50").fetchone()[0]
+    assert run_cli("dsr", "erase", "--account", account, "--key-file", str(key_file),
+                   "--workspace", str(workspace)) == 0
+    assert _verify(copy, capsys)[0] == 0
+    _sql(copy, "DROP TRIGGER IF EXISTS consent_events_chain_no_update",
+         f"UPDATE consent_events SET account_id = '{account}' WHERE chain_redacted = 1 AND seq = "
+         f"(SELECT min(seq) FROM consent_events WHERE chain_redacted = 1 AND account_id LIKE 'redacted:%' AND "
+         f"chain_content IN (SELECT content FROM ledger_redactions WHERE reason = 'erasure request'))")
+    code, lines, _ = _verify(copy, capsys)
+    assert code != 0 and "redacted without a matching" in lines["consent_events"]
+    assert run_cli("run", "--workspace", str(workspace), "--key-file", str(key_file),
+                   "--as-of", "2026-11-02T00:00:00Z") == 2
+    assert "consent_events" in capsys.readouterr().err
+
+
 def test_a_release_on_a_table_charges_that_tables_dataset(copy, capsys):
     ledger = BudgetLedger(copy / "workspace" / "ledger.sqlite")
     assert _dp(copy, "--table", "device_events", "--dataset", "orders") == 2
