@@ -30,7 +30,7 @@ import os
 import shutil
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +60,7 @@ from pipelines.dsr_scope import (
 )
 from pipelines.workspace import Workspace, holding_job_lock
 from profiling._memory import release_freed_memory
+from profiling._threads import two_at_a_time
 from profiling.consent.events import canonical_account_id
 from profiling.consent.sqlite_store import SqliteConsentStore, redact_consent_events
 from profiling.csv_cells import write_csv_rows
@@ -378,7 +379,7 @@ def _stage_without_them(workspace: Workspace, stage: Path, scans: Iterable[Scann
                         ) -> tuple[dict[Path, Path], set[str]]:
     """Write every affected file, without the subjects' rows and with their party blanked, into ``stage``.
 
-    Files are handled one at a time as ``scans`` yields them, each read once and written batch by
+    Files are rewritten two at a time (``two_at_a_time``), each read once and written batch by
     batch through a ``ParquetRewriter`` as it is read (its schema and row-group length kept); a file
     that holds nothing of theirs is dropped from staging, and in an affected folder the files left
     as they are staged as hard links. Returns the staged folder of each affected folder and the
@@ -386,35 +387,45 @@ def _stage_without_them(workspace: Workspace, stage: Path, scans: Iterable[Scann
     """
     replacements: dict[Path, Path] = {}
     found: set[str] = set()
-    for index, scanned in enumerate(scans):
-        name = str(scanned.path.relative_to(workspace.root))
-        written = stage / f"file-{index:06d}.parquet"
-        removed = redacted = shared = 0
-        with ParquetRewriter(written, scanned.path, scanned.schema) as out:
-            for scope in scanned.scopes:
-                found |= scope.found
-                removed += int(scope.own.sum())
-                redacted += int(scope.named_rows().sum())
-                shared += int(scope.shared.sum())
-                out.write(scope.redacted(REDACTED))
-        if shared:
-            report.rows_shared[name] = shared
-        if not (removed or redacted):
-            written.unlink()
-            continue
-        folder = scanned.path.parent
-        if folder == workspace.root:
-            raise DsrError(f"Parquet files directly in {folder} cannot be rewritten atomically; keep tables in "
-                           f"folders (WS/<zone>/<table>/)")
-        if folder not in replacements:
-            replacements[folder] = stage / f"{len(replacements):04d}-{folder.name}"
-            shutil.copytree(folder, replacements[folder], copy_function=_link_parquet)
-        os.replace(written, replacements[folder] / scanned.path.name)
-        if removed:
-            report.rows_removed[name] = removed
-        if redacted:
-            report.rows_redacted[name] = redacted
+    scanned = [(stage / f"file-{index:06d}.parquet", file) for index, file in enumerate(scans)]
+    rewrites = two_at_a_time(lambda job: _rewritten(*job), scanned, name="erasure")
+    with closing(rewrites):
+        for (written, file), (removed, redacted, shared, seen) in zip(scanned, rewrites):
+            found |= seen
+            name = str(file.path.relative_to(workspace.root))
+            if shared:
+                report.rows_shared[name] = shared
+            if not (removed or redacted):
+                written.unlink()
+                continue
+            folder = file.path.parent
+            if folder == workspace.root:
+                raise DsrError(f"Parquet files directly in {folder} cannot be rewritten atomically; keep tables in "
+                               f"folders (WS/<zone>/<table>/)")
+            if folder not in replacements:
+                replacements[folder] = stage / f"{len(replacements):04d}-{folder.name}"
+                shutil.copytree(folder, replacements[folder], copy_function=_link_parquet)
+            os.replace(written, replacements[folder] / file.path.name)
+            if removed:
+                report.rows_removed[name] = removed
+            if redacted:
+                report.rows_redacted[name] = redacted
     return replacements, found
+
+
+def _rewritten(written: Path, file: ScannedFile) -> tuple[int, int, int, set[str]]:
+    """Write ``file`` to ``written`` without the subjects' rows, their party blanked where named. Returns the rows
+    removed, blanked and shared (kept: someone else's too), and the subjects' ids and pseudonyms the file holds."""
+    removed = redacted = shared = 0
+    found: set[str] = set()
+    with ParquetRewriter(written, file.path, file.schema) as out:
+        for scope in file.scopes:
+            found |= scope.found
+            removed += int(scope.own.sum())
+            redacted += int(scope.named_rows().sum())
+            shared += int(scope.shared.sum())
+            out.write(scope.redacted(REDACTED))
+    return removed, redacted, shared, found
 
 
 def _link_parquet(source: str, target: str) -> None:

@@ -32,6 +32,7 @@ distinct ids (theirs and everybody else's), never a whole file.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,7 @@ import pyarrow.parquet as pq
 from pipelines.dsr_overlay import PHONE_FIELDS, phone_sides
 from pipelines.workspace import Workspace
 from profiling._string_hash import StringIndex
+from profiling._threads import two_at_a_time
 from profiling.consent.events import canonical_account_id
 from profiling.errors import PortraitError
 from profiling.keys import MasterKey
@@ -418,7 +420,7 @@ class ScannedFile:
     """One Parquet file being scanned: its schema and the ``FileScope`` of each batch of its rows.
 
     ``scopes`` yields every batch in file order (those holding nothing of the subjects too) and can
-    be consumed once, before the next file is asked for.
+    be consumed once, in any thread: it opens the file at its first batch and closes it after the last.
     """
 
     path: Path
@@ -430,7 +432,7 @@ def subject_rows(workspace: Workspace, linked: LinkedIdentifiers, key: MasterKey
     """The Parquet files of the workspace holding the subjects' ids, pseudonyms or phones, one file at a time.
 
     Two reads of each file, ``batch_rows`` rows at a time, never whole, whatever the number of
-    subjects. The first reads the text columns alone and finds the rows that concern the subjects
+    subjects. The first (two files at a time) reads the text columns alone and finds the rows that concern the subjects
     (their ids, pseudonyms or phones), keeping their positions and the values they hold; then the
     values that are someone else's are looked up among those alone (``_foreign``); the second read
     (of every column, of the files holding such rows only) yields each batch's ``FileScope``: a row
@@ -443,24 +445,31 @@ def subject_rows(workspace: Workspace, linked: LinkedIdentifiers, key: MasterKey
     # looked for in every text column, as written and normalized.
     anywhere = _index(_text_set(own_ids | linked.ids["phone"] | linked.phones))
     phone_set = _text_set(linked.phones)
-    concerned: dict[Path, _Concerned] = {}
-    candidates = _DistinctStrings()
-    for path in parquet_files(workspace):
+
+    def concerned_in(path: Path) -> tuple[_Concerned, pa.Array]:
         metadata = pq.read_metadata(path)
         columns = _columns(path, metadata.schema.to_arrow_schema())
+        values = _DistinctStrings()
         with open_parquet(path, read_dictionary=_few_valued(metadata, columns.text)) as source:
             found = _concerned_rows(source, columns, own_targets if columns.registered else anywhere, phone_set,
-                                    candidates)
-        if len(found.rows):
-            concerned[path] = found
+                                    values)
+        return found, values.values()
+
+    concerned: dict[Path, _Concerned] = {}
+    candidates = _DistinctStrings()
+    files = parquet_files(workspace)
+    with closing(two_at_a_time(concerned_in, files, name="subject-scan")) as scans:  # files read two at a time
+        for path, (found, values) in zip(files, scans):
+            candidates.add(values)
+            if len(found.rows):
+                concerned[path] = found
     foreign = _foreign(workspace, linked, key, candidates.values())
     del candidates
     for path, found in concerned.items():
-        with open_parquet(path) as source:
-            schema = source.schema_arrow
-            columns = _columns(path, schema)
-            targets = own_targets if columns.registered else anywhere
-            yield ScannedFile(path, schema, _scopes(path, source, columns, found, targets, foreign))
+        schema = pq.read_metadata(path).schema.to_arrow_schema()
+        columns = _columns(path, schema)
+        targets = own_targets if columns.registered else anywhere
+        yield ScannedFile(path, schema, _scopes(path, columns, found, targets, foreign))
 
 
 @dataclass(frozen=True)
@@ -607,14 +616,15 @@ def _foreign(workspace: Workspace, linked: LinkedIdentifiers, key: MasterKey, ca
     return StringIndex(candidates.filter(pa.array(foreign)))
 
 
-def _scopes(path: Path, source: pq.ParquetFile, columns: _Columns, concerned: _Concerned, targets: StringIndex,
+def _scopes(path: Path, columns: _Columns, concerned: _Concerned, targets: StringIndex,
             foreign: StringIndex) -> Iterator[FileScope]:
-    """``FileScope`` of each batch of every column of ``source``, in file order."""
-    start = 0
-    for batch in source.iter_batches(batch_size=batch_rows(len(source.schema_arrow))):
-        yield _scope(path, pa.Table.from_batches([batch]), columns,
-                     concerned.within(start, start + batch.num_rows), targets, foreign)
-        start += batch.num_rows
+    """``FileScope`` of each batch of every column of ``path``, in file order (the file is opened at the first)."""
+    with open_parquet(path) as source:
+        start = 0
+        for batch in source.iter_batches(batch_size=batch_rows(len(source.schema_arrow))):
+            yield _scope(path, pa.Table.from_batches([batch]), columns,
+                         concerned.within(start, start + batch.num_rows), targets, foreign)
+            start += batch.num_rows
 
 
 def _scope(path: Path, rows: pa.Table, columns: _Columns, concerned: _Concerned, targets: StringIndex,

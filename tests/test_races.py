@@ -324,3 +324,48 @@ def test_an_erasure_killed_around_its_publish_leaves_the_ingest_report_with_its_
     assert run_cli("consent", "dnd", "off", "--account", "A0000000001", "--workspace", ws) == 0
     assert _report_matches_ingested(ws) == {}
     assert run_cli("run", "--workspace", ws, "--key-file", key, "--as-of", AS_OF) == 0
+
+
+# --- an erasure failing while it rewrites two files at once ---------------------------------------------------------
+
+def test_an_erasure_whose_rewrite_fails_while_another_file_is_rewritten_changes_nothing(site):
+    """The disk fills while the erasure rewrites one file and another is being written beside it: the erasure
+    fails whole. Every file of the workspace and every ledger row is as before, nothing is left staged, and
+    the request, made again once there is room, erases the account everywhere."""
+    ws, key = site / "ws", site / "keys" / "master.key"
+    account = "A0000000002"
+    names = _names(site, account)
+    assert _holding(ws, names)
+    files = sorted(p for p in ws.rglob("*") if p.is_file() and not p.name.startswith("ledger.sqlite"))
+    before = {p: _sha256(p) for p in files}
+    ledger = {table: _rows(ws, f"SELECT * FROM {table}") for table in ("consent_events", "dsr_erased_ids",
+                                                                      "dsr_requests", "ledger_redactions")}
+    code = """
+import itertools, sys, threading, time
+from pipelines import cli
+from pipelines.dsr_scope import ParquetRewriter
+real_init, real_write = ParquetRewriter.__init__, ParquetRewriter.write
+numbers, both = itertools.count(), threading.Barrier(2, timeout=30)
+def init(self, *args, **kwargs):
+    real_init(self, *args, **kwargs)
+    self.number, self.waited = next(numbers), False
+def write(self, rows):
+    if self.number < 2 and not self.waited:   # the first two files meet here: both are being rewritten
+        self.waited = True
+        if both.wait() == 0:
+            raise OSError(28, "No space left on device")
+    time.sleep(0.2)                            # the other file is still being written when the error comes
+    return real_write(self, rows)
+ParquetRewriter.__init__, ParquetRewriter.write = init, write
+sys.exit(cli.main(sys.argv[1:]))
+"""
+    erase = subprocess.run([sys.executable, "-c", code, "-q", "dsr", "erase", "--account", account, "--workspace",
+                            str(ws), "--key-file", str(key)], capture_output=True, text=True, env=_env(), timeout=300)
+    assert erase.returncode == 2 and "No space left on device" in erase.stderr, erase.stderr
+    assert sorted(p for p in ws.rglob("*") if p.is_file() and not p.name.startswith("ledger.sqlite")) == files
+    assert {p: _sha256(p) for p in files} == before
+    assert {table: _rows(ws, f"SELECT * FROM {table}") for table in ledger} == ledger
+    assert not list(ws.glob(".staging-*"))
+    assert run_cli("dsr", "erase", "--account", account, "--workspace", ws, "--key-file", key) == 0
+    assert _holding(ws, names) == []
+    assert _ledger_verifies(ws) and _report_matches_ingested(ws) == {}
