@@ -52,8 +52,8 @@ from tqdm.auto import tqdm
 
 from pipelines.engines import Engine, Kernel
 from pipelines.workspace import Workspace
-from profiling.errors import InternalError
 from profiling._threads import two_at_a_time
+from profiling.errors import InternalError
 from profiling.generalize import age_band, ip_prefix, province
 from profiling.keys import MasterKey, derive_key
 from profiling.pseudonyms import DEVICE, ORDER, PERSON, WAYBILL, pseudonymize_with_key
