@@ -432,12 +432,13 @@ def subject_rows(workspace: Workspace, linked: LinkedIdentifiers, key: MasterKey
     """The Parquet files of the workspace holding the subjects' ids, pseudonyms or phones, one file at a time.
 
     Two reads of each file, ``batch_rows`` rows at a time, never whole, whatever the number of
-    subjects. The first (two files at a time) reads the text columns alone and finds the rows that concern the subjects
-    (their ids, pseudonyms or phones), keeping their positions and the values they hold; then the
-    values that are someone else's are looked up among those alone (``_foreign``); the second read
-    (of every column, of the files holding such rows only) yields each batch's ``FileScope``: a row
-    is theirs when it holds no one else's id (see the module docstring). What is held between the
-    reads is the concerned rows' positions and their distinct values, never everybody's ids.
+    subjects. The first (two files at a time) reads the text columns alone and finds the rows that
+    concern the subjects (their ids, pseudonyms or phones), keeping their positions and the values
+    they hold; then the values that are someone else's are looked up among those alone
+    (``_foreign``); the second read (of every column, of the files holding such rows only) yields
+    each batch's ``FileScope``: a row is theirs when it holds no one else's id (see the module
+    docstring). What is held between the reads is the concerned rows' positions and their distinct
+    values, never everybody's ids.
     """
     own_ids = (linked.raw_values() - linked.ids["phone"]) | linked.pseudonyms(key)
     own_targets = _index(_text_set(own_ids))
@@ -446,28 +447,27 @@ def subject_rows(workspace: Workspace, linked: LinkedIdentifiers, key: MasterKey
     anywhere = _index(_text_set(own_ids | linked.ids["phone"] | linked.phones))
     phone_set = _text_set(linked.phones)
 
-    def concerned_in(path: Path) -> tuple[_Concerned, pa.Array]:
+    def concerned_in(path: Path) -> tuple[_Concerned, pa.Array, pa.Schema, _Columns]:
         metadata = pq.read_metadata(path)
-        columns = _columns(path, metadata.schema.to_arrow_schema())
+        schema = metadata.schema.to_arrow_schema()
+        columns = _columns(path, schema)
         values = _DistinctStrings()
         with open_parquet(path, read_dictionary=_few_valued(metadata, columns.text)) as source:
             found = _concerned_rows(source, columns, own_targets if columns.registered else anywhere, phone_set,
                                     values)
-        return found, values.values()
+        return found, values.values(), schema, columns
 
-    concerned: dict[Path, _Concerned] = {}
+    concerned: dict[Path, tuple[_Concerned, pa.Schema, _Columns]] = {}
     candidates = _DistinctStrings()
     files = parquet_files(workspace)
     with closing(two_at_a_time(concerned_in, files, name="subject-scan")) as scans:  # files read two at a time
-        for path, (found, values) in zip(files, scans):
+        for path, (found, values, schema, columns) in zip(files, scans):
             candidates.add(values)
             if len(found.rows):
-                concerned[path] = found
+                concerned[path] = found, schema, columns
     foreign = _foreign(workspace, linked, key, candidates.values())
     del candidates
-    for path, found in concerned.items():
-        schema = pq.read_metadata(path).schema.to_arrow_schema()
-        columns = _columns(path, schema)
+    for path, (found, schema, columns) in concerned.items():
         targets = own_targets if columns.registered else anywhere
         yield ScannedFile(path, schema, _scopes(path, columns, found, targets, foreign))
 

@@ -13,13 +13,18 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-__all__ = ["PIECES_AT_ONCE", "two_at_a_time"]
+__all__ = ["PIECES_AT_ONCE", "available_cores", "two_at_a_time"]
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 # Pieces worked on at once: two cores' worth (the machines measured have two); more would hold more rows.
 PIECES_AT_ONCE = 2
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the system has one, else every core)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def two_at_a_time(work: Callable[[T], R], items: Iterable[T], *, name: str) -> Iterator[R]:
@@ -30,8 +35,7 @@ def two_at_a_time(work: Callable[[T], R], items: Iterable[T], *, name: str) -> I
     started, and the calls running finish before the error (or a caller that stops early) leaves.
     ``name`` names the threads (seen in profilers and tracebacks).
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=max(1, min(PIECES_AT_ONCE, cores)), thread_name_prefix=name) as workers:
+    with ThreadPoolExecutor(max_workers=min(PIECES_AT_ONCE, available_cores()), thread_name_prefix=name) as workers:
         futures = [workers.submit(work, item) for item in items]
         try:
             for future in futures:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from pipelines.synthetic._times import _micros
+from profiling._threads import available_cores
 from profiling.checks import check_int
 
 _MAX_ACCOUNTS = 9_999_999_999     # account ids have ten digits
@@ -56,5 +56,4 @@ def _checked_run(accounts: int, seed: int, catalogue_items: int, batch_accounts:
 
 def _workers(batches: int) -> int:
     """Processes to use: one per core (at most 4, each holds one batch in memory), no more than batches."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cores, 4, batches))
+    return max(1, min(available_cores(), 4, batches))

@@ -14,6 +14,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
+from profiling._threads import available_cores
 from profiling.checks import check_int
 
 __all__ = ["ImplicitALS"]
@@ -149,10 +150,6 @@ def _conjugate_gradient(feedback: sp.csr_array, fixed: np.ndarray, solving: np.n
     return x
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def _non_negative(name: str, value: object, *, positive: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, Real) or not np.isfinite(value) or value < 0 \
             or (positive and value == 0):
@@ -217,7 +214,7 @@ class ImplicitALS(BaseEstimator):
         # the item side solves rows of the transpose: both layouts are built once per fit
         by_item = sp.csr_array(by_person.T)
         by_item.sort_indices()
-        threads = check_int(self.threads, "threads") if self.threads is not None else _cores()
+        threads = check_int(self.threads, "threads") if self.threads is not None else available_cores()
         rng = np.random.default_rng(self.random_state)
         # small positive starting factors: every score starts positive and alike, which the first
         # sweeps then pull apart (faster to a low loss than signs drawn at random)
