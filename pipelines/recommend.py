@@ -320,7 +320,9 @@ def _lists_on_engine(engine: Engine, orders_folder: Path, recommendations: Path,
     personalized_rows = ds.dataset(recommendations, format="parquet").count_rows()
     if trained == len(personalizable_ids):
         return trained, personalized_rows, 0  # everyone allowing personalization bought something
-    engine.save(engine.map(together, _no_purchase_kernel(engine.broadcast(fallback_lists))), no_purchase)
+    # only the columns the kernel reads: the factors and bought lists would cost most to move on Spark
+    engine.save(engine.map(engine.select(together, ["input", "person_id", "source", "group"]),
+                           _no_purchase_kernel(engine.broadcast(fallback_lists))), no_purchase)
     # rows: (person_id, item_id, score, rank, personalized false) of persons allowing personalization who bought
     # nothing; their files join the personalized ones (named to sort after the driver's part file)
     no_purchase_rows = 0

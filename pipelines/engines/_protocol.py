@@ -29,7 +29,7 @@ from profiling.checks import check_int
 from profiling.errors import PortraitError, SchemaError
 
 __all__ = ["Broadcast", "Engine", "Frame", "Kernel", "PartitioningError", "check_partitions",
-           "co_partitioned_schema", "input_rows", "kept_key", "wanted_columns"]
+           "co_partitioned_schema", "input_rows", "kept_key", "selected_schema", "wanted_columns"]
 
 T = TypeVar("T")
 
@@ -129,6 +129,13 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def map(self, frame: Frame, kernel: Kernel) -> Frame:
         """``kernel`` applied to each non-empty partition of ``frame`` (lazy)."""
+
+    @abc.abstractmethod
+    def select(self, frame: Frame, columns: Sequence[str]) -> Frame:
+        """``frame`` with only ``columns`` (in that order), in the same partitions (lazy): what a kernel that
+        reads a few columns of a wide frame is given, so the engine moves only those to it (on Spark each
+        column crosses to the Python workers; lists of floats or strings cost most). The key is kept when
+        among ``columns``; ``SchemaError`` names a column the frame lacks."""
 
     @abc.abstractmethod
     def co_partition(self, inputs: Mapping[str, Frame], *, key: str, source: str = "source",
@@ -236,6 +243,22 @@ def wanted_columns(names: Sequence[str], columns: Sequence[str], key: str | None
     if missing:
         raise SchemaError(f"{where} has no column {', '.join(map(repr, missing))}; it has {', '.join(names)}")
     return wanted
+
+
+def selected_schema(frame: Frame, columns: Sequence[str]) -> pa.Schema:
+    """The schema of ``Engine.select(frame, columns)`` (see there)."""
+    if isinstance(columns, str) or not isinstance(columns, Sequence):
+        raise TypeError(f"columns must be a list of column names, got {columns!r}")
+    if not columns:
+        raise ValueError("select needs at least one column")
+    repeated = sorted({c for c in columns if list(columns).count(c) > 1})
+    if repeated:
+        raise ValueError(f"select names column(s) {', '.join(map(repr, repeated))} more than once")
+    missing = [c for c in columns if c not in frame.schema.names]
+    if missing:
+        raise SchemaError(f"the frame has no column {', '.join(map(repr, missing))}; it has "
+                          f"{', '.join(frame.schema.names)}")
+    return pa.schema([frame.schema.field(c) for c in columns])
 
 
 def kept_key(frame: Frame, kernel: Kernel) -> str | None:

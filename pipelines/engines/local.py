@@ -35,6 +35,7 @@ from pipelines.engines._protocol import (
     check_partitions,
     co_partitioned_schema,
     kept_key,
+    selected_schema,
     wanted_columns,
 )
 from pipelines.workspace import Workspace
@@ -227,6 +228,18 @@ class LocalEngine(Engine):
             return call_kernel(kernel, table, key=frame.key, partition=p, partitions=frame.partitions)
 
         return Frame(self, kernel.schema, kept_key(frame, kernel), frame.partitions, _Partitions(load))
+
+    def select(self, frame: Frame, columns: Sequence[str]) -> Frame:
+        self._check_frame(frame)
+        schema = selected_schema(frame, columns)
+        source: _Partitions = frame.handle
+
+        def load(p: int) -> pa.Table | None:
+            table = source.load(p)
+            return None if table is None else table.select(schema.names)
+
+        key = frame.key if frame.key in schema.names else None
+        return Frame(self, schema, key, frame.partitions, _Partitions(load, stored=source.stored))
 
     def _tables(self, frame: Frame) -> Iterator[pa.Table]:
         self._check_frame(frame)

@@ -38,6 +38,7 @@ from pipelines.engines._protocol import (
     check_partitions,
     co_partitioned_schema,
     kept_key,
+    selected_schema,
     wanted_columns,
 )
 from profiling.errors import SchemaError
@@ -179,6 +180,13 @@ class SparkEngine(Engine):
         indexed = frame.handle.select("*", functions.spark_partition_id().alias(_PARTITION))
         mapped = self._map_in_arrow(indexed, run, types.from_arrow_schema(kernel.schema))
         return Frame(self, kernel.schema, kept_key(frame, kernel), partitions, mapped)
+
+    def select(self, frame: Frame, columns: Sequence[str]) -> Frame:
+        self._check_frame(frame)
+        schema = selected_schema(frame, columns)
+        # a projection: no exchange, the rows stay in their partitions (a kept frame's cache reads only these)
+        key = frame.key if frame.key in schema.names else None
+        return Frame(self, schema, key, frame.partitions, frame.handle.select(*schema.names))
 
     def _map_in_arrow(self, frame: Any, function: Any, schema: Any, *, barrier: bool = False) -> Any:
         """``frame.mapInArrow(function, schema, barrier=barrier)`` (Spark DataFrames)."""
