@@ -4,7 +4,8 @@
 one ``partition_of`` computes); ``map`` is ``mapInArrow``, with each partition's record batches
 concatenated into one table before the kernel sees it (per-person kernels need the whole
 partition) and cast to the frame's schema (so kernels see the same types as on the local
-engine); a per-person kernel checks its rows against the frame's own partition index
+engine); maps one after the other run in one ``mapInArrow``, each kernel's output handed to
+the next as Arrow (each crossing between Spark's rows and Arrow costs, lists most); a per-person kernel checks its rows against the frame's own partition index
 (``spark_partition_id()`` where the rows are computed, whatever union the output feeds next);
 ``broadcast`` is ``SparkContext.broadcast``. Results are written by Spark into a
 staging folder inside the workspace and published only when the job succeeded.
@@ -19,6 +20,7 @@ import re
 import sys
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,23 @@ SESSION_DEFAULTS = {"spark.ui.enabled": "false", "spark.ui.showConsoleProgress":
 _PANDAS_WARNING = "PySpark does not yet fully support pandas"
 # The column that carries each row's partition index (``spark_partition_id()``) into ``map``'s kernels.
 _PARTITION = "__portrait_partition"
+
+
+@dataclass(frozen=True)
+class _Step:
+    """A kernel mapped over rows of ``schema`` keyed by ``key``."""
+
+    kernel: Kernel
+    key: str | None
+    schema: pa.Schema
+
+
+@dataclass(frozen=True)
+class _Mapped:
+    """A frame's kernels (``steps``, in order) over ``rows`` (a Spark DataFrame), not yet given to Spark."""
+
+    rows: Any
+    steps: tuple[_Step, ...]
 
 
 class _SparkValue(Broadcast[T]):
@@ -132,7 +151,7 @@ class SparkEngine(Engine):
         union = None
         for name, frame in inputs.items():
             self._check_frame(frame)
-            tagged = frame.handle.withColumn(source, functions.lit(name))
+            tagged = self._rows(frame).withColumn(source, functions.lit(name))
             union = tagged if union is None else union.unionByName(tagged, allowMissingColumns=True)
         # rows: (source, every input's columns), then hash-partitioned by key as read does
         return self._partitioned(union.select(*schema.names), key, partitions, schema)
@@ -156,8 +175,21 @@ class SparkEngine(Engine):
 
     def map(self, frame: Frame, kernel: Kernel) -> Frame:
         self._check_frame(frame, kernel)
+        if _PARTITION in frame.schema.names:
+            raise SchemaError(f"column {_PARTITION!r} is the Spark engine's own; rename it before mapping a kernel")
+        step = _Step(kernel, frame.key, frame.schema)
+        # a map over a map waits to run in the same mapInArrow: one kernel's output goes to the next as Arrow
+        mapped = (_Mapped(frame.handle.rows, (*frame.handle.steps, step)) if isinstance(frame.handle, _Mapped)
+                  else _Mapped(frame.handle, (step,)))
+        return Frame(self, kernel.schema, kept_key(frame, kernel), frame.partitions, mapped)
+
+    def _rows(self, frame: Frame) -> Any:
+        """``frame``'s Spark DataFrame: its kernels still waiting (``_Mapped``) run in one ``mapInArrow``."""
+        if not isinstance(frame.handle, _Mapped):
+            return frame.handle
+        steps, partitions = frame.handle.steps, frame.partitions
         types = import_optional("pyspark.sql.pandas.types", extra="spark", purpose=_PURPOSE)
-        key, partitions, schema = frame.key, frame.partitions, frame.schema
+        functions = import_optional("pyspark.sql.functions", extra="spark", purpose=_PURPOSE)
 
         def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
             whole = [batch for batch in batches if batch.num_rows]
@@ -166,27 +198,26 @@ class SparkEngine(Engine):
             # rows: one whole partition, then its index; with a key, every row's key hashes to that index
             table = pa.Table.from_batches(whole)
             partition = table.column(_PARTITION)[0].as_py()
-            table = table.drop_columns([_PARTITION]).cast(schema)
-            result = call_kernel(kernel, table, key=key, partition=partition, partitions=partitions)
-            yield from result.to_batches()
+            table = table.drop_columns([_PARTITION]).cast(steps[0].schema)
+            for step in steps:   # as maps one after the other: no kernel is called on an empty partition
+                if not table.num_rows:
+                    return
+                table = call_kernel(step.kernel, table, key=step.key, partition=partition, partitions=partitions)
+            yield from table.to_batches()
 
-        functions = import_optional("pyspark.sql.functions", extra="spark", purpose=_PURPOSE)
-        if _PARTITION in schema.names:
-            raise SchemaError(f"column {_PARTITION!r} is the Spark engine's own; rename it before mapping a kernel")
         # The frame's own partition index, taken where its rows are computed: the task's partition id
         # (TaskContext) is another number when the kernel's output feeds a union (co_partition, the
         # connected components), which runs in the same task and numbers its partitions on from the
         # first input's.
-        indexed = frame.handle.select("*", functions.spark_partition_id().alias(_PARTITION))
-        mapped = self._map_in_arrow(indexed, run, types.from_arrow_schema(kernel.schema))
-        return Frame(self, kernel.schema, kept_key(frame, kernel), partitions, mapped)
+        indexed = frame.handle.rows.select("*", functions.spark_partition_id().alias(_PARTITION))
+        return self._map_in_arrow(indexed, run, types.from_arrow_schema(frame.schema))
 
     def select(self, frame: Frame, columns: Sequence[str]) -> Frame:
         self._check_frame(frame)
         schema = selected_schema(frame, columns)
         # a projection: no exchange, the rows stay in their partitions (a kept frame's cache reads only these)
         key = frame.key if frame.key in schema.names else None
-        return Frame(self, schema, key, frame.partitions, frame.handle.select(*schema.names))
+        return Frame(self, schema, key, frame.partitions, self._rows(frame).select(*schema.names))
 
     def _map_in_arrow(self, frame: Any, function: Any, schema: Any, *, barrier: bool = False) -> Any:
         """``frame.mapInArrow(function, schema, barrier=barrier)`` (Spark DataFrames)."""
@@ -198,20 +229,20 @@ class SparkEngine(Engine):
         self._check_frame(edges)
         check_edges(edges.schema, ends)
         # rows: (vertex, component) by large-star/small-star, then hash-partitioned by vertex
-        return self._partitioned(components_on_spark(edges.handle, ends), "vertex", None, COMPONENTS_SCHEMA)
+        return self._partitioned(components_on_spark(self._rows(edges), ends), "vertex", None, COMPONENTS_SCHEMA)
 
     def implicit_factors(self, feedback: Frame, *, row: str, column: str, weight: str,
                          settings: FactorSettings = FactorSettings()) -> tuple[Frame, pa.Table]:
         self._check_frame(feedback)
         check_feedback(feedback.schema, row, column, weight)
-        row_factors, column_factors = factors_on_spark(self, feedback.handle, row, column, weight, settings,
+        row_factors, column_factors = factors_on_spark(self, self._rows(feedback), row, column, weight, settings,
                                                        blocks=feedback.partitions)
         # rows: (row, factors) from the fit's tasks, then hash-partitioned by row as read does
         return self._partitioned(row_factors, row, feedback.partitions, factors_schema(row)), column_factors
 
     def keep(self, frame: Frame) -> Frame:
         self._check_frame(frame)
-        return Frame(self, frame.schema, frame.key, frame.partitions, self._keep(frame.handle))
+        return Frame(self, frame.schema, frame.key, frame.partitions, self._keep(self._rows(frame)))
 
     def _keep(self, frame: Any) -> Any:
         """``frame`` (a Spark DataFrame) persisted in memory and on disk once computed, until the engine closes."""
@@ -223,7 +254,7 @@ class SparkEngine(Engine):
 
     def collect(self, frame: Frame) -> pa.Table:
         self._check_frame(frame)
-        table = _translated(frame.handle.toArrow)
+        table = _translated(self._rows(frame).toArrow)
         return table.cast(frame.schema)
 
     def broadcast(self, value: T) -> Broadcast[T]:
@@ -239,7 +270,8 @@ class SparkEngine(Engine):
         self._check_frame(frame)
         # timestamps as Arrow and the local engine write them (Spark's default is the legacy INT96)
         self.spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
-        _translated(lambda: frame.handle.write.parquet(str(folder)))
+        rows = self._rows(frame)
+        _translated(lambda: rows.write.parquet(str(folder)))
         # Hadoop's file system applies its own umask (022 unless configured), not the process's.
         make_owner_only(folder, *Path(folder).rglob("*"))
 

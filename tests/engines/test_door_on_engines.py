@@ -110,8 +110,9 @@ def test_no_key_in_sparks_plans_logs_or_files(spark, ingested, capfd):
         frame = engine.map(engine.read(workspace.ingested("accounts"), columns=[r.source for r in rules], key=None),
                            door._door_kernel("accounts", rules, door.analytics_schema("accounts", 2),
                                              door._domain_keys(rules, KEY, 2), AS_OF))
-        frame.handle.explain(extended=True)
-        plan = frame.handle._jdf.queryExecution().toString()
+        spark_rows = engine._rows(frame)   # the Spark DataFrame the mapped kernel runs in
+        spark_rows.explain(extended=True)
+        plan = spark_rows._jdf.queryExecution().toString()
     assert rows(workspace.pseudonymized("accounts")) == expected["accounts"]
     assert collected == [], "the door brings no rows to the driver"
     out, err = capfd.readouterr()
