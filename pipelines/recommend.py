@@ -307,7 +307,8 @@ def _lists_on_engine(engine: Engine, orders_folder: Path, recommendations: Path,
                                                              weight="weight", settings=settings)
     # rows: (person_id, factors) per person with a purchase, by person; bought_factors: (item_id, factors)
     # per item bought
-    trained = int(pc.sum(engine.collect(engine.map(person_factors, _ROW_COUNT))["rows"]).as_py() or 0)
+    trained = int(pc.sum(engine.collect(engine.map(engine.select(person_factors, ["person_id"]), _ROW_COUNT)
+                         )["rows"]).as_py() or 0)
     together = engine.keep(engine.co_partition({"factors": person_factors, "known": engine.map(known, _KNOWN_ROWS)},
                                                key="person_id", partitions=partitions, source="input"))
     # rows: (input, person_id, factors, source, bought, group): each person's factors, purchases and group, kept
