@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+import threading
 
 import pyarrow as pa
 import pytest
@@ -192,6 +193,36 @@ def test_an_erasure_rewrites_the_snapshot_a_row_group_at_a_time_into_the_bytes_a
         assert store.read_snapshot().equals(kept) and kept.num_rows == 2500 - 3 * 26 - 25
         assert store.events().equals(store.events_sql())
         assert all(report.ok for report in store.verify())
+
+
+def test_an_erasure_that_fails_while_the_snapshot_is_rewritten_changes_nothing(tmp_path, monkeypatch):
+    path = tmp_path / "ledger.sqlite"
+    _large_ledger(path)
+    with SqliteConsentStore(path) as store:
+        before = {table: store._connection.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
+                  for table in ("consent_events", "consent_snapshot_data", "consent_snapshots", "ledger_redactions")}
+    rewriting = threading.Event()
+    real_without, real_redact = sqlite_store._snapshot_without, sqlite_store.redact
+
+    def slow_without(*args):
+        rewriting.set()
+        return real_without(*args)
+
+    def failing_redact(db, *args, **kwargs):
+        assert rewriting.wait(10), "the snapshot was not being rewritten meanwhile"
+        real_redact(db, *args, **kwargs)   # the rows are redacted inside the transaction, then it fails
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(sqlite_store, "_snapshot_without", slow_without)
+    monkeypatch.setattr(sqlite_store, "redact", failing_redact)
+    with SqliteConsentStore(path) as store:
+        with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+            store.erase_account("A7")
+        after = {table: store._connection.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall() for table in before}
+        assert after == before
+        assert store.events().equals(store.events_sql())
+        assert all(report.ok for report in store.verify())
+    assert not [t for t in threading.enumerate() if t.name.startswith("consent-snapshot")]
 
 
 def test_an_edited_snapshot_is_refused(tmp_path):
