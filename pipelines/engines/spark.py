@@ -5,7 +5,8 @@ one ``partition_of`` computes); ``map`` is ``mapInArrow``, with each partition's
 concatenated into one table before the kernel sees it (per-person kernels need the whole
 partition) and cast to the frame's schema (so kernels see the same types as on the local
 engine); maps one after the other run in one ``mapInArrow``, each kernel's output handed to
-the next as Arrow (each crossing between Spark's rows and Arrow costs, lists most); a per-person kernel checks its rows against the frame's own partition index
+the next as Arrow (each crossing between Spark's rows and Arrow costs, lists most); a
+per-person kernel checks its rows against the frame's own partition index
 (``spark_partition_id()`` where the rows are computed, whatever union the output feeds next);
 ``broadcast`` is ``SparkContext.broadcast``. Results are written by Spark into a
 staging folder inside the workspace and published only when the job succeeded.
