@@ -197,32 +197,58 @@ def test_an_erasure_rewrites_the_snapshot_a_row_group_at_a_time_into_the_bytes_a
 
 def test_an_erasure_that_fails_while_the_snapshot_is_rewritten_changes_nothing(tmp_path, monkeypatch):
     path = tmp_path / "ledger.sqlite"
-    _large_ledger(path)
+    rows = 1300   # 650 accounts: two batches of redaction
     with SqliteConsentStore(path) as store:
+        store.append_table(pa.table({
+            "event_id": [f"C{i}" for i in range(rows)], "account_id": [f"A{i % 650}" for i in range(rows)],
+            "event_at": pa.array([T0 + dt.timedelta(seconds=i) for i in range(rows)], TIMESTAMP),
+            "event_type": ["grant"] * rows, "purpose": ["personalization"] * rows,
+            "policy_version": ["2019-06"] * rows, "channel": ["app"] * rows}), source="ingest")
         before = {table: store._connection.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
                   for table in ("consent_events", "consent_snapshot_data", "consent_snapshots", "ledger_redactions")}
     rewriting = threading.Event()
     real_without, real_redact = sqlite_store._snapshot_without, sqlite_store.redact
+    calls = []
 
-    def slow_without(*args):
+    def watched_without(*args):
         rewriting.set()
         return real_without(*args)
 
     def failing_redact(db, *args, **kwargs):
-        assert rewriting.wait(10), "the snapshot was not being rewritten meanwhile"
-        real_redact(db, *args, **kwargs)   # the rows are redacted inside the transaction, then it fails
-        raise sqlite3.OperationalError("disk I/O error")
+        calls.append(real_redact(db, *args, **kwargs))   # the rows are redacted inside the transaction
+        if len(calls) == 2:
+            assert rewriting.wait(10), "the snapshot was not being rewritten meanwhile"
+            raise sqlite3.OperationalError("disk I/O error")
+        return calls[-1]
 
-    monkeypatch.setattr(sqlite_store, "_snapshot_without", slow_without)
+    monkeypatch.setattr(sqlite_store, "_snapshot_without", watched_without)
     monkeypatch.setattr(sqlite_store, "redact", failing_redact)
     with SqliteConsentStore(path) as store:
         with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
-            store.erase_account("A7")
+            store._connection.execute("BEGIN IMMEDIATE")
+            try:
+                sqlite_store.redact_consent_events(store._connection, [f"A{i}" for i in range(650)],
+                                                   reason="erasure request")
+            finally:
+                store._connection.execute("ROLLBACK")
+        assert calls == [1000, 300]
         after = {table: store._connection.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall() for table in before}
         assert after == before
         assert store.events().equals(store.events_sql())
         assert all(report.ok for report in store.verify())
     assert not [t for t in threading.enumerate() if t.name.startswith("consent-snapshot")]
+
+
+def test_an_erasure_of_an_account_without_consent_events_leaves_the_snapshot_alone(tmp_path, monkeypatch):
+    path = tmp_path / "ledger.sqlite"
+    _large_ledger(path)
+    rewrites = []
+    monkeypatch.setattr(sqlite_store, "_snapshot_without", lambda *args: rewrites.append(args))
+    with SqliteConsentStore(path) as store:
+        data = store._connection.execute("SELECT parquet FROM consent_snapshot_data").fetchone()
+        assert store.erase_account("A1000") == 0
+        assert store._connection.execute("SELECT parquet FROM consent_snapshot_data").fetchone() == data
+    assert rewrites == []   # not even made and thrown away: at 1M accounts that is seconds
 
 
 def test_an_edited_snapshot_is_refused(tmp_path):

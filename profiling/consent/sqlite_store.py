@@ -527,21 +527,22 @@ def redact_consent_events(db: sqlite3.Connection, account_ids: Sequence[str], *,
     """Redact every consent event of ``account_ids`` inside the caller's transaction; returns how many.
 
     The Arrow snapshot, when current, is rewritten without them in the same transaction (else the
-    redaction drops it and the next read rebuilds it from SQL); no copy of the accounts is left. A
-    worker thread makes the new snapshot while SQLite redacts (neither holds the GIL); it is recorded
-    only if the redaction succeeded and removed something.
+    redaction drops it and the next read rebuilds it from SQL); no copy of the accounts is left. Once
+    a batch of 500 accounts has removed events, a worker thread makes the new snapshot while SQLite
+    redacts the other batches (neither holds the GIL); it is recorded only if every batch succeeded.
     """
     accounts = sorted({canonical_account_id(a) for a in account_ids})
     before = _current_snapshot_data(db)
     removed = 0
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="consent-snapshot") as worker:
-        without = None if before is None else worker.submit(_snapshot_without, before,
-                                                            pa.array(accounts, pa.string()))
+        without = None
         for start in range(0, len(accounts), 500):
             chunk = accounts[start:start + 500]
             removed += redact(db, "consent_events", f"account_id IN ({', '.join('?' * len(chunk))})", chunk,
                               reason=reason)
-        if without is not None and removed:
+            if removed and before is not None and without is None:
+                without = worker.submit(_snapshot_without, before, pa.array(accounts, pa.string()))
+        if without is not None:
             _record_snapshot(db, *without.result())
     return removed
 
