@@ -204,8 +204,9 @@ def pseudonymize_workspace(workspace: Workspace, key: MasterKey, *, as_of: dt.da
     Reads ``batch_rows`` rows at a time. ``engine``: None or a local engine stream each table
     through this process into one Parquet file, two tables at a time; Spark maps a kernel over the
     stored splits of each table (``_door_kernel``: the executors get the derived keys of that
-    table's domains, never the master key) and writes one file per split. Returns ``{"key_version", "as_of", "tables": {name: {"rows",
-    "columns", "dropped"}}}``. The zone is replaced whole, or not at all when anything fails.
+    table's domains, never the master key) and writes one file per split. Returns
+    ``{"key_version", "as_of", "tables": {name: {"rows", "columns", "dropped"}}}``. The zone is
+    replaced whole, or not at all when anything fails.
     """
     if not isinstance(key, MasterKey):
         raise TypeError(f"pseudonymize_workspace needs a MasterKey (from load_key_file), not {type(key).__name__}")

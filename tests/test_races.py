@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 import pytest
 from portrait_cli import run_cli
 
+from profiling.consent import SqliteConsentStore
 from profiling.keys import load_key_file
 from profiling.pseudonyms import MARKETING, PERSON, pseudonymize
 from profiling.schema import TABLE_NAMES
@@ -198,6 +199,40 @@ def _holding(ws: Path, names: set[str]) -> list[str]:
     dump = "\n".join(connection.iterdump())
     connection.close()
     return found + [f"ledger.sqlite: {name}" for name in names if name in dump]
+
+
+def test_an_erasure_whose_new_consent_snapshot_fails_keeps_the_consent_history_whole(site):
+    """The disk fills in the worker that makes the consent snapshot without the account while SQLite redacts its
+    events: ``portrait dsr erase`` fails, and the consent events, the snapshot, the requests and the redaction
+    log are as before (one ledger transaction), the chains verify. Made again, the request erases the account
+    everywhere, and the snapshot the gate reads no longer holds it."""
+    ws, key = site / "ws", site / "keys" / "master.key"
+    account = "A0000000002"
+    assert _rows(ws, "SELECT COUNT(*) FROM consent_events WHERE account_id = ?", account)[0][0] > 0
+    tables = ("consent_events", "consent_snapshot_data", "consent_snapshots", "dsr_requests", "ledger_redactions")
+    ledger = {table: _rows(ws, f"SELECT * FROM {table}") for table in tables}
+    code = """
+import sys, threading
+from pipelines import cli
+from profiling.consent import sqlite_store
+def without(*args):
+    if not threading.current_thread().name.startswith("consent-snapshot"):
+        raise RuntimeError("the snapshot was made outside its worker")
+    raise OSError(28, "No space left on device")
+sqlite_store._snapshot_without = without
+sys.exit(cli.main(sys.argv[1:]))
+"""
+    erase = subprocess.run([sys.executable, "-c", code, "-q", "dsr", "erase", "--account", account, "--workspace",
+                            str(ws), "--key-file", str(key)], capture_output=True, text=True, env=_env(), timeout=300)
+    assert erase.returncode == 2 and "No space left on device" in erase.stderr, erase.stderr
+    assert {table: _rows(ws, f"SELECT * FROM {table}") for table in tables} == ledger
+    assert _ledger_verifies(ws)
+    assert run_cli("dsr", "erase", "--account", account, "--workspace", ws, "--key-file", key) == 0
+    assert _holding(ws, _names(site, account)) == []
+    assert _rows(ws, "SELECT COUNT(*) FROM consent_events WHERE account_id = ?", account) == [(0,)]
+    with SqliteConsentStore(ws / "ledger.sqlite") as store:
+        assert account not in store.read_snapshot().column("account_id").to_pylist()
+    assert _ledger_verifies(ws)
 
 
 def _report_matches_ingested(ws: Path) -> dict[str, tuple[int, int]]:

@@ -29,7 +29,7 @@ from profiling.checks import check_int
 from profiling.errors import PortraitError, SchemaError
 
 __all__ = ["Broadcast", "Engine", "Frame", "Kernel", "PartitioningError", "check_partitions",
-           "co_partitioned_schema", "input_rows", "kept_key", "selected_schema", "wanted_columns"]
+           "co_partitioned_schema", "input_rows", "kept_key", "selection", "wanted_columns"]
 
 T = TypeVar("T")
 
@@ -245,20 +245,20 @@ def wanted_columns(names: Sequence[str], columns: Sequence[str], key: str | None
     return wanted
 
 
-def selected_schema(frame: Frame, columns: Sequence[str]) -> pa.Schema:
-    """The schema of ``Engine.select(frame, columns)`` (see there)."""
+def selection(frame: Frame, columns: Sequence[str]) -> tuple[pa.Schema, str | None]:
+    """The schema and key of ``Engine.select(frame, columns)`` (see there)."""
     if isinstance(columns, str) or not isinstance(columns, Sequence):
         raise TypeError(f"columns must be a list of column names, got {columns!r}")
     if not columns:
         raise ValueError("select needs at least one column")
-    repeated = sorted({c for c in columns if list(columns).count(c) > 1})
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
     if repeated:
         raise ValueError(f"select names column(s) {', '.join(map(repr, repeated))} more than once")
     missing = [c for c in columns if c not in frame.schema.names]
     if missing:
         raise SchemaError(f"the frame has no column {', '.join(map(repr, missing))}; it has "
                           f"{', '.join(frame.schema.names)}")
-    return pa.schema([frame.schema.field(c) for c in columns])
+    return pa.schema([frame.schema.field(c) for c in columns]), frame.key if frame.key in columns else None
 
 
 def kept_key(frame: Frame, kernel: Kernel) -> str | None:

@@ -35,7 +35,7 @@ from pipelines.engines._protocol import (
     check_partitions,
     co_partitioned_schema,
     kept_key,
-    selected_schema,
+    selection,
     wanted_columns,
 )
 from pipelines.workspace import Workspace
@@ -231,14 +231,13 @@ class LocalEngine(Engine):
 
     def select(self, frame: Frame, columns: Sequence[str]) -> Frame:
         self._check_frame(frame)
-        schema = selected_schema(frame, columns)
+        schema, key = selection(frame, columns)
         source: _Partitions = frame.handle
 
         def load(p: int) -> pa.Table | None:
             table = source.load(p)
             return None if table is None else table.select(schema.names)
 
-        key = frame.key if frame.key in schema.names else None
         return Frame(self, schema, key, frame.partitions, _Partitions(load, stored=source.stored))
 
     def _tables(self, frame: Frame) -> Iterator[pa.Table]:

@@ -41,7 +41,7 @@ from pipelines.engines._protocol import (
     check_partitions,
     co_partitioned_schema,
     kept_key,
-    selected_schema,
+    selection,
     wanted_columns,
 )
 from profiling.errors import SchemaError
@@ -215,9 +215,8 @@ class SparkEngine(Engine):
 
     def select(self, frame: Frame, columns: Sequence[str]) -> Frame:
         self._check_frame(frame)
-        schema = selected_schema(frame, columns)
+        schema, key = selection(frame, columns)
         # a projection: no exchange, the rows stay in their partitions (a kept frame's cache reads only these)
-        key = frame.key if frame.key in schema.names else None
         return Frame(self, schema, key, frame.partitions, self._rows(frame).select(*schema.names))
 
     def _map_in_arrow(self, frame: Any, function: Any, schema: Any, *, barrier: bool = False) -> Any:
