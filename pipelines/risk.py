@@ -52,6 +52,7 @@ import pyarrow.parquet as pq
 from pipelines.engines import Engine, Kernel, LocalEngine, input_rows
 from pipelines.workspace import Workspace
 from profiling._string_hash import LazyStringIndex
+from profiling._threads import two_at_a_time
 from profiling.checks import check_int
 from profiling.errors import WorkspaceError
 from profiling.risk import FEATURE_COLUMNS, RULES, RiskModel, feature_matrix, risk_feature_table, rule_scores
@@ -152,34 +153,41 @@ def _training_matrix(staged: Path, scored_weeks: int) -> np.ndarray:
 
 def _write_scored(staged: Path, folder: Path, model: RiskModel | None, scored_weeks: int) -> int:
     """Score the staged person-weeks of the ``scored_weeks`` recent weeks, one staged file at a time, into
-    ``folder/scores`` and ``folder/features`` (one Parquet file each, a row group per staged file);
-    returns how many were scored."""
+    ``folder/scores`` and ``folder/features`` (one Parquet file each, a row group per staged file, in the
+    files' order); returns how many were scored. Files are read and scored two at a time (the forest's
+    trees and Arrow's reads release the GIL); each row's score is the same whatever else runs."""
+
+    def scored(fragment: ds.Fragment) -> tuple[pa.Table, np.ndarray | None, np.ndarray | None]:
+        # rows: (person_id, week, week_start, week_end, features) of the recent person-weeks of one partition
+        rows = fragment.to_table(filter=ds.field("week") < scored_weeks)
+        if not rows.num_rows:
+            return rows, None, None
+        scores = np.full(rows.num_rows, np.nan) if model is None else model.score(rows)
+        return rows, scores, rule_scores(rows.select(list(FEATURE_COLUMNS)).to_pandas())
+
     writers = {}
     for name, schema in (("scores", SCORES_SCHEMA), ("features", FEATURES_SCHEMA)):
         (folder / name).mkdir(parents=True)
         writers[name] = pq.ParquetWriter(folder / name / "part-00000.parquet", schema.with_metadata(_metadata(name)))
-    scored = 0
+    scored_rows = 0
     try:
-        for fragment in _fragments(staged):
-            # rows: (person_id, week, week_start, week_end, features) of the recent person-weeks of one partition
-            rows = fragment.to_table(filter=ds.field("week") < scored_weeks)
-            if not rows.num_rows:
-                continue
-            scores = np.full(rows.num_rows, np.nan) if model is None else model.score(rows)
-            weeks = {name: rows.column(name).cast(SCORES_SCHEMA.field(name).type)
-                     for name in ("person_id", "week_start", "week_end")}
-            rules = rule_scores(rows.select(list(FEATURE_COLUMNS)).to_pandas())
-            writers["scores"].write_table(pa.table({**weeks, "score": pa.array(scores, pa.float64(), from_pandas=True),
-                                                    "rule_score": pa.array(rules, pa.float64())},
-                                                   schema=writers["scores"].schema))
-            writers["features"].write_table(pa.table({**weeks, **{name: rows.column(name).cast(pa.float64())
-                                                                  for name in FEATURE_COLUMNS}},
-                                                     schema=writers["features"].schema))
-            scored += rows.num_rows
+        with contextlib.closing(two_at_a_time(scored, _fragments(staged), name="risk-scores")) as results:
+            for rows, scores, rules in results:
+                if not rows.num_rows:
+                    continue
+                weeks = {name: rows.column(name).cast(SCORES_SCHEMA.field(name).type)
+                         for name in ("person_id", "week_start", "week_end")}
+                writers["scores"].write_table(pa.table(
+                    {**weeks, "score": pa.array(scores, pa.float64(), from_pandas=True),
+                     "rule_score": pa.array(rules, pa.float64())}, schema=writers["scores"].schema))
+                writers["features"].write_table(pa.table(
+                    {**weeks, **{name: rows.column(name).cast(pa.float64()) for name in FEATURE_COLUMNS}},
+                    schema=writers["features"].schema))
+                scored_rows += rows.num_rows
     finally:
         for writer in writers.values():
             writer.close()
-    return scored
+    return scored_rows
 
 
 def write_risk(workspace: Workspace, persons: pa.Array, *, as_of: dt.datetime, engine: Engine | None = None,

@@ -8,6 +8,7 @@ is this value?" for many batches against one table built once.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -342,12 +343,18 @@ class LazyStringIndex:
     def __init__(self, keys: Callable[[], pa.Array]) -> None:
         self._keys = keys
         self._index: StringIndex | None = None
+        self._building = threading.Lock()   # kernels of one process run in several threads: one build
 
     def __getstate__(self) -> dict:
-        return {"_keys": self._keys, "_index": None}
+        return {"_keys": self._keys}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["_keys"])
 
     def positions(self, values: pa.Array | pa.ChunkedArray) -> np.ndarray:
         """int64 position of each value among the keys; -1 where it is null or not a key."""
         if self._index is None:
-            self._index = StringIndex(self._keys())
+            with self._building:
+                if self._index is None:
+                    self._index = StringIndex(self._keys())
         return self._index.positions(values)

@@ -1,16 +1,20 @@
-"""Independent pieces of a stage (tables, files) worked on two at a time, in threads of this process.
+"""Independent pieces of a stage (tables, files, a local engine's partitions) worked on two at a time, in
+threads of this process.
 
 For work that spends its time outside the GIL (Arrow's readers and compute, the Parquet encoder,
 the compiled hash kernels): two such pieces at once keep two cores busy, where one after the
-other keeps one. Memory grows by what one more piece holds, so the pieces must each be bounded
-(read and written in batches).
+other keeps one. What is held at once is two pieces being worked on and the result the caller is
+taking, where one after the other holds one piece, so each piece must be bounded (read and
+written in batches, a partition of bounded rows).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 __all__ = ["PIECES_AT_ONCE", "available_cores", "two_at_a_time"]
@@ -31,15 +35,28 @@ def two_at_a_time(work: Callable[[T], R], items: Iterable[T], *, name: str) -> I
     """``work(item)`` for every item, ``PIECES_AT_ONCE`` at a time (one where one core is available), each
     result yielded in the items' order.
 
-    The first call that raises raises here, at its item's turn; items not started by then are never
-    started, and the calls running finish before the error (or a caller that stops early) leaves.
-    ``name`` names the threads (seen in profilers and tracebacks).
+    Items are taken from ``items`` as pieces finish: at most ``PIECES_AT_ONCE`` are being worked on
+    and one more result is held (the one yielded), however many items there are. The first call
+    that raises raises here, at its item's turn; items not started by then are never started, and
+    the calls running finish before the error (or a caller that stops early) leaves. ``name``
+    names the threads (seen in profilers and tracebacks).
     """
-    with ThreadPoolExecutor(max_workers=min(PIECES_AT_ONCE, available_cores()), thread_name_prefix=name) as workers:
-        futures = [workers.submit(work, item) for item in items]
+    at_once = min(PIECES_AT_ONCE, available_cores())
+    upcoming = iter(items)
+    started: deque[Future[R]] = deque()
+    with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix=name) as workers:
+
+        def start(count: int) -> None:
+            for item in itertools.islice(upcoming, count):
+                started.append(workers.submit(work, item))
+
         try:
-            for future in futures:
-                yield future.result()
+            start(at_once)
+            while started:
+                result = started[0].result()
+                started.popleft()
+                start(1)     # the next piece is worked on while the caller takes this result
+                yield result
         finally:
-            for future in futures:
+            for future in started:
                 future.cancel()

@@ -101,3 +101,17 @@ def test_at_most_two_at_once_on_a_machine_of_many_cores(monkeypatch):
     assert list(two_at_a_time(work, range(10), name="test")) == list(range(10))
     assert most[0] == threads.PIECES_AT_ONCE == 2
 
+
+
+def test_items_are_taken_as_pieces_finish_not_all_at_once():
+    taken = []
+
+    def items():
+        for item in range(1000):
+            taken.append(item)
+            yield item
+
+    results = two_at_a_time(lambda item: item, items(), name="test")
+    assert next(results) == 0
+    assert len(taken) <= 3        # two pieces worked on and the one yielded: no more is held
+    assert list(results) == list(range(1, 1000))

@@ -11,9 +11,10 @@ ENGINES = Path(pipelines.engines.__file__).parent
 # shared infrastructure every package may use: errors, parameter checks, file modes, the workspace it spills into;
 # and the compiled factor solver (numbers in, numbers out: no identifiers, consent or keys), the local half of
 # Engine.implicit_factors as scipy is the local half of the connected components, and the compiled string hash it
-# numbers rows and columns with (strings in, codes out: no key, no pseudonym)
+# numbers rows and columns with (strings in, codes out: no key, no pseudonym), and the helper that works on
+# independent pieces two at a time (the local engine's partitions)
 ALLOWED = ("pipelines.engines", "pipelines.workspace", "profiling.errors", "profiling.checks", "profiling.file_modes",
-           "profiling.factors", "profiling._string_hash")
+           "profiling.factors", "profiling._string_hash", "profiling._threads")
 PORTRAIT_PACKAGES = ("dp", "pipelines", "profiling")
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import threading
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -50,3 +53,37 @@ def test_progress_shows_the_partitions_computed(capsys):
         assert engine.collect(frame).num_rows == 40
     err = capsys.readouterr().err
     assert "partitions:" in err and "0/3" in err  # a bar over the 3 partitions (cleared when done)
+
+
+def test_two_partitions_are_computed_at_once_and_come_back_in_order(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    meeting = threading.Barrier(2, timeout=10)   # broken (an error) unless two partitions' kernels wait at once
+
+    def met(rows: pa.Table) -> pa.Table:
+        meeting.wait()
+        return rows
+
+    table = pa.table({"person_id": pa.array(person_ids(60, seed=53)), "n": pa.array(range(60), pa.int64())})
+    with LocalEngine() as engine:
+        frame = engine.from_table(table, key="person_id", partitions=2)
+        mapped = engine.map(frame, Kernel(met, frame.schema))
+        assert engine.collect(mapped).equals(engine.collect(frame))   # the partitions in their order
+
+
+def test_a_failing_partition_raises_at_its_turn_and_leaves_no_thread_running(tmp_path):
+    before, called = threading.active_count(), []
+
+    def fails_on_the_second(rows: pa.Table) -> pa.Table:
+        called.append(rows.num_rows)
+        if len(called) == 2:
+            raise OSError(28, "No space left on device")
+        return rows
+
+    table = pa.table({"person_id": pa.array(person_ids(400, seed=54)), "n": pa.array(range(400), pa.int64())})
+    with LocalEngine(workspace=Workspace(tmp_path / "ws")) as engine:
+        frame = engine.from_table(table, key="person_id", partitions=20)
+        with pytest.raises(OSError, match="No space left on device"):
+            engine.save(engine.map(frame, Kernel(fails_on_the_second, frame.schema)), tmp_path / "out")
+        assert len(called) < 20                   # the partitions after the error's were never computed
+        assert len(list((tmp_path / "out").glob("*.parquet"))) <= 1   # only the first partition's file
+    assert threading.active_count() == before
