@@ -379,7 +379,7 @@ def _stage_without_them(workspace: Workspace, stage: Path, scans: Iterable[Scann
                         ) -> tuple[dict[Path, Path], set[str]]:
     """Write every affected file, without the subjects' rows and with their party blanked, into ``stage``.
 
-    Files are rewritten two at a time (``two_at_a_time``), each read once and written batch by
+    Files are rewritten two at a time (``two_at_a_time``), the largest first, each read once and written batch by
     batch through a ``ParquetRewriter`` as it is read (its schema and row-group length kept); a file
     that holds nothing of theirs is dropped from staging, and in an affected folder the files left
     as they are staged as hard links. Returns the staged folder of each affected folder and the
@@ -388,28 +388,31 @@ def _stage_without_them(workspace: Workspace, stage: Path, scans: Iterable[Scann
     replacements: dict[Path, Path] = {}
     found: set[str] = set()
     scanned = [(stage / f"file-{index:06d}.parquet", file) for index, file in enumerate(scans)]
-    rewrites = two_at_a_time(lambda job: _rewritten(*job), scanned, name="erasure")
-    with closing(rewrites):
-        for (written, file), (removed, redacted, shared, seen) in zip(scanned, rewrites):
-            found |= seen
-            name = str(file.path.relative_to(workspace.root))
-            if shared:
-                report.rows_shared[name] = shared
-            if not (removed or redacted):
-                written.unlink()
-                continue
-            folder = file.path.parent
-            if folder == workspace.root:
-                raise DsrError(f"Parquet files directly in {folder} cannot be rewritten atomically; keep tables in "
-                               f"folders (WS/<zone>/<table>/)")
-            if folder not in replacements:
-                replacements[folder] = stage / f"{len(replacements):04d}-{folder.name}"
-                shutil.copytree(folder, replacements[folder], copy_function=_link_parquet)
-            os.replace(written, replacements[folder] / file.path.name)
-            if removed:
-                report.rows_removed[name] = removed
-            if redacted:
-                report.rows_redacted[name] = redacted
+    # the largest files first, so that the last file started is a small one and both threads finish together
+    largest_first = sorted(scanned, key=lambda job: job[1].path.stat().st_size, reverse=True)
+    with closing(two_at_a_time(lambda job: _rewritten(*job), largest_first, name="erasure")) as rewrites:
+        results = {written: result for (written, _), result in zip(largest_first, rewrites)}
+    for written, file in scanned:   # in the files' order
+        removed, redacted, shared, seen = results[written]
+        found |= seen
+        name = str(file.path.relative_to(workspace.root))
+        if shared:
+            report.rows_shared[name] = shared
+        if not (removed or redacted):
+            written.unlink()
+            continue
+        folder = file.path.parent
+        if folder == workspace.root:
+            raise DsrError(f"Parquet files directly in {folder} cannot be rewritten atomically; keep tables in "
+                           f"folders (WS/<zone>/<table>/)")
+        if folder not in replacements:
+            replacements[folder] = stage / f"{len(replacements):04d}-{folder.name}"
+            shutil.copytree(folder, replacements[folder], copy_function=_link_parquet)
+        os.replace(written, replacements[folder] / file.path.name)
+        if removed:
+            report.rows_removed[name] = removed
+        if redacted:
+            report.rows_redacted[name] = redacted
     return replacements, found
 
 

@@ -457,16 +457,18 @@ def subject_rows(workspace: Workspace, linked: LinkedIdentifiers, key: MasterKey
                                     values)
         return found, values.values(), schema, columns
 
-    concerned: dict[Path, tuple[_Concerned, pa.Schema, _Columns]] = {}
+    scanned: dict[Path, tuple[_Concerned, pa.Schema, _Columns]] = {}
     candidates = _DistinctStrings()
     files = parquet_files(workspace)
-    with closing(two_at_a_time(concerned_in, files, name="subject-scan")) as scans:  # files read two at a time
-        for path, (found, values, schema, columns) in zip(files, scans):
+    largest_first = sorted(files, key=lambda path: path.stat().st_size, reverse=True)
+    with closing(two_at_a_time(concerned_in, largest_first, name="subject-scan")) as scans:  # two files at a time
+        for path, (found, values, schema, columns) in zip(largest_first, scans):
             candidates.add(values)
             if len(found.rows):
-                concerned[path] = found, schema, columns
+                scanned[path] = found, schema, columns
     foreign = _foreign(workspace, linked, key, candidates.values())
     del candidates
+    concerned = {path: scanned[path] for path in files if path in scanned}   # in the files' order
     for path, (found, schema, columns) in concerned.items():
         targets = own_targets if columns.registered else anywhere
         yield ScannedFile(path, schema, _scopes(path, columns, found, targets, foreign))

@@ -3,9 +3,9 @@ threads of this process.
 
 For work that spends its time outside the GIL (Arrow's readers and compute, the Parquet encoder,
 the compiled hash kernels): two such pieces at once keep two cores busy, where one after the
-other keeps one. What is held at once is two pieces being worked on and the result the caller is
-taking, where one after the other holds one piece, so each piece must be bounded (read and
-written in batches, a partition of bounded rows).
+other keeps one. Results that wait for the caller are held in memory: a caller of large results
+bounds how many (``held``), and each piece must be bounded (read and written in batches, a
+partition of bounded rows).
 """
 
 from __future__ import annotations
@@ -31,31 +31,35 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def two_at_a_time(work: Callable[[T], R], items: Iterable[T], *, name: str) -> Iterator[R]:
+def two_at_a_time(work: Callable[[T], R], items: Iterable[T], *, name: str, held: int | None = None) -> Iterator[R]:
     """``work(item)`` for every item, ``PIECES_AT_ONCE`` at a time (one where one core is available), each
     result yielded in the items' order.
 
-    Items are taken from ``items`` as pieces finish: at most ``PIECES_AT_ONCE`` are being worked on
-    and one more result is held (the one yielded), however many items there are. The first call
-    that raises raises here, at its item's turn; items not started by then are never started, and
-    the calls running finish before the error (or a caller that stops early) leaves. ``name``
-    names the threads (seen in profilers and tracebacks).
+    ``held`` bounds the pieces started (or waiting for a thread) and not yet taken by the caller, so
+    at most that many results wait in memory besides the one the caller holds; items are taken from
+    ``items`` as the caller takes results. A bound of more than two lets a thread go on to the next
+    piece while the caller waits for a slower one. None: no bound (every item is queued at once; for
+    small results). The first call that raises raises here, at its item's turn; items not started by
+    then are never started, and the calls running finish before the error (or a caller that stops
+    early) leaves. ``name`` names the threads (seen in profilers and tracebacks).
     """
     at_once = min(PIECES_AT_ONCE, available_cores())
+    if held is not None and (isinstance(held, bool) or not isinstance(held, int) or held < 1):
+        raise ValueError(f"held must be a positive integer or None, got {held!r}")
     upcoming = iter(items)
     started: deque[Future[R]] = deque()
     with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix=name) as workers:
 
-        def start(count: int) -> None:
+        def start(count: int | None) -> None:
             for item in itertools.islice(upcoming, count):
                 started.append(workers.submit(work, item))
 
         try:
-            start(at_once)
+            start(held)
             while started:
                 result = started[0].result()
                 started.popleft()
-                start(1)     # the next piece is worked on while the caller takes this result
+                start(1)     # queued while the caller takes this result
                 yield result
         finally:
             for future in started:

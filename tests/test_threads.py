@@ -111,7 +111,28 @@ def test_items_are_taken_as_pieces_finish_not_all_at_once():
             taken.append(item)
             yield item
 
-    results = two_at_a_time(lambda item: item, items(), name="test")
+    results = two_at_a_time(lambda item: item, items(), name="test", held=2)
     assert next(results) == 0
-    assert len(taken) <= 3        # two pieces worked on and the one yielded: no more is held
+    assert len(taken) <= 3        # two pieces started and the one yielded: no more is held
     assert list(results) == list(range(1, 1000))
+
+
+def test_a_thread_goes_on_while_the_caller_waits_for_a_slower_piece(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    third_done = threading.Event()
+
+    def work(item):
+        if item == 0:
+            assert third_done.wait(10), "the pieces after the slow first one were not worked on meanwhile"
+        if item == 2:
+            third_done.set()
+        return item
+
+    assert list(two_at_a_time(work, range(6), name="test", held=3)) == list(range(6))
+    assert list(two_at_a_time(work, range(6), name="test")) == list(range(6))   # no bound: every item queued
+
+
+@pytest.mark.parametrize("held", [0, -1, 2.5, True, "3"])
+def test_a_bad_bound_is_refused(held):
+    with pytest.raises(ValueError, match="held must be a positive integer or None"):
+        list(two_at_a_time(lambda item: item, range(3), name="test", held=held))

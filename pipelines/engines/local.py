@@ -6,8 +6,9 @@ folder inside the workspace (removed on ``close``; a killed job's is swept by th
 Partitions are computed two at a time in threads (``profiling._threads.two_at_a_time``: kernels
 spend their time in Arrow, numpy and compiled code, which release the GIL) and handed on in
 order, so kernels must not change state they share. Memory is bounded by one batch while
-reading and by three partitions while mapping (two being computed, with their kernels' results,
-and the one handed on), so choose ``partitions`` to keep a partition to about a million rows.
+reading and by four partitions while mapping (three computed or waiting, with their kernels'
+results, and the one handed on), so choose ``partitions`` to keep a partition to about half a
+million rows.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ __all__ = ["LocalEngine", "ROWS_PER_PARTITION"]
 # Default partition size when ``partitions`` is not given: two partitions of this size computed at once hold
 # about what one of 2M rows did, and the last partitions of a frame balance better over two cores.
 ROWS_PER_PARTITION = 500_000
+# Partitions computed, or computed and waiting to be handed on, at once: two threads at work and one more, so a
+# thread goes on to the next partition while a slower one is finished.
+_HELD = 3
 
 
 @dataclass(frozen=True)
@@ -248,7 +252,7 @@ class LocalEngine(Engine):
 
     def _tables(self, frame: Frame) -> Iterator[pa.Table]:
         self._check_frame(frame)
-        loaded = two_at_a_time(frame.handle.load, range(frame.partitions), name="partitions")
+        loaded = two_at_a_time(frame.handle.load, range(frame.partitions), name="partitions", held=_HELD)
         with contextlib.closing(loaded):
             for table in tqdm(loaded, total=frame.partitions, desc="partitions", unit=" partition", leave=False,
                               disable=not self.progress):
@@ -285,7 +289,7 @@ class LocalEngine(Engine):
     def save(self, frame: Frame, folder: Path) -> None:
         self._check_frame(frame)
         folder.mkdir()
-        # a partition's rows go to its own file, written as it is computed (while the next two are)
+        # a partition's rows go to its own file, written as it is computed (while the next ones are)
         written = 0
         for table in self._tables(frame):
             pq.write_table(table, folder / f"part-{written:05d}.parquet")
