@@ -47,6 +47,8 @@ class Kernel:
     otherwise). Kernels must not depend on the rows' order: one that needs an order sorts its
     partition by (person key, a stable tiebreak) first. Kernels are not called on empty
     partitions. On Spark a kernel is pickled to the workers: capture broadcasts, not big arrays.
+    The local engine calls it on two partitions at once, in threads: what it captures is read, never
+    changed (a cache it fills must take a lock, as ``LazyStringIndex`` does).
     """
 
     function: Callable[[pa.Table], pa.Table]
