@@ -52,7 +52,7 @@ import pyarrow.parquet as pq
 from pipelines.engines import Engine, Kernel, LocalEngine, input_rows
 from pipelines.workspace import Workspace
 from profiling._string_hash import LazyStringIndex
-from profiling._threads import two_at_a_time
+from profiling._threads import LARGE_RESULTS_HELD, two_at_a_time
 from profiling.checks import check_int
 from profiling.errors import WorkspaceError
 from profiling.risk import FEATURE_COLUMNS, RULES, RiskModel, feature_matrix, risk_feature_table, rule_scores
@@ -171,7 +171,8 @@ def _write_scored(staged: Path, folder: Path, model: RiskModel | None, scored_we
         writers[name] = pq.ParquetWriter(folder / name / "part-00000.parquet", schema.with_metadata(_metadata(name)))
     scored_rows = 0
     try:
-        with contextlib.closing(two_at_a_time(scored, _fragments(staged), name="risk-scores")) as results:
+        with contextlib.closing(two_at_a_time(scored, _fragments(staged), name="risk-scores",
+                                                 held=LARGE_RESULTS_HELD)) as results:
             for rows, scores, rules in results:
                 if not rows.num_rows:
                     continue

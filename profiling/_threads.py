@@ -17,13 +17,16 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
-__all__ = ["PIECES_AT_ONCE", "available_cores", "two_at_a_time"]
+__all__ = ["LARGE_RESULTS_HELD", "PIECES_AT_ONCE", "available_cores", "two_at_a_time"]
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 # Pieces worked on at once: two cores' worth (the machines measured have two); more would hold more rows.
 PIECES_AT_ONCE = 2
+# A ``held`` bound for large results: both threads at work and one piece more, so a thread goes on to the next
+# piece while the caller waits for a slower one.
+LARGE_RESULTS_HELD = PIECES_AT_ONCE + 1
 
 
 def available_cores() -> int:

@@ -43,7 +43,7 @@ from pipelines.engines._protocol import (
     wanted_columns,
 )
 from pipelines.workspace import Workspace
-from profiling._threads import two_at_a_time
+from profiling._threads import LARGE_RESULTS_HELD, two_at_a_time
 from profiling.checks import check_int
 
 __all__ = ["LocalEngine", "ROWS_PER_PARTITION"]
@@ -51,9 +51,6 @@ __all__ = ["LocalEngine", "ROWS_PER_PARTITION"]
 # Default partition size when ``partitions`` is not given: two partitions of this size computed at once hold
 # about what one of 2M rows did, and the last partitions of a frame balance better over two cores.
 ROWS_PER_PARTITION = 500_000
-# Partitions computed, or computed and waiting to be handed on, at once: two threads at work and one more, so a
-# thread goes on to the next partition while a slower one is finished.
-_HELD = 3
 
 
 @dataclass(frozen=True)
@@ -252,7 +249,8 @@ class LocalEngine(Engine):
 
     def _tables(self, frame: Frame) -> Iterator[pa.Table]:
         self._check_frame(frame)
-        loaded = two_at_a_time(frame.handle.load, range(frame.partitions), name="partitions", held=_HELD)
+        loaded = two_at_a_time(frame.handle.load, range(frame.partitions), name="partitions",
+                               held=LARGE_RESULTS_HELD)
         with contextlib.closing(loaded):
             for table in tqdm(loaded, total=frame.partitions, desc="partitions", unit=" partition", leave=False,
                               disable=not self.progress):
