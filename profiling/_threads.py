@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
+from profiling.checks import check_int
+
 __all__ = ["LARGE_RESULTS_HELD", "PIECES_AT_ONCE", "available_cores", "two_at_a_time"]
 
 T = TypeVar("T")
@@ -47,8 +49,7 @@ def two_at_a_time(work: Callable[[T], R], items: Iterable[T], *, name: str, held
     early) leaves. ``name`` names the threads (seen in profilers and tracebacks).
     """
     at_once = min(PIECES_AT_ONCE, available_cores())
-    if held is not None and (isinstance(held, bool) or not isinstance(held, int) or held < 1):
-        raise ValueError(f"held must be a positive integer or None, got {held!r}")
+    held = None if held is None else check_int(held, "held")
     upcoming = iter(items)
     started: deque[Future[R]] = deque()
     with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix=name) as workers:

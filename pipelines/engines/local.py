@@ -43,7 +43,7 @@ from pipelines.engines._protocol import (
     wanted_columns,
 )
 from pipelines.workspace import Workspace
-from profiling._threads import LARGE_RESULTS_HELD, two_at_a_time
+from profiling._threads import LARGE_RESULTS_HELD, available_cores, two_at_a_time
 from profiling.checks import check_int
 
 __all__ = ["LocalEngine", "ROWS_PER_PARTITION"]
@@ -282,7 +282,7 @@ class LocalEngine(Engine):
 
     @property
     def kernel_threads(self) -> int:
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return available_cores()
 
     def save(self, frame: Frame, folder: Path) -> None:
         self._check_frame(frame)
