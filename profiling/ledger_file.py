@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +27,8 @@ _PAGE_BYTES = 65536
 # How long a write waits for another connection's transaction (seconds): a budget charge or an erasure
 # waits out a job's consent load.
 _BUSY_SECONDS = 60
+# How long a ledger that looks truncated is given before it is looked at again (seconds).
+_SETTLE_SECONDS = 0.2
 
 
 def ledger_connection(path: str | os.PathLike) -> sqlite3.Connection:
@@ -71,18 +74,49 @@ def immediate_transaction(connection: sqlite3.Connection, schema: str = "") -> I
 
 
 def _refuse_truncated(path: Path) -> None:
-    """``WorkspaceError`` when the file is shorter than the page count its header vouches for (100 bytes read)."""
+    """``WorkspaceError`` when the file is shorter than the page count its header vouches for (100 bytes read).
+
+    Only a file at rest is judged: while its WAL or rollback journal holds pages, another connection may be
+    copying them in (a checkpoint writes the header's new page count before the pages after it), and SQLite
+    reads those pages from there. A file that looks short is read again after ``_SETTLE_SECONDS``, so a
+    small write that began and ended between two looks is not taken for damage.
+    """
+    short = _looks_truncated(path)
+    if short is not None:
+        time.sleep(_SETTLE_SECONDS)
+        short = _looks_truncated(path)
+    if short is not None:
+        size, pages, page_size = short
+        raise WorkspaceError(f"ledger {path} is truncated: {size} bytes where its header counts {pages} pages of "
+                             f"{page_size}; move it aside and restore it from a backup")
+
+
+def _looks_truncated(path: Path) -> tuple[int, int, int] | None:
+    """(file bytes, header's pages, page bytes) when the file at rest is shorter than its header says; else None."""
+    if _pages_elsewhere(path):
+        return None
     try:
         with path.open("rb") as handle:
             header = handle.read(100)
             size = os.fstat(handle.fileno()).st_size
     except FileNotFoundError:
-        return
+        return None
     if len(header) < 100 or not header.startswith(b"SQLite format 3\x00"):
-        return  # empty (new) or not SQLite at all: opening it says so
+        return None  # empty (new) or not SQLite at all: opening it says so
     page_size = int.from_bytes(header[16:18], "big")
     page_size = 65536 if page_size == 1 else page_size
     pages, counter, valid_for = (int.from_bytes(header[at:at + 4], "big") for at in (28, 24, 92))
-    if counter == valid_for and size < pages * page_size:
-        raise WorkspaceError(f"ledger {path} is truncated: {size} bytes where its header counts {pages} pages of "
-                             f"{page_size}; move it aside and restore it from a backup")
+    if counter != valid_for or size >= pages * page_size or _pages_elsewhere(path):
+        return None
+    return size, pages, page_size
+
+
+def _pages_elsewhere(path: Path) -> bool:
+    """Whether the ledger's WAL or rollback journal holds anything: pages a checkpoint or rollback is still to write."""
+    for suffix in ("-wal", "-journal"):
+        try:
+            if path.with_name(path.name + suffix).stat().st_size:
+                return True
+        except FileNotFoundError:
+            pass
+    return False

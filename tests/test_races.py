@@ -27,7 +27,9 @@ import pytest
 from portrait_cli import run_cli
 
 from profiling.consent import SqliteConsentStore
+from profiling.errors import WorkspaceError
 from profiling.keys import load_key_file
+from profiling.ledger_file import ledger_connection
 from profiling.pseudonyms import MARKETING, PERSON, pseudonymize
 from profiling.schema import TABLE_NAMES
 
@@ -232,6 +234,50 @@ sys.exit(cli.main(sys.argv[1:]))
     assert _rows(ws, "SELECT COUNT(*) FROM consent_events WHERE account_id = ?", account) == [(0,)]
     with SqliteConsentStore(ws / "ledger.sqlite") as store:
         assert account not in store.read_snapshot().column("account_id").to_pylist()
+    assert _ledger_verifies(ws)
+
+
+# A writer that grows the ledger by large consent loads, each checkpointed at once, as a first load or an
+# erasure does: through the consent store, its rows new accounts' grants.
+_GROWING_LEDGER = """
+import sys
+import numpy as np, pyarrow as pa
+from profiling.consent import SqliteConsentStore
+from profiling.ledger_file import ledger_connection
+from profiling.schema import TIMESTAMP
+path, loads, rows = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for load in range(loads):
+    with SqliteConsentStore(path) as store:
+        store.append_table(pa.table({
+            "event_id": [f"GROW{load}-{i}" for i in range(rows)],
+            "account_id": [f"G{i % 997:010d}" for i in range(rows)],
+            "event_at": pa.array(np.full(rows, 1_735_689_600_000_000), TIMESTAMP),
+            "event_type": ["grant"] * rows, "purpose": ["personalization"] * rows,
+            "policy_version": ["2019-06"] * rows, "channel": ["app"] * rows}), source="ingest")
+    connection = ledger_connection(path)
+    connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    connection.close()
+"""
+
+
+def test_opening_the_ledger_while_a_large_load_is_checkpointed_never_finds_it_truncated(site):
+    """A checkpoint writes the ledger's header, with its new page count, before the pages after it. Every
+    command opens the ledger through ``ledger_connection``; opened meanwhile, as by a privacy reviewer while the
+    job loads the consent history, it must be read, not refused as truncated with the advice to restore it
+    from a backup."""
+    ws = site / "ws"
+    writer = subprocess.Popen([sys.executable, "-c", _GROWING_LEDGER, str(ws / "ledger.sqlite"), "4", "100000"],
+                              stderr=subprocess.PIPE, text=True, env=_env())
+    opened, refused = 0, []
+    while writer.poll() is None:
+        try:
+            ledger_connection(ws / "ledger.sqlite").close()
+        except WorkspaceError as error:
+            refused.append(str(error))
+        opened += 1
+    assert writer.communicate()[1] == "" and writer.returncode == 0
+    assert refused == [] and opened > 100
+    assert _rows(ws, "SELECT COUNT(*) FROM consent_events WHERE event_id LIKE 'GROW%'") == [(400_000,)]
     assert _ledger_verifies(ws)
 
 
