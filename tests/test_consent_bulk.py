@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 import threading
+import time
 
 import pyarrow as pa
 import pytest
@@ -129,6 +130,28 @@ def test_a_first_load_that_fails_midway_leaves_the_ledger_as_it_was(tmp_path, mo
     with SqliteConsentStore(tmp_path / "plain.sqlite") as plain:
         _row_by_row(plain, rows)
     assert _ledger_rows(path) == _ledger_rows(tmp_path / "plain.sqlite")
+
+
+def test_a_first_load_neither_waits_for_a_reader_nor_keeps_it_from_reading(tmp_path):
+    """A reader inside a read transaction while the history's first load runs: the load does not wait for it,
+    and the reader keeps reading the ledger as it was (the WAL: no journal switch that would lock readers out
+    for the length of the load), then sees the whole load."""
+    path = tmp_path / "ledger.sqlite"
+    rows = [(f"E{i}", f"A{i % 7}", i % 30, "grant", "personalization", "2019-06", "app") for i in range(300)]
+    with SqliteConsentStore(path) as store:
+        reader = sqlite3.connect(path, isolation_level=None)
+        try:
+            reader.execute("BEGIN")
+            assert reader.execute("SELECT COUNT(*) FROM consent_events").fetchone() == (0,)
+            started = time.monotonic()
+            assert store.append_table(_table(rows), source="ingest", batch_rows=50).recorded == 300
+            assert time.monotonic() - started < 20   # the busy timeout is 60 s
+            assert reader.execute("SELECT COUNT(*) FROM consent_events").fetchone() == (0,)
+            reader.execute("COMMIT")
+            assert reader.execute("SELECT COUNT(*) FROM consent_events").fetchone() == (300,)
+        finally:
+            reader.close()
+        assert [report.ok for report in store.verify()] == [True, True, True]
 
 
 def _raise(error: Exception):

@@ -281,6 +281,29 @@ def test_opening_the_ledger_while_a_large_load_is_checkpointed_never_finds_it_tr
     assert _ledger_verifies(ws)
 
 
+def test_a_first_consent_load_killed_midway_leaves_nothing_of_it(site):
+    """The consent history's first load, killed once its pages fill the WAL: the next command finds a ledger
+    that verifies and holds nothing of the load, and takes the history whole."""
+    ws = site / "fresh"
+    assert run_cli("ingest", "--raw", site / "raw", "--workspace", ws) == 0
+    ledger, wal = ws / "ledger.sqlite", ws / "ledger.sqlite-wal"
+    loading = subprocess.Popen([sys.executable, "-c", _GROWING_LEDGER, str(ledger), "1", "400000"],
+                               stderr=subprocess.PIPE, text=True, env=_env())
+    deadline = time.monotonic() + 120
+    while not (wal.exists() and wal.stat().st_size > 2**23):   # 8 MiB of the load's pages
+        assert loading.poll() is None, f"the load ended before it could be killed: {loading.communicate()}"
+        assert time.monotonic() < deadline, "the load never wrote its pages"
+        time.sleep(0.002)
+    loading.send_signal(signal.SIGKILL)
+    loading.communicate()
+    assert _ledger_verifies(ws)
+    assert _rows(ws, "SELECT COUNT(*) FROM consent_events") == [(0,)]
+    assert run_cli("consent", "load", "--workspace", ws) == 0
+    events = sum(pq.read_metadata(path).num_rows for path in (ws / "ingested" / "consent_events").glob("*.parquet"))
+    assert _rows(ws, "SELECT COUNT(*) FROM consent_events") == [(events,)]
+    assert _ledger_verifies(ws)
+
+
 def _report_matches_ingested(ws: Path) -> dict[str, tuple[int, int]]:
     """Tables whose ingested rows differ from the ingest report's ``accepted`` (what ``portrait run`` checks)."""
     report = json.loads((ws / "ingest-report.json").read_text())["tables"]
