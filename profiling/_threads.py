@@ -1,5 +1,5 @@
 """Independent pieces of a stage (tables, files, a local engine's partitions) worked on two at a time, in
-threads of this process.
+threads of this process; and the next item of a stream made by a thread while the caller works on one.
 
 For work that spends its time outside the GIL (Arrow's readers and compute, the Parquet encoder,
 the compiled hash kernels): two such pieces at once keep two cores busy, where one after the
@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from profiling.checks import check_int
 
-__all__ = ["LARGE_RESULTS_HELD", "PIECES_AT_ONCE", "available_cores", "two_at_a_time"]
+__all__ = ["LARGE_RESULTS_HELD", "PIECES_AT_ONCE", "available_cores", "made_ahead", "two_at_a_time"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -29,6 +29,8 @@ PIECES_AT_ONCE = 2
 # A ``held`` bound for large results: both threads at work and one piece more, so a thread goes on to the next
 # piece while the caller waits for a slower one.
 LARGE_RESULTS_HELD = PIECES_AT_ONCE + 1
+# What ``made_ahead``'s thread gives past the last item (an item may be None).
+_END = object()
 
 
 def available_cores() -> int:
@@ -68,3 +70,17 @@ def two_at_a_time(work: Callable[[T], R], items: Iterable[T], *, name: str, held
         finally:
             for future in started:
                 future.cancel()
+
+
+def made_ahead(items: Iterator[T], *, name: str) -> Iterator[T]:
+    """``items`` in order, each next one made by a thread while the caller works on the one before (two held).
+
+    For a stream whose making and whose use both spend their time outside the GIL (reading and writing
+    Parquet, hashing). An error making an item raises here, at its turn; a caller that stops early
+    waits for the item being made. ``name`` names the thread.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=name) as worker:
+        upcoming = worker.submit(next, items, _END)
+        while (item := upcoming.result()) is not _END:
+            upcoming = worker.submit(next, items, _END)
+            yield item

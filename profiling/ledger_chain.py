@@ -77,7 +77,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -85,6 +84,7 @@ import pyarrow.compute as pc
 
 from profiling._chain_hash import canonical_rows, content_digests, content_digests_between, hex_strings, link_digests
 from profiling._string_hash import _offsets_and_data
+from profiling._threads import made_ahead
 from profiling.errors import InternalError, PortraitError
 
 __all__ = [
@@ -102,8 +102,6 @@ __all__ = [
     "verify",
     "verify_all",
 ]
-
-_Item = TypeVar("_Item")
 
 REDACTED_ID = object()
 """Placeholder meaning ``'redacted:' || chain_content``: unique per row, holds nothing of the row."""
@@ -572,15 +570,6 @@ def _hashed_batches(chain: _Chain, pieces: Iterable[pa.Table], first_key: int, p
             first_key, previous = first_key + batch.num_rows, hashes[-1].tobytes().decode()
 
 
-def _made_ahead(items: Iterator[_Item]) -> Iterator[_Item]:
-    """``items``, each next one made by a worker thread while the caller works on the one before."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-append") as worker:
-        upcoming = worker.submit(next, items, None)
-        while (item := upcoming.result()) is not None:
-            upcoming = worker.submit(next, items, None)
-            yield item
-
-
 def append_arrow(db: sqlite3.Connection, table: str, rows: pa.Table | Iterable[pa.Table], *,
                  batch_rows: int = 100_000) -> int:
     """``append_rows`` for rows held in Arrow: the same rows, keys and hashes, hashed by compiled kernels.
@@ -609,7 +598,7 @@ def append_arrow(db: sqlite3.Connection, table: str, rows: pa.Table | Iterable[p
     rows_before, previous, next_key, _ = _append_start(db, chain)
     width, appended = len(chain.columns) + 3, 0
     # While SQLite inserts a batch (the GIL released), a worker reads and hashes the next one.
-    for columns, contents, hashes in _made_ahead(_hashed_batches(chain, pieces, next_key, previous, batch_rows)):
+    for columns, contents, hashes in made_ahead(_hashed_batches(chain, pieces, next_key, previous, batch_rows), name="ledger-append"):
         chain_hashes = hex_strings(hashes)
         values: list[object] = [None] * (len(chain_hashes) * width)   # rows one after the other
         for at, column in enumerate([*map(_python_values, columns), hex_strings(contents),

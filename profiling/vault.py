@@ -38,6 +38,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from tqdm.auto import tqdm
 
+from profiling._threads import made_ahead
 from profiling.consent import ConsentStore, sensitive_consent_holds
 from profiling.errors import PortraitError, WorkspaceError
 from profiling.keys import MasterKey, derive_key
@@ -91,8 +92,9 @@ def seal_id_numbers(workspace, key: MasterKey, *, progress: bool = False) -> int
 
     Both are staged, then published by one ``Workspace.publish``, so a failure before the publish
     leaves both as they were. Sealing again without a new ingest seals 0 and keeps every entry;
-    previous entries keep the key version that sealed them. Memory: one record batch (or one
-    Parquet row group as ingest wrote it) plus the waybill ids of the previous vault.
+    previous entries keep the key version that sealed them. Memory: two record batches (or
+    Parquet row groups as ingest wrote them: one read ahead by a thread while the other is sealed and
+    written) plus the waybill ids of the previous vault.
     """
     if not isinstance(key, MasterKey):
         raise TypeError(f"seal_id_numbers needs a MasterKey (from load_master_key), not {type(key).__name__}")
@@ -121,7 +123,8 @@ def seal_id_numbers(workspace, key: MasterKey, *, progress: bool = False) -> int
             for path in sources:
                 with pq.ParquetFile(path) as source, \
                         pq.ParquetWriter(waybills_folder / path.name, schema) as waybills_out:
-                    for batch in source.iter_batches(batch_size=_BATCH_ROWS):
+                    # the next batch read by a thread while this one is sealed and written
+                    for batch in made_ahead(source.iter_batches(batch_size=_BATCH_ROWS), name="seal-read"):
                         # rows: one ingested waybill, every column
                         has_number = pc.is_valid(batch.column(number_column))
                         numbered = batch.select(["waybill_id", "account_id", "id_card_number"]).filter(has_number)

@@ -1,4 +1,5 @@
-"""Pieces worked on two at a time: results in order, both at once, an error stops what has not started."""
+"""Pieces worked on two at a time: results in order, both at once, an error stops what has not started; a stream
+made ahead by a thread."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import profiling._threads as threads
-from profiling._threads import two_at_a_time
+from profiling._threads import made_ahead, two_at_a_time
 
 
 @settings(max_examples=30, deadline=None)
@@ -140,3 +141,43 @@ def test_a_thread_goes_on_while_the_caller_waits_for_a_slower_piece(monkeypatch)
 def test_a_bad_bound_is_refused(held):
     with pytest.raises(ValueError, match="held must be a positive integer"):
         list(two_at_a_time(lambda item: item, range(3), name="test", held=held))
+
+
+# --- a stream made ahead -------------------------------------------------------------------------------------
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.integers(), st.text(max_size=3))))
+def test_a_stream_made_ahead_gives_every_item_in_order_none_included(items):
+    assert list(made_ahead(iter(items), name="test")) == items
+
+
+def test_the_next_item_is_made_while_the_caller_works_on_one():
+    made_second = threading.Event()
+
+    def stream():
+        yield "first"
+        made_second.set()
+        yield "second"
+
+    taken = []
+    for item in made_ahead(stream(), name="test-ahead"):
+        if item == "first":   # one after the other, the second is made only once the caller asks
+            assert made_second.wait(timeout=10)
+        taken.append(item)
+    assert taken == ["first", "second"]
+
+
+def test_an_error_making_an_item_is_raised_at_its_turn_in_the_callers_thread():
+    makers = []
+
+    def stream():
+        makers.append(threading.current_thread().name)
+        yield 1
+        yield 2
+        raise OSError("disk gone while reading")
+
+    taken = []
+    with pytest.raises(OSError, match="disk gone"):
+        for item in made_ahead(stream(), name="test-ahead"):
+            taken.append(item)
+    assert taken == [1, 2] and makers[0].startswith("test-ahead")
