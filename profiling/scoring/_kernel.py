@@ -7,9 +7,8 @@ LEMP, Teflioudi et al., SIGMOD 2015, and a rotated leading coordinate bounded ex
 FEXIPRO, Li et al., SIGMOD 2017). Each tile carries two upper bounds on ``u·v`` over its items:
 Cauchy–Schwarz, ``‖u‖ · max‖v‖``, and ``max((u·e) · min v·e, (u·e) · max v·e) + ‖u⊥‖ · max‖v⊥‖``
 (``⊥``: the part orthogonal to ``e``), tight where persons and items lean along one direction,
-as fitted factors of a catalogue with popular items do. A tile is multiplied (BLAS) only with
-the persons for whom the smaller bound reaches their current K-th best score (after exclusions),
-gathered into a compact block. A person whose K-th best is above ``‖u‖`` times the largest norm
+as fitted factors of a catalogue with popular items do. A tile is multiplied only with the
+persons for whom the smaller bound reaches their current K-th best score (after exclusions). A person whose K-th best is above ``‖u‖`` times the largest norm
 of all remaining tiles is done for good (early exit); a block stops when all its persons are.
 Where norms and directions are spread (random factors) no bound falls below a K-th best and
 this is the dense scan, tile after tile.
@@ -32,9 +31,12 @@ exclusions (a binary search in their sorted bought items) and the eligibility ta
 Order of the result: higher score first; equal scores by lower item index. Items are visited
 in tile order, not by index, so a candidate enters when its (score, item) beats the K-th best's: a higher
 score, or an equal score and a lower item index; the result does not depend on the tiling.
-A block of one open person is multiplied as two rows (the second zero): BLAS computes a one-row
-product through another kernel (gemv) whose sums round differently, and a person's scores must
-not depend on who shares their block.
+A person's scores must not depend on who shares their block (an engine's partitions decide that),
+so products are not left to BLAS, whose kernels sum a row's terms in an order that depends on the
+row's place and the block's size (OpenBLAS's Haswell kernels, on AMD EPYC without AVX-512, round
+a person alone, or one of 16 or 512, differently). ``_products`` sums each score's terms in the
+factors' order, one multiplication and one addition at a time (no fused multiply-add), four
+persons at once sharing each row of the tile: about half BLAS's speed on one core.
 """
 
 from __future__ import annotations
@@ -141,9 +143,54 @@ def _select_rows(scores, rows, open_persons, used, tile_items, person_offset, pe
 
 
 @njit(nogil=True, cache=True)
+def _products(person_factors, scored, rows, tile, used, scores):  # pragma: no cover - compiled
+    """``scores[r, :used] = person_factors[scored[r]] @ tile[:, :used]`` for ``r < rows`` (float32).
+
+    Each score is ``((u₀v₀ + u₁v₁) + u₂v₂) + …``, rounded after each multiplication and addition, whichever
+    rows are computed with it: four rows at a time share each row of the tile, the rest one at a time, the
+    same operations in the same order.
+    """
+    dims = tile.shape[0]
+    first = tile[0]
+    r = 0
+    while r + 4 <= rows:
+        a0 = person_factors[scored[r]]
+        a1 = person_factors[scored[r + 1]]
+        a2 = person_factors[scored[r + 2]]
+        a3 = person_factors[scored[r + 3]]
+        s0, s1, s2, s3 = scores[r], scores[r + 1], scores[r + 2], scores[r + 3]
+        for j in range(used):
+            s0[j] = a0[0] * first[j]
+            s1[j] = a1[0] * first[j]
+            s2[j] = a2[0] * first[j]
+            s3[j] = a3[0] * first[j]
+        for d in range(1, dims):
+            line = tile[d]
+            b0, b1, b2, b3 = a0[d], a1[d], a2[d], a3[d]
+            for j in range(used):
+                v = line[j]
+                s0[j] += b0 * v
+                s1[j] += b1 * v
+                s2[j] += b2 * v
+                s3[j] += b3 * v
+        r += 4
+    while r < rows:
+        a = person_factors[scored[r]]
+        s = scores[r]
+        for j in range(used):
+            s[j] = a[0] * first[j]
+        for d in range(1, dims):
+            line = tile[d]
+            b = a[d]
+            for j in range(used):
+                s[j] += b * line[j]
+        r += 1
+
+
+@njit(nogil=True, cache=True)
 def _score_block(person_factors, person_bounds, item_tiles, tile_bounds, tile_items, items, slack, absolute_slack,
-                 person_offset, person_group, allowed, bought_indptr, bought_indices, scores, gathered,
-                 top_scores, top_items, counts):  # pragma: no cover - compiled
+                 person_offset, person_group, allowed, bought_indptr, bought_indices, scores, top_scores,
+                 top_items, counts):  # pragma: no cover - compiled
     """Top-K of one block of persons over every item that may still matter; returns the products computed.
 
     ``item_tiles`` holds the item factors in tile order, transposed and cut into tiles (tiles x d
@@ -151,8 +198,7 @@ def _score_block(person_factors, person_bounds, item_tiles, tile_bounds, tile_it
     width). ``person_bounds`` (persons x 3, float64): ``‖u‖``, ``u·e`` and ``‖u − (u·e)e‖`` for
     the items' principal direction ``e``; ``tile_bounds`` (tiles x 5, float64): the tile's
     largest norm, the largest norm of this and every later tile, the least and greatest ``v·e``
-    and the largest ``‖v − (v·e)e‖``. ``scores`` (rows x width) and ``gathered`` (rows x d) are
-    scratch with at least two rows.
+    and the largest ``‖v − (v·e)e‖``. ``scores`` (persons x width) is scratch.
     """
     persons = person_factors.shape[0]
     width = item_tiles.shape[2]
@@ -186,14 +232,7 @@ def _score_block(person_factors, person_bounds, item_tiles, tile_bounds, tile_it
         if rows == 0:
             continue
         used = min(width, items - t * width)
-        if rows == persons and persons >= 2:
-            np.dot(person_factors, item_tiles[t], scores[:persons])
-        else:
-            for r in range(rows):
-                gathered[r] = person_factors[scored[r]]
-            if rows == 1:
-                gathered[1] = 0.0
-            np.dot(gathered[:max(rows, 2)], item_tiles[t], scores[:max(rows, 2)])
+        _products(person_factors, scored, rows, item_tiles[t], used, scores)
         computed += rows * used
         _select_rows(scores, rows, scored, used, tile_items[t], person_offset, person_group, allowed,
                      bought_indptr, bought_indices, top_scores, top_items, counts)

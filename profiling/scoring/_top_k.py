@@ -189,8 +189,8 @@ def top_k_batches(person_factors: object, item_factors: object, k: int, *, bough
     Batches of ``persons_per_batch`` consecutive persons are yielded in order, so memory is
     bounded by the batch and the item factors, not by the number of persons. Within a batch,
     ``threads`` workers each score ``persons_per_block`` persons at a time, walking the items in
-    tiles of ``items_per_tile``, largest norms first, with single-threaded BLAS (the score tile
-    stays in cache). A tile is skipped for a person when its upper bound on their scores
+    tiles of ``items_per_tile``, largest norms first (the score tile stays in cache; each score summed in
+    the factors' order, so a person's scores do not depend on who shares their block). A tile is skipped for a person when its upper bound on their scores
     (Cauchy–Schwarz, or the exact part along the items' principal direction plus Cauchy–Schwarz
     across it; with a slack for float32 rounding) is below their K-th best score, and a person
     stops when no remaining tile could place an item, so the result is the dense scan's. Fitted
@@ -235,13 +235,11 @@ def top_k_batches(person_factors: object, item_factors: object, k: int, *, bough
 
     def score_block(start: int, stop: int, top_scores, top_items, counts, offset: int) -> int:
         if getattr(scratch, "scores", None) is None:
-            rows = max(2, persons_per_block)  # a lone person is multiplied as two rows
-            scratch.scores = np.empty((rows, tile_width), dtype=np.float32)
-            scratch.gathered = np.empty((rows, dims), dtype=np.float32)
+            scratch.scores = np.empty((persons_per_block, tile_width), dtype=np.float32)
         return _score_block(person_factors[start:stop], tiles.person_bounds(person_factors[start:stop]),
                             tiles.factors, tiles.bounds, tiles.items, items, rounding_slack(dims),
                             underflow_slack(dims), start, eligibility.person_group,
-                            eligibility.allowed, indptr, indices, scratch.scores, scratch.gathered,
+                            eligibility.allowed, indptr, indices, scratch.scores,
                             top_scores[start - offset: stop - offset], top_items[start - offset: stop - offset],
                             counts[start - offset: stop - offset])
 
