@@ -8,8 +8,9 @@ FEXIPRO, Li et al., SIGMOD 2017). Each tile carries two upper bounds on ``u·v``
 Cauchy–Schwarz, ``‖u‖ · max‖v‖``, and ``max((u·e) · min v·e, (u·e) · max v·e) + ‖u⊥‖ · max‖v⊥‖``
 (``⊥``: the part orthogonal to ``e``), tight where persons and items lean along one direction,
 as fitted factors of a catalogue with popular items do. A tile is multiplied only with the
-persons for whom the smaller bound reaches their current K-th best score (after exclusions). A person whose K-th best is above ``‖u‖`` times the largest norm
-of all remaining tiles is done for good (early exit); a block stops when all its persons are.
+persons for whom the smaller bound reaches their current K-th best score (after exclusions). A
+person whose K-th best is above ``‖u‖`` times the largest norm of all remaining tiles is done for
+good (early exit); a block stops when all its persons are.
 Where norms and directions are spread (random factors) no bound falls below a K-th best and
 this is the dense scan, tile after tile.
 
@@ -146,9 +147,9 @@ def _select_rows(scores, rows, open_persons, used, tile_items, person_offset, pe
 def _products(person_factors, scored, rows, tile, used, scores):  # pragma: no cover - compiled
     """``scores[r, :used] = person_factors[scored[r]] @ tile[:, :used]`` for ``r < rows`` (float32).
 
-    Each score is ``((u₀v₀ + u₁v₁) + u₂v₂) + …``, rounded after each multiplication and addition, whichever
-    rows are computed with it: four rows at a time share each row of the tile, the rest one at a time, the
-    same operations in the same order.
+    Each score is ``((u₀v₀ + u₁v₁) + u₂v₂) + …``, rounded after each multiplication and addition,
+    whichever rows are computed with it: four rows at a time share each row of the tile, the rest one
+    at a time, the same operations in the same order.
     """
     dims = tile.shape[0]
     first = tile[0]

@@ -189,14 +189,14 @@ def top_k_batches(person_factors: object, item_factors: object, k: int, *, bough
     Batches of ``persons_per_batch`` consecutive persons are yielded in order, so memory is
     bounded by the batch and the item factors, not by the number of persons. Within a batch,
     ``threads`` workers each score ``persons_per_block`` persons at a time, walking the items in
-    tiles of ``items_per_tile``, largest norms first (the score tile stays in cache; each score summed in
-    the factors' order, so a person's scores do not depend on who shares their block). A tile is skipped for a person when its upper bound on their scores
-    (Cauchy–Schwarz, or the exact part along the items' principal direction plus Cauchy–Schwarz
-    across it; with a slack for float32 rounding) is below their K-th best score, and a person
-    stops when no remaining tile could place an item, so the result is the dense scan's. Fitted
-    factors of a catalogue with popular items (very unequal norms, one leading direction) skip
-    most products; where norms and directions are spread the scan is dense. ``products`` of
-    each batch counts what was computed.
+    tiles of ``items_per_tile``, largest norms first (the score tile stays in cache; each score
+    summed in the factors' order, so a person's scores do not depend on who shares their block). A
+    tile is skipped for a person when its upper bound on their scores (Cauchy–Schwarz, or the exact
+    part along the items' principal direction plus Cauchy–Schwarz across it; with a slack for
+    float32 rounding) is below their K-th best score, and a person stops when no remaining tile
+    could place an item, so the result is the dense scan's. Fitted factors of a catalogue with
+    popular items (very unequal norms, one leading direction) skip most products; where norms and
+    directions are spread the scan is dense. ``products`` of each batch counts what was computed.
 
     No privacy mechanism is applied here: the output is per person and stays in the analytics zone.
 
