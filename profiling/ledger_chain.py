@@ -598,7 +598,8 @@ def append_arrow(db: sqlite3.Connection, table: str, rows: pa.Table | Iterable[p
     rows_before, previous, next_key, _ = _append_start(db, chain)
     width, appended = len(chain.columns) + 3, 0
     # While SQLite inserts a batch (the GIL released), a worker reads and hashes the next one.
-    for columns, contents, hashes in made_ahead(_hashed_batches(chain, pieces, next_key, previous, batch_rows), name="ledger-append"):
+    hashed = _hashed_batches(chain, pieces, next_key, previous, batch_rows)
+    for columns, contents, hashes in made_ahead(hashed, name="ledger-append"):
         chain_hashes = hex_strings(hashes)
         values: list[object] = [None] * (len(chain_hashes) * width)   # rows one after the other
         for at, column in enumerate([*map(_python_values, columns), hex_strings(contents),
