@@ -106,6 +106,7 @@ def _looks_truncated(path: Path) -> tuple[int, int, int] | None:
     page_size = int.from_bytes(header[16:18], "big")
     page_size = 65536 if page_size == 1 else page_size
     pages, counter, valid_for = (int.from_bytes(header[at:at + 4], "big") for at in (28, 24, 92))
+    # looked at again: a checkpoint that began while the header was read may have written it
     if counter != valid_for or size >= pages * page_size or _pages_elsewhere(path):
         return None
     return size, pages, page_size
