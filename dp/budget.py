@@ -44,7 +44,7 @@ from pathlib import Path
 from dp._errors import BudgetExceededError, BudgetNotSetError, PrivacyParameterError
 from dp._mechanisms import APPROXIMATE, ZCDP
 from dp._parameters import check_delta, check_epsilon, check_rho
-from profiling.ledger_file import immediate_transaction, ledger_connection
+from profiling.ledger_file import ensure_schema, immediate_transaction, ledger_connection
 from profiling.file_modes import restrict_to_owner
 from profiling.ledger_chain import (
     ChainBrokenError,
@@ -258,11 +258,8 @@ class BudgetLedger:
         restrict_to_owner()  # the ledger names analysts and datasets: owner-only files
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._datasets: dict[str, Dataset] | None = None
-        with self._connect() as connection, immediate_transaction(connection, _SCHEMA):
-            self._migrate(connection)
-            for table, columns in _COLUMNS.items():
-                register_table(connection, table, key="id", columns=columns)
-            self._register_built_in(connection)
+        with self._connect() as connection:
+            ensure_schema(connection, _SCHEMA, self._set_up)
 
     def __repr__(self) -> str:
         return f"BudgetLedger({str(self.path)!r})"
@@ -282,6 +279,13 @@ class BudgetLedger:
         block ends, rolled back when it raises."""
         with self._connect() as connection, immediate_transaction(connection):
             yield connection
+
+    def _set_up(self, connection: sqlite3.Connection) -> None:
+        """Older ledgers' columns, the chains and the built-in datasets (``ensure_schema``: only what is missing)."""
+        self._migrate(connection)
+        for table, columns in _COLUMNS.items():
+            register_table(connection, table, key="id", columns=columns)
+        self._register_built_in(connection)
 
     @staticmethod
     def _migrate(connection: sqlite3.Connection) -> None:

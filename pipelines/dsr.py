@@ -66,7 +66,7 @@ from profiling.consent.sqlite_store import SqliteConsentStore, redact_consent_ev
 from profiling.csv_cells import write_csv_rows
 from profiling.keys import MasterKey
 from profiling.ledger_chain import REDACTED_ID, appending, register_table
-from profiling.ledger_file import immediate_transaction, ledger_connection
+from profiling.ledger_file import ensure_schema, immediate_transaction, ledger_connection
 from profiling.pseudonyms import MARKETING, PERSON, pseudonymize
 from profiling.schema import TABLES
 from profiling.transfer_log import transfers_about
@@ -146,14 +146,17 @@ def _scoped(workspace: Workspace, account_id: str, key: MasterKey) -> tuple[Link
 
 # --- the ledger's request tables ------------------------------------------------------------------------
 
+def _register_tables(db: sqlite3.Connection) -> None:
+    register_table(db, "dsr_requests", key="id", columns=list(_REQUEST_COLUMNS),
+                   placeholders={"account_id": REDACTED_ID})
+    create_overlay_tables(db)
+
+
 @contextmanager
 def _ledger(workspace: Workspace) -> Iterator[sqlite3.Connection]:
     connection = ledger_connection(workspace.ledger)
     try:
-        with immediate_transaction(connection, _SCHEMA):
-            register_table(connection, "dsr_requests", key="id", columns=list(_REQUEST_COLUMNS),
-                           placeholders={"account_id": REDACTED_ID})
-            create_overlay_tables(connection)
+        ensure_schema(connection, _SCHEMA, _register_tables)
         yield connection
     finally:
         connection.close()

@@ -44,7 +44,7 @@ from pipelines.workspace import Workspace
 from profiling._memory import release_freed_memory
 from profiling._string_hash import StringIndex
 from profiling.consent.sqlite_store import SqliteConsentStore
-from profiling.ledger_file import immediate_transaction, ledger_connection
+from profiling.ledger_file import ensure_schema, immediate_transaction, ledger_connection
 from profiling.keys import MasterKey
 from profiling.ledger_chain import appending, register_table
 from profiling.schema import INGEST_ORDER, TABLES, TIMESTAMP, Table
@@ -73,11 +73,14 @@ def _iso(moment: dt.datetime) -> str:
     return moment.astimezone(dt.timezone.utc).isoformat(timespec="microseconds")
 
 
+def _register_table(db: sqlite3.Connection) -> None:
+    register_table(db, "dsr_retention", key="id", columns=_COLUMNS)
+
+
 def _ledger(workspace: Workspace) -> sqlite3.Connection:
     db = ledger_connection(workspace.ledger)
     try:
-        with immediate_transaction(db, _SCHEMA):
-            register_table(db, "dsr_retention", key="id", columns=_COLUMNS)
+        ensure_schema(db, _SCHEMA, _register_table)
     except BaseException:
         db.close()
         raise

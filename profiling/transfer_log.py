@@ -27,7 +27,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from profiling.ledger_file import immediate_transaction, ledger_connection
+from profiling.ledger_file import ensure_schema, immediate_transaction, ledger_connection
 from profiling.keys import MasterKey
 from profiling.ledger_chain import append_rows, appending, register_table
 from profiling.pseudonyms import PERSON, pseudonymize
@@ -89,13 +89,16 @@ class TransferEntry:
     file_sha256: str | None = None
 
 
+def _register_tables(db: sqlite3.Connection) -> None:
+    register_table(db, "transfer_log", key="id", columns=list(_LOG_COLUMNS))
+    register_table(db, "transfer_persons", key="id", columns=list(_PERSON_COLUMNS))
+
+
 @contextmanager
 def _log(path: str | os.PathLike) -> Iterator[sqlite3.Connection]:
     connection = ledger_connection(path)
     try:
-        with immediate_transaction(connection, _SCHEMA):
-            register_table(connection, "transfer_log", key="id", columns=list(_LOG_COLUMNS))
-            register_table(connection, "transfer_persons", key="id", columns=list(_PERSON_COLUMNS))
+        ensure_schema(connection, _SCHEMA, _register_tables)
         yield connection
     finally:
         connection.close()

@@ -281,6 +281,56 @@ def test_opening_the_ledger_while_a_large_load_is_checkpointed_never_finds_it_tr
     assert _ledger_verifies(ws)
 
 
+# A write in progress on the ledger, as a job's consent load or an erasure holds one: its transaction stays open
+# until a line arrives on stdin.
+_HOLDING_A_WRITE = """
+import sys
+from profiling.ledger_file import immediate_transaction, ledger_connection
+db = ledger_connection(sys.argv[1])
+with immediate_transaction(db):
+    db.execute("DELETE FROM consent_loads")
+    print("holding", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_reading_the_ledger_never_waits_for_a_write_in_progress_and_a_write_waits_it_out(site):
+    """A job's first consent load holds the ledger's write transaction for minutes at millions of events. A
+    privacy reviewer's or an operator's read commands meanwhile answer at once, from what was committed before
+    it, rather than queue behind it and fail with "database is locked" when the busy timeout ends. A write
+    (a budget set) says it waits, waits, and is recorded after it; the first write commits, whole."""
+    ws = site / "ws"
+    assert _rows(ws, "SELECT COUNT(*) FROM consent_loads") != [(0,)]   # the run's load, which the write removes
+    ((account,),) = _rows(ws, "SELECT account_id FROM consent_events WHERE chain_redacted = 0 LIMIT 1")
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDING_A_WRITE, str(ws / "ledger.sqlite")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_env())
+    try:
+        assert holder.stdout.readline() == "holding\n"
+        for argv in (["budget", "show"], ["budget", "report", "--out", site / "review"], ["ledger", "verify"],
+                     ["consent", "show", "--account", account, "--as-of", AS_OF]):
+            reader = _on_cue(*argv, "--workspace", ws)
+            started = time.monotonic()
+            out, err = reader.communicate("go\n", timeout=40)
+            assert (reader.returncode, err) == (0, ""), argv
+            assert time.monotonic() - started < 30, argv   # the busy timeout is 60 s: it did not wait for the write
+        writer = _on_cue("budget", "set", "--dataset", "orders", "--epsilon", 0.5, "--set-by", "reviewer",
+                         "--workspace", ws)
+        writer.stdin.write("go\n")
+        writer.stdin.flush()
+        said = writer.stderr.readline()   # once it has waited a moment
+        assert writer.poll() is None
+    finally:
+        holder.communicate("commit\n", timeout=60)
+    assert holder.returncode == 0
+    out, err = writer.communicate(timeout=60)
+    assert writer.returncode == 0 and err == ""
+    assert said == f"portrait: waiting for another process's write to ledger {ws / 'ledger.sqlite'} to end (a " \
+                   f"job's consent load holds it for minutes on millions of events)\n"
+    assert _rows(ws, "SELECT COUNT(*) FROM consent_loads") == [(0,)]
+    assert _rows(ws, "SELECT dataset, epsilon, set_by FROM budget_limits") == [("orders", 0.5, "reviewer")]
+    assert _ledger_verifies(ws)
+
+
 def test_a_first_consent_load_killed_midway_leaves_nothing_of_it(site):
     """The consent history's first load, killed once its pages fill the WAL: the next command finds a ledger
     that verifies and holds nothing of the load, and takes the history whole."""

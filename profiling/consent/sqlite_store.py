@@ -52,7 +52,7 @@ from profiling.ledger_chain import (
     verify,
 )
 from profiling.errors import InternalError
-from profiling.ledger_file import immediate_transaction, ledger_connection
+from profiling.ledger_file import ensure_schema, immediate_transaction, ledger_connection, read_transaction
 from profiling.pseudonyms import normalize
 from profiling.schema import TIMESTAMP
 
@@ -157,12 +157,7 @@ class SqliteConsentStore:
         self.path = Path(path)
         self._connection = ledger_connection(self.path)
         try:
-            with immediate_transaction(self._connection, _SCHEMA) as db:
-                _ensure_unique_event_ids(db)
-                register_table(self._connection, "consent_events", key="seq", columns=_EVENT_COLUMNS,
-                               placeholders=_EVENT_PLACEHOLDERS, replaces_triggers=["consent_events_append_only"])
-                register_table(self._connection, "audit_gate_decisions", key="id", columns=_AUDIT_COLUMNS)
-                register_table(self._connection, "consent_snapshots", key="id", columns=_SNAPSHOT_COLUMNS)
+            ensure_schema(self._connection, _SCHEMA, _register_tables)
         except BaseException:
             self._connection.close()
             raise
@@ -353,12 +348,8 @@ class SqliteConsentStore:
         try:
             data = self._snapshot_data()
         except StaleSnapshotError:
-            db = self._connection
-            db.execute("BEGIN")   # read without holding the write lock
-            try:
+            with read_transaction(self._connection) as db:
                 position, snapshot = _position(db), _sql_snapshot(db)
-            finally:
-                db.execute("COMMIT")
             with self._transaction() as db:
                 if _position(db) == position:   # else a later read rebuilds it
                     _write_snapshot(db, snapshot)
@@ -378,7 +369,7 @@ class SqliteConsentStore:
                                             "ORDER BY account_id, event_at, seq").fetchall()
         else:
             rows = []
-            with self._transaction() as db:  # one consistent read over several chunks
+            with read_transaction(self._connection) as db:  # one consistent read over several chunks
                 unique = sorted(set(normalize(pa.array(list(account_ids), pa.string()), "account_id").to_pylist()))
                 for start in range(0, len(unique), 500):
                     chunk = unique[start:start + 500]
@@ -405,16 +396,12 @@ class SqliteConsentStore:
 
     def _snapshot_data(self) -> bytes:
         """The snapshot's Parquet bytes, checked as ``read_snapshot`` says."""
-        db = self._connection
-        db.execute("BEGIN")   # position and bytes from one state of the file
-        try:
+        with read_transaction(self._connection) as db:   # position and bytes from one state of the file
             position = _position(db)
             row = db.execute("SELECT s.id, s.ledger_rows, s.ledger_head, s.redactions, s.sha256, "
                              "CAST(d.parquet AS BLOB) FROM consent_snapshots s "
                              "JOIN consent_snapshot_data d ON d.snapshot = s.id "
                              "WHERE s.id = (SELECT MAX(id) FROM consent_snapshots)").fetchone()
-        finally:
-            db.execute("COMMIT")
         if row is None:
             raise StaleSnapshotError(f"consent ledger {self.path} has no current Arrow snapshot")
         if tuple(row[1:4]) != position:
@@ -462,18 +449,11 @@ class SqliteConsentStore:
         consent_events must also pass through the head its latest snapshot record names at the row
         count it names (``waypoints``): a chain cut back behind that snapshot is broken.
         """
-        db = self._connection
-        began = not db.in_transaction
-        if began:
-            db.execute("BEGIN")
-        try:
+        with read_transaction(self._connection) as db:
             record = db.execute("SELECT ledger_rows, ledger_head FROM consent_snapshots ORDER BY id DESC "
                                 "LIMIT 1").fetchone()
             return [verify(db, table, waypoints=dict([record]) if table == "consent_events" and record else None)
                     for table in CHAINED_TABLES]
-        finally:
-            if began:
-                db.execute("COMMIT")
 
     def audit(self) -> list[ChainReport]:
         """``verify``'s reports and the latest snapshot checked against its chained record, from one state.
@@ -482,16 +462,9 @@ class SqliteConsentStore:
         SHA-256, the ledger not behind the position it names); a contradiction marks consent_snapshots
         broken. What every job (``require_intact``) and ``portrait ledger verify`` check.
         """
-        db = self._connection
-        began = not db.in_transaction
-        if began:
-            db.execute("BEGIN")   # one state of the file
-        try:
+        with read_transaction(self._connection) as db:   # one state of the file
             reports = self.verify()
             problem = _snapshot_problem(db)
-        finally:
-            if began:
-                db.execute("COMMIT")
         if problem is None:
             return reports
         return [dataclasses.replace(report, ok=False, problem=problem)
@@ -601,6 +574,15 @@ def _as_recorded(events: pa.Table) -> pa.Table:
     accounts = normalize(events.column("account_id").cast(pa.string()), "account_id")
     return events.set_column(events.schema.get_field_index("event_at"), "event_at", at).set_column(
         events.schema.get_field_index("account_id"), "account_id", accounts)
+
+
+def _register_tables(db: sqlite3.Connection) -> None:
+    """The consent tables' unique event ids and chains (``ensure_schema``: writes only what is missing)."""
+    _ensure_unique_event_ids(db)
+    register_table(db, "consent_events", key="seq", columns=_EVENT_COLUMNS, placeholders=_EVENT_PLACEHOLDERS,
+                   replaces_triggers=["consent_events_append_only"])
+    register_table(db, "audit_gate_decisions", key="id", columns=_AUDIT_COLUMNS)
+    register_table(db, "consent_snapshots", key="id", columns=_SNAPSHOT_COLUMNS)
 
 
 def _ensure_unique_event_ids(db: sqlite3.Connection) -> None:
