@@ -37,7 +37,7 @@ so products are not left to BLAS, whose kernels sum a row's terms in an order th
 row's place and the block's size (OpenBLAS's Haswell kernels, on AMD EPYC without AVX-512, round
 a person alone, or one of 16 or 512, differently). ``_products`` sums each score's terms in the
 factors' order, one multiplication and one addition at a time (no fused multiply-add), four
-persons at once sharing each row of the tile: about half BLAS's speed on one core.
+persons at once sharing each row of the tile, four of the tile's rows per pass.
 """
 
 from __future__ import annotations
@@ -148,8 +148,9 @@ def _products(person_factors, scored, rows, tile, used, scores):  # pragma: no c
     """``scores[r, :used] = person_factors[scored[r]] @ tile[:, :used]`` for ``r < rows`` (float32).
 
     Each score is ``((u₀v₀ + u₁v₁) + u₂v₂) + …``, rounded after each multiplication and addition,
-    whichever rows are computed with it: four rows at a time share each row of the tile, the rest one
-    at a time, the same operations in the same order.
+    whichever rows are computed with it: four rows at a time share each row of the tile and take
+    four of its rows per pass over a score row (a quarter of the loads and stores of the scores),
+    the rest one row at a time, the same operations in the same order.
     """
     dims = tile.shape[0]
     first = tile[0]
@@ -165,7 +166,21 @@ def _products(person_factors, scored, rows, tile, used, scores):  # pragma: no c
             s1[j] = a1[0] * first[j]
             s2[j] = a2[0] * first[j]
             s3[j] = a3[0] * first[j]
-        for d in range(1, dims):
+        d = 1
+        while d + 4 <= dims:
+            t0, t1, t2, t3 = tile[d], tile[d + 1], tile[d + 2], tile[d + 3]
+            b00, b01, b02, b03 = a0[d], a0[d + 1], a0[d + 2], a0[d + 3]
+            b10, b11, b12, b13 = a1[d], a1[d + 1], a1[d + 2], a1[d + 3]
+            b20, b21, b22, b23 = a2[d], a2[d + 1], a2[d + 2], a2[d + 3]
+            b30, b31, b32, b33 = a3[d], a3[d + 1], a3[d + 2], a3[d + 3]
+            for j in range(used):
+                v0, v1, v2, v3 = t0[j], t1[j], t2[j], t3[j]
+                s0[j] = (((s0[j] + b00 * v0) + b01 * v1) + b02 * v2) + b03 * v3
+                s1[j] = (((s1[j] + b10 * v0) + b11 * v1) + b12 * v2) + b13 * v3
+                s2[j] = (((s2[j] + b20 * v0) + b21 * v1) + b22 * v2) + b23 * v3
+                s3[j] = (((s3[j] + b30 * v0) + b31 * v1) + b32 * v2) + b33 * v3
+            d += 4
+        while d < dims:
             line = tile[d]
             b0, b1, b2, b3 = a0[d], a1[d], a2[d], a3[d]
             for j in range(used):
@@ -174,6 +189,7 @@ def _products(person_factors, scored, rows, tile, used, scores):  # pragma: no c
                 s1[j] += b1 * v
                 s2[j] += b2 * v
                 s3[j] += b3 * v
+            d += 1
         r += 4
     while r < rows:
         a = person_factors[scored[r]]
