@@ -122,6 +122,8 @@ def ensure_schema(connection: sqlite3.Connection, schema: str,
     so a command that opens the ledger to read does not wait for another process's write transaction (a job's
     consent load holds one for minutes at millions of events). Where something is missing and another process
     writes, or wrote between this one's read and its write, it is done again in ``immediate_transaction``.
+    (SQLite also asks for the write lock where the connection's cached schema is older than the file's; the
+    connection is opened right before, so that is a schema changed in between, and it is waited for likewise.)
     """
     connection.execute("PRAGMA busy_timeout=0")
     try:

@@ -29,7 +29,7 @@ from portrait_cli import run_cli
 from profiling.consent import SqliteConsentStore
 from profiling.errors import WorkspaceError
 from profiling.keys import load_key_file
-from profiling.ledger_file import ledger_connection
+from profiling.ledger_file import ensure_schema, ledger_connection
 from profiling.pseudonyms import MARKETING, PERSON, pseudonymize
 from profiling.schema import TABLE_NAMES
 
@@ -243,7 +243,7 @@ _GROWING_LEDGER = """
 import sys
 import numpy as np, pyarrow as pa
 from profiling.consent import SqliteConsentStore
-from profiling.ledger_file import ledger_connection
+from profiling.ledger_file import ensure_schema, ledger_connection
 from profiling.schema import TIMESTAMP
 path, loads, rows = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 for load in range(loads):
@@ -285,7 +285,9 @@ def test_opening_the_ledger_while_a_large_load_is_checkpointed_never_finds_it_tr
 # until a line arrives on stdin.
 _HOLDING_A_WRITE = """
 import sys
+from profiling.consent import SqliteConsentStore
 from profiling.ledger_file import immediate_transaction, ledger_connection
+SqliteConsentStore(sys.argv[1]).close()   # the consent tables, as a job's first stage makes them
 db = ledger_connection(sys.argv[1])
 with immediate_transaction(db):
     db.execute("DELETE FROM consent_loads")
@@ -329,6 +331,57 @@ def test_reading_the_ledger_never_waits_for_a_write_in_progress_and_a_write_wait
     assert _rows(ws, "SELECT COUNT(*) FROM consent_loads") == [(0,)]
     assert _rows(ws, "SELECT dataset, epsilon, set_by FROM budget_limits") == [("orders", 0.5, "reviewer")]
     assert _ledger_verifies(ws)
+
+
+def test_a_first_budget_command_during_a_write_makes_its_tables_once_the_write_ends(site):
+    """On a new workspace, a job's consent load holds the ledger's write transaction before any budget table
+    exists. A reviewer's first `budget set` must make them: it says it waits, waits, then makes them and records
+    the budget, whole; the load's write commits too."""
+    ws = site / "fresh"
+    assert run_cli("ingest", "--raw", site / "raw", "--workspace", ws) == 0
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDING_A_WRITE, str(ws / "ledger.sqlite")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_env())
+    try:
+        assert holder.stdout.readline() == "holding\n"
+        assert _rows(ws, "SELECT COUNT(*) FROM sqlite_master WHERE name LIKE 'budget%'") == [(0,)]
+        writer = _on_cue("budget", "set", "--dataset", "orders", "--epsilon", 0.5, "--set-by", "reviewer",
+                         "--workspace", ws)
+        writer.stdin.write("go\n")
+        writer.stdin.flush()
+        said = writer.stderr.readline()
+        assert writer.poll() is None
+    finally:
+        holder.communicate("commit\n", timeout=60)
+    assert holder.returncode == 0
+    out, err = writer.communicate(timeout=60)
+    assert writer.returncode == 0 and err == ""
+    assert said.startswith(f"portrait: waiting for another process's write to ledger {ws / 'ledger.sqlite'} to end")
+    assert _rows(ws, "SELECT dataset, epsilon, set_by FROM budget_limits") == [("orders", 0.5, "reviewer")]
+    assert _ledger_verifies(ws)
+
+
+def test_tables_made_sure_of_are_made_again_when_another_process_wrote_between_the_read_and_the_write(tmp_path):
+    """``ensure_schema`` reads first; when another connection commits between that read and its own first write,
+    SQLite refuses the write on the stale read (``SQLITE_BUSY_SNAPSHOT``), and the set-up is done again, whole, in
+    a write transaction: the other's row is kept, the table is made."""
+    path = tmp_path / "ledger.sqlite"
+    other = ledger_connection(path)
+    other.execute("CREATE TABLE notes (body TEXT)")
+    mine = ledger_connection(path)   # opened on the schema as it is (a stale one would make it write at once)
+    attempts = []
+
+    def complete(db):
+        attempts.append(db.execute("SELECT COUNT(*) FROM notes").fetchone()[0])
+        if len(attempts) == 1:
+            other.execute("INSERT INTO notes VALUES ('written meanwhile')")
+        db.execute("CREATE TABLE IF NOT EXISTS made (x)")
+
+    ensure_schema(mine, "CREATE TABLE IF NOT EXISTS notes (body TEXT);", complete)
+    assert attempts == [0, 1]
+    assert mine.execute("SELECT name FROM sqlite_master ORDER BY name").fetchall() == [("made",), ("notes",)]
+    assert mine.execute("SELECT body FROM notes").fetchall() == [("written meanwhile",)]
+    other.close()
+    mine.close()
 
 
 def test_a_first_consent_load_killed_midway_leaves_nothing_of_it(site):
